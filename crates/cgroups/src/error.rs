@@ -1,0 +1,28 @@
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading cgroup mounts from {path}: {source}")]
+    Mountinfo { path: PathBuf, source: io::Error },
+    #[error("no cgroup hierarchy is mounted on this host")]
+    NoHierarchy,
+    #[error("invalid cgroupsPath {path:?}: {reason}")]
+    InvalidPath { path: String, reason: String },
+    #[error("the systemd cgroup driver was requested but systemd is not running on this host (no /run/systemd/system); use the cgroupfs driver")]
+    SystemdNotRunning,
+    #[error("creating cgroup {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("adding process {pid} to cgroup {path}: {source}")]
+    AddProcess {
+        pid: i32,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("removing cgroup {path}: {source}")]
+    Remove { path: PathBuf, source: io::Error },
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

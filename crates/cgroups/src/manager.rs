@@ -1,0 +1,267 @@
+//! A container's cgroup across every mounted hierarchy (cgroupfs driver).
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::hierarchy::{self, Hierarchy, HierarchyKind};
+use crate::{CgroupPath, Error, Result};
+
+/// The cgroup directories of one container, one per hierarchy, keyed as
+/// runc keys them (controller list for v1, `""` for the unified hierarchy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manager {
+    paths: Vec<(String, PathBuf)>,
+}
+
+impl Manager {
+    /// Maps `path` onto every hierarchy mounted on this host.
+    pub fn new(path: &CgroupPath) -> Result<Self> {
+        let hierarchies = hierarchy::discover()?;
+        let own = match path {
+            CgroupPath::Relative(_) => hierarchy::process_cgroups("self")?,
+            CgroupPath::Absolute(_) => Vec::new(),
+        };
+        Ok(Self::for_hierarchies(&hierarchies, &own, path))
+    }
+
+    /// Maps `path` onto `hierarchies`; `own` is the caller's cgroup in each
+    /// hierarchy (as in /proc/self/cgroup), used for relative paths.
+    pub fn for_hierarchies(hierarchies: &[Hierarchy], own: &[(String, String)], path: &CgroupPath) -> Self {
+        let paths = hierarchies
+            .iter()
+            .map(|h| {
+                let key = h.key();
+                let dir = match path {
+                    CgroupPath::Absolute(p) => h.mountpoint.join(p.trim_start_matches('/')),
+                    CgroupPath::Relative(p) => {
+                        let base = own
+                            .iter()
+                            .find(|(k, _)| *k == key)
+                            .map(|(_, cg)| h.host_path(cg))
+                            .unwrap_or_else(|| h.mountpoint.clone());
+                        base.join(p)
+                    }
+                };
+                (key, dir)
+            })
+            .collect();
+        Manager { paths }
+    }
+
+    /// A manager for directories recorded earlier (for example in a state file).
+    pub fn from_paths(paths: Vec<(String, PathBuf)>) -> Self {
+        Manager { paths }
+    }
+
+    pub fn paths(&self) -> &[(String, PathBuf)] {
+        &self.paths
+    }
+
+    /// The directory of the unified hierarchy, if the host has one.
+    pub fn unified_path(&self) -> Option<&Path> {
+        self.paths.iter().find(|(k, _)| k.is_empty()).map(|(_, p)| p.as_path())
+    }
+
+    /// The directory of the v1 hierarchy carrying `controller`.
+    pub fn v1_path(&self, controller: &str) -> Option<&Path> {
+        self.paths
+            .iter()
+            .find(|(k, _)| k.split(',').any(|c| c == controller))
+            .map(|(_, p)| p.as_path())
+    }
+
+    /// Creates the cgroup in every hierarchy (parents included).
+    pub fn create(&self) -> Result<()> {
+        for (key, dir) in &self.paths {
+            let is_cpuset = key.split(',').any(|c| c == "cpuset");
+            create_dir_chain(dir, is_cpuset).map_err(|source| Error::Create {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into the cgroup in every hierarchy.
+    pub fn add_process(&self, pid: i32) -> Result<()> {
+        let text = pid.to_string();
+        for (_, dir) in &self.paths {
+            let file = dir.join("cgroup.procs");
+            write_file(&file, text.as_bytes()).map_err(|source| Error::AddProcess {
+                pid,
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The processes in the cgroup (from the first hierarchy that has it).
+    pub fn procs(&self) -> Result<Vec<i32>> {
+        let mut last_err = None;
+        for dir in self.preferred_dirs() {
+            let file = dir.join("cgroup.procs");
+            match fs::read_to_string(&file) {
+                Ok(text) => return Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => last_err = Some(Error::Read { path: file, source }),
+            }
+        }
+        match last_err {
+            Some(e) => Err(e),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Whether the cgroup still exists in any hierarchy.
+    pub fn exists(&self) -> bool {
+        self.paths.iter().any(|(_, p)| p.is_dir())
+    }
+
+    /// Removes the cgroup (and any sub-cgroups the container made) everywhere.
+    /// Busy cgroups are retried briefly, since exiting tasks leave them asynchronously.
+    pub fn remove(&self) -> Result<()> {
+        let mut first_err = None;
+        for (_, dir) in &self.paths {
+            if let Err(source) = remove_tree(dir) {
+                first_err.get_or_insert(Error::Remove {
+                    path: dir.clone(),
+                    source,
+                });
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Directories in the order process listing prefers: the unified one when
+    /// it is the only hierarchy, else a v1 hierarchy that tracks every task.
+    fn preferred_dirs(&self) -> impl Iterator<Item = &Path> {
+        let v1_first = self.paths.len() > 1;
+        let mut dirs: Vec<&Path> = self.paths.iter().map(|(_, p)| p.as_path()).collect();
+        if v1_first {
+            let rank = |p: &&Path| -> u8 {
+                let key = self.paths.iter().find(|(_, d)| d.as_path() == *p).map(|(k, _)| k.as_str()).unwrap_or("");
+                if key.split(',').any(|c| c == "pids" || c == "freezer") {
+                    0
+                } else if key.is_empty() {
+                    2
+                } else {
+                    1
+                }
+            };
+            dirs.sort_by_key(rank);
+        }
+        dirs.into_iter()
+    }
+}
+
+/// Kind of hierarchy for a key in `paths`.
+pub fn kind_of_key(key: &str) -> HierarchyKind {
+    if key.is_empty() {
+        HierarchyKind::V2
+    } else {
+        HierarchyKind::V1 {
+            controllers: key.split(',').map(str::to_owned).collect(),
+        }
+    }
+}
+
+fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all(data)
+}
+
+/// mkdir -p, copying cpuset.cpus/mems down into each new cpuset cgroup:
+/// a v1 cpuset cgroup with empty sets refuses every task.
+fn create_dir_chain(dir: &Path, is_cpuset: bool) -> io::Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = dir.parent().ok_or(e)?;
+            create_dir_chain(parent, is_cpuset)?;
+            match fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    if is_cpuset {
+        if let Some(parent) = dir.parent() {
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let current = fs::read_to_string(dir.join(file)).unwrap_or_default();
+                if current.trim().is_empty() {
+                    let from_parent = fs::read_to_string(parent.join(file))?;
+                    write_file(&dir.join(file), from_parent.trim().as_bytes())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    let mut delay = Duration::from_millis(1);
+    for attempt in 0.. {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 8 => {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hierarchy::parse_mountinfo;
+
+    #[test]
+    fn maps_relative_and_absolute_paths() {
+        let h = parse_mountinfo(
+            "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
+        );
+        let own = vec![("cpu".to_owned(), "/user".to_owned()), (String::new(), "/".to_owned())];
+        let m = Manager::for_hierarchies(&h, &own, &CgroupPath::Relative("c1".into()));
+        assert_eq!(m.v1_path("cpu").unwrap(), Path::new("/sys/fs/cgroup/cpu/user/c1"));
+        assert_eq!(m.unified_path().unwrap(), Path::new("/sys/fs/cgroup/unified/c1"));
+        let m = Manager::for_hierarchies(&h, &own, &CgroupPath::Absolute("/k/c2".into()));
+        assert_eq!(m.v1_path("cpu").unwrap(), Path::new("/sys/fs/cgroup/cpu/k/c2"));
+    }
+
+    #[test]
+    fn create_and_remove_in_a_plain_tree() {
+        let tmp = std::env::temp_dir().join(format!("berth-cg-test-{}", std::process::id()));
+        let dir = tmp.join("a/b");
+        let m = Manager::from_paths(vec![("memory".into(), dir.clone())]);
+        m.create().unwrap();
+        assert!(dir.is_dir());
+        fs::create_dir(dir.join("nested")).unwrap();
+        m.remove().unwrap();
+        assert!(!dir.exists());
+        assert!(!m.exists());
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+}
