@@ -1,1 +1,68 @@
-fn main(){}
+//! berth: an OCI runtime with runc's command line.
+
+mod args;
+mod commands;
+mod logger;
+
+use std::path::PathBuf;
+
+use berth_runtime::Runtime;
+
+fn main() {
+    std::process::exit(run());
+}
+
+fn run() -> i32 {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let global = match args::parse(&argv, commands::GLOBAL_FLAGS, Some(1)) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return 1;
+        }
+    };
+    if global.is_set("version") {
+        print!("{}", commands::version());
+        return 0;
+    }
+    let Some((command, rest)) = global.positionals.split_first() else {
+        print!("{}", commands::USAGE);
+        return if global.is_set("help") { 0 } else { 1 };
+    };
+    if global.is_set("help") || rest.iter().any(|a| a == "--help" || a == "-h") && command != "exec" {
+        print!("{}", commands::USAGE);
+        return 0;
+    }
+    let format = match global.get("log-format").unwrap_or("text") {
+        "text" => logger::Format::Text,
+        "json" => logger::Format::Json,
+        other => {
+            eprintln!("berth: invalid --log-format {other:?}: text or json");
+            return 1;
+        }
+    };
+    let logger = match logger::Logger::install(global.get("log"), format, global.is_set("debug")) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            return 1;
+        }
+    };
+    if commands::enters_containers(command) {
+        if let Err(e) = berth_runtime::cloned_exe::ensure_sealed() {
+            logger.fatal(&e.to_string());
+            return 1;
+        }
+    }
+    let runtime = Runtime {
+        root: PathBuf::from(global.get("root").unwrap_or("/run/berth")),
+        systemd_cgroup: global.is_set("systemd-cgroup"),
+    };
+    match commands::dispatch(&runtime, command, rest) {
+        Ok(code) => code,
+        Err(e) => {
+            logger.fatal(&format!("{e:#}"));
+            1
+        }
+    }
+}

@@ -10,6 +10,6 @@ mod manager;
 mod path;
 
 pub use error::{Error, Result};
-pub use hierarchy::{Hierarchy, HierarchyKind, Layout};
+pub use hierarchy::{discover, layout, Hierarchy, HierarchyKind, Layout};
 pub use manager::Manager;
 pub use path::{resolve_cgroups_path, CgroupPath};

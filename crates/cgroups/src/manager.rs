@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::hierarchy::{self, Hierarchy, HierarchyKind};
+use crate::hierarchy::{self, Hierarchy};
 use crate::{CgroupPath, Error, Result};
 
 /// The cgroup directories of one container, one per hierarchy, keyed as
@@ -157,17 +157,6 @@ impl Manager {
             dirs.sort_by_key(rank);
         }
         dirs.into_iter()
-    }
-}
-
-/// Kind of hierarchy for a key in `paths`.
-pub fn kind_of_key(key: &str) -> HierarchyKind {
-    if key.is_empty() {
-        HierarchyKind::V2
-    } else {
-        HierarchyKind::V1 {
-            controllers: key.split(',').map(str::to_owned).collect(),
-        }
     }
 }
 

@@ -1,0 +1,680 @@
+//! The lifecycle operations: create, start, run, exec, state, list, kill,
+//! delete. This is the parent side; the child side lives in `init`.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use oci_spec::runtime::Process;
+use rustix::fs::{Mode, OFlags};
+
+use crate::channel::{Channel, Msg};
+use crate::error::Context;
+use crate::init::{self, ConsoleTarget, ExecContext, InitContext, StartGate};
+use crate::namespaces::{self, ChildNsGuard, NsPlan};
+use crate::spec::Bundle;
+use crate::state::{hook_state, OciState, State, StateDir, Status};
+use crate::{hooks, id, io_relay, sys, util, Error, Result};
+
+/// Global settings of one runtime invocation.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// Directory holding container states (`--root`).
+    pub root: PathBuf,
+    /// `--systemd-cgroup`.
+    pub systemd_cgroup: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    pub preserve_fds: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub process: Process,
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub preserve_fds: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Launch {
+    Create,
+    RunDetached,
+    RunForeground,
+}
+
+/// Undoes a half-made container if creation fails.
+struct Cleanup {
+    state_dir: Option<PathBuf>,
+    cgroups: Option<berth_cgroups::Manager>,
+    children: Vec<i32>,
+}
+
+impl Cleanup {
+    fn disarm(&mut self) {
+        self.state_dir = None;
+        self.cgroups = None;
+        self.children.clear();
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for pid in self.children.drain(..) {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::empty());
+        }
+        if let Some(cg) = self.cgroups.take() {
+            kill_cgroup(&cg);
+            if let Err(e) = cg.remove() {
+                log::warn!("cleaning up: {e}");
+            }
+        }
+        if let Some(dir) = self.state_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn kill_cgroup(cg: &berth_cgroups::Manager) {
+    if let Ok(pids) = cg.procs() {
+        for pid in pids {
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// What a launched container init gives back to `run`.
+struct Launched {
+    state: State,
+    channel: Channel,
+    pty: Option<OwnedFd>,
+    signals: Option<OwnedFd>,
+}
+
+impl Runtime {
+    fn state_dir(&self, id: &str) -> StateDir {
+        StateDir::new(&self.root, id)
+    }
+
+    fn load(&self, id: &str) -> Result<(State, StateDir)> {
+        id::validate_id(id)?;
+        let dir = self.state_dir(id);
+        let state = dir.load(id)?;
+        Ok((state, dir))
+    }
+
+    /// `create`: sets the container up and leaves its init waiting for `start`.
+    pub fn create(&self, opts: &CreateOptions) -> Result<()> {
+        self.launch(opts, Launch::Create).map(drop)
+    }
+
+    /// `run`: create and start; in the foreground, wait for the container,
+    /// relay signals (and the terminal), delete it and return its exit code.
+    pub fn run(&self, opts: &CreateOptions, detach: bool) -> Result<i32> {
+        let mode = if detach { Launch::RunDetached } else { Launch::RunForeground };
+        let launched = self.launch(opts, mode)?;
+        let started = self.release(&launched);
+        if let Err(e) = started {
+            let _ = self.delete(&opts.id, true);
+            return Err(e);
+        }
+        if detach {
+            return Ok(0);
+        }
+        let code = io_relay::wait_foreground(
+            launched.state.init_pid,
+            launched.signals.as_ref().map(|s| s.as_fd()),
+            launched.pty.as_ref().map(|p| p.as_fd()),
+            true,
+        );
+        let deleted = self.delete(&opts.id, true);
+        let code = code?;
+        deleted?;
+        Ok(code)
+    }
+
+    /// Tells the init to exec the user program and runs poststart hooks.
+    fn release(&self, launched: &Launched) -> Result<()> {
+        launched.channel.send(&Msg::Start).ctx(|| "starting the container".into())?;
+        await_exec(&launched.channel)?;
+        let state = hook_state(
+            &launched.state.id,
+            Status::Running,
+            launched.state.init_pid,
+            &launched.state.bundle,
+            &launched.state.annotations,
+        );
+        hooks::run_hooks_warn("poststart", &launched.state.poststart, &state);
+        Ok(())
+    }
+
+    fn launch(&self, opts: &CreateOptions, mode: Launch) -> Result<Launched> {
+        id::validate_id(&opts.id)?;
+        let bundle = Bundle::load(&opts.bundle)?;
+        let spec = &bundle.spec;
+        let process = spec.process().as_ref().expect("validated");
+        let terminal = process.terminal() == Some(true);
+        if terminal && opts.console_socket.is_none() && mode != Launch::RunForeground {
+            return Err(Error::InvalidConfig(
+                "process.terminal is true: a detached container needs --console-socket to hand the terminal to".into(),
+            ));
+        }
+        if !terminal && opts.console_socket.is_some() {
+            return Err(Error::InvalidConfig(
+                "--console-socket was given but process.terminal is false".into(),
+            ));
+        }
+
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .ctx(|| format!("creating runtime root {}", self.root.display()))?;
+        let dir = self.state_dir(&opts.id);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::ContainerExists(opts.id.clone()))
+            }
+            Err(e) => return Err(e).ctx(|| format!("creating state directory {}", dir.path.display())),
+        }
+        let mut cleanup = Cleanup {
+            state_dir: Some(dir.path.clone()),
+            cgroups: None,
+            children: Vec::new(),
+        };
+
+        let linux = spec.linux().as_ref().expect("validated");
+        let cg_path = berth_cgroups::resolve_cgroups_path(
+            linux.cgroups_path().as_ref().and_then(|p| p.to_str()),
+            &opts.id,
+            self.systemd_cgroup,
+        )?;
+        let cgroups = berth_cgroups::Manager::new(&cg_path)?;
+        cgroups.create()?;
+        cleanup.cgroups = Some(cgroups.clone());
+
+        let console_socket = match &opts.console_socket {
+            Some(path) => Some(
+                UnixStream::connect(path).ctx(|| format!("connecting to console socket {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let state_dir_fd = if mode == Launch::Create {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &dir.fifo_path(),
+                rustix::fs::FileType::Fifo,
+                Mode::from_raw_mode(0o622),
+                0,
+            )
+            .ctx(|| "creating the exec FIFO".into())?;
+            Some(
+                rustix::fs::open(&dir.path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                    .ctx(|| format!("opening {}", dir.path.display()))?,
+            )
+        } else {
+            None
+        };
+
+        let plan = NsPlan::for_container(spec)?;
+        let signals = if mode == Launch::RunForeground {
+            sys::set_child_subreaper().ctx(|| "becoming a child subreaper".into())?;
+            sys::block_all_signals().ctx(|| "blocking signals".into())?;
+            Some(sys::signalfd_all().ctx(|| "creating a signalfd".into())?)
+        } else {
+            None
+        };
+        let offsets = namespaces::time_offsets_text(spec);
+        let (parent_end, child_end) = Channel::pair().ctx(|| "creating the setup channel".into())?;
+
+        let child = {
+            let _ns_guard = ChildNsGuard::enter(&plan, offsets.as_deref())?;
+            sys::clone_fork(plan.clone_flags).ctx(|| "creating the container init (clone)".into())?
+        };
+        let Some(first_pid) = child else {
+            drop(parent_end);
+            let ctx = InitContext {
+                id: &opts.id,
+                bundle: &bundle,
+                plan: &plan,
+                cgroups: &cgroups,
+                channel: &child_end,
+                console: match (&console_socket, terminal) {
+                    (Some(sock), _) => ConsoleTarget::Socket(sock),
+                    (None, true) => ConsoleTarget::Parent,
+                    (None, false) => ConsoleTarget::None,
+                },
+                state_dir: state_dir_fd.as_ref(),
+                gate: if mode == Launch::Create { StartGate::Fifo } else { StartGate::Channel },
+                no_pivot: opts.no_pivot,
+                no_new_keyring: opts.no_new_keyring,
+                preserve_fds: opts.preserve_fds,
+            };
+            init::container_init(&ctx);
+        };
+        drop(child_end);
+        cleanup.children.push(first_pid);
+        let mut init_pid = first_pid;
+
+        if plan.new_user {
+            let maps = |m: &Option<Vec<_>>| m.clone().unwrap_or_default();
+            namespaces::write_id_map(first_pid, "uid_map", &maps(linux.uid_mappings()))?;
+            namespaces::write_id_map(first_pid, "gid_map", &maps(linux.gid_mappings()))?;
+        }
+        cgroups.add_process(first_pid)?;
+        parent_end.send(&Msg::Go).ctx(|| "starting the container init".into())?;
+
+        let annotations: BTreeMap<String, String> =
+            spec.annotations().clone().unwrap_or_default().into_iter().collect();
+        let mut pty = None;
+        loop {
+            match parent_end.recv().ctx(|| "reading from the container init".into())? {
+                Some((Msg::Pid(pid), _)) => {
+                    // Two-stage setup: the intermediate child exits, its child is the init.
+                    let _ = rustix::process::waitpid(
+                        rustix::process::Pid::from_raw(first_pid),
+                        rustix::process::WaitOptions::empty(),
+                    );
+                    cleanup.children.retain(|p| *p != first_pid);
+                    cleanup.children.push(pid);
+                    init_pid = pid;
+                }
+                Some((Msg::RunHooks, _)) => {
+                    let state = hook_state(&opts.id, Status::Creating, init_pid, &bundle.dir, &annotations);
+                    let hooks = spec.hooks().as_ref().expect("hooks were announced");
+                    #[allow(deprecated)]
+                    init::run_parent_hooks("prestart", hooks.prestart().as_ref(), &state)?;
+                    init::run_parent_hooks("createRuntime", hooks.create_runtime().as_ref(), &state)?;
+                    parent_end.send(&Msg::HooksDone).ctx(|| "resuming the container init".into())?;
+                }
+                Some((Msg::Console, fd)) => pty = fd,
+                Some((Msg::Ready, _)) => break,
+                Some((Msg::Error(text), _)) => return Err(Error::Init(text)),
+                Some((other, _)) => return Err(Error::Init(format!("unexpected message from init: {other:?}"))),
+                None => return Err(Error::Init(describe_death(first_pid, init_pid))),
+            }
+        }
+
+        let start_time = util::proc_stat(init_pid)
+            .map(|(_, t)| t)
+            .ok_or_else(|| Error::Init("the container init exited during setup".into()))?;
+        let hooks = spec.hooks().as_ref();
+        let state = State {
+            id: opts.id.clone(),
+            init_pid,
+            init_start_time: start_time,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: util::rfc3339_nano(SystemTime::now()),
+            owner: owner_name(),
+            annotations,
+            cgroup_paths: cgroups.paths().to_vec(),
+            own_pid_ns: plan.new_pid,
+            poststart: hooks.and_then(|h| h.poststart().clone()).unwrap_or_default(),
+            poststop: hooks.and_then(|h| h.poststop().clone()).unwrap_or_default(),
+        };
+        std::fs::write(dir.config_path(), &bundle.raw).ctx(|| format!("writing {}", dir.config_path().display()))?;
+        dir.save(&state)?;
+        if let Some(pid_file) = &opts.pid_file {
+            write_pid_file(pid_file, init_pid)?;
+        }
+        cleanup.disarm();
+        Ok(Launched {
+            state,
+            channel: parent_end,
+            pty,
+            signals,
+        })
+    }
+
+    /// `start`: releases a created container's init to exec the user program.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let (state, dir) = self.load(id)?;
+        let status = state.status(&dir);
+        if status != Status::Created {
+            return Err(Error::WrongState {
+                id: id.to_owned(),
+                status: status.as_str(),
+                op: "start",
+                needed: "created",
+            });
+        }
+        let fifo = rustix::fs::open(dir.fifo_path(), OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
+            .ctx(|| "opening the exec FIFO".into())?;
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(state.init_pid).ok_or_else(|| Error::Init("bad init pid".into()))?,
+            rustix::process::PidfdFlags::empty(),
+        )
+        .ctx(|| "opening the init process".into())?;
+        if !state.init_alive() {
+            return Err(Error::WrongState {
+                id: id.to_owned(),
+                status: "stopped",
+                op: "start",
+                needed: "created",
+            });
+        }
+        loop {
+            let mut fds = [
+                rustix::event::PollFd::new(&fifo, rustix::event::PollFlags::IN),
+                rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, None) {
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e).ctx(|| "waiting for the container init".into()),
+                Ok(_) => {}
+            }
+            if fds[0].revents().contains(rustix::event::PollFlags::IN) {
+                let mut byte = [0u8; 1];
+                match rustix::io::read(&fifo, &mut byte) {
+                    Ok(1) => break,
+                    Ok(_) | Err(rustix::io::Errno::AGAIN) => {}
+                    Err(e) => return Err(e).ctx(|| "reading the exec FIFO".into()),
+                }
+            }
+            if fds[1].revents().contains(rustix::event::PollFlags::IN) {
+                return Err(Error::Init(format!("container {id:?}: its init process exited before it could start")));
+            }
+            if fds[0].revents().contains(rustix::event::PollFlags::HUP) {
+                // A writer came and went without a byte: the init died.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let _ = std::fs::remove_file(dir.fifo_path());
+        let hook_input = hook_state(id, Status::Running, state.init_pid, &state.bundle, &state.annotations);
+        hooks::run_hooks_warn("poststart", &state.poststart, &hook_input);
+        Ok(())
+    }
+
+    /// `state`: the OCI state of one container.
+    pub fn state(&self, id: &str) -> Result<OciState> {
+        let (state, dir) = self.load(id)?;
+        Ok(state.oci_state(state.status(&dir)))
+    }
+
+    /// `list`: the OCI state of every container under the root.
+    pub fn list(&self) -> Result<Vec<OciState>> {
+        let mut out = Vec::new();
+        for id in crate::state::list_ids(&self.root)? {
+            match self.load(&id) {
+                Ok((state, dir)) => out.push(state.oci_state(state.status(&dir))),
+                Err(e) => log::warn!("skipping {id}: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `kill`: sends `signal` to the init, or with `all` to every process of
+    /// the container.
+    pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+        let (state, dir) = self.load(id)?;
+        let status = state.status(&dir);
+        if status == Status::Stopped {
+            return Err(Error::WrongState {
+                id: id.to_owned(),
+                status: status.as_str(),
+                op: "kill",
+                needed: "created, running or paused",
+            });
+        }
+        if all {
+            let pids = state.cgroups().procs()?;
+            for pid in pids {
+                match sys::kill(pid, signal) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => return Err(e).ctx(|| format!("signalling process {pid}")),
+                }
+            }
+            return Ok(());
+        }
+        signal_init(&state, signal)
+    }
+
+    /// `delete`: removes a stopped (or, with `force`, any) container: kills
+    /// what is left, runs poststop hooks, removes its cgroup and state.
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let (state, dir) = match self.load(id) {
+            Ok(x) => x,
+            Err(Error::ContainerNotFound(_)) if force => {
+                // runc succeeds here; leave nothing behind of a half-made container.
+                let dir = self.state_dir(id);
+                let _ = std::fs::remove_dir_all(&dir.path);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let status = state.status(&dir);
+        match status {
+            Status::Stopped => {}
+            Status::Created | Status::Creating => {
+                let _ = signal_init(&state, libc::SIGKILL);
+                wait_gone(&state);
+            }
+            Status::Running | Status::Paused if force => {
+                let _ = signal_init(&state, libc::SIGKILL);
+                kill_cgroup(&state.cgroups());
+                thaw(&state);
+                wait_gone(&state);
+            }
+            Status::Running | Status::Paused => {
+                return Err(Error::WrongState {
+                    id: id.to_owned(),
+                    status: status.as_str(),
+                    op: "delete (without --force)",
+                    needed: "stopped",
+                })
+            }
+        }
+        let cgroups = state.cgroups();
+        if !state.own_pid_ns {
+            kill_cgroup(&cgroups);
+        }
+        let removed = cgroups.remove();
+        let hook_input = hook_state(id, Status::Stopped, 0, &state.bundle, &state.annotations);
+        hooks::run_hooks_warn("poststop", &state.poststop, &hook_input);
+        std::fs::remove_dir_all(&dir.path).ctx(|| format!("removing {}", dir.path.display()))?;
+        removed?;
+        Ok(())
+    }
+
+    /// `exec`: runs another process in a running container. In the
+    /// foreground, returns its exit code.
+    pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32> {
+        let (state, dir) = self.load(id)?;
+        let status = state.status(&dir);
+        if !matches!(status, Status::Running | Status::Created) {
+            return Err(Error::WrongState {
+                id: id.to_owned(),
+                status: status.as_str(),
+                op: "exec",
+                needed: "running",
+            });
+        }
+        let process = &opts.process;
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(Error::InvalidConfig("exec needs a command to run".into()));
+        }
+        let terminal = process.terminal() == Some(true);
+        if terminal && opts.console_socket.is_none() && opts.detach {
+            return Err(Error::InvalidConfig(
+                "a detached exec with a terminal needs --console-socket".into(),
+            ));
+        }
+        let console_socket = match &opts.console_socket {
+            Some(path) => Some(
+                UnixStream::connect(path).ctx(|| format!("connecting to console socket {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let plan = NsPlan::for_exec(state.init_pid)?;
+        if !state.init_alive() {
+            return Err(Error::WrongState {
+                id: id.to_owned(),
+                status: "stopped",
+                op: "exec",
+                needed: "running",
+            });
+        }
+        let signals = if opts.detach {
+            None
+        } else {
+            sys::block_all_signals().ctx(|| "blocking signals".into())?;
+            Some(sys::signalfd_all().ctx(|| "creating a signalfd".into())?)
+        };
+        let (parent_end, child_end) = Channel::pair().ctx(|| "creating the setup channel".into())?;
+        let child = {
+            let _ns_guard = ChildNsGuard::enter(&plan, None)?;
+            sys::fork().ctx(|| "forking the exec process".into())?
+        };
+        let Some(pid) = child else {
+            drop(parent_end);
+            let ctx = ExecContext {
+                process,
+                plan: &plan,
+                channel: &child_end,
+                console: match (&console_socket, terminal) {
+                    (Some(sock), _) => ConsoleTarget::Socket(sock),
+                    (None, true) => ConsoleTarget::Parent,
+                    (None, false) => ConsoleTarget::None,
+                },
+                preserve_fds: opts.preserve_fds,
+            };
+            init::exec_init(&ctx);
+        };
+        drop(child_end);
+        let mut cleanup = Cleanup {
+            state_dir: None,
+            cgroups: None,
+            children: vec![pid],
+        };
+        state.cgroups().add_process(pid)?;
+        parent_end.send(&Msg::Go).ctx(|| "starting the exec process".into())?;
+        let mut pty = None;
+        loop {
+            match parent_end.recv().ctx(|| "reading from the exec process".into())? {
+                Some((Msg::Console, fd)) => pty = fd,
+                Some((Msg::Ready, _)) => break,
+                Some((Msg::Error(text), _)) => return Err(Error::Init(text)),
+                Some((other, _)) => return Err(Error::Init(format!("unexpected message: {other:?}"))),
+                None => return Err(Error::Init(describe_death(pid, pid))),
+            }
+        }
+        parent_end.send(&Msg::Start).ctx(|| "starting the exec process".into())?;
+        await_exec(&parent_end)?;
+        if let Some(pid_file) = &opts.pid_file {
+            write_pid_file(pid_file, pid)?;
+        }
+        cleanup.disarm();
+        if opts.detach {
+            return Ok(0);
+        }
+        io_relay::wait_foreground(pid, signals.as_ref().map(|s| s.as_fd()), pty.as_ref().map(|p| p.as_fd()), false)
+    }
+
+    /// The config.json a container was created with.
+    pub fn container_config(&self, id: &str) -> Result<oci_spec::runtime::Spec> {
+        let (_, dir) = self.load(id)?;
+        let path = dir.config_path();
+        let raw = std::fs::read(&path).map_err(|source| Error::ReadConfig { path: path.clone(), source })?;
+        crate::spec::parse_spec(&raw).map_err(|message| Error::ParseConfig { path, message })
+    }
+}
+
+/// Waits until the child execs (channel closed) or reports why it could not.
+fn await_exec(channel: &Channel) -> Result<()> {
+    match channel.recv().ctx(|| "waiting for the container process to start".into())? {
+        None => Ok(()),
+        Some((Msg::Error(text), _)) => Err(Error::Init(text)),
+        Some((other, _)) => Err(Error::Init(format!("unexpected message: {other:?}"))),
+    }
+}
+
+/// Why a child closed the channel without a word.
+fn describe_death(first_pid: i32, init_pid: i32) -> String {
+    for pid in [init_pid, first_pid] {
+        if let Ok(Some((_, status))) =
+            rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::NOHANG)
+        {
+            if let Some(sig) = status.terminating_signal() {
+                return format!("the container init was killed by signal {sig} during setup");
+            }
+            if let Some(code) = status.exit_status() {
+                return format!("the container init exited with status {code} during setup");
+            }
+        }
+    }
+    "the container init exited during setup".into()
+}
+
+/// Signals the init through a pidfd, after checking it is still our init.
+fn signal_init(state: &State, signal: i32) -> Result<()> {
+    let pid = rustix::process::Pid::from_raw(state.init_pid).ok_or_else(|| Error::Init("bad init pid".into()))?;
+    let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Ok(()),
+        Err(e) => return Err(e).ctx(|| format!("opening process {}", state.init_pid)),
+    };
+    if !state.init_alive() {
+        return Ok(());
+    }
+    let sig = rustix::process::Signal::from_named_raw(signal).ok_or_else(|| Error::UnknownSignal(signal.to_string()))?;
+    match rustix::process::pidfd_send_signal(&pidfd, sig) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("signalling the container init ({})", state.init_pid)),
+    }
+}
+
+/// Waits (up to 10 s) for the init to be gone.
+fn wait_gone(state: &State) {
+    let Some(pid) = rustix::process::Pid::from_raw(state.init_pid) else { return };
+    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.init_alive() && Instant::now() < deadline {
+        let mut fds = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
+        let ts = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        let _ = rustix::event::poll(&mut fds, Some(&ts));
+    }
+}
+
+fn thaw(state: &State) {
+    for (key, path) in &state.cgroup_paths {
+        if key.split(',').any(|c| c == "freezer") {
+            let _ = std::fs::write(path.join("freezer.state"), "THAWED");
+        } else if key.is_empty() {
+            let _ = std::fs::write(path.join("cgroup.freeze"), "0");
+        }
+    }
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let path = std::path::absolute(path).ctx(|| format!("pid file {}", path.display()))?;
+    util::write_atomic(&path, pid.to_string().as_bytes(), 0o644).ctx(|| format!("writing pid file {}", path.display()))
+}
+
+fn owner_name() -> String {
+    let uid = rustix::process::geteuid().as_raw();
+    if uid == 0 {
+        return "root".into();
+    }
+    uid.to_string()
+}

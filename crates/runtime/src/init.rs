@@ -1,0 +1,300 @@
+//! The child side of container creation and exec: runs in the forked
+//! process, inside the new namespaces, and ends in exec of the user program.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use oci_spec::runtime::{Hook, Process};
+use rustix::fs::OFlags;
+
+use crate::channel::{Channel, Msg};
+use crate::error::Context;
+use crate::namespaces::NsPlan;
+use crate::process::{self, Program};
+use crate::rootfs::{self, RootfsSetup};
+use crate::spec::Bundle;
+use crate::state::{hook_state, Status, EXEC_FIFO};
+use crate::{hooks, sys, Error, Result};
+
+/// How the user process is released once set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartGate {
+    /// Wait until `berth start` opens the exec FIFO.
+    Fifo,
+    /// Wait for Start on the channel (run, exec).
+    Channel,
+}
+
+/// Where a terminal's master side goes.
+pub enum ConsoleTarget<'a> {
+    None,
+    /// The caller's --console-socket.
+    Socket(&'a UnixStream),
+    /// Back to berth, which relays it to its own stdio.
+    Parent,
+}
+
+pub struct InitContext<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Bundle,
+    pub plan: &'a NsPlan,
+    pub cgroups: &'a berth_cgroups::Manager,
+    pub channel: &'a Channel,
+    pub console: ConsoleTarget<'a>,
+    pub state_dir: Option<&'a OwnedFd>,
+    pub gate: StartGate,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    pub preserve_fds: u32,
+}
+
+pub struct ExecContext<'a> {
+    pub process: &'a Process,
+    pub plan: &'a NsPlan,
+    pub channel: &'a Channel,
+    pub console: ConsoleTarget<'a>,
+    pub preserve_fds: u32,
+}
+
+/// Reports `err` to berth (or, if it is gone, to stderr) and exits.
+fn fail(channel: &Channel, err: &Error) -> ! {
+    if channel.send(&Msg::Error(err.to_string())).is_err() {
+        let _ = writeln!(std::io::stderr(), "berth init: {err}");
+    }
+    sys::exit_now(if matches!(err, Error::Init(m) if m.starts_with("exec")) { 127 } else { 1 })
+}
+
+pub fn container_init(ctx: &InitContext<'_>) -> ! {
+    match run_container_init(ctx) {
+        Ok(never) => match never {},
+        Err(e) => fail(ctx.channel, &e),
+    }
+}
+
+pub fn exec_init(ctx: &ExecContext<'_>) -> ! {
+    match run_exec_init(ctx) {
+        Ok(never) => match never {},
+        Err(e) => fail(ctx.channel, &e),
+    }
+}
+
+fn expect(channel: &Channel, msg: Msg) -> Result<()> {
+    channel.expect(msg).map_err(|e| Error::Init(format!("waiting for berth: {e}")))
+}
+
+fn send(channel: &Channel, msg: Msg) -> Result<()> {
+    channel.send(&msg).ctx(|| "talking to berth".into())
+}
+
+fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
+    let spec = &ctx.bundle.spec;
+    let process = spec.process().as_ref().ok_or_else(|| Error::InvalidConfig("process is missing".into()))?;
+    rustix::process::umask(rustix::fs::Mode::empty());
+    expect(ctx.channel, Msg::Go)?;
+
+    if ctx.plan.two_stage {
+        ctx.plan.enter()?;
+        // The new PID namespace (and the others) belong to the joined user
+        // namespace; the init must be a child to live in the PID namespace.
+        match sys::fork().ctx(|| "forking the container init".into())? {
+            Some(pid) => {
+                send(ctx.channel, Msg::Pid(pid))?;
+                sys::exit_now(0);
+            }
+            None => {}
+        }
+    } else {
+        ctx.plan.enter()?;
+    }
+    if ctx.plan.new_user {
+        // Become the user namespace's root (when it is mapped) so files we
+        // create belong to the container's root, not to nobody.
+        let _ = sys::setresgid(0);
+        let _ = sys::setresuid(0);
+    }
+    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        sys::sethostname(h).ctx(|| format!("setting hostname {h:?}"))?;
+    }
+    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        sys::setdomainname(d).ctx(|| format!("setting domainname {d:?}"))?;
+    }
+    if !ctx.no_new_keyring {
+        let name = CString::new(format!("_ses.{}", ctx.id)).unwrap_or_default();
+        match sys::join_session_keyring(&name) {
+            Ok(()) => {}
+            // Kernels or seccomp profiles without keyrings: runc carries on too.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EDQUOT)) => {}
+            Err(e) => return Err(e).ctx(|| "joining a new session keyring".into()),
+        }
+    }
+    if let Some(linux) = spec.linux() {
+        for (key, value) in linux.sysctl().iter().flatten() {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            std::fs::write(&path, value.as_bytes()).ctx(|| format!("setting sysctl {key}={value}"))?;
+        }
+    }
+    process::apply_oom_score_adj(process)?;
+    process::apply_rlimits(process)?;
+    // Until the user program runs, no process of the container may look
+    // into this one's /proc files (its fds reach outside the container).
+    sys::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
+
+    let cgroupns = ctx.plan.unshare_flags & libc::CLONE_NEWCGROUP != 0
+        || ctx.plan.joins.iter().any(|(f, _)| *f == libc::CLONE_NEWCGROUP);
+    let setup = RootfsSetup {
+        spec,
+        bundle: &ctx.bundle.dir,
+        rootfs: &ctx.bundle.rootfs,
+        cgroups: ctx.cgroups,
+        cgroupns,
+        userns: ctx.plan.new_user || ctx.plan.joins.iter().any(|(f, _)| *f == libc::CLONE_NEWUSER),
+    };
+    let root = setup.prepare()?;
+
+    let host_pid = own_host_pid();
+    let annotations: BTreeMap<String, String> = spec.annotations().clone().unwrap_or_default().into_iter().collect();
+    let hook_lists = spec.hooks().as_ref();
+    #[allow(deprecated)]
+    let runtime_hooks = hook_lists.is_some_and(|h| {
+        h.prestart().as_ref().is_some_and(|v| !v.is_empty()) || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+    });
+    if runtime_hooks {
+        send(ctx.channel, Msg::RunHooks)?;
+        expect(ctx.channel, Msg::HooksDone)?;
+    }
+    let state = |status| hook_state(ctx.id, status, host_pid, &ctx.bundle.dir, &annotations);
+    if let Some(list) = hook_lists.and_then(|h| h.create_container().as_deref()) {
+        hooks::run_hooks("createContainer", list, &state(Status::Creating))?;
+    }
+
+    setup.protect_paths(root.as_fd())?;
+    rootfs::enter_root(root.as_fd(), &ctx.bundle.rootfs, ctx.no_pivot)?;
+    drop(root);
+    rootfs::finalize_root(spec)?;
+
+    if process.terminal() == Some(true) {
+        setup_terminal(process, &ctx.console, ctx.channel, true)?;
+    }
+    let cwd_deferred = enter_cwd(process)?;
+    let program = process::prepare_program(process)?;
+    send(ctx.channel, Msg::Ready)?;
+
+    match ctx.gate {
+        StartGate::Fifo => wait_for_start_fifo(ctx.state_dir)?,
+        StartGate::Channel => expect(ctx.channel, Msg::Start)?,
+    }
+    if let Some(list) = hook_lists.and_then(|h| h.start_container().as_deref()) {
+        hooks::run_hooks("startContainer", list, &state(Status::Created))?;
+    }
+    finish(process, cwd_deferred, &program, ctx.preserve_fds)
+}
+
+fn run_exec_init(ctx: &ExecContext<'_>) -> Result<Infallible> {
+    let process = ctx.process;
+    expect(ctx.channel, Msg::Go)?;
+    ctx.plan.enter()?;
+    process::apply_oom_score_adj(process)?;
+    process::apply_rlimits(process)?;
+    sys::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
+    if process.terminal() == Some(true) {
+        setup_terminal(process, &ctx.console, ctx.channel, false)?;
+    }
+    let cwd_deferred = enter_cwd(process)?;
+    let program = process::prepare_program(process)?;
+    send(ctx.channel, Msg::Ready)?;
+    expect(ctx.channel, Msg::Start)?;
+    finish(process, cwd_deferred, &program, ctx.preserve_fds)
+}
+
+/// chdir into process.cwd as root; if root may not (root-squashing
+/// filesystems), try again as the user after dropping privileges.
+fn enter_cwd(process: &Process) -> Result<bool> {
+    match rustix::process::chdir(process.cwd()) {
+        Ok(()) => Ok(false),
+        Err(rustix::io::Errno::ACCESS) => Ok(true),
+        Err(e) => Err(e).ctx(|| format!("chdir to cwd {}", process.cwd().display())),
+    }
+}
+
+fn finish(process: &Process, cwd_deferred: bool, program: &Program, preserve_fds: u32) -> Result<Infallible> {
+    process::drop_privileges(process)?;
+    if cwd_deferred {
+        rustix::process::chdir(process.cwd()).ctx(|| format!("chdir to cwd {}", process.cwd().display()))?;
+    }
+    Err(process::exec(program, preserve_fds))
+}
+
+/// The pid of this process as berth sees it (our own pid namespace view
+/// would say 1): the host /proc is still mounted before the root switch.
+fn own_host_pid() -> i32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn wait_for_start_fifo(state_dir: Option<&OwnedFd>) -> Result<()> {
+    let dir = state_dir.ok_or_else(|| Error::Init("no state directory for the exec FIFO".into()))?;
+    let fifo = loop {
+        match rustix::fs::openat(dir, EXEC_FIFO, OFlags::WRONLY | OFlags::CLOEXEC, rustix::fs::Mode::empty()) {
+            Ok(fd) => break fd,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e).ctx(|| "opening the exec FIFO".into()),
+        }
+    };
+    rustix::io::write(&fifo, b"0").ctx(|| "writing the exec FIFO".into())?;
+    Ok(())
+}
+
+/// Creates the container's terminal: the master goes to the console socket
+/// (or to berth), the slave becomes stdio and the controlling terminal.
+fn setup_terminal(process: &Process, target: &ConsoleTarget<'_>, channel: &Channel, mount_console: bool) -> Result<()> {
+    use rustix::pty::OpenptFlags;
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+        .ctx(|| "opening /dev/ptmx in the container".into())?;
+    rustix::pty::unlockpt(&master).ctx(|| "unlockpt".into())?;
+    let slave = rustix::pty::ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY)
+        .ctx(|| "opening the terminal's slave side".into())?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).ctx(|| "ptsname".into())?;
+    if let Some(size) = process.console_size() {
+        let ws = rustix::termios::Winsize {
+            ws_row: size.height() as u16,
+            ws_col: size.width() as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        rustix::termios::tcsetwinsize(&master, ws).ctx(|| "setting the console size".into())?;
+    }
+    if mount_console {
+        let path = Path::new(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        rootfs::mount_console(path)?;
+    }
+    match target {
+        ConsoleTarget::Socket(sock) => {
+            sys::send_fd(sock.as_fd(), name.as_bytes(), master.as_raw_fd()).ctx(|| "sending the terminal to the console socket".into())?
+        }
+        ConsoleTarget::Parent => channel.send_fd(&Msg::Console, &master).ctx(|| "sending the terminal to berth".into())?,
+        ConsoleTarget::None => return Err(Error::Init("a terminal was requested without a console socket".into())),
+    }
+    drop(master);
+    rustix::process::setsid().ctx(|| "setsid".into())?;
+    rustix::process::ioctl_tiocsctty(&slave).ctx(|| "making the terminal the controlling one".into())?;
+    for fd in 0..3 {
+        sys::dup2(slave.as_raw_fd(), fd).ctx(|| "attaching stdio to the terminal".into())?;
+    }
+    Ok(())
+}
+
+/// Runs the hooks of one kind from the parent, for the parent's use.
+pub fn run_parent_hooks(kind: &'static str, list: Option<&Vec<Hook>>, state: &[u8]) -> Result<()> {
+    match list {
+        Some(list) => hooks::run_hooks(kind, list, state),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,531 @@
+//! The container's root filesystem: mounts, /dev, masked and read-only
+//! paths, and the switch into it (pivot_root or chroot).
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
+use rustix::fs::{FileType, Mode, OFlags};
+
+use crate::error::Context;
+use crate::mount_opts::{self, MountOptions};
+use crate::safe_path::{create_file_in_root, fd_path, mkdir_all_in_root, open_in_root, parent_in_root, stat_fd};
+use crate::{sys, Error, Result};
+
+/// Everything rootfs setup needs to know.
+pub struct RootfsSetup<'a> {
+    pub spec: &'a Spec,
+    pub bundle: &'a Path,
+    pub rootfs: &'a Path,
+    pub cgroups: &'a berth_cgroups::Manager,
+    /// The container has its own cgroup namespace (cgroupfs can be mounted).
+    pub cgroupns: bool,
+    /// The container has its own user namespace (device nodes cannot be made).
+    pub userns: bool,
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+fn mount_err(what: &str, dest: &Path, e: std::io::Error) -> Error {
+    Error::Sys {
+        context: format!("{what} {}", dest.display()),
+        source: e,
+    }
+}
+
+/// Default device nodes every container gets (runtime-spec "Default Devices").
+const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
+
+/// /proc files a bind mount may cover (lxcfs and friends), as runc allows.
+const PROC_BIND_ALLOWED: [&str; 10] = [
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+];
+
+impl RootfsSetup<'_> {
+    /// Prepares the new root in the container's mount namespace, up to (not
+    /// including) the switch into it. Returns an O_PATH fd of the root.
+    pub fn prepare(&self) -> Result<OwnedFd> {
+        let linux = self.spec.linux().as_ref();
+        let propagation = linux
+            .and_then(|l| l.rootfs_propagation().as_deref())
+            .filter(|p| !p.is_empty())
+            .and_then(mount_opts::propagation_flag);
+        let root_flag = propagation.map(|f| f | libc::MS_REC).unwrap_or(libc::MS_SLAVE | libc::MS_REC);
+        sys::mount(None, c"/", None, root_flag, None).ctx(|| "setting propagation of /".into())?;
+        if root_flag & libc::MS_SHARED != 0 {
+            self.make_parent_mount_private()?;
+        }
+        let rootfs = cstr(self.rootfs);
+        sys::mount(Some(&rootfs), &rootfs, None, libc::MS_BIND | libc::MS_REC, None)
+            .ctx(|| format!("bind mounting rootfs {}", self.rootfs.display()))?;
+        let root = rustix::fs::open(self.rootfs, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .ctx(|| format!("opening rootfs {}", self.rootfs.display()))?;
+
+        let mounts = self.spec.mounts().as_deref().unwrap_or_default();
+        for m in mounts {
+            self.mount_entry(root.as_fd(), m)?;
+        }
+        let bind_dev = mounts.iter().any(|m| {
+            normalize_dest(m.destination()) == Path::new("/dev")
+                && (m.typ().as_deref() == Some("bind") || mount_opts::parse(m.options().as_deref().unwrap_or_default()).is_bind())
+        });
+        if !bind_dev {
+            self.create_default_devices(root.as_fd())?;
+        }
+        for dev in linux.and_then(|l| l.devices().as_deref()).unwrap_or_default() {
+            self.create_device(root.as_fd(), dev)?;
+        }
+        if let Some(process) = self.spec.process() {
+            mkdir_all_in_root(root.as_fd(), process.cwd(), 0o755)
+                .ctx(|| format!("creating working directory {}", process.cwd().display()))?;
+        }
+        Ok(root)
+    }
+
+    /// pivot_root needs the rootfs's parent mount to be non-shared.
+    fn make_parent_mount_private(&self) -> Result<()> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo".into())?;
+        let mut best: Option<&str> = None;
+        for line in text.lines() {
+            let Some(mp) = line.split(' ').nth(4) else { continue };
+            if self.rootfs.starts_with(mp) && best.is_none_or(|b| mp.len() > b.len()) {
+                best = Some(mp);
+            }
+        }
+        if let Some(mp) = best {
+            let target = CString::new(mp).unwrap_or_default();
+            sys::mount(None, &target, None, libc::MS_PRIVATE, None)
+                .ctx(|| format!("making {mp} private for pivot_root"))?;
+        }
+        Ok(())
+    }
+
+    fn mount_entry(&self, root: BorrowedFd<'_>, m: &Mount) -> Result<()> {
+        let dest = normalize_dest(m.destination());
+        let opts = mount_opts::parse(m.options().as_deref().unwrap_or_default());
+        let typ = m.typ().as_deref().unwrap_or("");
+        let is_bind = opts.is_bind() || typ == "bind";
+        check_proc_destination(&dest, typ, is_bind)?;
+        match typ {
+            "cgroup" | "cgroup2" => return self.mount_cgroup(root, &dest, &opts),
+            _ if is_bind => return self.mount_bind(root, m, &dest, &opts),
+            _ => {}
+        }
+        let target = mkdir_all_in_root(root, &dest, 0o755).map_err(|e| mount_err("creating mount point", &dest, e))?;
+        let source = m
+            .source()
+            .as_ref()
+            .map(|s| cstr(s))
+            .unwrap_or_else(|| CString::new(typ).unwrap_or_default());
+        let fstype = CString::new(typ).unwrap_or_default();
+        let data = CString::new(opts.data.as_str()).unwrap_or_default();
+        let flags = opts.flags & !libc::MS_REMOUNT;
+        let result = sys::mount(
+            Some(&source),
+            &fd_path(target.as_fd()),
+            Some(&fstype),
+            flags,
+            (!opts.data.is_empty()).then_some(data.as_c_str()),
+        );
+        match result {
+            Ok(()) => {}
+            // sysfs cannot be mounted in a user namespace that does not own
+            // the network namespace: fall back to the host's, as runc does.
+            Err(e) if typ == "sysfs" && e.raw_os_error() == Some(libc::EPERM) => {
+                sys::mount(Some(c"/sys"), &fd_path(target.as_fd()), None, libc::MS_BIND | libc::MS_REC, None)
+                    .map_err(|e| mount_err("bind mounting /sys on", &dest, e))?;
+                let top = reopen(root, &dest)?;
+                remount(top.as_fd(), &dest, (flags | libc::MS_BIND | libc::MS_REC) & !libc::MS_REMOUNT, true)?;
+            }
+            Err(e) => return Err(mount_err(&format!("mounting {typ} on"), &dest, e)),
+        }
+        if opts.tmpcopyup {
+            log::warn!("mount {}: tmpcopyup is not supported, the tmpfs starts empty", dest.display());
+        }
+        self.apply_propagation(root, &dest, &opts)
+    }
+
+    fn mount_bind(&self, root: BorrowedFd<'_>, m: &Mount, dest: &Path, opts: &MountOptions) -> Result<()> {
+        let source = m
+            .source()
+            .as_ref()
+            .ok_or_else(|| Error::InvalidConfig(format!("bind mount {} has no source", dest.display())))?;
+        let source = if source.is_absolute() {
+            source.clone()
+        } else {
+            self.bundle.join(source)
+        };
+        let meta = std::fs::metadata(&source).ctx(|| format!("bind mount source {}", source.display()))?;
+        let target = if meta.is_dir() {
+            mkdir_all_in_root(root, dest, 0o755)
+        } else {
+            create_file_in_root(root, dest)
+        }
+        .map_err(|e| mount_err("creating mount point", dest, e))?;
+        let bind_flags = libc::MS_BIND | (opts.flags & libc::MS_REC);
+        sys::mount(Some(&cstr(&source)), &fd_path(target.as_fd()), None, bind_flags, None)
+            .map_err(|e| mount_err(&format!("bind mounting {} on", source.display()), dest, e))?;
+        let extra = opts.flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
+        if extra != 0 {
+            let top = reopen(root, dest)?;
+            remount(top.as_fd(), dest, extra | libc::MS_BIND, self.userns)?;
+        }
+        self.apply_propagation(root, dest, opts)
+    }
+
+    fn apply_propagation(&self, root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions) -> Result<()> {
+        if opts.propagation.is_empty() {
+            return Ok(());
+        }
+        let top = reopen(root, dest)?;
+        for flag in &opts.propagation {
+            sys::mount(None, &fd_path(top.as_fd()), None, *flag, None)
+                .map_err(|e| mount_err("changing propagation of", dest, e))?;
+        }
+        Ok(())
+    }
+
+    /// cgroupfs inside the container: the real hierarchy when the container
+    /// has a cgroup namespace, else a bind mount of its own cgroup.
+    fn mount_cgroup(&self, root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions) -> Result<()> {
+        let flags = opts.flags & !(libc::MS_RDONLY | libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
+        let paths = self.cgroups.paths();
+        let unified_only = paths.len() == 1 && paths[0].0.is_empty();
+        let target = mkdir_all_in_root(root, dest, 0o755).map_err(|e| mount_err("creating mount point", dest, e))?;
+        if unified_only {
+            self.mount_one_cgroup(root, dest, "", &paths[0].1, opts.flags & !libc::MS_BIND)?;
+            return self.apply_propagation(root, dest, opts);
+        }
+        sys::mount(
+            Some(c"tmpfs"),
+            &fd_path(target.as_fd()),
+            Some(c"tmpfs"),
+            flags,
+            Some(c"mode=755"),
+        )
+        .map_err(|e| mount_err("mounting tmpfs for cgroups on", dest, e))?;
+        for (key, host_path) in paths {
+            let name = if key.is_empty() {
+                "unified".to_owned()
+            } else {
+                key.strip_prefix("name=").unwrap_or(key).to_owned()
+            };
+            let sub = dest.join(&name);
+            self.mount_one_cgroup(root, &sub, key, host_path, opts.flags & !libc::MS_BIND)?;
+            if key.contains(',') {
+                let dir = reopen(root, dest)?;
+                for controller in key.split(',') {
+                    match rustix::fs::symlinkat(name.as_str(), &dir, controller) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e).ctx(|| format!("linking {controller} in {}", dest.display())),
+                    }
+                }
+            }
+        }
+        if opts.flags & libc::MS_RDONLY != 0 {
+            let top = reopen(root, dest)?;
+            sys::mount(None, &fd_path(top.as_fd()), None, libc::MS_REMOUNT | libc::MS_RDONLY | flags, Some(c"mode=755"))
+                .map_err(|e| mount_err("remounting read-only", dest, e))?;
+        }
+        self.apply_propagation(root, dest, opts)
+    }
+
+    fn mount_one_cgroup(&self, root: BorrowedFd<'_>, dest: &Path, key: &str, host_path: &Path, flags: libc::c_ulong) -> Result<()> {
+        let target = mkdir_all_in_root(root, dest, 0o755).map_err(|e| mount_err("creating mount point", dest, e))?;
+        if self.cgroupns {
+            let (fstype, data) = if key.is_empty() {
+                (c"cgroup2", None)
+            } else {
+                (c"cgroup", Some(CString::new(key).unwrap_or_default()))
+            };
+            sys::mount(Some(fstype), &fd_path(target.as_fd()), Some(fstype), flags & !libc::MS_REC, data.as_deref())
+                .map_err(|e| mount_err("mounting cgroup on", dest, e))?;
+            return Ok(());
+        }
+        sys::mount(Some(&cstr(host_path)), &fd_path(target.as_fd()), None, libc::MS_BIND | libc::MS_REC, None)
+            .map_err(|e| mount_err(&format!("bind mounting {} on", host_path.display()), dest, e))?;
+        let extra = flags & !(libc::MS_REC | libc::MS_REMOUNT);
+        if extra != 0 {
+            let top = reopen(root, dest)?;
+            remount(top.as_fd(), dest, extra | libc::MS_BIND, self.userns)?;
+        }
+        Ok(())
+    }
+
+    fn create_default_devices(&self, root: BorrowedFd<'_>) -> Result<()> {
+        let dev = mkdir_all_in_root(root, Path::new("/dev"), 0o755).ctx(|| "creating /dev".into())?;
+        for (path, major, minor) in DEFAULT_DEVICES {
+            self.make_device_node(root, Path::new(path), LinuxDeviceType::C, major, minor, 0o666, 0, 0)?;
+        }
+        let mut links: Vec<(&str, &str)> = vec![
+            ("/proc/self/fd", "fd"),
+            ("/proc/self/fd/0", "stdin"),
+            ("/proc/self/fd/1", "stdout"),
+            ("/proc/self/fd/2", "stderr"),
+        ];
+        if Path::new("/proc/kcore").exists() {
+            links.push(("/proc/kcore", "core"));
+        }
+        for (target, name) in links {
+            match rustix::fs::symlinkat(target, &dev, name) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(e).ctx(|| format!("creating /dev/{name}")),
+            }
+        }
+        match rustix::fs::unlinkat(&dev, "ptmx", rustix::fs::AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e).ctx(|| "removing /dev/ptmx".into()),
+        }
+        rustix::fs::symlinkat("pts/ptmx", &dev, "ptmx").ctx(|| "creating /dev/ptmx".into())?;
+        Ok(())
+    }
+
+    fn create_device(&self, root: BorrowedFd<'_>, dev: &LinuxDevice) -> Result<()> {
+        let mode = dev.file_mode().unwrap_or(0o666) & 0o7777;
+        self.make_device_node(
+            root,
+            dev.path(),
+            dev.typ(),
+            dev.major() as u64,
+            dev.minor() as u64,
+            mode,
+            dev.uid().unwrap_or(0),
+            dev.gid().unwrap_or(0),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make_device_node(
+        &self,
+        root: BorrowedFd<'_>,
+        path: &Path,
+        typ: LinuxDeviceType,
+        major: u64,
+        minor: u64,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<()> {
+        let (dir, name) = parent_in_root(root, path).ctx(|| format!("creating parent of device {}", path.display()))?;
+        let kind = match typ {
+            LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
+            LinuxDeviceType::B => libc::S_IFBLK,
+            LinuxDeviceType::P => libc::S_IFIFO,
+            LinuxDeviceType::A => {
+                return Err(Error::InvalidConfig(format!(
+                    "device {}: type \"a\" is only valid in device cgroup rules",
+                    path.display()
+                )))
+            }
+        };
+        // Whatever the image left at this path is replaced (a directory is an error).
+        match rustix::fs::unlinkat(&dir, name.as_os_str(), rustix::fs::AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e).ctx(|| format!("replacing {}", path.display())),
+        }
+        let cname = CString::new(name.as_bytes()).unwrap_or_default();
+        if self.userns && kind != libc::S_IFIFO {
+            // Device nodes cannot be created in a user namespace: bind the host's.
+            let file = create_file_in_root(root, path).ctx(|| format!("creating {}", path.display()))?;
+            let host = device_host_path(kind, major, minor, path);
+            sys::mount(Some(&cstr(&host)), &fd_path(file.as_fd()), None, libc::MS_BIND, None)
+                .map_err(|e| mount_err(&format!("bind mounting device {} on", host.display()), path, e))?;
+            return Ok(());
+        }
+        sys::mknodat(dir.as_fd(), &cname, kind | mode, sys::makedev(major, minor))
+            .ctx(|| format!("creating device node {}", path.display()))?;
+        rustix::fs::chownat(
+            &dir,
+            name.as_os_str(),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .ctx(|| format!("chown of device {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Masks `linux.maskedPaths` and makes `linux.readonlyPaths` read-only.
+    pub fn protect_paths(&self, root: BorrowedFd<'_>) -> Result<()> {
+        let Some(linux) = self.spec.linux() else { return Ok(()) };
+        for path in linux.readonly_paths().iter().flatten() {
+            let path = Path::new(path);
+            let fd = match open_in_root(root, path, OFlags::PATH) {
+                Ok(fd) => fd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(mount_err("opening read-only path", path, e)),
+            };
+            sys::mount(Some(&fd_path(fd.as_fd())), &fd_path(fd.as_fd()), None, libc::MS_BIND | libc::MS_REC, None)
+                .map_err(|e| mount_err("bind mounting read-only path", path, e))?;
+            let top = reopen(root, path)?;
+            remount(top.as_fd(), path, libc::MS_BIND | libc::MS_RDONLY | libc::MS_REC, true)?;
+        }
+        for path in linux.masked_paths().iter().flatten() {
+            let path = Path::new(path);
+            let fd = match open_in_root(root, path, OFlags::PATH) {
+                Ok(fd) => fd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(mount_err("opening masked path", path, e)),
+            };
+            let is_dir = stat_fd(fd.as_fd())
+                .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+                .unwrap_or(false);
+            let result = if is_dir {
+                sys::mount(Some(c"tmpfs"), &fd_path(fd.as_fd()), Some(c"tmpfs"), libc::MS_RDONLY, None)
+            } else {
+                sys::mount(Some(c"/dev/null"), &fd_path(fd.as_fd()), None, libc::MS_BIND, None)
+            };
+            result.map_err(|e| mount_err("masking", path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Re-resolves `path` so that a mount just made on it is what we act on.
+fn reopen(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
+    open_in_root(root, path, OFlags::PATH).map_err(|e| mount_err("reopening", path, e))
+}
+
+/// Remounts a bind mount with `flags`, keeping the flags the kernel locks in a
+/// user namespace (nosuid, nodev, noexec, atime) when `keep_locked`.
+fn remount(target: BorrowedFd<'_>, dest: &Path, flags: libc::c_ulong, keep_locked: bool) -> Result<()> {
+    let mut flags = flags | libc::MS_REMOUNT;
+    if keep_locked {
+        if let Ok(st) = rustix::fs::fstatvfs(target) {
+            let f = st.f_flag;
+            for (st_flag, ms_flag) in [
+                (rustix::fs::StatVfsMountFlags::NOSUID, libc::MS_NOSUID),
+                (rustix::fs::StatVfsMountFlags::NODEV, libc::MS_NODEV),
+                (rustix::fs::StatVfsMountFlags::NOEXEC, libc::MS_NOEXEC),
+                (rustix::fs::StatVfsMountFlags::NOATIME, libc::MS_NOATIME),
+                (rustix::fs::StatVfsMountFlags::NODIRATIME, libc::MS_NODIRATIME),
+                (rustix::fs::StatVfsMountFlags::RELATIME, libc::MS_RELATIME),
+            ] {
+                if f.contains(st_flag) {
+                    flags |= ms_flag;
+                }
+            }
+        }
+    }
+    sys::mount(None, &fd_path(target), None, flags, None).map_err(|e| mount_err("remounting", dest, e))
+}
+
+/// Mount destinations are absolute inside the container; runc treats a
+/// relative one as relative to "/".
+fn normalize_dest(dest: &Path) -> PathBuf {
+    if dest.is_absolute() {
+        dest.to_path_buf()
+    } else {
+        Path::new("/").join(dest)
+    }
+}
+
+/// Refuses mounts that would hide or replace procfs entries the kernel uses
+/// to confine the container (the checks runc added for CVE-2019-19921 & co).
+fn check_proc_destination(dest: &Path, typ: &str, is_bind: bool) -> Result<()> {
+    let lexical: PathBuf = dest.components().collect();
+    if lexical == Path::new("/proc") {
+        if typ != "proc" {
+            return Err(Error::InvalidConfig(format!(
+                "mount on /proc must be of type proc, not {typ:?}"
+            )));
+        }
+        return Ok(());
+    }
+    if lexical.starts_with("/proc") {
+        let allowed = is_bind && PROC_BIND_ALLOWED.iter().any(|p| lexical == Path::new(p));
+        if !allowed {
+            return Err(Error::InvalidConfig(format!(
+                "mount destination {} is inside /proc and not one of the files that may be covered",
+                dest.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Where the host has a device, for bind-mounting it in a user namespace.
+fn device_host_path(kind: u32, major: u64, minor: u64, container_path: &Path) -> PathBuf {
+    let sys_kind = if kind == libc::S_IFBLK { "block" } else { "char" };
+    let via_sys = PathBuf::from(format!("/dev/{sys_kind}/{major}:{minor}"));
+    if via_sys.exists() {
+        via_sys
+    } else {
+        container_path.to_path_buf()
+    }
+}
+
+/// Switches the process root into the prepared rootfs.
+pub fn enter_root(root: BorrowedFd<'_>, rootfs: &Path, no_pivot: bool) -> Result<()> {
+    rustix::process::fchdir(root).ctx(|| format!("chdir to rootfs {}", rootfs.display()))?;
+    if no_pivot {
+        sys::mount(Some(&cstr(rootfs)), c"/", None, libc::MS_MOVE, None)
+            .ctx(|| "moving rootfs to / (--no-pivot)".into())?;
+        rustix::process::chroot(".").ctx(|| "chroot into rootfs".into())?;
+    } else {
+        sys::pivot_root(c".", c".").ctx(|| format!("pivot_root into {}", rootfs.display()))?;
+        // The old root is now stacked on "."; detach it without letting the
+        // unmount propagate back to the host.
+        sys::mount(None, c".", None, libc::MS_SLAVE | libc::MS_REC, None)
+            .ctx(|| "making the old root a slave".into())?;
+        sys::umount2(c".", libc::MNT_DETACH).ctx(|| "unmounting the old root".into())?;
+    }
+    rustix::process::chdir("/").ctx(|| "chdir /".into())?;
+    Ok(())
+}
+
+/// After the switch: read-only root.
+pub fn finalize_root(spec: &Spec) -> Result<()> {
+    let readonly = spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
+    if readonly {
+        let root = rustix::fs::open("/", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .ctx(|| "opening /".into())?;
+        remount_path_readonly(root.as_fd())?;
+    }
+    Ok(())
+}
+
+fn remount_path_readonly(root: BorrowedFd<'_>) -> Result<()> {
+    let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+    if let Ok(st) = rustix::fs::fstatvfs(root) {
+        for (st_flag, ms_flag) in [
+            (rustix::fs::StatVfsMountFlags::NOSUID, libc::MS_NOSUID),
+            (rustix::fs::StatVfsMountFlags::NODEV, libc::MS_NODEV),
+            (rustix::fs::StatVfsMountFlags::NOEXEC, libc::MS_NOEXEC),
+        ] {
+            if st.f_flag.contains(st_flag) {
+                flags |= ms_flag;
+            }
+        }
+    }
+    sys::mount(None, c"/", None, flags, None).ctx(|| "remounting / read-only".into())
+}
+
+/// Binds the terminal's slave side onto /dev/console.
+pub fn mount_console(slave_path: &Path) -> Result<()> {
+    let root = rustix::fs::open("/", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .ctx(|| "opening /".into())?;
+    let console = create_file_in_root(root.as_fd(), Path::new("/dev/console")).ctx(|| "creating /dev/console".into())?;
+    sys::mount(Some(&cstr(slave_path)), &fd_path(console.as_fd()), None, libc::MS_BIND, None)
+        .ctx(|| format!("bind mounting {} on /dev/console", slave_path.display()))
+}

@@ -1,0 +1,204 @@
+//! Path resolution inside an untrusted root filesystem.
+//!
+//! Every lookup goes through openat2(2) with RESOLVE_IN_ROOT, so `..` and
+//! symlinks (absolute or relative) are resolved as if the rootfs were `/`:
+//! no path can lead out of it. Directories and files are created one
+//! component at a time, relative to a directory fd resolved the same way.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+const MAX_SYMLINK_DEPTH: u32 = 40;
+
+fn resolve_flags() -> ResolveFlags {
+    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS
+}
+
+/// `path` as a relative path (the root itself becomes ".").
+fn relative(path: &Path) -> PathBuf {
+    let rel: PathBuf = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
+        .collect();
+    if rel.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        rel
+    }
+}
+
+/// Opens `path` inside `root` with `flags` (O_CLOEXEC is added).
+pub fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+    loop {
+        match rustix::fs::openat2(
+            root,
+            relative(path).as_path(),
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_flags(),
+        ) {
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// The path to use with mount(2) and friends to act on exactly what `fd` refers to.
+pub fn fd_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+}
+
+/// Creates every missing directory of `path` inside `root` and returns an
+/// O_PATH fd of the final directory. Dangling symlinks met on the way are
+/// followed (inside the root) and their targets created, as runc does.
+pub fn mkdir_all_in_root(root: BorrowedFd<'_>, path: &Path, mode: u32) -> io::Result<OwnedFd> {
+    mkdir_all_depth(root, &relative(path), mode, 0)
+}
+
+fn mkdir_all_depth(root: BorrowedFd<'_>, path: &Path, mode: u32, depth: u32) -> io::Result<OwnedFd> {
+    if depth > MAX_SYMLINK_DEPTH {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    let dir_flags = OFlags::PATH | OFlags::DIRECTORY;
+    match open_in_root(root, path, dir_flags) {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut current = open_in_root(root, Path::new("."), dir_flags)?;
+    let mut walked = PathBuf::new();
+    for component in path.components() {
+        let Component::Normal(name) = component else {
+            if component == Component::ParentDir {
+                walked.push("..");
+                current = open_in_root(root, &walked, dir_flags)?;
+            }
+            continue;
+        };
+        walked.push(name);
+        match open_in_root(root, &walked, dir_flags) {
+            Ok(fd) => {
+                current = fd;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match rustix::fs::mkdirat(&current, name, Mode::from_raw_mode(mode)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                // Something is there but did not resolve: a dangling symlink.
+                let target = rustix::fs::readlinkat(&current, name, Vec::new())
+                    .map_err(|_| io::Error::from_raw_os_error(libc::ENOTDIR))?;
+                let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));
+                let resolved = if target.is_absolute() {
+                    relative(&target)
+                } else {
+                    walked.parent().unwrap_or(Path::new("")).join(&target)
+                };
+                mkdir_all_depth(root, &resolved, mode, depth + 1)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        current = open_in_root(root, &walked, dir_flags)?;
+    }
+    Ok(current)
+}
+
+/// Opens `path` inside `root` as O_PATH, creating an empty regular file
+/// (and its parent directories) when nothing is there.
+pub fn create_file_in_root(root: BorrowedFd<'_>, path: &Path) -> io::Result<OwnedFd> {
+    match open_in_root(root, path, OFlags::PATH) {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let rel = relative(path);
+    let (parent, name) = split_parent(&rel)?;
+    let parent_fd = mkdir_all_in_root(root, parent, 0o755)?;
+    match rustix::fs::openat2(
+        &parent_fd,
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    ) {
+        Ok(_) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    open_in_root(root, path, OFlags::PATH)
+}
+
+/// The parent directory and final name of a relative path.
+pub fn split_parent(path: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file name", path.display())))?;
+    Ok((path.parent().unwrap_or(Path::new("")), name))
+}
+
+/// The directory fd and name under which `path` lives inside `root`,
+/// creating parent directories as needed.
+pub fn parent_in_root(root: BorrowedFd<'_>, path: &Path) -> io::Result<(OwnedFd, std::ffi::OsString)> {
+    let rel = relative(path);
+    let (parent, name) = split_parent(&rel)?;
+    let parent_fd = mkdir_all_in_root(root, parent, 0o755)?;
+    Ok((parent_fd, name.to_owned()))
+}
+
+/// fstat of an O_PATH fd.
+pub fn stat_fd(fd: impl AsFd) -> io::Result<rustix::fs::Stat> {
+    rustix::fs::fstat(fd).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("berth-safe-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn root_fd(dir: &Path) -> OwnedFd {
+        rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).unwrap()
+    }
+
+    #[test]
+    fn symlinks_stay_inside_root() {
+        let base = tmp("escape");
+        let root = base.join("root");
+        let outside = base.join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        symlink(&outside, root.join("abs")).unwrap();
+        symlink("../../outside", root.join("rel")).unwrap();
+        let fd = root_fd(&root);
+        mkdir_all_in_root(fd.as_fd(), Path::new("/abs/made"), 0o755).unwrap();
+        mkdir_all_in_root(fd.as_fd(), Path::new("/rel/made2"), 0o755).unwrap();
+        create_file_in_root(fd.as_fd(), Path::new("/abs/file")).unwrap();
+        mkdir_all_in_root(fd.as_fd(), Path::new("../../../up"), 0o755).unwrap();
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing may be created outside");
+        assert!(root.join(outside.strip_prefix("/").unwrap()).join("made").is_dir());
+        assert!(root.join("up").is_dir());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn dangling_symlink_targets_are_created_inside() {
+        let base = tmp("dangling");
+        symlink("/run", base.join("varrun")).unwrap();
+        let fd = root_fd(&base);
+        mkdir_all_in_root(fd.as_fd(), Path::new("/varrun/secrets"), 0o755).unwrap();
+        assert!(base.join("run/secrets").is_dir());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

@@ -1,0 +1,325 @@
+//! Loading and validating a bundle's config.json.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::{Error, Result};
+
+/// A parsed and validated bundle configuration.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Absolute bundle directory.
+    pub dir: PathBuf,
+    /// Absolute root filesystem directory.
+    pub rootfs: PathBuf,
+    pub spec: Spec,
+    /// The config.json bytes as read, kept so the state directory can hold an
+    /// exact copy without re-serialising.
+    pub raw: Vec<u8>,
+}
+
+impl Bundle {
+    /// Reads `<dir>/config.json`, parses and validates it for `create`/`run`.
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let dir = std::path::absolute(dir).map_err(|source| Error::ReadConfig {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let config_path = dir.join("config.json");
+        let raw = std::fs::read(&config_path).map_err(|source| Error::ReadConfig {
+            path: config_path.clone(),
+            source,
+        })?;
+        let spec = parse_spec(&raw).map_err(|message| Error::ParseConfig {
+            path: config_path.clone(),
+            message,
+        })?;
+        let rootfs = validate(&spec, &dir)?;
+        Ok(Bundle { dir, rootfs, spec, raw })
+    }
+}
+
+/// Parses config.json bytes; the error text names the line and column.
+pub fn parse_spec(raw: &[u8]) -> std::result::Result<Spec, String> {
+    serde_json::from_slice::<Spec>(raw).map_err(|e| e.to_string())
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidConfig(msg.into())
+}
+
+/// Checks what the runtime relies on and returns the absolute rootfs path.
+/// Pure apart from checking that the root filesystem exists.
+pub fn validate(spec: &Spec, bundle_dir: &Path) -> Result<PathBuf> {
+    validate_version(spec.version())?;
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| invalid("root is missing: a Linux container needs root.path"))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle_dir.join(root.path())
+    };
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| invalid("process is missing"))?;
+    let args = process.args().as_deref().unwrap_or_default();
+    if args.is_empty() {
+        return Err(invalid("process.args must name the program to run"));
+    }
+    if !process.cwd().is_absolute() {
+        return Err(invalid(format!(
+            "process.cwd {:?} must be an absolute path",
+            process.cwd()
+        )));
+    }
+    for var in process.env().as_deref().unwrap_or_default() {
+        if !var.contains('=') || var.starts_with('=') || var.contains('\0') {
+            return Err(invalid(format!("process.env entry {var:?} is not NAME=value")));
+        }
+    }
+    for arg in args {
+        if arg.contains('\0') {
+            return Err(invalid(format!("process.args entry {arg:?} contains a NUL byte")));
+        }
+    }
+    validate_linux(spec)?;
+    validate_mounts(spec)?;
+    validate_hooks(spec)?;
+    match std::fs::metadata(&rootfs) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(invalid(format!("root.path {rootfs:?} is not a directory"))),
+        Err(e) => {
+            return Err(Error::Sys {
+                context: format!("root.path {rootfs:?}"),
+                source: e,
+            })
+        }
+    }
+    Ok(rootfs)
+}
+
+/// Any 1.x version is accepted (1.0.0-rc forms included), as runc does.
+pub fn validate_version(version: &str) -> Result<()> {
+    if version.is_empty() {
+        return Err(invalid("ociVersion is missing"));
+    }
+    let major = version.split(['.', '-', '+']).next().unwrap_or("");
+    if major != "1" || !version.contains('.') {
+        return Err(invalid(format!(
+            "ociVersion {version:?} is not supported: berth implements runtime-spec 1.x"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_linux(spec: &Spec) -> Result<()> {
+    let Some(linux) = spec.linux() else {
+        return Err(invalid("linux is missing: berth runs Linux containers"));
+    };
+    let namespaces = linux.namespaces().as_deref().unwrap_or_default();
+    let mut seen = HashSet::new();
+    for ns in namespaces {
+        if !seen.insert(ns.typ()) {
+            return Err(invalid(format!(
+                "linux.namespaces lists the {} namespace twice",
+                ns.typ()
+            )));
+        }
+        if let Some(path) = ns.path() {
+            if !path.is_absolute() {
+                return Err(invalid(format!(
+                    "linux.namespaces: path {path:?} of the {} namespace must be absolute",
+                    ns.typ()
+                )));
+            }
+        }
+    }
+    let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
+    let new_ns = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t && n.path().is_none());
+    if !has(LinuxNamespaceType::Mount) {
+        return Err(invalid(
+            "linux.namespaces must include a mount namespace: berth will not set up a root filesystem in the host's",
+        ));
+    }
+    let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+    if new_ns(LinuxNamespaceType::User) {
+        if linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty())
+            || linux.gid_mappings().as_ref().is_none_or(|m| m.is_empty())
+        {
+            return Err(invalid(
+                "a new user namespace needs both linux.uidMappings and linux.gidMappings",
+            ));
+        }
+    } else if has_maps {
+        return Err(invalid(
+            "linux.uidMappings/gidMappings are set but no new user namespace is requested",
+        ));
+    }
+    if linux.time_offsets().as_ref().is_some_and(|t| !t.is_empty()) {
+        if !new_ns(LinuxNamespaceType::Time) {
+            return Err(invalid("linux.timeOffsets needs a new time namespace"));
+        }
+        for key in linux.time_offsets().as_ref().unwrap().keys() {
+            if key != "monotonic" && key != "boottime" {
+                return Err(invalid(format!(
+                    "linux.timeOffsets: unknown clock {key:?} (monotonic or boottime)"
+                )));
+            }
+        }
+    }
+    if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !new_ns(LinuxNamespaceType::Uts) {
+        return Err(invalid("hostname is set but the container has no private UTS namespace"));
+    }
+    if spec.domainname().as_ref().is_some_and(|h| !h.is_empty()) && !new_ns(LinuxNamespaceType::Uts) {
+        return Err(invalid("domainname is set but the container has no private UTS namespace"));
+    }
+    if let Some(prop) = linux.rootfs_propagation() {
+        if !prop.is_empty() && crate::mount_opts::propagation_flag(prop).is_none() {
+            return Err(invalid(format!("linux.rootfsPropagation {prop:?} is not a propagation mode")));
+        }
+    }
+    if let Some(sysctls) = linux.sysctl() {
+        for key in sysctls.keys() {
+            validate_sysctl(key, &|t| has(t) && namespaces.iter().any(|n| n.typ() == t))?;
+        }
+    }
+    for path in linux
+        .masked_paths()
+        .iter()
+        .flatten()
+        .chain(linux.readonly_paths().iter().flatten())
+    {
+        if !path.starts_with('/') {
+            return Err(invalid(format!("masked/readonly path {path:?} must be absolute")));
+        }
+    }
+    for dev in linux.devices().iter().flatten() {
+        if !dev.path().is_absolute() || !dev.path().starts_with("/dev") {
+            return Err(invalid(format!(
+                "linux.devices: path {:?} must be an absolute path under /dev",
+                dev.path()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Sysctls are only allowed where the container has the namespace that
+/// scopes them, as runc checks: otherwise they would change the host.
+fn validate_sysctl(key: &str, has_ns: &dyn Fn(LinuxNamespaceType) -> bool) -> Result<()> {
+    if key.contains("..") || key.contains('\0') || key.starts_with(['.', '/']) {
+        return Err(invalid(format!("sysctl {key:?} is not a valid name")));
+    }
+    let ipc = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let needed = if ipc.contains(&key) || key.starts_with("fs.mqueue.") {
+        LinuxNamespaceType::Ipc
+    } else if key.starts_with("net.") {
+        LinuxNamespaceType::Network
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        LinuxNamespaceType::Uts
+    } else {
+        return Err(invalid(format!(
+            "sysctl {key:?} is not namespaced: it would change the host"
+        )));
+    };
+    if !has_ns(needed) {
+        return Err(invalid(format!(
+            "sysctl {key:?} needs the container's own {needed} namespace"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_mounts(spec: &Spec) -> Result<()> {
+    for m in spec.mounts().iter().flatten() {
+        let dest = m.destination();
+        if dest.as_os_str().is_empty() {
+            return Err(invalid("a mount has an empty destination"));
+        }
+        if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
+            return Err(invalid(format!(
+                "mount {dest:?}: id-mapped mounts are not supported by berth"
+            )));
+        }
+        for opt in m.options().iter().flatten() {
+            if opt == "idmap" || opt == "ridmap" {
+                return Err(invalid(format!(
+                    "mount {dest:?}: id-mapped mounts are not supported by berth"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_hooks(spec: &Spec) -> Result<()> {
+    let Some(hooks) = spec.hooks() else { return Ok(()) };
+    #[allow(deprecated)]
+    let all = [
+        hooks.prestart(),
+        hooks.create_runtime(),
+        hooks.create_container(),
+        hooks.start_container(),
+        hooks.poststart(),
+        hooks.poststop(),
+    ];
+    for hook in all.into_iter().flatten().flatten() {
+        if !hook.path().is_absolute() {
+            return Err(invalid(format!("hook path {:?} must be absolute", hook.path())));
+        }
+        if hook.timeout().is_some_and(|t| t <= 0) {
+            return Err(invalid(format!(
+                "hook {:?}: timeout must be a positive number of seconds",
+                hook.path()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        for ok in ["1.0.0", "1.0.2-dev", "1.2.1", "1.3.0", "1.0.0-rc5"] {
+            validate_version(ok).unwrap();
+        }
+        for bad in ["", "2.0.0", "0.9", "1", "banana"] {
+            assert!(validate_version(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sysctl_scope() {
+        let all = |_t| true;
+        let none = |_t| false;
+        validate_sysctl("net.ipv4.ip_forward", &all).unwrap();
+        validate_sysctl("kernel.shmmax", &all).unwrap();
+        assert!(validate_sysctl("net.ipv4.ip_forward", &none).is_err());
+        assert!(validate_sysctl("vm.swappiness", &all).is_err());
+        assert!(validate_sysctl("net/../../x", &all).is_err());
+    }
+
+    #[test]
+    fn parse_errors_name_position() {
+        let err = parse_spec(b"{\"ociVersion\": 5}").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

@@ -1,0 +1,226 @@
+//! A container's persistent state under the runtime root, and its status.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Context;
+use crate::util;
+use crate::{Error, Result};
+
+pub const STATE_FILE: &str = "state.json";
+pub const CONFIG_FILE: &str = "config.json";
+pub const EXEC_FIFO: &str = "exec.fifo";
+
+/// The OCI runtime-spec version berth implements and reports.
+pub const OCI_VERSION: &str = "1.3.0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// What berth records about a container between commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub id: String,
+    pub init_pid: i32,
+    /// Start time of the init process (clock ticks), to tell it from a later
+    /// process that reuses its pid.
+    pub init_start_time: u64,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: String,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Cgroup directories by hierarchy key (controller list for v1, "" for v2).
+    #[serde(default)]
+    pub cgroup_paths: Vec<(String, PathBuf)>,
+    /// Whether the container has its own PID namespace (so killing init kills all).
+    #[serde(default)]
+    pub own_pid_ns: bool,
+    /// Hooks run after create, kept here so that start and delete need not
+    /// parse config.json again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poststart: Vec<oci_spec::runtime::Hook>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poststop: Vec<oci_spec::runtime::Hook>,
+}
+
+/// The directory of one container under the runtime root.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    pub path: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: &Path, id: &str) -> StateDir {
+        StateDir { path: root.join(id) }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path.join(STATE_FILE).exists()
+    }
+
+    pub fn load(&self, id: &str) -> Result<State> {
+        let file = self.path.join(STATE_FILE);
+        let bytes = match std::fs::read(&file) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::ContainerNotFound(id.to_owned()))
+            }
+            Err(e) => return Err(e).ctx(|| format!("reading {}", file.display())),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| Error::ParseConfig {
+            path: file,
+            message: e.to_string(),
+        })
+    }
+
+    pub fn save(&self, state: &State) -> Result<()> {
+        let data = serde_json::to_vec(state).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        let file = self.path.join(STATE_FILE);
+        util::write_atomic(&file, &data, 0o600).ctx(|| format!("writing {}", file.display()))
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path.join(CONFIG_FILE)
+    }
+
+    pub fn fifo_path(&self) -> PathBuf {
+        self.path.join(EXEC_FIFO)
+    }
+}
+
+impl State {
+    /// Whether the recorded init process is still the one we started.
+    pub fn init_alive(&self) -> bool {
+        matches!(util::proc_stat(self.init_pid), Some((s, start)) if start == self.init_start_time && s != 'Z' && s != 'X')
+    }
+
+    pub fn status(&self, dir: &StateDir) -> Status {
+        if self.init_pid <= 0 || !self.init_alive() {
+            return Status::Stopped;
+        }
+        if dir.fifo_path().exists() {
+            return Status::Created;
+        }
+        if self.frozen() {
+            return Status::Paused;
+        }
+        Status::Running
+    }
+
+    fn frozen(&self) -> bool {
+        for (key, path) in &self.cgroup_paths {
+            if key.split(',').any(|c| c == "freezer") {
+                if let Ok(s) = std::fs::read_to_string(path.join("freezer.state")) {
+                    return s.trim() == "FROZEN";
+                }
+            }
+        }
+        for (key, path) in &self.cgroup_paths {
+            if key.is_empty() && self.cgroup_paths.len() == 1 {
+                if let Ok(s) = std::fs::read_to_string(path.join("cgroup.freeze")) {
+                    return s.trim() == "1";
+                }
+            }
+        }
+        false
+    }
+
+    /// The OCI state document (`berth state`, and hooks' stdin).
+    pub fn oci_state(&self, status: Status) -> OciState {
+        let pid = if status == Status::Stopped { 0 } else { self.init_pid };
+        OciState {
+            oci_version: OCI_VERSION.to_owned(),
+            id: self.id.clone(),
+            pid,
+            status: status.as_str().to_owned(),
+            bundle: self.bundle.clone(),
+            rootfs: self.rootfs.clone(),
+            created: self.created.clone(),
+            owner: self.owner.clone(),
+            annotations: self.annotations.clone(),
+        }
+    }
+
+    pub fn cgroups(&self) -> berth_cgroups::Manager {
+        berth_cgroups::Manager::from_paths(self.cgroup_paths.clone())
+    }
+}
+
+/// The state JSON runc prints (`runc state`, `runc list --format json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OciState {
+    #[serde(rename = "ociVersion")]
+    pub oci_version: String,
+    pub id: String,
+    pub pid: i32,
+    pub status: String,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The state passed to hooks on stdin: the spec's required fields.
+pub fn hook_state(id: &str, status: Status, pid: i32, bundle: &Path, annotations: &BTreeMap<String, String>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct HookState<'a> {
+        #[serde(rename = "ociVersion")]
+        oci_version: &'a str,
+        id: &'a str,
+        status: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pid: Option<i32>,
+        bundle: &'a Path,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        annotations: &'a BTreeMap<String, String>,
+    }
+    let doc = HookState {
+        oci_version: OCI_VERSION,
+        id,
+        status: status.as_str(),
+        pid: (pid > 0).then_some(pid),
+        bundle,
+        annotations,
+    };
+    serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+/// The ids of every container under `root`, sorted.
+pub fn list_ids(root: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).ctx(|| format!("reading {}", root.display())),
+    };
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.path().join(STATE_FILE).exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
