@@ -216,7 +216,10 @@ pub fn drop_privileges(process: &Process) -> Result<()> {
         sys::capset(effective, permitted, inheritable).ctx(|| "setting capabilities".into())?;
         let ambient = cap_mask(caps.ambient())?;
         let ambient: Vec<u32> = (0..64).filter(|c| ambient & (1u64 << c) != 0).collect();
-        sys::set_ambient_caps(&ambient).ctx(|| "setting ambient capabilities".into())?;
+        let skipped = sys::set_ambient_caps(&ambient).ctx(|| "setting ambient capabilities".into())?;
+        if !skipped.is_empty() {
+            log::debug!("ambient capabilities {skipped:?} skipped: not both permitted and inheritable");
+        }
     }
     if process.no_new_privileges() == Some(true) {
         sys::set_no_new_privs().ctx(|| "prctl(PR_SET_NO_NEW_PRIVS)".into())?;

@@ -363,8 +363,11 @@ pub fn drop_bounding_cap(cap: u32) -> io::Result<()> {
     prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong)
 }
 
-/// Clears the ambient set, then raises each capability in `caps`.
-pub fn set_ambient_caps(caps: &[u32]) -> io::Result<()> {
+/// Clears the ambient set, then raises each capability in `caps`. The kernel
+/// only raises what is both permitted and inheritable: others are skipped
+/// and returned, as runc skips them with a warning.
+pub fn set_ambient_caps(caps: &[u32]) -> io::Result<Vec<u32>> {
+    let mut skipped = Vec::new();
     // SAFETY: PR_CAP_AMBIENT takes integer arguments only.
     unsafe {
         check(libc::prctl(
@@ -375,16 +378,21 @@ pub fn set_ambient_caps(caps: &[u32]) -> io::Result<()> {
             0 as libc::c_ulong,
         ))?;
         for cap in caps {
-            check(libc::prctl(
+            let raised = check(libc::prctl(
                 libc::PR_CAP_AMBIENT,
                 libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
                 *cap as libc::c_ulong,
                 0 as libc::c_ulong,
                 0 as libc::c_ulong,
-            ))?;
+            ));
+            match raised {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => skipped.push(*cap),
+                Err(e) => return Err(e),
+            }
         }
     }
-    Ok(())
+    Ok(skipped)
 }
 
 /// Joins a new session keyring named `name` (what runc does unless --no-new-keyring).

@@ -1,0 +1,220 @@
+//! Shared test support: temporary runtime roots, busybox bundles, and
+//! running the real berth binary as root.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+
+pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One test's world: a temporary directory with a runtime root in it.
+/// Dropping it force-deletes every container left and removes the directory.
+pub struct Env {
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub name: String,
+}
+
+impl Env {
+    pub fn new(name: &str) -> Env {
+        let name = format!("{name}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("berth-it-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.join("root");
+        Env { dir, root, name }
+    }
+
+    /// A container id unique to this test.
+    pub fn id(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.name)
+    }
+
+    /// Builds a bundle named `name` with a busybox rootfs and the default
+    /// config (terminal off), changed by `edit`.
+    pub fn bundle(&self, name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> PathBuf {
+        let bundle = self.dir.join(name);
+        let rootfs = bundle.join("rootfs");
+        make_busybox_rootfs(&rootfs);
+        let mut config = berth_runtime::features::default_spec(false);
+        config["process"]["terminal"] = json!(false);
+        config["process"]["args"] = json!(args);
+        edit(&mut config);
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        bundle
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BERTH);
+        cmd.arg("--root").arg(&self.root).args(args);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs berth to completion. Output goes through files, not pipes: a
+    /// created container inherits berth's stdio and would hold a pipe open.
+    pub fn berth(&self, args: &[&str]) -> Output {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out_path = self.dir.join(format!("out.{n}"));
+        let err_path = self.dir.join(format!("err.{n}"));
+        let status = self
+            .cmd(args)
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .status()
+            .expect("running berth");
+        let output = Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read(&err_path).unwrap_or_default(),
+        };
+        let _ = std::fs::remove_file(out_path);
+        let _ = std::fs::remove_file(err_path);
+        output
+    }
+
+    /// Runs berth, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.berth(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed ({}): stdout={} stderr={}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs berth, asserts failure, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.berth(args);
+        assert!(
+            !out.status.success(),
+            "berth {args:?} should have failed: stdout={} stderr={}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn state(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["state", id])).expect("state is JSON")
+    }
+
+    /// `run` in the foreground: (exit code, stdout, stderr).
+    pub fn run(&self, bundle: &Path, id: &str) -> (i32, String, String) {
+        let out = self.berth(&["run", "--bundle", bundle.to_str().unwrap(), id]);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `args` in a fresh container and returns its stdout, asserting exit 0.
+    pub fn run_ok(&self, id: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> String {
+        let bundle = self.bundle(id, args, edit);
+        let (code, out, err) = self.run(&bundle, &self.id(id));
+        assert_eq!(code, 0, "container {args:?} failed: stdout={out} stderr={err}");
+        out
+    }
+
+    /// Waits until the container reports `status` (up to 5 s).
+    pub fn wait_status(&self, id: &str, status: &str) {
+        for _ in 0..500 {
+            let out = self.berth(&["state", id]);
+            if out.status.success() {
+                let state: Value = serde_json::from_slice(&out.stdout).expect("state is JSON");
+                if state["status"] == status {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("container {id} never reached {status}: {}", self.state(id));
+    }
+
+    pub fn state_dir_exists(&self, id: &str) -> bool {
+        self.root.join(id).exists()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.cmd(&["delete", "--force", &id]).output();
+            }
+        }
+        // Nothing may stay mounted under the test directory.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines() {
+            if let Some(mp) = line.split(' ').nth(4) {
+                if mp.starts_with(self.dir.to_str().unwrap()) {
+                    let _ = Command::new("umount").arg("-l").arg(mp).status();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A root filesystem with busybox and its applets, /etc/passwd and /etc/group.
+pub fn make_busybox_rootfs(rootfs: &Path) {
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/user"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let busybox = rootfs.join("bin/busybox");
+    if std::fs::hard_link("/bin/busybox", &busybox).is_err() {
+        std::fs::copy("/bin/busybox", &busybox).unwrap();
+    }
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nuser:x:1000:\nextra:x:2000:\n").unwrap();
+}
+
+/// Whether a process exists.
+pub fn alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+}
+
+/// The container's cgroup directories on the host, from its state.
+pub fn cgroup_dirs_of(id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for base in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified"] {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let controller = Path::new(base).file_name().unwrap().to_str().unwrap();
+        let key = if controller == "unified" { "" } else { controller };
+        let path = own
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let _ = parts.next();
+                let keys = parts.next()?;
+                let p = parts.next()?;
+                keys.split(',').any(|k| k == key || (key.is_empty() && keys.is_empty())).then(|| p.to_owned())
+            })
+            .next()
+            .unwrap_or_else(|| "/".into());
+        out.push(Path::new(base).join(path.trim_start_matches('/')).join(id));
+    }
+    out
+}

@@ -1,0 +1,185 @@
+//! create / start / state / kill / delete / run / list, as containerd and
+//! podman drive them.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::common::{alive, cgroup_dirs_of, Env};
+
+#[test]
+fn create_start_kill_delete() {
+    let env = Env::new("lifecycle");
+    let bundle = env.bundle("b", &["sleep", "60"], |_| {});
+    let id = env.id("c");
+    let pid_file = env.dir.join("pid");
+    env.ok(&["create", "--bundle", bundle.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap(), &id]);
+
+    let state = env.state(&id);
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["id"], id.as_str());
+    assert_eq!(state["bundle"], bundle.to_str().unwrap());
+    assert_eq!(state["rootfs"], bundle.join("rootfs").to_str().unwrap());
+    assert!(state["ociVersion"].as_str().unwrap().starts_with("1."));
+    assert!(state["created"].as_str().unwrap().ends_with('Z'));
+    let pid = state["pid"].as_i64().unwrap();
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+    assert!(alive(pid), "init must wait after create");
+    // The init waits in the container, not running the user program yet.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("sleep"));
+    for dir in cgroup_dirs_of(&id) {
+        assert!(dir.is_dir(), "cgroup {dir:?} must exist");
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(procs.lines().any(|l| l == pid.to_string()), "init must be in {dir:?}");
+    }
+
+    env.ok(&["start", &id]);
+    assert_eq!(env.state(&id)["status"], "running");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).starts_with("sleep"));
+    let err = env.fails(&["start", &id]);
+    assert!(err.contains("running"), "{err}");
+
+    let err = env.fails(&["delete", &id]);
+    assert!(err.contains("stopped"), "{err}");
+    env.ok(&["kill", &id, "KILL"]);
+    env.wait_status(&id, "stopped");
+    assert_eq!(env.state(&id)["pid"], 0);
+    let err = env.fails(&["kill", &id, "TERM"]);
+    assert!(err.contains("stopped"), "{err}");
+
+    env.ok(&["delete", &id]);
+    assert!(!env.state_dir_exists(&id));
+    for dir in cgroup_dirs_of(&id) {
+        assert!(!dir.exists(), "cgroup {dir:?} must be removed");
+    }
+    let err = env.fails(&["state", &id]);
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn run_foreground_gives_output_and_exit_code() {
+    let env = Env::new("runfg");
+    let bundle = env.bundle("b", &["sh", "-c", "echo out; echo err >&2; exit 42"], |_| {});
+    let id = env.id("c");
+    let (code, out, err) = env.run(&bundle, &id);
+    assert_eq!(code, 42);
+    assert_eq!(out, "out\n");
+    assert!(err.contains("err"), "{err}");
+    assert!(!env.state_dir_exists(&id), "run deletes the container after it exits");
+    for dir in cgroup_dirs_of(&id) {
+        assert!(!dir.exists(), "cgroup {dir:?} must be removed");
+    }
+}
+
+#[test]
+fn run_foreground_reports_signal_deaths_and_forwards_signals() {
+    let env = Env::new("runsig");
+    let bundle = env.bundle("b", &["sh", "-c", "trap 'exit 9' TERM; while true; do sleep 0.05; done"], |_| {});
+    let id = env.id("c");
+    let mut child = env
+        .cmd(&["run", "--bundle", bundle.to_str().unwrap(), &id])
+        .spawn()
+        .unwrap();
+    env.wait_status(&id, "running");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(9), "SIGTERM must reach the container's trap");
+
+    // An init killed by a signal: run exits with 128 + the signal, as runc does.
+    let bundle = env.bundle("b2", &["sleep", "60"], |_| {});
+    let id2 = env.id("c2");
+    let mut child = env.cmd(&["run", "--bundle", bundle.to_str().unwrap(), &id2]).spawn().unwrap();
+    env.wait_status(&id2, "running");
+    env.ok(&["kill", &id2, "KILL"]);
+    assert_eq!(child.wait().unwrap().code(), Some(128 + 9));
+    assert!(!env.state_dir_exists(&id2));
+}
+
+#[test]
+fn run_detached_and_list() {
+    let env = Env::new("rundetach");
+    let bundle = env.bundle("b", &["sleep", "60"], |c| {
+        c["annotations"] = serde_json::json!({"org.example.k": "v"});
+    });
+    let a = env.id("a");
+    let b = env.id("b");
+    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &a]);
+    // Flags after the id, and --flag=value, as runc accepts them.
+    env.ok(&["run", &b, "--detach", &format!("--bundle={}", bundle.to_str().unwrap())]);
+    assert_eq!(env.state(&a)["status"], "running");
+    assert_eq!(env.state(&a)["annotations"]["org.example.k"], "v");
+
+    let list: Value = serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![a.as_str(), b.as_str()]);
+    let table = env.ok(&["list"]);
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    for col in ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert!(table.contains(&a) && table.contains("running"), "{table}");
+    assert_eq!(env.ok(&["list", "-q"]), format!("{a}\n{b}\n"));
+
+    env.ok(&["kill", "--all", &a, "9"]);
+    env.wait_status(&a, "stopped");
+    env.ok(&["delete", &a]);
+    env.ok(&["delete", "--force", &b]);
+    assert!(!env.state_dir_exists(&b));
+    assert_eq!(env.ok(&["list", "--format=json"]).trim(), "[]");
+}
+
+#[test]
+fn delete_of_created_container_kills_its_init() {
+    let env = Env::new("delcreated");
+    let bundle = env.bundle("b", &["true"], |_| {});
+    let id = env.id("c");
+    env.ok(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    env.ok(&["delete", &id]);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!alive(pid), "init {pid} must be gone");
+    assert!(!env.state_dir_exists(&id));
+    // delete --force of an unknown id succeeds (runc does the same).
+    env.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn kill_of_created_container_and_signal_names() {
+    let env = Env::new("killnames");
+    let bundle = env.bundle("b", &["sleep", "60"], |_| {});
+    for (n, sig) in ["SIGKILL", "kill", "9"].iter().enumerate() {
+        let id = env.id(&format!("c{n}"));
+        env.ok(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+        env.ok(&["kill", &id, sig]);
+        env.wait_status(&id, "stopped");
+        env.ok(&["delete", &id]);
+    }
+    let id = env.id("x");
+    env.ok(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    let err = env.fails(&["kill", &id, "SIGNOPE"]);
+    assert!(err.contains("unknown signal"), "{err}");
+    assert_eq!(env.state(&id)["status"], "created");
+}
+
+#[test]
+fn start_after_init_died_is_an_error() {
+    let env = Env::new("deadinit");
+    let bundle = env.bundle("b", &["true"], |_| {});
+    let id = env.id("c");
+    env.ok(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), rustix::process::Signal::KILL).unwrap();
+    env.wait_status(&id, "stopped");
+    let err = env.fails(&["start", &id]);
+    assert!(err.contains("stopped"), "{err}");
+    env.ok(&["delete", &id]);
+    let _ = Path::new("/");
+}
