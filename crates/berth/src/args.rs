@@ -13,11 +13,17 @@ pub struct Flag {
 }
 
 pub const fn flag(names: &'static [&'static str]) -> Flag {
-    Flag { names, takes_value: false }
+    Flag {
+        names,
+        takes_value: false,
+    }
 }
 
 pub const fn opt(names: &'static [&'static str]) -> Flag {
-    Flag { names, takes_value: true }
+    Flag {
+        names,
+        takes_value: true,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -29,11 +35,19 @@ pub struct Parsed {
 
 impl Parsed {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.iter().rev().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn all(&self, name: &str) -> Vec<String> {
-        self.values.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.clone()).collect()
+        self.values
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     pub fn is_set(&self, name: &str) -> bool {
@@ -85,8 +99,10 @@ pub fn parse(args: &[String], flags: &[Flag], stop_at_positional: Option<usize>)
             }
         } else {
             match inline.as_deref() {
-                None | Some("true") | Some("1") | Some("t") | Some("T") | Some("TRUE") | Some("True") => "true".to_owned(),
-                Some("false") | Some("0") | Some("f") | Some("F") | Some("FALSE") | Some("False") => "false".to_owned(),
+                None | Some("true") | Some("1") | Some("t") | Some("T") | Some("TRUE")
+                | Some("True") => "true".to_owned(),
+                Some("false") | Some("0") | Some("f") | Some("F") | Some("FALSE")
+                | Some("False") => "false".to_owned(),
                 Some(other) => bail!("invalid boolean value {other:?} for -{name}"),
             }
         };
@@ -99,7 +115,11 @@ pub fn parse(args: &[String], flags: &[Flag], stop_at_positional: Option<usize>)
 mod tests {
     use super::*;
 
-    const FLAGS: &[Flag] = &[opt(&["bundle", "b"]), flag(&["force", "f"]), opt(&["env", "e"])];
+    const FLAGS: &[Flag] = &[
+        opt(&["bundle", "b"]),
+        flag(&["force", "f"]),
+        opt(&["env", "e"]),
+    ];
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
@@ -118,7 +138,12 @@ mod tests {
 
     #[test]
     fn repeated_and_stop_at_command() {
-        let p = parse(&s(&["-e", "A=1", "--env", "B=2", "id", "sh", "-c", "-e"]), FLAGS, Some(1)).unwrap();
+        let p = parse(
+            &s(&["-e", "A=1", "--env", "B=2", "id", "sh", "-c", "-e"]),
+            FLAGS,
+            Some(1),
+        )
+        .unwrap();
         assert_eq!(p.all("env"), vec!["A=1", "B=2"]);
         assert_eq!(p.positionals, vec!["id", "sh", "-c", "-e"]);
     }

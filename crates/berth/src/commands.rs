@@ -97,13 +97,19 @@ fn one_id(p: &Parsed, command: &str) -> Result<String> {
     match p.positionals.as_slice() {
         [id] => Ok(id.clone()),
         [] => bail!("{command}: a container id is required"),
-        _ => bail!("{command}: expected one container id, got {:?}", p.positionals),
+        _ => bail!(
+            "{command}: expected one container id, got {:?}",
+            p.positionals
+        ),
     }
 }
 
 fn preserve_fds(p: &Parsed) -> Result<u32> {
     p.get("preserve-fds")
-        .map(|v| v.parse().map_err(|_| anyhow!("--preserve-fds {v:?} is not a number")))
+        .map(|v| {
+            v.parse()
+                .map_err(|_| anyhow!("--preserve-fds {v:?} is not a number"))
+        })
         .transpose()
         .map(|v| v.unwrap_or(0))
 }
@@ -188,7 +194,10 @@ pub fn dispatch(rt: &Runtime, command: &str, args: &[String]) -> Result<i32> {
         }
         "features" => {
             parse(args, &[], None)?;
-            println!("{}", serde_json::to_string_pretty(&berth_runtime::features::features())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&berth_runtime::features::features())?
+            );
             Ok(0)
         }
         "ps" | "pause" | "resume" | "update" | "events" | "checkpoint" | "restore" => {
@@ -210,7 +219,9 @@ fn list(rt: &Runtime, format: &str, quiet: bool) -> Result<()> {
     match format {
         "json" => writeln!(out, "{}", serde_json::to_string(&states)?)?,
         "table" => {
-            let mut rows = vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(String::from).to_vec()];
+            let mut rows = vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
+                .map(String::from)
+                .to_vec()];
             for s in &states {
                 rows.push(vec![
                     s.id.clone(),
@@ -232,7 +243,15 @@ fn list(rt: &Runtime, format: &str, quiet: bool) -> Result<()> {
 fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| (rows.iter().map(|r| r.get(c).map_or(0, String::len)).max().unwrap_or(0) + 3).max(12))
+        .map(|c| {
+            (rows
+                .iter()
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+                + 3)
+            .max(12)
+        })
         .collect();
     let mut text = String::new();
     for row in rows {
@@ -254,8 +273,10 @@ fn exec(rt: &Runtime, p: &Parsed) -> Result<i32> {
     };
     let process = match p.get("process") {
         Some(file) => {
-            let raw = std::fs::read(file).with_context(|| format!("reading process file {file}"))?;
-            serde_json::from_slice::<Process>(&raw).with_context(|| format!("parsing process file {file}"))?
+            let raw =
+                std::fs::read(file).with_context(|| format!("reading process file {file}"))?;
+            serde_json::from_slice::<Process>(&raw)
+                .with_context(|| format!("parsing process file {file}"))?
         }
         None => {
             if command.is_empty() {
@@ -279,7 +300,12 @@ fn exec(rt: &Runtime, p: &Parsed) -> Result<i32> {
 
 /// The process of `berth exec id cmd...`: the container's own process as a
 /// template, changed by the flags, as runc builds it.
-fn exec_process_from_flags(rt: &Runtime, id: &str, command: &[String], p: &Parsed) -> Result<Process> {
+fn exec_process_from_flags(
+    rt: &Runtime,
+    id: &str,
+    command: &[String],
+    p: &Parsed,
+) -> Result<Process> {
     let spec = rt.container_config(id)?;
     let mut process = spec.process().clone().unwrap_or_default();
     process.set_args(Some(command.to_vec()));
@@ -301,9 +327,15 @@ fn exec_process_from_flags(rt: &Runtime, id: &str, command: &[String], p: &Parse
             Some((uid, gid)) => (uid, Some(gid)),
             None => (u, None),
         };
-        user.set_uid(uid.parse().map_err(|_| anyhow!("--user {u:?}: uid must be numeric"))?);
+        user.set_uid(
+            uid.parse()
+                .map_err(|_| anyhow!("--user {u:?}: uid must be numeric"))?,
+        );
         if let Some(gid) = gid {
-            user.set_gid(gid.parse().map_err(|_| anyhow!("--user {u:?}: gid must be numeric"))?);
+            user.set_gid(
+                gid.parse()
+                    .map_err(|_| anyhow!("--user {u:?}: gid must be numeric"))?,
+            );
         }
     }
     let gids = p.all("additional-gids");
@@ -311,7 +343,10 @@ fn exec_process_from_flags(rt: &Runtime, id: &str, command: &[String], p: &Parse
         let parsed: Result<Vec<u32>> = gids
             .iter()
             .flat_map(|g| g.split(','))
-            .map(|g| g.parse().map_err(|_| anyhow!("--additional-gids {g:?} is not a number")))
+            .map(|g| {
+                g.parse()
+                    .map_err(|_| anyhow!("--additional-gids {g:?} is not a number"))
+            })
             .collect();
         user.set_additional_gids(Some(parsed?));
     }
@@ -365,11 +400,18 @@ mod tests {
     fn table_pads_like_tabwriter() {
         let rows = vec![
             vec!["ID".to_string(), "PID".to_string(), "OWNER".to_string()],
-            vec!["a-long-container-id".to_string(), "1".to_string(), "root".to_string()],
+            vec![
+                "a-long-container-id".to_string(),
+                "1".to_string(),
+                "root".to_string(),
+            ],
         ];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], format!("{:<22}{:<12}OWNER", "ID", "PID"));
-        assert_eq!(lines[1], format!("{:<22}{:<12}root", "a-long-container-id", "1"));
+        assert_eq!(
+            lines[1],
+            format!("{:<22}{:<12}root", "a-long-container-id", "1")
+        );
     }
 }

@@ -22,7 +22,11 @@ pub struct Logger {
 }
 
 impl Logger {
-    pub fn install(path: Option<&str>, format: Format, debug: bool) -> anyhow::Result<&'static Logger> {
+    pub fn install(
+        path: Option<&str>,
+        format: Format,
+        debug: bool,
+    ) -> anyhow::Result<&'static Logger> {
         let file = match path {
             Some(p) if !p.is_empty() => Some(Mutex::new(
                 std::fs::OpenOptions::new()
@@ -33,8 +37,16 @@ impl Logger {
             )),
             _ => None,
         };
-        let level = if debug { log::LevelFilter::Debug } else { log::LevelFilter::Warn };
-        let logger: &'static Logger = Box::leak(Box::new(Logger { file, format, level }));
+        let level = if debug {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Warn
+        };
+        let logger: &'static Logger = Box::leak(Box::new(Logger {
+            file,
+            format,
+            level,
+        }));
         let _ = log::set_logger(logger);
         log::set_max_level(level);
         Ok(logger)
@@ -91,7 +103,11 @@ impl log::Log for Logger {
                 }
             }
             None => {
-                let plain = format!("berth: {}: {}\n", record.level().as_str().to_lowercase(), record.args());
+                let plain = format!(
+                    "berth: {}: {}\n",
+                    record.level().as_str().to_lowercase(),
+                    record.args()
+                );
                 let _ = std::io::stderr().write_all(plain.as_bytes());
             }
         }

@@ -29,7 +29,8 @@ fn run() -> i32 {
         print!("{}", commands::USAGE);
         return if global.is_set("help") { 0 } else { 1 };
     };
-    if global.is_set("help") || rest.iter().any(|a| a == "--help" || a == "-h") && command != "exec" {
+    if global.is_set("help") || rest.iter().any(|a| a == "--help" || a == "-h") && command != "exec"
+    {
         print!("{}", commands::USAGE);
         return 0;
     }

@@ -63,12 +63,21 @@ impl Containerd {
         ]);
         // Watch the shared paths before anything can create them; deepest
         // first, the order they are removed in.
-        let created = [SHIM_SOCKET_DIR, "/run/containerd/fifo", "/run/containerd/runc", "/run/containerd"]
+        let created = [
+            SHIM_SOCKET_DIR,
+            "/run/containerd/fifo",
+            "/run/containerd/runc",
+            "/run/containerd",
+        ]
+        .into_iter()
+        .map(CreatedPath::watch)
+        .collect();
+        let shim_sockets_before = std::fs::read_dir(SHIM_SOCKET_DIR)
             .into_iter()
-            .map(CreatedPath::watch)
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
             .collect();
-        let shim_sockets_before =
-            std::fs::read_dir(SHIM_SOCKET_DIR).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
         let dir = TempDir::new("berth-dropin-ctd");
         let mut ctd = Containerd {
             daemon: None,
@@ -113,9 +122,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = ctd.daemon.as_mut().unwrap().try_wait().unwrap() {
-                panic!("containerd exited ({status}) while starting; its log:\n{}", tail(&ctd.log, 40));
+                panic!(
+                    "containerd exited ({status}) while starting; its log:\n{}",
+                    tail(&ctd.log, 40)
+                );
             }
-            if ctd.socket.exists() && run_in(&ctd.dir.path, &mut ctd.ctr(&["version"]), QUICK).success() {
+            if ctd.socket.exists()
+                && run_in(&ctd.dir.path, &mut ctd.ctr(&["version"]), QUICK).success()
+            {
                 break;
             }
             assert!(
@@ -131,7 +145,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     fn ctr(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
-        cmd.arg("--address").arg(&self.socket).arg("-n").arg(&self.namespace).args(args);
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(&self.namespace)
+            .args(args);
         cmd
     }
 
@@ -156,11 +174,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// The daemon log and the runtime logs still on disk, for failure messages.
     fn diagnostics(&self) -> String {
         let mut text = format!("--- containerd log (tail) ---\n{}", tail(&self.log, 30));
-        let tasks = self.dir.join("state/io.containerd.runtime.v2.task").join(&self.namespace);
+        let tasks = self
+            .dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.namespace);
         for e in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
             let log = e.path().join("log.json");
             if log.exists() {
-                text.push_str(&format!("\n--- berth log {} ---\n{}", log.display(), tail(&log, 20)));
+                text.push_str(&format!(
+                    "\n--- berth log {} ---\n{}",
+                    log.display(),
+                    tail(&log, 20)
+                ));
             }
         }
         text
@@ -170,7 +195,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     fn import_image(&self) {
         let archive = build_busybox_oci_archive(&self.dir.path);
         let out = self.run(&["images", "import", archive.to_str().unwrap()], SLOW);
-        assert!(out.success(), "ctr images import failed: {}\n{}", out.describe(), self.diagnostics());
+        assert!(
+            out.success(),
+            "ctr images import failed: {}\n{}",
+            out.describe(),
+            self.diagnostics()
+        );
         let out = self.run(&["images", "ls", "-q"], QUICK);
         assert!(
             out.stdout.lines().any(|l| l.trim() == IMAGE_REF),
@@ -192,11 +222,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     fn assert_container_gone(&self, id: &str) {
         let out = self.run(&["containers", "ls", "-q"], QUICK);
         assert!(out.success(), "{}", out.describe());
-        assert!(!out.stdout.lines().any(|l| l.trim() == id), "container {id} still listed: {}", out.describe());
+        assert!(
+            !out.stdout.lines().any(|l| l.trim() == id),
+            "container {id} still listed: {}",
+            out.describe()
+        );
         let state = self.runtime_root().join(id);
-        assert!(!state.exists(), "berth left its state directory {} behind", state.display());
+        assert!(
+            !state.exists(),
+            "berth left its state directory {} behind",
+            state.display()
+        );
         let cgroups = wait_cgroup_gone(&self.cgroup_of(id), Duration::from_secs(5));
-        assert!(cgroups.is_empty(), "the container's cgroup was not removed: {cgroups:?}");
+        assert!(
+            cgroups.is_empty(),
+            "the container's cgroup was not removed: {cgroups:?}"
+        );
     }
 }
 
@@ -209,7 +250,9 @@ impl Drop for Containerd {
             for id in ids.lines().map(str::trim).filter(|l| !l.is_empty()) {
                 self.run(&["tasks", "kill", "-s", "SIGKILL", id], QUICK);
                 let deadline = Instant::now() + Duration::from_secs(5);
-                while matches!(self.task_status(id).as_deref(), Some("RUNNING")) && Instant::now() < deadline {
+                while matches!(self.task_status(id).as_deref(), Some("RUNNING"))
+                    && Instant::now() < deadline
+                {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 self.run(&["tasks", "delete", "--force", id], QUICK);
@@ -243,7 +286,9 @@ impl Drop for Containerd {
                 let id = e.file_name().to_string_lossy().into_owned();
                 eprintln!("dropin cleanup: berth state left for {id}, deleting it");
                 let mut cmd = Command::new(BERTH);
-                cmd.arg("--root").arg(&root).args(["delete", "--force", &id]);
+                cmd.arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", &id]);
                 run_in(&self.dir.path, &mut cmd, QUICK);
             }
             if let Err(e) = std::fs::remove_dir_all(&root) {
@@ -256,7 +301,11 @@ impl Drop for Containerd {
         }
         unmount_under(&self.dir.path);
         // Sockets of shims that were killed: new since the start and dead.
-        for e in std::fs::read_dir(SHIM_SOCKET_DIR).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(SHIM_SOCKET_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if !self.shim_sockets_before.contains(&e.file_name())
                 && std::os::unix::net::UnixStream::connect(e.path()).is_err()
             {
@@ -316,9 +365,27 @@ fn containerd_detached_exec_kill_delete() {
 
     let id = unique("detached");
     let fifo = ctd.fifo_dir();
-    let out =
-        ctd.run(&["run", "-d", "--fifo-dir", &fifo, "--runc-binary", BERTH, IMAGE_REF, &id, "sleep", "1000"], SLOW);
-    assert!(out.success(), "ctr run -d failed: {}\n{}", out.describe(), ctd.diagnostics());
+    let out = ctd.run(
+        &[
+            "run",
+            "-d",
+            "--fifo-dir",
+            &fifo,
+            "--runc-binary",
+            BERTH,
+            IMAGE_REF,
+            &id,
+            "sleep",
+            "1000",
+        ],
+        SLOW,
+    );
+    assert!(
+        out.success(),
+        "ctr run -d failed: {}\n{}",
+        out.describe(),
+        ctd.diagnostics()
+    );
     assert_eq!(
         ctd.task_status(&id).as_deref(),
         Some("RUNNING"),
@@ -326,18 +393,40 @@ fn containerd_detached_exec_kill_delete() {
         ctd.diagnostics()
     );
 
-    let out = ctd
-        .run(&["tasks", "exec", "--exec-id", "x1", "--fifo-dir", &fifo, &id, "sh", "-c", "echo exec-ok; exit 3"], SLOW);
+    let out = ctd.run(
+        &[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "x1",
+            "--fifo-dir",
+            &fifo,
+            &id,
+            "sh",
+            "-c",
+            "echo exec-ok; exit 3",
+        ],
+        SLOW,
+    );
     assert!(
         out.stdout.trim() == "exec-ok" && out.code == Some(3),
         "expected exactly `exec-ok` and exit code 3 from {}\n{}",
         out.describe(),
         ctd.diagnostics()
     );
-    assert_eq!(ctd.task_status(&id).as_deref(), Some("RUNNING"), "the task should survive the exec");
+    assert_eq!(
+        ctd.task_status(&id).as_deref(),
+        Some("RUNNING"),
+        "the task should survive the exec"
+    );
 
     let out = ctd.run(&["tasks", "kill", "-s", "SIGKILL", &id], QUICK);
-    assert!(out.success(), "ctr tasks kill failed: {}\n{}", out.describe(), ctd.diagnostics());
+    assert!(
+        out.success(),
+        "ctr tasks kill failed: {}\n{}",
+        out.describe(),
+        ctd.diagnostics()
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let status = ctd.task_status(&id);
@@ -353,9 +442,19 @@ fn containerd_detached_exec_kill_delete() {
     }
 
     let out = ctd.run(&["tasks", "delete", &id], QUICK);
-    assert!(out.success(), "ctr tasks delete failed: {}\n{}", out.describe(), ctd.diagnostics());
+    assert!(
+        out.success(),
+        "ctr tasks delete failed: {}\n{}",
+        out.describe(),
+        ctd.diagnostics()
+    );
     let out = ctd.run(&["containers", "delete", &id], QUICK);
-    assert!(out.success(), "ctr containers delete failed: {}\n{}", out.describe(), ctd.diagnostics());
+    assert!(
+        out.success(),
+        "ctr containers delete failed: {}\n{}",
+        out.describe(),
+        ctd.diagnostics()
+    );
     ctd.assert_container_gone(&id);
 }
 
@@ -381,9 +480,18 @@ struct Podman {
 ///   too, "error setting rlimits for ready process: ... operation not
 ///   permitted"). Lowering is always allowed.
 fn podman_container_flags(parent: &str) -> Vec<String> {
-    ["--network", "none", "--cgroup-parent", parent, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
-        .map(String::from)
-        .to_vec()
+    [
+        "--network",
+        "none",
+        "--cgroup-parent",
+        parent,
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl Podman {
@@ -392,7 +500,11 @@ impl Podman {
             ("podman", &[], "podman"),
             (
                 "conmon",
-                &["/usr/libexec/podman/conmon", "/usr/local/libexec/podman/conmon", "/usr/lib/podman/conmon"],
+                &[
+                    "/usr/libexec/podman/conmon",
+                    "/usr/local/libexec/podman/conmon",
+                    "/usr/lib/podman/conmon",
+                ],
                 "conmon",
             ),
             ("umoci", &[], "umoci"),
@@ -417,7 +529,8 @@ impl Podman {
         }
         Podman {
             cgroup_parent: format!("/{}", unique("berth-dropin-podman")),
-            storage_driver: std::env::var("BERTH_DROPIN_STORAGE_DRIVER").unwrap_or_else(|_| "overlay".into()),
+            storage_driver: std::env::var("BERTH_DROPIN_STORAGE_DRIVER")
+                .unwrap_or_else(|_| "overlay".into()),
             created,
             dir,
         }
@@ -455,12 +568,23 @@ impl Podman {
     fn assert_container_gone(&self, id: &str) {
         let out = self.run(&["ps", "-aq", "--no-trunc"], QUICK);
         assert!(out.success(), "{}", out.describe());
-        assert!(!out.stdout.contains(id), "container {id} still listed: {}", out.describe());
+        assert!(
+            !out.stdout.contains(id),
+            "container {id} still listed: {}",
+            out.describe()
+        );
         let state = Path::new(BERTH_DEFAULT_ROOT).join(id);
-        assert!(!state.exists(), "berth left its state directory {} behind", state.display());
+        assert!(
+            !state.exists(),
+            "berth left its state directory {} behind",
+            state.display()
+        );
         let cgroup = format!("{}/libpod-{id}", self.cgroup_parent);
         let cgroups = wait_cgroup_gone(&cgroup, Duration::from_secs(5));
-        assert!(cgroups.is_empty(), "the container's cgroup was not removed: {cgroups:?}");
+        assert!(
+            cgroups.is_empty(),
+            "the container's cgroup was not removed: {cgroups:?}"
+        );
     }
 }
 
@@ -489,7 +613,11 @@ impl Drop for Podman {
         // berth state (default root: podman passes no --root) of our
         // containers, found by bundle path even if podman lost track of them.
         let mine = self.dir.path.display().to_string();
-        for e in std::fs::read_dir(BERTH_DEFAULT_ROOT).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(BERTH_DEFAULT_ROOT)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let id = e.file_name().to_string_lossy().into_owned();
             let state = std::fs::read_to_string(e.path().join("state.json")).unwrap_or_default();
             if ids.contains(&id) || state.contains(&mine) {
@@ -522,9 +650,19 @@ fn podman_run_rm_output_and_exit_code() {
     let cidfile = pm.dir.join("cid");
     let image = format!("oci-archive:{}", archive.display());
 
-    let mut args: Vec<String> = vec!["run".into(), "--rm".into(), "--cidfile".into(), cidfile.display().to_string()];
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--rm".into(),
+        "--cidfile".into(),
+        cidfile.display().to_string(),
+    ];
     args.extend(pm.container_flags());
-    args.extend([image, "sh".into(), "-c".into(), "echo hi-podman; exit 5".into()]);
+    args.extend([
+        image,
+        "sh".into(),
+        "-c".into(),
+        "echo hi-podman; exit 5".into(),
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = pm.run(&args, SLOW);
     assert!(
@@ -544,8 +682,15 @@ fn podman_detached_exec_kill_rm() {
     let _serial = lock(&PODMAN);
     let pm = Podman::new();
     let archive = build_busybox_oci_archive(&pm.dir.path);
-    let out = pm.run(&["pull", &format!("oci-archive:{}", archive.display())], SLOW);
-    assert!(out.success(), "podman pull oci-archive failed: {}", out.describe());
+    let out = pm.run(
+        &["pull", &format!("oci-archive:{}", archive.display())],
+        SLOW,
+    );
+    assert!(
+        out.success(),
+        "podman pull oci-archive failed: {}",
+        out.describe()
+    );
 
     let name = unique("berth-dropin-exec");
     let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
@@ -566,7 +711,12 @@ fn podman_detached_exec_kill_rm() {
         exec.describe()
     );
     let out = pm.run(&["inspect", "--format", "{{.State.Status}}", &name], QUICK);
-    assert_eq!(out.stdout.trim(), "running", "the container should survive the exec: {}", out.describe());
+    assert_eq!(
+        out.stdout.trim(),
+        "running",
+        "the container should survive the exec: {}",
+        out.describe()
+    );
 
     let out = pm.run(&["kill", &name], QUICK);
     assert!(out.success(), "podman kill failed: {}", out.describe());

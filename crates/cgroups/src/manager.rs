@@ -28,7 +28,11 @@ impl Manager {
 
     /// Maps `path` onto `hierarchies`; `own` is the caller's cgroup in each
     /// hierarchy (as in /proc/self/cgroup), used for relative paths.
-    pub fn for_hierarchies(hierarchies: &[Hierarchy], own: &[(String, String)], path: &CgroupPath) -> Self {
+    pub fn for_hierarchies(
+        hierarchies: &[Hierarchy],
+        own: &[(String, String)],
+        path: &CgroupPath,
+    ) -> Self {
         let paths = hierarchies
             .iter()
             .map(|h| {
@@ -61,7 +65,10 @@ impl Manager {
 
     /// The directory of the unified hierarchy, if the host has one.
     pub fn unified_path(&self) -> Option<&Path> {
-        self.paths.iter().find(|(k, _)| k.is_empty()).map(|(_, p)| p.as_path())
+        self.paths
+            .iter()
+            .find(|(k, _)| k.is_empty())
+            .map(|(_, p)| p.as_path())
     }
 
     /// The directory of the v1 hierarchy carrying `controller`.
@@ -104,7 +111,9 @@ impl Manager {
         for dir in self.preferred_dirs() {
             let file = dir.join("cgroup.procs");
             match fs::read_to_string(&file) {
-                Ok(text) => return Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+                Ok(text) => {
+                    return Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(source) => last_err = Some(Error::Read { path: file, source }),
             }
@@ -145,7 +154,12 @@ impl Manager {
         let mut dirs: Vec<&Path> = self.paths.iter().map(|(_, p)| p.as_path()).collect();
         if v1_first {
             let rank = |p: &&Path| -> u8 {
-                let key = self.paths.iter().find(|(_, d)| d.as_path() == *p).map(|(k, _)| k.as_str()).unwrap_or("");
+                let key = self
+                    .paths
+                    .iter()
+                    .find(|(_, d)| d.as_path() == *p)
+                    .map(|(k, _)| k.as_str())
+                    .unwrap_or("");
                 if key.split(',').any(|c| c == "pids" || c == "freezer") {
                     0
                 } else if key.is_empty() {
@@ -232,12 +246,24 @@ mod tests {
         let h = parse_mountinfo(
             "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
         );
-        let own = vec![("cpu".to_owned(), "/user".to_owned()), (String::new(), "/".to_owned())];
+        let own = vec![
+            ("cpu".to_owned(), "/user".to_owned()),
+            (String::new(), "/".to_owned()),
+        ];
         let m = Manager::for_hierarchies(&h, &own, &CgroupPath::Relative("c1".into()));
-        assert_eq!(m.v1_path("cpu").unwrap(), Path::new("/sys/fs/cgroup/cpu/user/c1"));
-        assert_eq!(m.unified_path().unwrap(), Path::new("/sys/fs/cgroup/unified/c1"));
+        assert_eq!(
+            m.v1_path("cpu").unwrap(),
+            Path::new("/sys/fs/cgroup/cpu/user/c1")
+        );
+        assert_eq!(
+            m.unified_path().unwrap(),
+            Path::new("/sys/fs/cgroup/unified/c1")
+        );
         let m = Manager::for_hierarchies(&h, &own, &CgroupPath::Absolute("/k/c2".into()));
-        assert_eq!(m.v1_path("cpu").unwrap(), Path::new("/sys/fs/cgroup/cpu/k/c2"));
+        assert_eq!(
+            m.v1_path("cpu").unwrap(),
+            Path::new("/sys/fs/cgroup/cpu/k/c2")
+        );
     }
 
     #[test]

@@ -18,7 +18,11 @@ pub enum CgroupPath {
 /// An absent or empty path means `<id>` under the caller's own cgroup, as
 /// runc does. With the systemd driver the path must be `slice:prefix:name`
 /// and systemd must be running.
-pub fn resolve_cgroups_path(cgroups_path: Option<&str>, id: &str, systemd: bool) -> Result<CgroupPath> {
+pub fn resolve_cgroups_path(
+    cgroups_path: Option<&str>,
+    id: &str,
+    systemd: bool,
+) -> Result<CgroupPath> {
     if systemd {
         if let Some(p) = cgroups_path.filter(|p| !p.is_empty()) {
             if p.split(':').count() != 3 {
@@ -35,7 +39,9 @@ pub fn resolve_cgroups_path(cgroups_path: Option<&str>, id: &str, systemd: bool)
         // one, refuse rather than writing into systemd's hierarchy behind its back.
         return Err(Error::InvalidPath {
             path: cgroups_path.unwrap_or_default().to_owned(),
-            reason: "the systemd cgroup driver is not supported by this build of berth; use cgroupfs".into(),
+            reason:
+                "the systemd cgroup driver is not supported by this build of berth; use cgroupfs"
+                    .into(),
         });
     }
     let raw = match cgroups_path {

@@ -118,7 +118,10 @@ impl Channel {
             Some((m, _)) if m == expected => Ok(()),
             Some((Msg::Error(text), _)) => Err(io::Error::other(text)),
             Some((m, _)) => Err(io::Error::other(format!("unexpected setup message {m:?}"))),
-            None => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the other side exited")),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the other side exited",
+            )),
         }
     }
 }

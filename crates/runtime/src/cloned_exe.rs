@@ -34,11 +34,8 @@ pub fn ensure_sealed() -> Result<()> {
         return Ok(());
     }
     let exe = File::open("/proc/self/exe").ctx(|| "opening /proc/self/exe".into())?;
-    let memfd = rustix::fs::memfd_create(
-        "berth",
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )
-    .ctx(|| "creating the sealed copy of berth (memfd_create)".into())?;
+    let memfd = rustix::fs::memfd_create("berth", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .ctx(|| "creating the sealed copy of berth (memfd_create)".into())?;
     let len = exe.metadata().ctx(|| "stat /proc/self/exe".into())?.len();
     let mut copied = 0u64;
     while copied < len {
@@ -49,7 +46,8 @@ pub fn ensure_sealed() -> Result<()> {
         }
         copied += n as u64;
     }
-    rustix::fs::fcntl_add_seals(&memfd, REQUIRED_SEALS).ctx(|| "sealing the copy of berth".into())?;
+    rustix::fs::fcntl_add_seals(&memfd, REQUIRED_SEALS)
+        .ctx(|| "sealing the copy of berth".into())?;
     let argv: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(a.into_vec()).unwrap_or_default())
         .collect();

@@ -74,7 +74,10 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         for pid in self.children.drain(..) {
             let _ = sys::kill(pid, libc::SIGKILL);
-            let _ = rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::empty());
+            let _ = rustix::process::waitpid(
+                rustix::process::Pid::from_raw(pid),
+                rustix::process::WaitOptions::empty(),
+            );
         }
         if let Some(cg) = self.cgroups.take() {
             kill_cgroup(&cg);
@@ -124,7 +127,11 @@ impl Runtime {
     /// `run`: create and start; in the foreground, wait for the container,
     /// relay signals (and the terminal), delete it and return its exit code.
     pub fn run(&self, opts: &CreateOptions, detach: bool) -> Result<i32> {
-        let mode = if detach { Launch::RunDetached } else { Launch::RunForeground };
+        let mode = if detach {
+            Launch::RunDetached
+        } else {
+            Launch::RunForeground
+        };
         let launched = self.launch(opts, mode)?;
         let started = self.release(&launched);
         if let Err(e) = started {
@@ -148,7 +155,10 @@ impl Runtime {
 
     /// Tells the init to exec the user program and runs poststart hooks.
     fn release(&self, launched: &Launched) -> Result<()> {
-        launched.channel.send(&Msg::Start).ctx(|| "starting the container".into())?;
+        launched
+            .channel
+            .send(&Msg::Start)
+            .ctx(|| "starting the container".into())?;
         await_exec(&launched.channel)?;
         let state = hook_state(
             &launched.state.id,
@@ -189,7 +199,9 @@ impl Runtime {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::ContainerExists(opts.id.clone()))
             }
-            Err(e) => return Err(e).ctx(|| format!("creating state directory {}", dir.path.display())),
+            Err(e) => {
+                return Err(e).ctx(|| format!("creating state directory {}", dir.path.display()))
+            }
         }
         let mut cleanup = Cleanup {
             state_dir: Some(dir.path.clone()),
@@ -209,7 +221,8 @@ impl Runtime {
 
         let console_socket = match &opts.console_socket {
             Some(path) => Some(
-                UnixStream::connect(path).ctx(|| format!("connecting to console socket {}", path.display()))?,
+                UnixStream::connect(path)
+                    .ctx(|| format!("connecting to console socket {}", path.display()))?,
             ),
             None => None,
         };
@@ -223,8 +236,12 @@ impl Runtime {
             )
             .ctx(|| "creating the exec FIFO".into())?;
             Some(
-                rustix::fs::open(&dir.path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                    .ctx(|| format!("opening {}", dir.path.display()))?,
+                rustix::fs::open(
+                    &dir.path,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .ctx(|| format!("opening {}", dir.path.display()))?,
             )
         } else {
             None
@@ -239,13 +256,15 @@ impl Runtime {
             None
         };
         let offsets = namespaces::time_offsets_text(spec);
-        let (parent_end, child_end) = Channel::pair().ctx(|| "creating the setup channel".into())?;
+        let (parent_end, child_end) =
+            Channel::pair().ctx(|| "creating the setup channel".into())?;
 
-        let child = {
-            let _ns_guard = ChildNsGuard::enter(&plan, offsets.as_deref())?;
-            sys::clone_fork(plan.clone_flags).ctx(|| "creating the container init (clone)".into())?
-        };
+        let ns_guard = ChildNsGuard::enter(&plan, offsets.as_deref())?;
+        let child = sys::clone_fork(plan.clone_flags)
+            .ctx(|| "creating the container init (clone)".into())?;
         let Some(first_pid) = child else {
+            // The guard restores the parent's namespaces; the child must keep its own.
+            std::mem::forget(ns_guard);
             drop(parent_end);
             let ctx = InitContext {
                 id: &opts.id,
@@ -259,13 +278,18 @@ impl Runtime {
                     (None, false) => ConsoleTarget::None,
                 },
                 state_dir: state_dir_fd.as_ref(),
-                gate: if mode == Launch::Create { StartGate::Fifo } else { StartGate::Channel },
+                gate: if mode == Launch::Create {
+                    StartGate::Fifo
+                } else {
+                    StartGate::Channel
+                },
                 no_pivot: opts.no_pivot,
                 no_new_keyring: opts.no_new_keyring,
                 preserve_fds: opts.preserve_fds,
             };
             init::container_init(&ctx);
         };
+        drop(ns_guard);
         drop(child_end);
         cleanup.children.push(first_pid);
         let mut init_pid = first_pid;
@@ -276,13 +300,22 @@ impl Runtime {
             namespaces::write_id_map(first_pid, "gid_map", &maps(linux.gid_mappings()))?;
         }
         cgroups.add_process(first_pid)?;
-        parent_end.send(&Msg::Go).ctx(|| "starting the container init".into())?;
+        parent_end
+            .send(&Msg::Go)
+            .ctx(|| "starting the container init".into())?;
 
-        let annotations: BTreeMap<String, String> =
-            spec.annotations().clone().unwrap_or_default().into_iter().collect();
+        let annotations: BTreeMap<String, String> = spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let mut pty = None;
         loop {
-            match parent_end.recv().ctx(|| "reading from the container init".into())? {
+            match parent_end
+                .recv()
+                .ctx(|| "reading from the container init".into())?
+            {
                 Some((Msg::Pid(pid), _)) => {
                     // Two-stage setup: the intermediate child exits, its child is the init.
                     let _ = rustix::process::waitpid(
@@ -294,17 +327,33 @@ impl Runtime {
                     init_pid = pid;
                 }
                 Some((Msg::RunHooks, _)) => {
-                    let state = hook_state(&opts.id, Status::Creating, init_pid, &bundle.dir, &annotations);
+                    let state = hook_state(
+                        &opts.id,
+                        Status::Creating,
+                        init_pid,
+                        &bundle.dir,
+                        &annotations,
+                    );
                     let hooks = spec.hooks().as_ref().expect("hooks were announced");
                     #[allow(deprecated)]
                     init::run_parent_hooks("prestart", hooks.prestart().as_ref(), &state)?;
-                    init::run_parent_hooks("createRuntime", hooks.create_runtime().as_ref(), &state)?;
-                    parent_end.send(&Msg::HooksDone).ctx(|| "resuming the container init".into())?;
+                    init::run_parent_hooks(
+                        "createRuntime",
+                        hooks.create_runtime().as_ref(),
+                        &state,
+                    )?;
+                    parent_end
+                        .send(&Msg::HooksDone)
+                        .ctx(|| "resuming the container init".into())?;
                 }
                 Some((Msg::Console, fd)) => pty = fd,
                 Some((Msg::Ready, _)) => break,
                 Some((Msg::Error(text), _)) => return Err(Error::Init(text)),
-                Some((other, _)) => return Err(Error::Init(format!("unexpected message from init: {other:?}"))),
+                Some((other, _)) => {
+                    return Err(Error::Init(format!(
+                        "unexpected message from init: {other:?}"
+                    )))
+                }
                 None => return Err(Error::Init(describe_death(first_pid, init_pid))),
             }
         }
@@ -324,10 +373,13 @@ impl Runtime {
             annotations,
             cgroup_paths: cgroups.paths().to_vec(),
             own_pid_ns: plan.new_pid,
-            poststart: hooks.and_then(|h| h.poststart().clone()).unwrap_or_default(),
+            poststart: hooks
+                .and_then(|h| h.poststart().clone())
+                .unwrap_or_default(),
             poststop: hooks.and_then(|h| h.poststop().clone()).unwrap_or_default(),
         };
-        std::fs::write(dir.config_path(), &bundle.raw).ctx(|| format!("writing {}", dir.config_path().display()))?;
+        std::fs::write(dir.config_path(), &bundle.raw)
+            .ctx(|| format!("writing {}", dir.config_path().display()))?;
         dir.save(&state)?;
         if let Some(pid_file) = &opts.pid_file {
             write_pid_file(pid_file, init_pid)?;
@@ -353,10 +405,15 @@ impl Runtime {
                 needed: "created",
             });
         }
-        let fifo = rustix::fs::open(dir.fifo_path(), OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
-            .ctx(|| "opening the exec FIFO".into())?;
+        let fifo = rustix::fs::open(
+            dir.fifo_path(),
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(|| "opening the exec FIFO".into())?;
         let pidfd = rustix::process::pidfd_open(
-            rustix::process::Pid::from_raw(state.init_pid).ok_or_else(|| Error::Init("bad init pid".into()))?,
+            rustix::process::Pid::from_raw(state.init_pid)
+                .ok_or_else(|| Error::Init("bad init pid".into()))?,
             rustix::process::PidfdFlags::empty(),
         )
         .ctx(|| "opening the init process".into())?;
@@ -387,7 +444,9 @@ impl Runtime {
                 }
             }
             if fds[1].revents().contains(rustix::event::PollFlags::IN) {
-                return Err(Error::Init(format!("container {id:?}: its init process exited before it could start")));
+                return Err(Error::Init(format!(
+                    "container {id:?}: its init process exited before it could start"
+                )));
             }
             if fds[0].revents().contains(rustix::event::PollFlags::HUP) {
                 // A writer came and went without a byte: the init died.
@@ -395,7 +454,13 @@ impl Runtime {
             }
         }
         let _ = std::fs::remove_file(dir.fifo_path());
-        let hook_input = hook_state(id, Status::Running, state.init_pid, &state.bundle, &state.annotations);
+        let hook_input = hook_state(
+            id,
+            Status::Running,
+            state.init_pid,
+            &state.bundle,
+            &state.annotations,
+        );
         hooks::run_hooks_warn("poststart", &state.poststart, &hook_input);
         Ok(())
     }
@@ -517,7 +582,8 @@ impl Runtime {
         }
         let console_socket = match &opts.console_socket {
             Some(path) => Some(
-                UnixStream::connect(path).ctx(|| format!("connecting to console socket {}", path.display()))?,
+                UnixStream::connect(path)
+                    .ctx(|| format!("connecting to console socket {}", path.display()))?,
             ),
             None => None,
         };
@@ -536,12 +602,12 @@ impl Runtime {
             sys::block_all_signals().ctx(|| "blocking signals".into())?;
             Some(sys::signalfd_all().ctx(|| "creating a signalfd".into())?)
         };
-        let (parent_end, child_end) = Channel::pair().ctx(|| "creating the setup channel".into())?;
-        let child = {
-            let _ns_guard = ChildNsGuard::enter(&plan, None)?;
-            sys::fork().ctx(|| "forking the exec process".into())?
-        };
+        let (parent_end, child_end) =
+            Channel::pair().ctx(|| "creating the setup channel".into())?;
+        let ns_guard = ChildNsGuard::enter(&plan, None)?;
+        let child = sys::fork().ctx(|| "forking the exec process".into())?;
         let Some(pid) = child else {
+            std::mem::forget(ns_guard);
             drop(parent_end);
             let ctx = ExecContext {
                 process,
@@ -556,6 +622,7 @@ impl Runtime {
             };
             init::exec_init(&ctx);
         };
+        drop(ns_guard);
         drop(child_end);
         let mut cleanup = Cleanup {
             state_dir: None,
@@ -563,18 +630,27 @@ impl Runtime {
             children: vec![pid],
         };
         state.cgroups().add_process(pid)?;
-        parent_end.send(&Msg::Go).ctx(|| "starting the exec process".into())?;
+        parent_end
+            .send(&Msg::Go)
+            .ctx(|| "starting the exec process".into())?;
         let mut pty = None;
         loop {
-            match parent_end.recv().ctx(|| "reading from the exec process".into())? {
+            match parent_end
+                .recv()
+                .ctx(|| "reading from the exec process".into())?
+            {
                 Some((Msg::Console, fd)) => pty = fd,
                 Some((Msg::Ready, _)) => break,
                 Some((Msg::Error(text), _)) => return Err(Error::Init(text)),
-                Some((other, _)) => return Err(Error::Init(format!("unexpected message: {other:?}"))),
+                Some((other, _)) => {
+                    return Err(Error::Init(format!("unexpected message: {other:?}")))
+                }
                 None => return Err(Error::Init(describe_death(pid, pid))),
             }
         }
-        parent_end.send(&Msg::Start).ctx(|| "starting the exec process".into())?;
+        parent_end
+            .send(&Msg::Start)
+            .ctx(|| "starting the exec process".into())?;
         await_exec(&parent_end)?;
         if let Some(pid_file) = &opts.pid_file {
             write_pid_file(pid_file, pid)?;
@@ -583,21 +659,32 @@ impl Runtime {
         if opts.detach {
             return Ok(0);
         }
-        io_relay::wait_foreground(pid, signals.as_ref().map(|s| s.as_fd()), pty.as_ref().map(|p| p.as_fd()), false)
+        io_relay::wait_foreground(
+            pid,
+            signals.as_ref().map(|s| s.as_fd()),
+            pty.as_ref().map(|p| p.as_fd()),
+            false,
+        )
     }
 
     /// The config.json a container was created with.
     pub fn container_config(&self, id: &str) -> Result<oci_spec::runtime::Spec> {
         let (_, dir) = self.load(id)?;
         let path = dir.config_path();
-        let raw = std::fs::read(&path).map_err(|source| Error::ReadConfig { path: path.clone(), source })?;
+        let raw = std::fs::read(&path).map_err(|source| Error::ReadConfig {
+            path: path.clone(),
+            source,
+        })?;
         crate::spec::parse_spec(&raw).map_err(|message| Error::ParseConfig { path, message })
     }
 }
 
 /// Waits until the child execs (channel closed) or reports why it could not.
 fn await_exec(channel: &Channel) -> Result<()> {
-    match channel.recv().ctx(|| "waiting for the container process to start".into())? {
+    match channel
+        .recv()
+        .ctx(|| "waiting for the container process to start".into())?
+    {
         None => Ok(()),
         Some((Msg::Error(text), _)) => Err(Error::Init(text)),
         Some((other, _)) => Err(Error::Init(format!("unexpected message: {other:?}"))),
@@ -607,9 +694,10 @@ fn await_exec(channel: &Channel) -> Result<()> {
 /// Why a child closed the channel without a word.
 fn describe_death(first_pid: i32, init_pid: i32) -> String {
     for pid in [init_pid, first_pid] {
-        if let Ok(Some((_, status))) =
-            rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::NOHANG)
-        {
+        if let Ok(Some((_, status))) = rustix::process::waitpid(
+            rustix::process::Pid::from_raw(pid),
+            rustix::process::WaitOptions::NOHANG,
+        ) {
             if let Some(sig) = status.terminating_signal() {
                 return format!("the container init was killed by signal {sig} during setup");
             }
@@ -623,7 +711,8 @@ fn describe_death(first_pid: i32, init_pid: i32) -> String {
 
 /// Signals the init through a pidfd, after checking it is still our init.
 fn signal_init(state: &State, signal: i32) -> Result<()> {
-    let pid = rustix::process::Pid::from_raw(state.init_pid).ok_or_else(|| Error::Init("bad init pid".into()))?;
+    let pid = rustix::process::Pid::from_raw(state.init_pid)
+        .ok_or_else(|| Error::Init("bad init pid".into()))?;
     let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::SRCH) => return Ok(()),
@@ -632,7 +721,8 @@ fn signal_init(state: &State, signal: i32) -> Result<()> {
     if !state.init_alive() {
         return Ok(());
     }
-    let sig = rustix::process::Signal::from_named_raw(signal).ok_or_else(|| Error::UnknownSignal(signal.to_string()))?;
+    let sig = rustix::process::Signal::from_named_raw(signal)
+        .ok_or_else(|| Error::UnknownSignal(signal.to_string()))?;
     match rustix::process::pidfd_send_signal(&pidfd, sig) {
         Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
         Err(e) => Err(e).ctx(|| format!("signalling the container init ({})", state.init_pid)),
@@ -641,13 +731,18 @@ fn signal_init(state: &State, signal: i32) -> Result<()> {
 
 /// Waits (up to 10 s) for the init to be gone.
 fn wait_gone(state: &State) {
-    let Some(pid) = rustix::process::Pid::from_raw(state.init_pid) else { return };
+    let Some(pid) = rustix::process::Pid::from_raw(state.init_pid) else {
+        return;
+    };
     let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
         return;
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while state.init_alive() && Instant::now() < deadline {
-        let mut fds = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
+        let mut fds = [rustix::event::PollFd::new(
+            &pidfd,
+            rustix::event::PollFlags::IN,
+        )];
         let ts = rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: 100_000_000,
@@ -668,7 +763,8 @@ fn thaw(state: &State) {
 
 fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     let path = std::path::absolute(path).ctx(|| format!("pid file {}", path.display()))?;
-    util::write_atomic(&path, pid.to_string().as_bytes(), 0o644).ctx(|| format!("writing pid file {}", path.display()))
+    util::write_atomic(&path, pid.to_string().as_bytes(), 0o644)
+        .ctx(|| format!("writing pid file {}", path.display()))
 }
 
 fn owner_name() -> String {

@@ -8,12 +8,50 @@ use crate::state::OCI_VERSION;
 /// What this runtime supports, in the runtime-spec's features.md format.
 pub fn features() -> Value {
     let mount_options: Vec<&str> = vec![
-        "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "lazytime", "loud", "mand", "noatime",
-        "nodev", "nodiratime", "noexec", "nolazytime", "nomand", "norelatime", "nostrictatime", "nosuid", "private",
-        "rbind", "relatime", "remount", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "silent",
-        "slave", "strictatime", "suid", "sync", "unbindable",
+        "async",
+        "atime",
+        "bind",
+        "defaults",
+        "dev",
+        "diratime",
+        "dirsync",
+        "exec",
+        "lazytime",
+        "loud",
+        "mand",
+        "noatime",
+        "nodev",
+        "nodiratime",
+        "noexec",
+        "nolazytime",
+        "nomand",
+        "norelatime",
+        "nostrictatime",
+        "nosuid",
+        "private",
+        "rbind",
+        "relatime",
+        "remount",
+        "ro",
+        "rprivate",
+        "rshared",
+        "rslave",
+        "runbindable",
+        "rw",
+        "shared",
+        "silent",
+        "slave",
+        "strictatime",
+        "suid",
+        "sync",
+        "unbindable",
     ];
-    let capabilities: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let capabilities: Vec<String> = caps::all()
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION,
@@ -134,7 +172,8 @@ mod tests {
         for rootless in [false, true] {
             let raw = serde_json::to_vec(&default_spec(rootless)).unwrap();
             let spec = crate::spec::parse_spec(&raw).unwrap();
-            let dir = std::env::temp_dir().join(format!("berth-spec-test-{}-{rootless}", std::process::id()));
+            let dir = std::env::temp_dir()
+                .join(format!("berth-spec-test-{}-{rootless}", std::process::id()));
             std::fs::create_dir_all(dir.join("rootfs")).unwrap();
             crate::spec::validate(&spec, &dir).unwrap();
             std::fs::remove_dir_all(&dir).unwrap();
@@ -145,7 +184,13 @@ mod tests {
     fn features_lists_namespaces_and_hooks() {
         let f = features();
         assert_eq!(f["ociVersionMin"], "1.0.0");
-        assert!(f["linux"]["namespaces"].as_array().unwrap().contains(&json!("time")));
-        assert!(f["linux"]["capabilities"].as_array().unwrap().contains(&json!("CAP_SYS_ADMIN")));
+        assert!(f["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("time")));
+        assert!(f["linux"]["capabilities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("CAP_SYS_ADMIN")));
     }
 }

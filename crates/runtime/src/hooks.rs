@@ -46,7 +46,9 @@ fn run_hook(kind: &'static str, hook: &Hook, state: &[u8]) -> Result<()> {
         }
     }
     cmd.stdin(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| fail(format!("cannot start: {e}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fail(format!("cannot start: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that ignores its stdin may exit before reading it: EPIPE is fine.
         let _ = stdin.write_all(state);
@@ -54,14 +56,16 @@ fn run_hook(kind: &'static str, hook: &Hook, state: &[u8]) -> Result<()> {
     let timeout = hook.timeout().map(|t| Duration::from_secs(t as u64));
     let status = match timeout {
         None => child.wait().map_err(|e| fail(format!("waiting: {e}")))?,
-        Some(limit) => match wait_timeout(&mut child, limit).map_err(|e| fail(format!("waiting: {e}")))? {
-            Some(status) => status,
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!("timed out after {}s", limit.as_secs())));
+        Some(limit) => {
+            match wait_timeout(&mut child, limit).map_err(|e| fail(format!("waiting: {e}")))? {
+                Some(status) => status,
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(fail(format!("timed out after {}s", limit.as_secs())));
+                }
             }
-        },
+        }
     };
     if !status.success() {
         return Err(fail(format!("failed: {status}")));
@@ -70,10 +74,16 @@ fn run_hook(kind: &'static str, hook: &Hook, state: &[u8]) -> Result<()> {
 }
 
 /// Waits for `child` up to `limit`; None if it is still running.
-fn wait_timeout(child: &mut std::process::Child, limit: Duration) -> std::io::Result<Option<std::process::ExitStatus>> {
+fn wait_timeout(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
     let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("child pid is positive");
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
-    let mut fds = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
+    let mut fds = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
     let ts = rustix::event::Timespec {
         tv_sec: limit.as_secs() as i64,
         tv_nsec: limit.subsec_nanos() as i64,

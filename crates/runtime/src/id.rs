@@ -23,7 +23,9 @@ pub fn validate_id(id: &str) -> Result<()> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'))
     {
-        return Err(invalid("only letters, digits, '_', '+', '-' and '.' are allowed"));
+        return Err(invalid(
+            "only letters, digits, '_', '+', '-' and '.' are allowed",
+        ));
     }
     Ok(())
 }

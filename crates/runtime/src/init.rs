@@ -67,7 +67,11 @@ fn fail(channel: &Channel, err: &Error) -> ! {
     if channel.send(&Msg::Error(err.to_string())).is_err() {
         let _ = writeln!(std::io::stderr(), "berth init: {err}");
     }
-    sys::exit_now(if matches!(err, Error::Init(m) if m.starts_with("exec")) { 127 } else { 1 })
+    sys::exit_now(if matches!(err, Error::Init(m) if m.starts_with("exec")) {
+        127
+    } else {
+        1
+    })
 }
 
 pub fn container_init(ctx: &InitContext<'_>) -> ! {
@@ -85,7 +89,9 @@ pub fn exec_init(ctx: &ExecContext<'_>) -> ! {
 }
 
 fn expect(channel: &Channel, msg: Msg) -> Result<()> {
-    channel.expect(msg).map_err(|e| Error::Init(format!("waiting for berth: {e}")))
+    channel
+        .expect(msg)
+        .map_err(|e| Error::Init(format!("waiting for berth: {e}")))
 }
 
 fn send(channel: &Channel, msg: Msg) -> Result<()> {
@@ -94,7 +100,10 @@ fn send(channel: &Channel, msg: Msg) -> Result<()> {
 
 fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
     let spec = &ctx.bundle.spec;
-    let process = spec.process().as_ref().ok_or_else(|| Error::InvalidConfig("process is missing".into()))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidConfig("process is missing".into()))?;
     rustix::process::umask(rustix::fs::Mode::empty());
     expect(ctx.channel, Msg::Go)?;
 
@@ -129,14 +138,19 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
         match sys::join_session_keyring(&name) {
             Ok(()) => {}
             // Kernels or seccomp profiles without keyrings: runc carries on too.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EDQUOT)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EDQUOT)
+                ) => {}
             Err(e) => return Err(e).ctx(|| "joining a new session keyring".into()),
         }
     }
     if let Some(linux) = spec.linux() {
         for (key, value) in linux.sysctl().iter().flatten() {
             let path = format!("/proc/sys/{}", key.replace('.', "/"));
-            std::fs::write(&path, value.as_bytes()).ctx(|| format!("setting sysctl {key}={value}"))?;
+            std::fs::write(&path, value.as_bytes())
+                .ctx(|| format!("setting sysctl {key}={value}"))?;
         }
     }
     process::apply_oom_score_adj(process)?;
@@ -146,23 +160,38 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
     sys::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
 
     let cgroupns = ctx.plan.unshare_flags & libc::CLONE_NEWCGROUP != 0
-        || ctx.plan.joins.iter().any(|(f, _)| *f == libc::CLONE_NEWCGROUP);
+        || ctx
+            .plan
+            .joins
+            .iter()
+            .any(|(f, _)| *f == libc::CLONE_NEWCGROUP);
     let setup = RootfsSetup {
         spec,
         bundle: &ctx.bundle.dir,
         rootfs: &ctx.bundle.rootfs,
         cgroups: ctx.cgroups,
         cgroupns,
-        userns: ctx.plan.new_user || ctx.plan.joins.iter().any(|(f, _)| *f == libc::CLONE_NEWUSER),
+        userns: ctx.plan.new_user
+            || ctx
+                .plan
+                .joins
+                .iter()
+                .any(|(f, _)| *f == libc::CLONE_NEWUSER),
     };
     let root = setup.prepare()?;
 
     let host_pid = own_host_pid();
-    let annotations: BTreeMap<String, String> = spec.annotations().clone().unwrap_or_default().into_iter().collect();
+    let annotations: BTreeMap<String, String> = spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let hook_lists = spec.hooks().as_ref();
     #[allow(deprecated)]
     let runtime_hooks = hook_lists.is_some_and(|h| {
-        h.prestart().as_ref().is_some_and(|v| !v.is_empty()) || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+        h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+            || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
     });
     if runtime_hooks {
         send(ctx.channel, Msg::RunHooks)?;
@@ -222,10 +251,16 @@ fn enter_cwd(process: &Process) -> Result<bool> {
     }
 }
 
-fn finish(process: &Process, cwd_deferred: bool, program: &Program, preserve_fds: u32) -> Result<Infallible> {
+fn finish(
+    process: &Process,
+    cwd_deferred: bool,
+    program: &Program,
+    preserve_fds: u32,
+) -> Result<Infallible> {
     process::drop_privileges(process)?;
     if cwd_deferred {
-        rustix::process::chdir(process.cwd()).ctx(|| format!("chdir to cwd {}", process.cwd().display()))?;
+        rustix::process::chdir(process.cwd())
+            .ctx(|| format!("chdir to cwd {}", process.cwd().display()))?;
     }
     Err(process::exec(program, preserve_fds))
 }
@@ -240,9 +275,15 @@ fn own_host_pid() -> i32 {
 }
 
 fn wait_for_start_fifo(state_dir: Option<&OwnedFd>) -> Result<()> {
-    let dir = state_dir.ok_or_else(|| Error::Init("no state directory for the exec FIFO".into()))?;
+    let dir =
+        state_dir.ok_or_else(|| Error::Init("no state directory for the exec FIFO".into()))?;
     let fifo = loop {
-        match rustix::fs::openat(dir, EXEC_FIFO, OFlags::WRONLY | OFlags::CLOEXEC, rustix::fs::Mode::empty()) {
+        match rustix::fs::openat(
+            dir,
+            EXEC_FIFO,
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
             Ok(fd) => break fd,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e).ctx(|| "opening the exec FIFO".into()),
@@ -254,10 +295,16 @@ fn wait_for_start_fifo(state_dir: Option<&OwnedFd>) -> Result<()> {
 
 /// Creates the container's terminal: the master goes to the console socket
 /// (or to berth), the slave becomes stdio and the controlling terminal.
-fn setup_terminal(process: &Process, target: &ConsoleTarget<'_>, channel: &Channel, mount_console: bool) -> Result<()> {
+fn setup_terminal(
+    process: &Process,
+    target: &ConsoleTarget<'_>,
+    channel: &Channel,
+    mount_console: bool,
+) -> Result<()> {
     use rustix::pty::OpenptFlags;
-    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
-        .ctx(|| "opening /dev/ptmx in the container".into())?;
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+            .ctx(|| "opening /dev/ptmx in the container".into())?;
     rustix::pty::unlockpt(&master).ctx(|| "unlockpt".into())?;
     let slave = rustix::pty::ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY)
         .ctx(|| "opening the terminal's slave side".into())?;
@@ -277,14 +324,22 @@ fn setup_terminal(process: &Process, target: &ConsoleTarget<'_>, channel: &Chann
     }
     match target {
         ConsoleTarget::Socket(sock) => {
-            sys::send_fd(sock.as_fd(), name.as_bytes(), master.as_raw_fd()).ctx(|| "sending the terminal to the console socket".into())?
+            sys::send_fd(sock.as_fd(), name.as_bytes(), master.as_raw_fd())
+                .ctx(|| "sending the terminal to the console socket".into())?
         }
-        ConsoleTarget::Parent => channel.send_fd(&Msg::Console, &master).ctx(|| "sending the terminal to berth".into())?,
-        ConsoleTarget::None => return Err(Error::Init("a terminal was requested without a console socket".into())),
+        ConsoleTarget::Parent => channel
+            .send_fd(&Msg::Console, &master)
+            .ctx(|| "sending the terminal to berth".into())?,
+        ConsoleTarget::None => {
+            return Err(Error::Init(
+                "a terminal was requested without a console socket".into(),
+            ))
+        }
     }
     drop(master);
     rustix::process::setsid().ctx(|| "setsid".into())?;
-    rustix::process::ioctl_tiocsctty(&slave).ctx(|| "making the terminal the controlling one".into())?;
+    rustix::process::ioctl_tiocsctty(&slave)
+        .ctx(|| "making the terminal the controlling one".into())?;
     for fd in 0..3 {
         sys::dup2(slave.as_raw_fd(), fd).ctx(|| "attaching stdio to the terminal".into())?;
     }

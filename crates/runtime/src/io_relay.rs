@@ -40,7 +40,11 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(t) = &self.saved {
-            let _ = rustix::termios::tcsetattr(rustix::stdio::stdin(), rustix::termios::OptionalActions::Now, t);
+            let _ = rustix::termios::tcsetattr(
+                rustix::stdio::stdin(),
+                rustix::termios::OptionalActions::Now,
+                t,
+            );
         }
     }
 }
@@ -64,7 +68,12 @@ fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) {
 /// Waits for `pid` to exit, forwarding every signal berth receives to it
 /// and, with a terminal, relaying stdin/stdout. With `reap_all` (berth is a
 /// subreaper) every other child that ends is reaped too.
-pub fn wait_foreground(pid: i32, signals: Option<BorrowedFd<'_>>, pty: Option<BorrowedFd<'_>>, reap_all: bool) -> Result<i32> {
+pub fn wait_foreground(
+    pid: i32,
+    signals: Option<BorrowedFd<'_>>,
+    pty: Option<BorrowedFd<'_>>,
+    reap_all: bool,
+) -> Result<i32> {
     let signals = signals.expect("foreground waits have a signalfd");
     let _raw = pty.map(|p| {
         copy_winsize(p);
@@ -88,7 +97,10 @@ pub fn wait_foreground(pid: i32, signals: Option<BorrowedFd<'_>>, pty: Option<Bo
             }
         }
         // Once the process is gone, only drain what the terminal still holds.
-        let timeout = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        let timeout = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         match rustix::event::poll(&mut fds, code.is_some().then_some(&timeout)) {
             Ok(0) => break,
             Ok(_) => {}

@@ -79,14 +79,19 @@ impl NsPlan {
             .unwrap_or_default();
         let mut plan = NsPlan::default();
         let mut new_flags = 0;
-        for t in JOIN_ORDER.iter().chain([LinuxNamespaceType::Pid, LinuxNamespaceType::Time].iter()) {
+        for t in JOIN_ORDER
+            .iter()
+            .chain([LinuxNamespaceType::Pid, LinuxNamespaceType::Time].iter())
+        {
             let Some(ns) = namespaces.iter().find(|n| n.typ() == *t) else {
                 continue;
             };
             match ns.path() {
                 None => new_flags |= clone_flag(*t),
                 Some(path) => {
-                    let file = File::open(path).ctx(|| format!("opening {} namespace {}", proc_name(*t), path.display()))?;
+                    let file = File::open(path).ctx(|| {
+                        format!("opening {} namespace {}", proc_name(*t), path.display())
+                    })?;
                     check_ns_file(&file, *t, &path.display().to_string())?;
                     let fd = OwnedFd::from(file);
                     match t {
@@ -116,7 +121,10 @@ impl NsPlan {
     /// that differs from ours.
     pub fn for_exec(init_pid: i32) -> Result<NsPlan> {
         let mut plan = NsPlan::default();
-        for t in JOIN_ORDER.iter().chain([LinuxNamespaceType::Pid, LinuxNamespaceType::Time].iter()) {
+        for t in JOIN_ORDER
+            .iter()
+            .chain([LinuxNamespaceType::Pid, LinuxNamespaceType::Time].iter())
+        {
             let name = proc_name(*t);
             let theirs = format!("/proc/{init_pid}/ns/{name}");
             let file = match File::open(&theirs) {
@@ -125,7 +133,8 @@ impl NsPlan {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e).ctx(|| format!("opening {theirs}")),
             };
-            let ours = std::fs::metadata(format!("/proc/self/ns/{name}")).ctx(|| format!("stat /proc/self/ns/{name}"))?;
+            let ours = std::fs::metadata(format!("/proc/self/ns/{name}"))
+                .ctx(|| format!("stat /proc/self/ns/{name}"))?;
             let their_meta = file.metadata().ctx(|| format!("stat {theirs}"))?;
             if ours.ino() == their_meta.ino() && ours.dev() == their_meta.dev() {
                 continue;
@@ -143,7 +152,8 @@ impl NsPlan {
     /// In the child: join the namespaces to join, then unshare the rest.
     pub fn enter(&self) -> Result<()> {
         for (flag, fd) in &self.joins {
-            sys::setns(fd.as_fd(), *flag).ctx(|| format!("joining {} namespace", flag_name(*flag)))?;
+            sys::setns(fd.as_fd(), *flag)
+                .ctx(|| format!("joining {} namespace", flag_name(*flag)))?;
         }
         if self.unshare_flags != 0 {
             sys::unshare(self.unshare_flags).ctx(|| "creating namespaces (unshare)".into())?;
@@ -193,7 +203,12 @@ fn sys_ioctl_nstype(fd: i32, req: libc::c_ulong) -> Option<libc::c_int> {
 pub fn write_id_map(pid: i32, file: &str, maps: &[LinuxIdMapping]) -> Result<()> {
     let mut text = String::new();
     for m in maps {
-        text.push_str(&format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()));
+        text.push_str(&format!(
+            "{} {} {}\n",
+            m.container_id(),
+            m.host_id(),
+            m.size()
+        ));
     }
     let path = format!("/proc/{pid}/{file}");
     std::fs::write(&path, text.as_bytes()).ctx(|| format!("writing {path}"))
@@ -207,18 +222,23 @@ pub struct ChildNsGuard {
 
 impl ChildNsGuard {
     pub fn enter(plan: &NsPlan, time_offsets: Option<&str>) -> Result<ChildNsGuard> {
-        let mut guard = ChildNsGuard { restore: Vec::new() };
+        let mut guard = ChildNsGuard {
+            restore: Vec::new(),
+        };
         if let Some(fd) = &plan.pid_join {
             let own = File::open("/proc/self/ns/pid").ctx(|| "opening /proc/self/ns/pid".into())?;
-            sys::setns(fd.as_fd(), libc::CLONE_NEWPID).ctx(|| "entering the container's pid namespace".into())?;
+            sys::setns(fd.as_fd(), libc::CLONE_NEWPID)
+                .ctx(|| "entering the container's pid namespace".into())?;
             guard.restore.push((own.into(), libc::CLONE_NEWPID));
         }
         let time_flag = clone_flag(LinuxNamespaceType::Time);
         if plan.time_join.is_some() || plan.new_time {
-            let own = File::open("/proc/self/ns/time").ctx(|| "opening /proc/self/ns/time".into())?;
+            let own =
+                File::open("/proc/self/ns/time").ctx(|| "opening /proc/self/ns/time".into())?;
             guard.restore.push((own.into(), time_flag));
             if let Some(fd) = &plan.time_join {
-                sys::setns(fd.as_fd(), time_flag).ctx(|| "entering the container's time namespace".into())?;
+                sys::setns(fd.as_fd(), time_flag)
+                    .ctx(|| "entering the container's time namespace".into())?;
             } else {
                 sys::unshare(time_flag).ctx(|| "creating a time namespace".into())?;
                 if let Some(offsets) = time_offsets {
@@ -235,7 +255,10 @@ impl Drop for ChildNsGuard {
     fn drop(&mut self) {
         for (fd, flag) in self.restore.drain(..) {
             if let Err(e) = sys::setns(fd.as_fd(), flag) {
-                log::warn!("restoring own {} namespace for children: {e}", flag_name(flag));
+                log::warn!(
+                    "restoring own {} namespace for children: {e}",
+                    flag_name(flag)
+                );
             }
         }
     }

@@ -45,9 +45,16 @@ pub fn prepare_program(process: &Process) -> Result<Program> {
         .unwrap_or(DEFAULT_PATH);
     let resolved = lookup_executable(first, path_var, process.cwd())?;
     Ok(Program {
-        path: CString::new(resolved.as_os_str().as_bytes()).map_err(|_| Error::InvalidConfig("NUL in path".into()))?,
-        argv: args.iter().map(|a| cstring(a, "argument")).collect::<Result<_>>()?,
-        envp: env.iter().map(|e| cstring(e, "environment entry")).collect::<Result<_>>()?,
+        path: CString::new(resolved.as_os_str().as_bytes())
+            .map_err(|_| Error::InvalidConfig("NUL in path".into()))?,
+        argv: args
+            .iter()
+            .map(|a| cstring(a, "argument"))
+            .collect::<Result<_>>()?,
+        envp: env
+            .iter()
+            .map(|e| cstring(e, "environment entry"))
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -110,13 +117,21 @@ fn rlimit_resource(t: PosixRlimitType) -> rustix::process::Resource {
     }
 }
 
+/// The OCI name of an rlimit (RLIMIT_NOFILE).
+fn rlimit_name(t: PosixRlimitType) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{t:?}"))
+}
+
 /// Applies process.rlimits to the calling process.
 pub fn apply_rlimits(process: &Process) -> Result<()> {
     for rl in process.rlimits().iter().flatten() {
         if rl.soft() > rl.hard() {
             return Err(Error::InvalidConfig(format!(
-                "rlimit {:?}: soft limit {} is above hard limit {}",
-                rl.typ(),
+                "{}: soft limit {} is above hard limit {}",
+                rlimit_name(rl.typ()),
                 rl.soft(),
                 rl.hard()
             )));
@@ -132,7 +147,12 @@ pub fn apply_rlimits(process: &Process) -> Result<()> {
                 ""
             };
             return Err(Error::Sys {
-                context: format!("setting rlimit {:?} to soft={} hard={}{hint}", rl.typ(), rl.soft(), rl.hard()),
+                context: format!(
+                    "setting {} to soft={} hard={}{hint}",
+                    rlimit_name(rl.typ()),
+                    rl.soft(),
+                    rl.hard()
+                ),
                 source: e.into(),
             });
         }
@@ -146,7 +166,9 @@ pub fn apply_oom_score_adj(process: &Process) -> Result<()> {
         return Ok(());
     };
     if !(-1000..=1000).contains(&adj) {
-        return Err(Error::InvalidConfig(format!("oomScoreAdj {adj} is outside -1000..1000")));
+        return Err(Error::InvalidConfig(format!(
+            "oomScoreAdj {adj} is outside -1000..1000"
+        )));
     }
     std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
         let hint = if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
@@ -192,7 +214,10 @@ pub fn drop_privileges(process: &Process) -> Result<()> {
                 match sys::drop_bounding_cap(cap) {
                     Ok(()) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                    Err(e) => return Err(e).ctx(|| format!("dropping capability {cap} from the bounding set")),
+                    Err(e) => {
+                        return Err(e)
+                            .ctx(|| format!("dropping capability {cap} from the bounding set"))
+                    }
                 }
             }
         }
@@ -216,9 +241,12 @@ pub fn drop_privileges(process: &Process) -> Result<()> {
         sys::capset(effective, permitted, inheritable).ctx(|| "setting capabilities".into())?;
         let ambient = cap_mask(caps.ambient())?;
         let ambient: Vec<u32> = (0..64).filter(|c| ambient & (1u64 << c) != 0).collect();
-        let skipped = sys::set_ambient_caps(&ambient).ctx(|| "setting ambient capabilities".into())?;
+        let skipped =
+            sys::set_ambient_caps(&ambient).ctx(|| "setting ambient capabilities".into())?;
         if !skipped.is_empty() {
-            log::debug!("ambient capabilities {skipped:?} skipped: not both permitted and inheritable");
+            log::debug!(
+                "ambient capabilities {skipped:?} skipped: not both permitted and inheritable"
+            );
         }
     }
     if process.no_new_privileges() == Some(true) {
@@ -246,8 +274,5 @@ pub fn exec(program: &Program, preserve_fds: u32) -> Error {
         };
     }
     let err = sys::execve(&program.path, &program.argv, &program.envp);
-    Error::Init(format!(
-        "exec {:?}: {err}",
-        program.path.to_string_lossy()
-    ))
+    Error::Init(format!("exec {:?}: {err}", program.path.to_string_lossy()))
 }

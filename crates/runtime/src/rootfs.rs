@@ -11,7 +11,10 @@ use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::error::Context;
 use crate::mount_opts::{self, MountOptions};
-use crate::safe_path::{create_file_in_root, fd_path, mkdir_all_in_root, open_in_root, parent_in_root, stat_fd};
+use crate::safe_path::{
+    create_file_in_root, fd_path, find_escaping_symlink, mkdir_all_in_root, open_in_root,
+    parent_in_root, stat_fd,
+};
 use crate::{sys, Error, Result};
 
 /// Everything rootfs setup needs to know.
@@ -70,16 +73,28 @@ impl RootfsSetup<'_> {
             .and_then(|l| l.rootfs_propagation().as_deref())
             .filter(|p| !p.is_empty())
             .and_then(mount_opts::propagation_flag);
-        let root_flag = propagation.map(|f| f | libc::MS_REC).unwrap_or(libc::MS_SLAVE | libc::MS_REC);
+        let root_flag = propagation
+            .map(|f| f | libc::MS_REC)
+            .unwrap_or(libc::MS_SLAVE | libc::MS_REC);
         sys::mount(None, c"/", None, root_flag, None).ctx(|| "setting propagation of /".into())?;
         if root_flag & libc::MS_SHARED != 0 {
             self.make_parent_mount_private()?;
         }
         let rootfs = cstr(self.rootfs);
-        sys::mount(Some(&rootfs), &rootfs, None, libc::MS_BIND | libc::MS_REC, None)
-            .ctx(|| format!("bind mounting rootfs {}", self.rootfs.display()))?;
-        let root = rustix::fs::open(self.rootfs, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .ctx(|| format!("opening rootfs {}", self.rootfs.display()))?;
+        sys::mount(
+            Some(&rootfs),
+            &rootfs,
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )
+        .ctx(|| format!("bind mounting rootfs {}", self.rootfs.display()))?;
+        let root = rustix::fs::open(
+            self.rootfs,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(|| format!("opening rootfs {}", self.rootfs.display()))?;
 
         let mounts = self.spec.mounts().as_deref().unwrap_or_default();
         for m in mounts {
@@ -87,12 +102,16 @@ impl RootfsSetup<'_> {
         }
         let bind_dev = mounts.iter().any(|m| {
             normalize_dest(m.destination()) == Path::new("/dev")
-                && (m.typ().as_deref() == Some("bind") || mount_opts::parse(m.options().as_deref().unwrap_or_default()).is_bind())
+                && (m.typ().as_deref() == Some("bind")
+                    || mount_opts::parse(m.options().as_deref().unwrap_or_default()).is_bind())
         });
         if !bind_dev {
             self.create_default_devices(root.as_fd())?;
         }
-        for dev in linux.and_then(|l| l.devices().as_deref()).unwrap_or_default() {
+        for dev in linux
+            .and_then(|l| l.devices().as_deref())
+            .unwrap_or_default()
+        {
             self.create_device(root.as_fd(), dev)?;
         }
         if let Some(process) = self.spec.process() {
@@ -104,10 +123,13 @@ impl RootfsSetup<'_> {
 
     /// pivot_root needs the rootfs's parent mount to be non-shared.
     fn make_parent_mount_private(&self) -> Result<()> {
-        let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo".into())?;
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .ctx(|| "reading /proc/self/mountinfo".into())?;
         let mut best: Option<&str> = None;
         for line in text.lines() {
-            let Some(mp) = line.split(' ').nth(4) else { continue };
+            let Some(mp) = line.split(' ').nth(4) else {
+                continue;
+            };
             if self.rootfs.starts_with(mp) && best.is_none_or(|b| mp.len() > b.len()) {
                 best = Some(mp);
             }
@@ -126,12 +148,22 @@ impl RootfsSetup<'_> {
         let typ = m.typ().as_deref().unwrap_or("");
         let is_bind = opts.is_bind() || typ == "bind";
         check_proc_destination(&dest, typ, is_bind)?;
+        if let Some(link) = find_escaping_symlink(root, &dest)
+            .map_err(|e| mount_err("resolving mount destination", &dest, e))?
+        {
+            return Err(Error::InvalidConfig(format!(
+                "mount destination {}: symlink {} in the root filesystem points outside it",
+                dest.display(),
+                link.display()
+            )));
+        }
         match typ {
             "cgroup" | "cgroup2" => return self.mount_cgroup(root, &dest, &opts),
             _ if is_bind => return self.mount_bind(root, m, &dest, &opts),
             _ => {}
         }
-        let target = mkdir_all_in_root(root, &dest, 0o755).map_err(|e| mount_err("creating mount point", &dest, e))?;
+        let target = mkdir_all_in_root(root, &dest, 0o755)
+            .map_err(|e| mount_err("creating mount point", &dest, e))?;
         let source = m
             .source()
             .as_ref()
@@ -152,30 +184,50 @@ impl RootfsSetup<'_> {
             // sysfs cannot be mounted in a user namespace that does not own
             // the network namespace: fall back to the host's, as runc does.
             Err(e) if typ == "sysfs" && e.raw_os_error() == Some(libc::EPERM) => {
-                sys::mount(Some(c"/sys"), &fd_path(target.as_fd()), None, libc::MS_BIND | libc::MS_REC, None)
-                    .map_err(|e| mount_err("bind mounting /sys on", &dest, e))?;
+                sys::mount(
+                    Some(c"/sys"),
+                    &fd_path(target.as_fd()),
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                )
+                .map_err(|e| mount_err("bind mounting /sys on", &dest, e))?;
                 let top = reopen(root, &dest)?;
-                remount(top.as_fd(), &dest, (flags | libc::MS_BIND | libc::MS_REC) & !libc::MS_REMOUNT, true)?;
+                remount(
+                    top.as_fd(),
+                    &dest,
+                    (flags | libc::MS_BIND | libc::MS_REC) & !libc::MS_REMOUNT,
+                    true,
+                )?;
             }
             Err(e) => return Err(mount_err(&format!("mounting {typ} on"), &dest, e)),
         }
         if opts.tmpcopyup {
-            log::warn!("mount {}: tmpcopyup is not supported, the tmpfs starts empty", dest.display());
+            log::warn!(
+                "mount {}: tmpcopyup is not supported, the tmpfs starts empty",
+                dest.display()
+            );
         }
         self.apply_propagation(root, &dest, &opts)
     }
 
-    fn mount_bind(&self, root: BorrowedFd<'_>, m: &Mount, dest: &Path, opts: &MountOptions) -> Result<()> {
-        let source = m
-            .source()
-            .as_ref()
-            .ok_or_else(|| Error::InvalidConfig(format!("bind mount {} has no source", dest.display())))?;
+    fn mount_bind(
+        &self,
+        root: BorrowedFd<'_>,
+        m: &Mount,
+        dest: &Path,
+        opts: &MountOptions,
+    ) -> Result<()> {
+        let source = m.source().as_ref().ok_or_else(|| {
+            Error::InvalidConfig(format!("bind mount {} has no source", dest.display()))
+        })?;
         let source = if source.is_absolute() {
             source.clone()
         } else {
             self.bundle.join(source)
         };
-        let meta = std::fs::metadata(&source).ctx(|| format!("bind mount source {}", source.display()))?;
+        let meta =
+            std::fs::metadata(&source).ctx(|| format!("bind mount source {}", source.display()))?;
         let target = if meta.is_dir() {
             mkdir_all_in_root(root, dest, 0o755)
         } else {
@@ -183,8 +235,14 @@ impl RootfsSetup<'_> {
         }
         .map_err(|e| mount_err("creating mount point", dest, e))?;
         let bind_flags = libc::MS_BIND | (opts.flags & libc::MS_REC);
-        sys::mount(Some(&cstr(&source)), &fd_path(target.as_fd()), None, bind_flags, None)
-            .map_err(|e| mount_err(&format!("bind mounting {} on", source.display()), dest, e))?;
+        sys::mount(
+            Some(&cstr(&source)),
+            &fd_path(target.as_fd()),
+            None,
+            bind_flags,
+            None,
+        )
+        .map_err(|e| mount_err(&format!("bind mounting {} on", source.display()), dest, e))?;
         let extra = opts.flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
         if extra != 0 {
             let top = reopen(root, dest)?;
@@ -193,7 +251,12 @@ impl RootfsSetup<'_> {
         self.apply_propagation(root, dest, opts)
     }
 
-    fn apply_propagation(&self, root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions) -> Result<()> {
+    fn apply_propagation(
+        &self,
+        root: BorrowedFd<'_>,
+        dest: &Path,
+        opts: &MountOptions,
+    ) -> Result<()> {
         if opts.propagation.is_empty() {
             return Ok(());
         }
@@ -208,10 +271,12 @@ impl RootfsSetup<'_> {
     /// cgroupfs inside the container: the real hierarchy when the container
     /// has a cgroup namespace, else a bind mount of its own cgroup.
     fn mount_cgroup(&self, root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions) -> Result<()> {
-        let flags = opts.flags & !(libc::MS_RDONLY | libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
+        let flags =
+            opts.flags & !(libc::MS_RDONLY | libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
         let paths = self.cgroups.paths();
         let unified_only = paths.len() == 1 && paths[0].0.is_empty();
-        let target = mkdir_all_in_root(root, dest, 0o755).map_err(|e| mount_err("creating mount point", dest, e))?;
+        let target = mkdir_all_in_root(root, dest, 0o755)
+            .map_err(|e| mount_err("creating mount point", dest, e))?;
         if unified_only {
             self.mount_one_cgroup(root, dest, "", &paths[0].1, opts.flags & !libc::MS_BIND)?;
             return self.apply_propagation(root, dest, opts);
@@ -237,33 +302,71 @@ impl RootfsSetup<'_> {
                 for controller in key.split(',') {
                     match rustix::fs::symlinkat(name.as_str(), &dir, controller) {
                         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                        Err(e) => return Err(e).ctx(|| format!("linking {controller} in {}", dest.display())),
+                        Err(e) => {
+                            return Err(e)
+                                .ctx(|| format!("linking {controller} in {}", dest.display()))
+                        }
                     }
                 }
             }
         }
         if opts.flags & libc::MS_RDONLY != 0 {
             let top = reopen(root, dest)?;
-            sys::mount(None, &fd_path(top.as_fd()), None, libc::MS_REMOUNT | libc::MS_RDONLY | flags, Some(c"mode=755"))
-                .map_err(|e| mount_err("remounting read-only", dest, e))?;
+            sys::mount(
+                None,
+                &fd_path(top.as_fd()),
+                None,
+                libc::MS_REMOUNT | libc::MS_RDONLY | flags,
+                Some(c"mode=755"),
+            )
+            .map_err(|e| mount_err("remounting read-only", dest, e))?;
         }
         self.apply_propagation(root, dest, opts)
     }
 
-    fn mount_one_cgroup(&self, root: BorrowedFd<'_>, dest: &Path, key: &str, host_path: &Path, flags: libc::c_ulong) -> Result<()> {
-        let target = mkdir_all_in_root(root, dest, 0o755).map_err(|e| mount_err("creating mount point", dest, e))?;
+    fn mount_one_cgroup(
+        &self,
+        root: BorrowedFd<'_>,
+        dest: &Path,
+        key: &str,
+        host_path: &Path,
+        flags: libc::c_ulong,
+    ) -> Result<()> {
+        let target = mkdir_all_in_root(root, dest, 0o755)
+            .map_err(|e| mount_err("creating mount point", dest, e))?;
         if self.cgroupns {
             let (fstype, data) = if key.is_empty() {
                 (c"cgroup2", None)
             } else {
                 (c"cgroup", Some(CString::new(key).unwrap_or_default()))
             };
-            sys::mount(Some(fstype), &fd_path(target.as_fd()), Some(fstype), flags & !libc::MS_REC, data.as_deref())
-                .map_err(|e| mount_err("mounting cgroup on", dest, e))?;
-            return Ok(());
+            match sys::mount(
+                Some(fstype),
+                &fd_path(target.as_fd()),
+                Some(fstype),
+                flags & !libc::MS_REC,
+                data.as_deref(),
+            ) {
+                Ok(()) => return Ok(()),
+                // cgroup v1 cannot be mounted from a user namespace: bind instead.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) && self.userns => {}
+                Err(e) => return Err(mount_err("mounting cgroup on", dest, e)),
+            }
         }
-        sys::mount(Some(&cstr(host_path)), &fd_path(target.as_fd()), None, libc::MS_BIND | libc::MS_REC, None)
-            .map_err(|e| mount_err(&format!("bind mounting {} on", host_path.display()), dest, e))?;
+        sys::mount(
+            Some(&cstr(host_path)),
+            &fd_path(target.as_fd()),
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )
+        .map_err(|e| {
+            mount_err(
+                &format!("bind mounting {} on", host_path.display()),
+                dest,
+                e,
+            )
+        })?;
         let extra = flags & !(libc::MS_REC | libc::MS_REMOUNT);
         if extra != 0 {
             let top = reopen(root, dest)?;
@@ -273,9 +376,19 @@ impl RootfsSetup<'_> {
     }
 
     fn create_default_devices(&self, root: BorrowedFd<'_>) -> Result<()> {
-        let dev = mkdir_all_in_root(root, Path::new("/dev"), 0o755).ctx(|| "creating /dev".into())?;
+        let dev =
+            mkdir_all_in_root(root, Path::new("/dev"), 0o755).ctx(|| "creating /dev".into())?;
         for (path, major, minor) in DEFAULT_DEVICES {
-            self.make_device_node(root, Path::new(path), LinuxDeviceType::C, major, minor, 0o666, 0, 0)?;
+            self.make_device_node(
+                root,
+                Path::new(path),
+                LinuxDeviceType::C,
+                major,
+                minor,
+                0o666,
+                0,
+                0,
+            )?;
         }
         let mut links: Vec<(&str, &str)> = vec![
             ("/proc/self/fd", "fd"),
@@ -326,7 +439,8 @@ impl RootfsSetup<'_> {
         uid: u32,
         gid: u32,
     ) -> Result<()> {
-        let (dir, name) = parent_in_root(root, path).ctx(|| format!("creating parent of device {}", path.display()))?;
+        let (dir, name) = parent_in_root(root, path)
+            .ctx(|| format!("creating parent of device {}", path.display()))?;
         let kind = match typ {
             LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
             LinuxDeviceType::B => libc::S_IFBLK,
@@ -346,10 +460,23 @@ impl RootfsSetup<'_> {
         let cname = CString::new(name.as_bytes()).unwrap_or_default();
         if self.userns && kind != libc::S_IFIFO {
             // Device nodes cannot be created in a user namespace: bind the host's.
-            let file = create_file_in_root(root, path).ctx(|| format!("creating {}", path.display()))?;
+            let file =
+                create_file_in_root(root, path).ctx(|| format!("creating {}", path.display()))?;
             let host = device_host_path(kind, major, minor, path);
-            sys::mount(Some(&cstr(&host)), &fd_path(file.as_fd()), None, libc::MS_BIND, None)
-                .map_err(|e| mount_err(&format!("bind mounting device {} on", host.display()), path, e))?;
+            sys::mount(
+                Some(&cstr(&host)),
+                &fd_path(file.as_fd()),
+                None,
+                libc::MS_BIND,
+                None,
+            )
+            .map_err(|e| {
+                mount_err(
+                    &format!("bind mounting device {} on", host.display()),
+                    path,
+                    e,
+                )
+            })?;
             return Ok(());
         }
         sys::mknodat(dir.as_fd(), &cname, kind | mode, sys::makedev(major, minor))
@@ -367,7 +494,9 @@ impl RootfsSetup<'_> {
 
     /// Masks `linux.maskedPaths` and makes `linux.readonlyPaths` read-only.
     pub fn protect_paths(&self, root: BorrowedFd<'_>) -> Result<()> {
-        let Some(linux) = self.spec.linux() else { return Ok(()) };
+        let Some(linux) = self.spec.linux() else {
+            return Ok(());
+        };
         for path in linux.readonly_paths().iter().flatten() {
             let path = Path::new(path);
             let fd = match open_in_root(root, path, OFlags::PATH) {
@@ -375,10 +504,21 @@ impl RootfsSetup<'_> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(mount_err("opening read-only path", path, e)),
             };
-            sys::mount(Some(&fd_path(fd.as_fd())), &fd_path(fd.as_fd()), None, libc::MS_BIND | libc::MS_REC, None)
-                .map_err(|e| mount_err("bind mounting read-only path", path, e))?;
+            sys::mount(
+                Some(&fd_path(fd.as_fd())),
+                &fd_path(fd.as_fd()),
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )
+            .map_err(|e| mount_err("bind mounting read-only path", path, e))?;
             let top = reopen(root, path)?;
-            remount(top.as_fd(), path, libc::MS_BIND | libc::MS_RDONLY | libc::MS_REC, true)?;
+            remount(
+                top.as_fd(),
+                path,
+                libc::MS_BIND | libc::MS_RDONLY | libc::MS_REC,
+                true,
+            )?;
         }
         for path in linux.masked_paths().iter().flatten() {
             let path = Path::new(path);
@@ -391,9 +531,21 @@ impl RootfsSetup<'_> {
                 .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
                 .unwrap_or(false);
             let result = if is_dir {
-                sys::mount(Some(c"tmpfs"), &fd_path(fd.as_fd()), Some(c"tmpfs"), libc::MS_RDONLY, None)
+                sys::mount(
+                    Some(c"tmpfs"),
+                    &fd_path(fd.as_fd()),
+                    Some(c"tmpfs"),
+                    libc::MS_RDONLY,
+                    None,
+                )
             } else {
-                sys::mount(Some(c"/dev/null"), &fd_path(fd.as_fd()), None, libc::MS_BIND, None)
+                sys::mount(
+                    Some(c"/dev/null"),
+                    &fd_path(fd.as_fd()),
+                    None,
+                    libc::MS_BIND,
+                    None,
+                )
             };
             result.map_err(|e| mount_err("masking", path, e))?;
         }
@@ -408,7 +560,12 @@ fn reopen(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
 
 /// Remounts a bind mount with `flags`, keeping the flags the kernel locks in a
 /// user namespace (nosuid, nodev, noexec, atime) when `keep_locked`.
-fn remount(target: BorrowedFd<'_>, dest: &Path, flags: libc::c_ulong, keep_locked: bool) -> Result<()> {
+fn remount(
+    target: BorrowedFd<'_>,
+    dest: &Path,
+    flags: libc::c_ulong,
+    keep_locked: bool,
+) -> Result<()> {
     let mut flags = flags | libc::MS_REMOUNT;
     if keep_locked {
         if let Ok(st) = rustix::fs::fstatvfs(target) {
@@ -418,7 +575,10 @@ fn remount(target: BorrowedFd<'_>, dest: &Path, flags: libc::c_ulong, keep_locke
                 (rustix::fs::StatVfsMountFlags::NODEV, libc::MS_NODEV),
                 (rustix::fs::StatVfsMountFlags::NOEXEC, libc::MS_NOEXEC),
                 (rustix::fs::StatVfsMountFlags::NOATIME, libc::MS_NOATIME),
-                (rustix::fs::StatVfsMountFlags::NODIRATIME, libc::MS_NODIRATIME),
+                (
+                    rustix::fs::StatVfsMountFlags::NODIRATIME,
+                    libc::MS_NODIRATIME,
+                ),
                 (rustix::fs::StatVfsMountFlags::RELATIME, libc::MS_RELATIME),
             ] {
                 if f.contains(st_flag) {
@@ -427,7 +587,8 @@ fn remount(target: BorrowedFd<'_>, dest: &Path, flags: libc::c_ulong, keep_locke
             }
         }
     }
-    sys::mount(None, &fd_path(target), None, flags, None).map_err(|e| mount_err("remounting", dest, e))
+    sys::mount(None, &fd_path(target), None, flags, None)
+        .map_err(|e| mount_err("remounting", dest, e))
 }
 
 /// Mount destinations are absolute inside the container; runc treats a
@@ -466,7 +627,11 @@ fn check_proc_destination(dest: &Path, typ: &str, is_bind: bool) -> Result<()> {
 
 /// Where the host has a device, for bind-mounting it in a user namespace.
 fn device_host_path(kind: u32, major: u64, minor: u64, container_path: &Path) -> PathBuf {
-    let sys_kind = if kind == libc::S_IFBLK { "block" } else { "char" };
+    let sys_kind = if kind == libc::S_IFBLK {
+        "block"
+    } else {
+        "char"
+    };
     let via_sys = PathBuf::from(format!("/dev/{sys_kind}/{major}:{minor}"));
     if via_sys.exists() {
         via_sys
@@ -494,12 +659,30 @@ pub fn enter_root(root: BorrowedFd<'_>, rootfs: &Path, no_pivot: bool) -> Result
     Ok(())
 }
 
-/// After the switch: read-only root.
+/// After the switch: root propagation and read-only root. Propagation is set
+/// on the new "/" only now, so a shared root cannot leak into the host.
 pub fn finalize_root(spec: &Spec) -> Result<()> {
-    let readonly = spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
+    let propagation = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .filter(|p| !p.is_empty())
+        .and_then(mount_opts::propagation_flag);
+    if let Some(flag) = propagation {
+        sys::mount(None, c"/", None, flag, None).ctx(|| "setting rootfsPropagation on /".into())?;
+    }
+    let readonly = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
     if readonly {
-        let root = rustix::fs::open("/", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .ctx(|| "opening /".into())?;
+        let root = rustix::fs::open(
+            "/",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(|| "opening /".into())?;
         remount_path_readonly(root.as_fd())?;
     }
     Ok(())
@@ -523,9 +706,20 @@ fn remount_path_readonly(root: BorrowedFd<'_>) -> Result<()> {
 
 /// Binds the terminal's slave side onto /dev/console.
 pub fn mount_console(slave_path: &Path) -> Result<()> {
-    let root = rustix::fs::open("/", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .ctx(|| "opening /".into())?;
-    let console = create_file_in_root(root.as_fd(), Path::new("/dev/console")).ctx(|| "creating /dev/console".into())?;
-    sys::mount(Some(&cstr(slave_path)), &fd_path(console.as_fd()), None, libc::MS_BIND, None)
-        .ctx(|| format!("bind mounting {} on /dev/console", slave_path.display()))
+    let root = rustix::fs::open(
+        "/",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| "opening /".into())?;
+    let console = create_file_in_root(root.as_fd(), Path::new("/dev/console"))
+        .ctx(|| "creating /dev/console".into())?;
+    sys::mount(
+        Some(&cstr(slave_path)),
+        &fd_path(console.as_fd()),
+        None,
+        libc::MS_BIND,
+        None,
+    )
+    .ctx(|| format!("bind mounting {} on /dev/console", slave_path.display()))
 }

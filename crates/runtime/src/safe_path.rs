@@ -60,7 +60,12 @@ pub fn mkdir_all_in_root(root: BorrowedFd<'_>, path: &Path, mode: u32) -> io::Re
     mkdir_all_depth(root, &relative(path), mode, 0)
 }
 
-fn mkdir_all_depth(root: BorrowedFd<'_>, path: &Path, mode: u32, depth: u32) -> io::Result<OwnedFd> {
+fn mkdir_all_depth(
+    root: BorrowedFd<'_>,
+    path: &Path,
+    mode: u32,
+    depth: u32,
+) -> io::Result<OwnedFd> {
     if depth > MAX_SYMLINK_DEPTH {
         return Err(io::Error::from_raw_os_error(libc::ELOOP));
     }
@@ -136,19 +141,100 @@ pub fn create_file_in_root(root: BorrowedFd<'_>, path: &Path) -> io::Result<Owne
 
 /// The parent directory and final name of a relative path.
 pub fn split_parent(path: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file name", path.display())))?;
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} has no file name", path.display()),
+        )
+    })?;
     Ok((path.parent().unwrap_or(Path::new("")), name))
 }
 
 /// The directory fd and name under which `path` lives inside `root`,
 /// creating parent directories as needed.
-pub fn parent_in_root(root: BorrowedFd<'_>, path: &Path) -> io::Result<(OwnedFd, std::ffi::OsString)> {
+pub fn parent_in_root(
+    root: BorrowedFd<'_>,
+    path: &Path,
+) -> io::Result<(OwnedFd, std::ffi::OsString)> {
     let rel = relative(path);
     let (parent, name) = split_parent(&rel)?;
     let parent_fd = mkdir_all_in_root(root, parent, 0o755)?;
     Ok((parent_fd, name.to_owned()))
+}
+
+/// Finds a relative symlink on `path` (inside `root`) whose target climbs
+/// above the root with `..`: a hostile image trying to make a mount land
+/// outside it. openat2 would clamp such a path to the root; we refuse it
+/// instead, so the mistake is visible. Absolute symlinks are interpreted
+/// inside the root as the container would, and are fine.
+pub fn find_escaping_symlink(root: BorrowedFd<'_>, path: &Path) -> io::Result<Option<PathBuf>> {
+    let mut pending: Vec<std::ffi::OsString> = relative(path)
+        .components()
+        .rev()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(component) = pending.pop() {
+        if component == "." {
+            continue;
+        }
+        if component == ".." {
+            if resolved.pop().is_none() {
+                // `..` at the root from the path itself is harmless (clamped);
+                // only `..` coming from a symlink target counts as an escape.
+                continue;
+            }
+            continue;
+        }
+        let dir: PathBuf = resolved.iter().collect();
+        let dir_fd = match open_in_root(root, &dir, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::readlinkat(&dir_fd, component.as_os_str(), Vec::new()) {
+            Ok(target) => {
+                links += 1;
+                if links > MAX_SYMLINK_DEPTH {
+                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));
+                let link_path: PathBuf =
+                    resolved.iter().chain(std::iter::once(&component)).collect();
+                if target.is_absolute() {
+                    resolved.clear();
+                } else {
+                    let mut depth = resolved.len() as i64;
+                    for c in target.components() {
+                        match c {
+                            Component::ParentDir => depth -= 1,
+                            Component::Normal(_) => depth += 1,
+                            _ => {}
+                        }
+                        if depth < 0 {
+                            return Ok(Some(Path::new("/").join(link_path)));
+                        }
+                    }
+                }
+                for c in target.components().rev() {
+                    if let Component::Normal(_) | Component::ParentDir = c {
+                        pending.push(c.as_os_str().to_owned());
+                    }
+                }
+            }
+            Err(rustix::io::Errno::INVAL)
+            | Err(rustix::io::Errno::NOENT)
+            | Err(rustix::io::Errno::NOTDIR) => resolved.push(component),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
 }
 
 /// fstat of an O_PATH fd.
@@ -169,7 +255,12 @@ mod tests {
     }
 
     fn root_fd(dir: &Path) -> OwnedFd {
-        rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).unwrap()
+        rustix::fs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -186,9 +277,43 @@ mod tests {
         mkdir_all_in_root(fd.as_fd(), Path::new("/rel/made2"), 0o755).unwrap();
         create_file_in_root(fd.as_fd(), Path::new("/abs/file")).unwrap();
         mkdir_all_in_root(fd.as_fd(), Path::new("../../../up"), 0o755).unwrap();
-        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing may be created outside");
-        assert!(root.join(outside.strip_prefix("/").unwrap()).join("made").is_dir());
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing may be created outside"
+        );
+        assert!(root
+            .join(outside.strip_prefix("/").unwrap())
+            .join("made")
+            .is_dir());
         assert!(root.join("up").is_dir());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn escaping_relative_symlinks_are_found() {
+        let base = tmp("find-escape");
+        std::fs::create_dir_all(base.join("a/b")).unwrap();
+        symlink("../../../../etc", base.join("a/b/up")).unwrap();
+        symlink("../b", base.join("a/b/ok")).unwrap();
+        symlink("/etc", base.join("abs")).unwrap();
+        let fd = root_fd(&base);
+        assert_eq!(
+            find_escaping_symlink(fd.as_fd(), Path::new("/a/b/up/x")).unwrap(),
+            Some(PathBuf::from("/a/b/up"))
+        );
+        assert_eq!(
+            find_escaping_symlink(fd.as_fd(), Path::new("/a/b/ok/x")).unwrap(),
+            None
+        );
+        assert_eq!(
+            find_escaping_symlink(fd.as_fd(), Path::new("/abs/x")).unwrap(),
+            None
+        );
+        assert_eq!(
+            find_escaping_symlink(fd.as_fd(), Path::new("/../../a")).unwrap(),
+            None
+        );
         std::fs::remove_dir_all(&base).unwrap();
     }
 

@@ -55,7 +55,11 @@ pub fn parse_signal(raw: &str) -> Result<i32> {
         return Ok(*n);
     }
     let rt = |base: i32, offset: &str, sign: i32| -> Result<i32> {
-        let off: i32 = if offset.is_empty() { 0 } else { offset.parse().map_err(|_| unknown())? };
+        let off: i32 = if offset.is_empty() {
+            0
+        } else {
+            offset.parse().map_err(|_| unknown())?
+        };
         let n = base + sign * off;
         if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n) {
             Ok(n)

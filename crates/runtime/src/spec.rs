@@ -37,7 +37,12 @@ impl Bundle {
             message,
         })?;
         let rootfs = validate(&spec, &dir)?;
-        Ok(Bundle { dir, rootfs, spec, raw })
+        Ok(Bundle {
+            dir,
+            rootfs,
+            spec,
+            raw,
+        })
     }
 }
 
@@ -79,12 +84,16 @@ pub fn validate(spec: &Spec, bundle_dir: &Path) -> Result<PathBuf> {
     }
     for var in process.env().as_deref().unwrap_or_default() {
         if !var.contains('=') || var.starts_with('=') || var.contains('\0') {
-            return Err(invalid(format!("process.env entry {var:?} is not NAME=value")));
+            return Err(invalid(format!(
+                "process.env entry {var:?} is not NAME=value"
+            )));
         }
     }
     for arg in args {
         if arg.contains('\0') {
-            return Err(invalid(format!("process.args entry {arg:?} contains a NUL byte")));
+            return Err(invalid(format!(
+                "process.args entry {arg:?} contains a NUL byte"
+            )));
         }
     }
     validate_linux(spec)?;
@@ -140,7 +149,11 @@ fn validate_linux(spec: &Spec) -> Result<()> {
         }
     }
     let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
-    let new_ns = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t && n.path().is_none());
+    let new_ns = |t: LinuxNamespaceType| {
+        namespaces
+            .iter()
+            .any(|n| n.typ() == t && n.path().is_none())
+    };
     if !has(LinuxNamespaceType::Mount) {
         return Err(invalid(
             "linux.namespaces must include a mount namespace: berth will not set up a root filesystem in the host's",
@@ -174,14 +187,21 @@ fn validate_linux(spec: &Spec) -> Result<()> {
         }
     }
     if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !new_ns(LinuxNamespaceType::Uts) {
-        return Err(invalid("hostname is set but the container has no private UTS namespace"));
+        return Err(invalid(
+            "hostname is set but the container has no private UTS namespace",
+        ));
     }
-    if spec.domainname().as_ref().is_some_and(|h| !h.is_empty()) && !new_ns(LinuxNamespaceType::Uts) {
-        return Err(invalid("domainname is set but the container has no private UTS namespace"));
+    if spec.domainname().as_ref().is_some_and(|h| !h.is_empty()) && !new_ns(LinuxNamespaceType::Uts)
+    {
+        return Err(invalid(
+            "domainname is set but the container has no private UTS namespace",
+        ));
     }
     if let Some(prop) = linux.rootfs_propagation() {
         if !prop.is_empty() && crate::mount_opts::propagation_flag(prop).is_none() {
-            return Err(invalid(format!("linux.rootfsPropagation {prop:?} is not a propagation mode")));
+            return Err(invalid(format!(
+                "linux.rootfsPropagation {prop:?} is not a propagation mode"
+            )));
         }
     }
     if let Some(sysctls) = linux.sysctl() {
@@ -196,7 +216,9 @@ fn validate_linux(spec: &Spec) -> Result<()> {
         .chain(linux.readonly_paths().iter().flatten())
     {
         if !path.starts_with('/') {
-            return Err(invalid(format!("masked/readonly path {path:?} must be absolute")));
+            return Err(invalid(format!(
+                "masked/readonly path {path:?} must be absolute"
+            )));
         }
     }
     for dev in linux.devices().iter().flatten() {
@@ -268,7 +290,9 @@ fn validate_mounts(spec: &Spec) -> Result<()> {
 }
 
 fn validate_hooks(spec: &Spec) -> Result<()> {
-    let Some(hooks) = spec.hooks() else { return Ok(()) };
+    let Some(hooks) = spec.hooks() else {
+        return Ok(());
+    };
     #[allow(deprecated)]
     let all = [
         hooks.prestart(),
@@ -280,7 +304,10 @@ fn validate_hooks(spec: &Spec) -> Result<()> {
     ];
     for hook in all.into_iter().flatten().flatten() {
         if !hook.path().is_absolute() {
-            return Err(invalid(format!("hook path {:?} must be absolute", hook.path())));
+            return Err(invalid(format!(
+                "hook path {:?} must be absolute",
+                hook.path()
+            )));
         }
         if hook.timeout().is_some_and(|t| t <= 0) {
             return Err(invalid(format!(

@@ -73,7 +73,9 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn new(root: &Path, id: &str) -> StateDir {
-        StateDir { path: root.join(id) }
+        StateDir {
+            path: root.join(id),
+        }
     }
 
     pub fn exists(&self) -> bool {
@@ -149,7 +151,11 @@ impl State {
 
     /// The OCI state document (`berth state`, and hooks' stdin).
     pub fn oci_state(&self, status: Status) -> OciState {
-        let pid = if status == Status::Stopped { 0 } else { self.init_pid };
+        let pid = if status == Status::Stopped {
+            0
+        } else {
+            self.init_pid
+        };
         OciState {
             oci_version: OCI_VERSION.to_owned(),
             id: self.id.clone(),
@@ -185,7 +191,13 @@ pub struct OciState {
 }
 
 /// The state passed to hooks on stdin: the spec's required fields.
-pub fn hook_state(id: &str, status: Status, pid: i32, bundle: &Path, annotations: &BTreeMap<String, String>) -> Vec<u8> {
+pub fn hook_state(
+    id: &str,
+    status: Status,
+    pid: i32,
+    bundle: &Path,
+    annotations: &BTreeMap<String, String>,
+) -> Vec<u8> {
     #[derive(Serialize)]
     struct HookState<'a> {
         #[serde(rename = "ociVersion")]

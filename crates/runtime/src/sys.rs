@@ -91,7 +91,8 @@ pub fn umount2(target: &CStr, flags: libc::c_int) -> io::Result<()> {
 
 pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
     // SAFETY: both are valid NUL-terminated strings.
-    check_long(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) }).map(drop)
+    check_long(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })
+        .map(drop)
 }
 
 pub fn sethostname(name: &str) -> io::Result<()> {
@@ -106,13 +107,21 @@ pub fn setdomainname(name: &str) -> io::Result<()> {
 
 /// close_range(2): with `cloexec`, marks the range close-on-exec instead of closing.
 pub fn close_range(first: u32, last: u32, cloexec: bool) -> io::Result<()> {
-    let flags: libc::c_uint = if cloexec { libc::CLOSE_RANGE_CLOEXEC } else { 0 };
+    let flags: libc::c_uint = if cloexec {
+        libc::CLOSE_RANGE_CLOEXEC
+    } else {
+        0
+    };
     // SAFETY: close_range takes plain integers.
     check_long(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }).map(drop)
 }
 
 fn to_ptr_array(items: &[CString]) -> Vec<*const libc::c_char> {
-    items.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+    items
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
 }
 
 /// execve(2); returns only on failure.
@@ -145,7 +154,16 @@ pub fn fexecve(fd: RawFd, argv: &[CString], envp: &[CString]) -> io::Error {
 
 fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
     // SAFETY: the options used here take only integer arguments.
-    check(unsafe { libc::prctl(option, arg, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) }).map(drop)
+    check(unsafe {
+        libc::prctl(
+            option,
+            arg,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })
+    .map(drop)
 }
 
 pub fn set_keep_caps(keep: bool) -> io::Result<()> {
@@ -205,7 +223,11 @@ pub fn reset_signals() -> io::Result<()> {
         }
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
-        check(libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()))?;
+        check(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &none,
+            std::ptr::null_mut(),
+        ))?;
     }
     Ok(())
 }
@@ -227,7 +249,11 @@ pub fn read_signalfd(fd: BorrowedFd<'_>) -> io::Result<i32> {
     unsafe {
         let mut info: libc::signalfd_siginfo = std::mem::zeroed();
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        let n = libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size);
+        let n = libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        );
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -250,7 +276,8 @@ pub fn exit_now(code: i32) -> ! {
 /// mknod relative to a directory fd.
 pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, dev: u64) -> io::Result<()> {
     // SAFETY: name is a valid NUL-terminated string; other args are integers.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, dev as libc::dev_t) }).map(drop)
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, dev as libc::dev_t) })
+        .map(drop)
 }
 
 pub fn makedev(major: u64, minor: u64) -> u64 {
@@ -288,7 +315,10 @@ pub fn send_fd(sock: BorrowedFd<'_>, payload: &[u8], fd: RawFd) -> io::Result<()
 }
 
 /// Receives a message and at most one fd from `sock`.
-pub fn recv_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<std::os::fd::OwnedFd>)> {
+pub fn recv_fd(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<std::os::fd::OwnedFd>)> {
     // SAFETY: as in send_fd; a received fd is owned by us from here on.
     unsafe {
         let mut iov = libc::iovec {
@@ -308,7 +338,10 @@ pub fn recv_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Optio
         }
         let mut fd = None;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if !cmsg.is_null() && (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+        if !cmsg.is_null()
+            && (*cmsg).cmsg_level == libc::SOL_SOCKET
+            && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+        {
             let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
             fd = Some(std::os::fd::FromRawFd::from_raw_fd(raw));
         }
@@ -355,7 +388,8 @@ pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()
         },
     ];
     // SAFETY: header and data match the kernel's v3 layout (two data words).
-    check_long(unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) }).map(drop)
+    check_long(unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) })
+        .map(drop)
 }
 
 /// Drops capability `cap` from the bounding set.
@@ -399,7 +433,10 @@ pub fn set_ambient_caps(caps: &[u32]) -> io::Result<Vec<u32>> {
 pub fn join_session_keyring(name: &CStr) -> io::Result<()> {
     const KEYCTL_JOIN_SESSION_KEYRING: libc::c_int = 1;
     // SAFETY: name is a valid NUL-terminated string.
-    check_long(unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) }).map(drop)
+    check_long(unsafe {
+        libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr())
+    })
+    .map(drop)
 }
 
 pub fn dup2(old: RawFd, new: RawFd) -> io::Result<()> {

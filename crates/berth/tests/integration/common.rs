@@ -38,13 +38,18 @@ impl Env {
     /// config (terminal off), changed by `edit`.
     pub fn bundle(&self, name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> PathBuf {
         let bundle = self.dir.join(name);
+        let _ = std::fs::remove_dir_all(&bundle);
         let rootfs = bundle.join("rootfs");
         make_busybox_rootfs(&rootfs);
         let mut config = berth_runtime::features::default_spec(false);
         config["process"]["terminal"] = json!(false);
         config["process"]["args"] = json!(args);
         edit(&mut config);
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
         bundle
     }
 
@@ -120,7 +125,10 @@ impl Env {
     pub fn run_ok(&self, id: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> String {
         let bundle = self.bundle(id, args, edit);
         let (code, out, err) = self.run(&bundle, &self.id(id));
-        assert_eq!(code, 0, "container {args:?} failed: stdout={out} stderr={err}");
+        assert_eq!(
+            code, 0,
+            "container {args:?} failed: stdout={out} stderr={err}"
+        );
         out
     }
 
@@ -167,13 +175,21 @@ impl Drop for Env {
 
 /// A root filesystem with busybox and its applets, /etc/passwd and /etc/group.
 pub fn make_busybox_rootfs(rootfs: &Path) {
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/user"] {
+    for d in [
+        "bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "root",
+        "home/user",
+    ] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
-    let busybox = rootfs.join("bin/busybox");
-    if std::fs::hard_link("/bin/busybox", &busybox).is_err() {
-        std::fs::copy("/bin/busybox", &busybox).unwrap();
-    }
+    // A copy, never a hard link: a container writing its busybox must not
+    // reach the host's.
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
     let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" {
@@ -185,7 +201,11 @@ pub fn make_busybox_rootfs(rootfs: &Path) {
         "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
     )
     .unwrap();
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nuser:x:1000:\nextra:x:2000:\n").unwrap();
+    std::fs::write(
+        rootfs.join("etc/group"),
+        "root:x:0:\nuser:x:1000:\nextra:x:2000:\n",
+    )
+    .unwrap();
 }
 
 /// Whether a process exists.
@@ -199,10 +219,19 @@ pub fn alive(pid: i64) -> bool {
 /// The container's cgroup directories on the host, from its state.
 pub fn cgroup_dirs_of(id: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for base in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified"] {
+    for base in [
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/unified",
+    ] {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let controller = Path::new(base).file_name().unwrap().to_str().unwrap();
-        let key = if controller == "unified" { "" } else { controller };
+        let key = if controller == "unified" {
+            ""
+        } else {
+            controller
+        };
         let path = own
             .lines()
             .filter_map(|l| {
@@ -210,11 +239,61 @@ pub fn cgroup_dirs_of(id: &str) -> Vec<PathBuf> {
                 let _ = parts.next();
                 let keys = parts.next()?;
                 let p = parts.next()?;
-                keys.split(',').any(|k| k == key || (key.is_empty() && keys.is_empty())).then(|| p.to_owned())
+                keys.split(',')
+                    .any(|k| k == key || (key.is_empty() && keys.is_empty()))
+                    .then(|| p.to_owned())
             })
             .next()
             .unwrap_or_else(|| "/".into());
         out.push(Path::new(base).join(path.trim_start_matches('/')).join(id));
     }
     out
+}
+
+/// Accepts one connection on a console socket and receives the pty master
+/// sent with SCM_RIGHTS (what containerd and conmon do).
+pub fn receive_console(
+    listener: &std::os::unix::net::UnixListener,
+) -> (String, std::os::fd::OwnedFd) {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let (stream, _) = listener.accept().unwrap();
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut buf = [0u8; 4096];
+    let msg = rustix::net::recvmsg(
+        &stream,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::empty(),
+    )
+    .unwrap();
+    let name = String::from_utf8_lossy(&buf[..msg.bytes]).into_owned();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = m {
+            return (name, fds.next().unwrap());
+        }
+    }
+    panic!("no fd received on the console socket");
+}
+
+/// Reads from a pty master until `marker` shows up (5 s at most).
+pub fn read_until(fd: &std::os::fd::OwnedFd, marker: &str) -> String {
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while !text.contains(marker) && std::time::Instant::now() < deadline {
+        let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+        let ts = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        if rustix::event::poll(&mut fds, Some(&ts)).unwrap_or(0) == 0 {
+            continue;
+        }
+        match rustix::io::read(fd, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    text
 }

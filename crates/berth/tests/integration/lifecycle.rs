@@ -13,7 +13,14 @@ fn create_start_kill_delete() {
     let bundle = env.bundle("b", &["sleep", "60"], |_| {});
     let id = env.id("c");
     let pid_file = env.dir.join("pid");
-    env.ok(&["create", "--bundle", bundle.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap(), &id]);
+    env.ok(&[
+        "create",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+    ]);
 
     let state = env.state(&id);
     assert_eq!(state["status"], "created");
@@ -31,7 +38,10 @@ fn create_start_kill_delete() {
     for dir in cgroup_dirs_of(&id) {
         assert!(dir.is_dir(), "cgroup {dir:?} must exist");
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
-        assert!(procs.lines().any(|l| l == pid.to_string()), "init must be in {dir:?}");
+        assert!(
+            procs.lines().any(|l| l == pid.to_string()),
+            "init must be in {dir:?}"
+        );
     }
 
     env.ok(&["start", &id]);
@@ -61,13 +71,20 @@ fn create_start_kill_delete() {
 #[test]
 fn run_foreground_gives_output_and_exit_code() {
     let env = Env::new("runfg");
-    let bundle = env.bundle("b", &["sh", "-c", "echo out; echo err >&2; exit 42"], |_| {});
+    let bundle = env.bundle(
+        "b",
+        &["sh", "-c", "echo out; echo err >&2; exit 42"],
+        |_| {},
+    );
     let id = env.id("c");
     let (code, out, err) = env.run(&bundle, &id);
     assert_eq!(code, 42);
     assert_eq!(out, "out\n");
     assert!(err.contains("err"), "{err}");
-    assert!(!env.state_dir_exists(&id), "run deletes the container after it exits");
+    assert!(
+        !env.state_dir_exists(&id),
+        "run deletes the container after it exits"
+    );
     for dir in cgroup_dirs_of(&id) {
         assert!(!dir.exists(), "cgroup {dir:?} must be removed");
     }
@@ -76,7 +93,15 @@ fn run_foreground_gives_output_and_exit_code() {
 #[test]
 fn run_foreground_reports_signal_deaths_and_forwards_signals() {
     let env = Env::new("runsig");
-    let bundle = env.bundle("b", &["sh", "-c", "trap 'exit 9' TERM; while true; do sleep 0.05; done"], |_| {});
+    let bundle = env.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 9' TERM; while true; do sleep 0.05; done",
+        ],
+        |_| {},
+    );
     let id = env.id("c");
     let mut child = env
         .cmd(&["run", "--bundle", bundle.to_str().unwrap(), &id])
@@ -90,12 +115,19 @@ fn run_foreground_reports_signal_deaths_and_forwards_signals() {
     )
     .unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(9), "SIGTERM must reach the container's trap");
+    assert_eq!(
+        status.code(),
+        Some(9),
+        "SIGTERM must reach the container's trap"
+    );
 
     // An init killed by a signal: run exits with 128 + the signal, as runc does.
     let bundle = env.bundle("b2", &["sleep", "60"], |_| {});
     let id2 = env.id("c2");
-    let mut child = env.cmd(&["run", "--bundle", bundle.to_str().unwrap(), &id2]).spawn().unwrap();
+    let mut child = env
+        .cmd(&["run", "--bundle", bundle.to_str().unwrap(), &id2])
+        .spawn()
+        .unwrap();
     env.wait_status(&id2, "running");
     env.ok(&["kill", &id2, "KILL"]);
     assert_eq!(child.wait().unwrap().code(), Some(128 + 9));
@@ -112,12 +144,22 @@ fn run_detached_and_list() {
     let b = env.id("b");
     env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &a]);
     // Flags after the id, and --flag=value, as runc accepts them.
-    env.ok(&["run", &b, "--detach", &format!("--bundle={}", bundle.to_str().unwrap())]);
+    env.ok(&[
+        "run",
+        &b,
+        "--detach",
+        &format!("--bundle={}", bundle.to_str().unwrap()),
+    ]);
     assert_eq!(env.state(&a)["status"], "running");
     assert_eq!(env.state(&a)["annotations"]["org.example.k"], "v");
 
     let list: Value = serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
-    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec![a.as_str(), b.as_str()]);
     let table = env.ok(&["list"]);
     let mut lines = table.lines();
@@ -176,7 +218,11 @@ fn start_after_init_died_is_an_error() {
     let id = env.id("c");
     env.ok(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
     let pid = env.state(&id)["pid"].as_i64().unwrap();
-    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), rustix::process::Signal::KILL).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
     env.wait_status(&id, "stopped");
     let err = env.fails(&["start", &id]);
     assert!(err.contains("stopped"), "{err}");

@@ -1,5 +1,13 @@
 //! Integration tests of the berth binary: real containers on the real kernel.
 //! They need root.
 
+mod cli;
 mod common;
+mod errors;
+mod exec;
+mod hooks;
 mod lifecycle;
+mod namespaces;
+mod process;
+mod rootfs;
+mod security;

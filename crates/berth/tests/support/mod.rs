@@ -26,7 +26,11 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A name unique to this test process and call: `<prefix>-<pid>-<n>`.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Locks `m`, ignoring poisoning (a failed test must not fail the others).
@@ -53,7 +57,11 @@ pub fn find_tool(tool: &str, extra: &[&str]) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(tool))
         .chain(extra.iter().map(PathBuf::from))
-        .find(|p| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 /// Panics with one message naming every missing tool.
@@ -76,11 +84,24 @@ pub fn require_static_busybox() -> PathBuf {
     let mut data = Vec::new();
     File::open(&path)
         .and_then(|mut f| f.read_to_end(&mut data))
-        .unwrap_or_else(|e| panic!("{} is required (Debian package busybox-static): {e}", path.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} is required (Debian package busybox-static): {e}",
+                path.display()
+            )
+        });
     assert!(
         data.len() > 64 && &data[..4] == b"\x7fELF" && data[4] == 2 && data[5] == 1,
-        "{} is not a little-endian 64-bit ELF executable",
-        path.display()
+        "{} is not a little-endian 64-bit ELF executable ({} bytes, starting {:02x?}; mounts over it: {:?})",
+        path.display(),
+        data.len(),
+        &data[..data.len().min(16)],
+        mounts()
+            .into_iter()
+            .filter(|(m, _)| ["/bin", "/usr", "/usr/bin", "/bin/busybox", "/usr/bin/busybox"]
+                .iter()
+                .any(|p| m == Path::new(p)))
+            .collect::<Vec<_>>()
     );
     let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
     let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap()) as usize;
@@ -177,7 +198,8 @@ pub fn run_in(scratch: &Path, cmd: &mut Command, timeout: Duration) -> Outcome {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let read = |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    let read =
+        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
     let outcome = Outcome {
         cmdline: line,
         code: if timed_out { None } else { status.code() },
@@ -199,7 +221,8 @@ pub fn run_ok(scratch: &Path, cmd: &mut Command, timeout: Duration) -> Outcome {
 
 /// The last `n` lines of a text file (for failure messages).
 pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -217,7 +240,8 @@ impl TempDir {
     pub fn new(prefix: &str) -> TempDir {
         let path = PathBuf::from("/tmp").join(unique(prefix));
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
         TempDir { path }
     }
 
@@ -245,7 +269,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -263,14 +290,21 @@ pub fn mounts() -> Vec<(PathBuf, String)> {
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
             let sep = fields.iter().position(|f| *f == "-")?;
-            Some((PathBuf::from(unescape_mountinfo(fields.get(4)?)), fields.get(sep + 1)?.to_string()))
+            Some((
+                PathBuf::from(unescape_mountinfo(fields.get(4)?)),
+                fields.get(sep + 1)?.to_string(),
+            ))
         })
         .collect()
 }
 
 /// Mount points at or below `dir`.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    mounts().into_iter().map(|(p, _)| p).filter(|p| p.starts_with(dir)).collect()
+    mounts()
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.starts_with(dir))
+        .collect()
 }
 
 /// Lazily unmounts everything at or below `dir`, deepest first.
@@ -285,13 +319,20 @@ pub fn unmount_under(dir: &Path) {
             let c = CString::new(mp.as_os_str().as_encoded_bytes()).unwrap();
             // SAFETY: a valid NUL-terminated path.
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                eprintln!("dropin cleanup: umount {}: {}", mp.display(), std::io::Error::last_os_error());
+                eprintln!(
+                    "dropin cleanup: umount {}: {}",
+                    mp.display(),
+                    std::io::Error::last_os_error()
+                );
             }
         }
     }
     let left = mounts_under(dir);
     if !left.is_empty() {
-        eprintln!("dropin cleanup: mounts left under {}: {left:?}", dir.display());
+        eprintln!(
+            "dropin cleanup: mounts left under {}: {left:?}",
+            dir.display()
+        );
     }
 }
 
@@ -305,11 +346,15 @@ pub fn kill_processes_mentioning(needle: &str) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut killed = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if pid == me {
             continue;
         }
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let line = String::from_utf8_lossy(&raw).replace('\0', " ");
         if line.contains(needle) {
             // SAFETY: plain kill(2).
@@ -325,8 +370,11 @@ pub fn kill_processes_mentioning(needle: &str) -> Vec<i32> {
 
 /// Mount points of every cgroup (v1) and cgroup2 hierarchy.
 pub fn cgroup_mounts() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> =
-        mounts().into_iter().filter(|(_, fs)| fs == "cgroup" || fs == "cgroup2").map(|(p, _)| p).collect();
+    let mut v: Vec<PathBuf> = mounts()
+        .into_iter()
+        .filter(|(_, fs)| fs == "cgroup" || fs == "cgroup2")
+        .map(|(p, _)| p)
+        .collect();
     v.sort();
     v.dedup();
     v
@@ -335,7 +383,11 @@ pub fn cgroup_mounts() -> Vec<PathBuf> {
 /// The directories of cgroup `rel` (e.g. "/ns/id") that exist in any hierarchy.
 pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
     let rel = rel.trim_start_matches('/');
-    cgroup_mounts().into_iter().map(|m| m.join(rel)).filter(|d| d.is_dir()).collect()
+    cgroup_mounts()
+        .into_iter()
+        .map(|m| m.join(rel))
+        .filter(|d| d.is_dir())
+        .collect()
 }
 
 fn subdirs_deepest_first(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -362,7 +414,10 @@ pub fn remove_cgroup_tree(rel: &str) -> Vec<PathBuf> {
         // A frozen (v1 freezer) process cannot die: thaw first.
         let _ = std::fs::write(d.join("freezer.state"), "THAWED");
         let _ = std::fs::write(d.join("cgroup.freeze"), "0");
-        for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
+        for pid in std::fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+        {
             if let Ok(pid) = pid.trim().parse::<i32>() {
                 // SAFETY: plain kill(2).
                 unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -371,8 +426,11 @@ pub fn remove_cgroup_tree(rel: &str) -> Vec<PathBuf> {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left: Vec<PathBuf> =
-            dirs.iter().filter(|d| d.exists() && std::fs::remove_dir(d).is_err() && d.exists()).cloned().collect();
+        let left: Vec<PathBuf> = dirs
+            .iter()
+            .filter(|d| d.exists() && std::fs::remove_dir(d).is_err() && d.exists())
+            .cloned()
+            .collect();
         if left.is_empty() || Instant::now() >= deadline {
             return left;
         }
@@ -406,15 +464,24 @@ pub struct CreatedPath {
 
 impl CreatedPath {
     pub fn watch(path: &str) -> CreatedPath {
-        CreatedPath { path: PathBuf::from(path), existed: Path::new(path).exists() }
+        CreatedPath {
+            path: PathBuf::from(path),
+            existed: Path::new(path).exists(),
+        }
     }
 
     pub fn remove_if_created(&self) {
         if self.existed {
             return;
         }
-        let Ok(meta) = std::fs::symlink_metadata(&self.path) else { return };
-        let _ = if meta.is_dir() { std::fs::remove_dir(&self.path) } else { std::fs::remove_file(&self.path) };
+        let Ok(meta) = std::fs::symlink_metadata(&self.path) else {
+            return;
+        };
+        let _ = if meta.is_dir() {
+            std::fs::remove_dir(&self.path)
+        } else {
+            std::fs::remove_file(&self.path)
+        };
     }
 }
 
@@ -427,13 +494,23 @@ impl CreatedPath {
 pub fn build_busybox_oci_archive(dir: &Path) -> PathBuf {
     let busybox = require_static_busybox();
     let rootfs = dir.join("image-rootfs");
-    for d in ["bin", "etc", "dev", "proc", "sys", "tmp", "root", "run", "var"] {
+    for d in [
+        "bin", "etc", "dev", "proc", "sys", "tmp", "root", "run", "var",
+    ] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
     std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
     std::fs::copy(&busybox, rootfs.join("bin/busybox")).expect("copying busybox");
-    std::fs::set_permissions(rootfs.join("bin/busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let list = run_ok(dir, Command::new(&busybox).arg("--list"), Duration::from_secs(10));
+    std::fs::set_permissions(
+        rootfs.join("bin/busybox"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let list = run_ok(
+        dir,
+        Command::new(&busybox).arg("--list"),
+        Duration::from_secs(10),
+    );
     let mut applets = 0;
     for applet in list.stdout.lines().map(str::trim) {
         // "busybox" itself would replace the binary with a self-symlink.
@@ -443,7 +520,10 @@ pub fn build_busybox_oci_archive(dir: &Path) -> PathBuf {
         symlink("busybox", rootfs.join("bin").join(applet)).expect("creating an applet symlink");
         applets += 1;
     }
-    assert!(rootfs.join("bin/sh").exists(), "busybox --list has no `sh` applet ({applets} applets)");
+    assert!(
+        rootfs.join("bin/sh").exists(),
+        "busybox --list has no `sh` applet ({applets} applets)"
+    );
     std::fs::write(
         rootfs.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
@@ -454,9 +534,26 @@ pub fn build_busybox_oci_archive(dir: &Path) -> PathBuf {
     let layout = dir.join("image-layout");
     let image = format!("{}:latest", layout.display());
     let t = Duration::from_secs(120);
-    run_ok(dir, Command::new("umoci").args(["init", "--layout"]).arg(&layout), t);
-    run_ok(dir, Command::new("umoci").args(["new", "--image", &image]), t);
-    run_ok(dir, Command::new("umoci").args(["insert", "--image", &image]).arg(&rootfs).arg("/"), t);
+    run_ok(
+        dir,
+        Command::new("umoci")
+            .args(["init", "--layout"])
+            .arg(&layout),
+        t,
+    );
+    run_ok(
+        dir,
+        Command::new("umoci").args(["new", "--image", &image]),
+        t,
+    );
+    run_ok(
+        dir,
+        Command::new("umoci")
+            .args(["insert", "--image", &image])
+            .arg(&rootfs)
+            .arg("/"),
+        t,
+    );
     run_ok(
         dir,
         Command::new("umoci").args([
@@ -472,15 +569,27 @@ pub fn build_busybox_oci_archive(dir: &Path) -> PathBuf {
         ]),
         t,
     );
-    run_ok(dir, Command::new("umoci").args(["gc", "--layout"]).arg(&layout), t);
+    run_ok(
+        dir,
+        Command::new("umoci").args(["gc", "--layout"]).arg(&layout),
+        t,
+    );
 
     // umoci tags are bare ("latest"); name the image fully, as
     // `skopeo copy ... oci-archive:FILE:REF` would, so that containerd and
     // podman both import it under IMAGE_REF.
     let index_path = layout.join("index.json");
-    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
-    let manifests = index["manifests"].as_array_mut().expect("index.json has manifests");
-    assert_eq!(manifests.len(), 1, "expected one manifest in {}", index_path.display());
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let manifests = index["manifests"]
+        .as_array_mut()
+        .expect("index.json has manifests");
+    assert_eq!(
+        manifests.len(),
+        1,
+        "expected one manifest in {}",
+        index_path.display()
+    );
     manifests[0]["annotations"]["org.opencontainers.image.ref.name"] = serde_json::json!(IMAGE_REF);
     std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
 
@@ -488,7 +597,12 @@ pub fn build_busybox_oci_archive(dir: &Path) -> PathBuf {
     let archive = dir.join("busybox-oci.tar");
     run_ok(
         dir,
-        Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&archive).args(["oci-layout", "index.json", "blobs"]),
+        Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&archive)
+            .args(["oci-layout", "index.json", "blobs"]),
         t,
     );
     let _ = std::fs::remove_dir_all(&rootfs);

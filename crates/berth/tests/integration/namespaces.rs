@@ -1,0 +1,167 @@
+//! Namespaces: new ones, user namespace mappings, time offsets, and joining
+//! existing namespaces by path (what pods need).
+
+use serde_json::json;
+
+use crate::common::Env;
+
+fn host_ns(kind: &str) -> String {
+    std::fs::read_link(format!("/proc/self/ns/{kind}"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+#[test]
+fn new_namespaces_are_private() {
+    let env = Env::new("nsnew");
+    let out = env.run_ok(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "echo pid=$$; hostname; ls /sys/class/net; for n in ipc net uts mnt cgroup pid; do readlink /proc/self/ns/$n; done; cat /proc/self/cgroup",
+        ],
+        |c| c["hostname"] = json!("box1"),
+    );
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("pid=1"));
+    assert_eq!(lines.next(), Some("box1"));
+    assert_eq!(
+        lines.next(),
+        Some("lo"),
+        "a new network namespace has only lo: {out}"
+    );
+    for kind in ["ipc", "net", "uts", "mnt", "cgroup", "pid"] {
+        let inside = lines.next().unwrap();
+        assert!(inside.starts_with(kind), "{inside}");
+        assert_ne!(inside, host_ns(kind), "{kind} namespace must be new");
+    }
+    // With a cgroup namespace the container sees itself at its cgroup root.
+    for line in lines {
+        assert!(
+            line.ends_with(":/"),
+            "cgroup line {line:?} should be the namespace root"
+        );
+    }
+}
+
+#[test]
+fn user_namespace_maps_ids() {
+    let env = Env::new("nsuser");
+    let out = env.run_ok(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map /proc/self/gid_map; id -u; readlink /proc/self/ns/user",
+        ],
+        |c| {
+            let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+            ns.push(json!({"type": "user"}));
+            c["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            c["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        },
+    );
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], vec!["0", "100000", "65536"]);
+    assert_eq!(lines[1], vec!["0", "100000", "65536"]);
+    assert_eq!(lines[2], vec!["0"]);
+    assert_ne!(lines[3][0], host_ns("user"));
+}
+
+#[test]
+fn time_namespace_offsets() {
+    let env = Env::new("nstime");
+    let out = env.run_ok("c", &["cat", "/proc/uptime"], |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
+        c["linux"]["timeOffsets"] =
+            json!({"boottime": {"secs": 864000, "nanosecs": 0}, "monotonic": {"secs": 86400}});
+    });
+    let uptime: f64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    let host: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        uptime > host + 863000.0,
+        "boottime offset not applied: container {uptime} host {host}"
+    );
+}
+
+#[test]
+fn joining_namespaces_by_path() {
+    let env = Env::new("nsjoin");
+    let pod = env.bundle("pod", &["sleep", "60"], |c| {
+        c["hostname"] = json!("podhost")
+    });
+    let pod_id = env.id("pod");
+    env.ok(&["run", "-d", "--bundle", pod.to_str().unwrap(), &pod_id]);
+    let pid = env.state(&pod_id)["pid"].as_i64().unwrap();
+    let ns_of = |kind: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+
+    let out = env.run_ok(
+        "member",
+        &["sh", "-c", "for n in net uts ipc pid; do readlink /proc/self/ns/$n; done; hostname; ps -o comm | grep -c sleep"],
+        |c| {
+            let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+            ns.retain(|n| !matches!(n["type"].as_str(), Some("network" | "uts" | "ipc" | "pid")));
+            for (kind, file) in [("network", "net"), ("uts", "uts"), ("ipc", "ipc"), ("pid", "pid")] {
+                ns.push(json!({"type": kind, "path": format!("/proc/{pid}/ns/{file}")}));
+            }
+            c.as_object_mut().unwrap().remove("hostname");
+        },
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], ns_of("net"));
+    assert_eq!(lines[1], ns_of("uts"));
+    assert_eq!(lines[2], ns_of("ipc"));
+    assert_eq!(lines[3], ns_of("pid"));
+    assert_eq!(lines[4], "podhost");
+    assert_eq!(
+        lines[5], "1",
+        "the pod's sleep is visible in the shared pid namespace"
+    );
+    env.ok(&["delete", "--force", &pod_id]);
+}
+
+#[test]
+fn bad_namespace_paths_are_refused() {
+    let env = Env::new("nsbad");
+    let bundle = env.bundle("b", &["true"], |c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+        ns.push(json!({"type": "network", "path": "/proc/self/ns/uts"}));
+    });
+    let id = env.id("c");
+    let err = env.fails(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    assert!(err.contains("not a net namespace"), "{err}");
+    assert!(!env.state_dir_exists(&id));
+    let bundle = env.bundle("b2", &["true"], |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "ipc", "path": "/nonexistent/ns"}));
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| !(n["type"] == "ipc" && n.get("path").is_none()));
+    });
+    let err = env.fails(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    assert!(err.contains("/nonexistent/ns"), "{err}");
+    assert!(!env.state_dir_exists(&id));
+}
