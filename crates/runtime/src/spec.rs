@@ -46,6 +46,19 @@ impl Bundle {
     }
 }
 
+/// Everything berth does with untrusted config.json bytes before it touches
+/// the system: parse, validate, and interpret mount options, signals of
+/// hooks and namespace plans. The fuzz target's entry point; never panics.
+pub fn check_config_bytes(raw: &[u8]) {
+    let Ok(spec) = parse_spec(raw) else { return };
+    let _ = validate(&spec, Path::new("/nonexistent-bundle"));
+    for m in spec.mounts().iter().flatten() {
+        let _ = crate::mount_opts::parse(m.options().as_deref().unwrap_or_default());
+    }
+    let _ = crate::namespaces::time_offsets_text(&spec);
+    let _ = serde_json::to_vec(&spec);
+}
+
 /// Parses config.json bytes; the error text names the line and column.
 pub fn parse_spec(raw: &[u8]) -> std::result::Result<Spec, String> {
     serde_json::from_slice::<Spec>(raw).map_err(|e| e.to_string())
@@ -342,6 +355,52 @@ mod tests {
         assert!(validate_sysctl("net.ipv4.ip_forward", &none).is_err());
         assert!(validate_sysctl("vm.swappiness", &all).is_err());
         assert!(validate_sysctl("net/../../x", &all).is_err());
+    }
+
+    /// What the fuzz target runs, over seeds and simple mutations of them, so
+    /// that CI (on stable Rust) replays the corpus.
+    #[test]
+    fn fuzz_corpus_replay_does_not_panic() {
+        let seeds = [
+            serde_json::to_vec(&crate::features::default_spec(false)).unwrap(),
+            serde_json::to_vec(&crate::features::default_spec(true)).unwrap(),
+            br#"{"ociVersion":"1.0.0","process":{"args":[""],"cwd":"/","user":{"uid":0,"gid":0},"rlimits":[{"type":"RLIMIT_NOFILE","soft":9,"hard":1}]},"root":{"path":""},"linux":{"namespaces":[{"type":"user"},{"type":"time"}],"timeOffsets":{"x":{}},"sysctl":{"..":""},"devices":[{"path":"rel","type":"a"}]},"mounts":[{"destination":"","options":["idmap"]}],"hooks":{"prestart":[{"path":"x","timeout":-1}]}}"#.to_vec(),
+        ];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/config");
+        let mut corpus: Vec<Vec<u8>> = seeds.to_vec();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            corpus.extend(entries.flatten().filter_map(|e| std::fs::read(e.path()).ok()));
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for seed in &corpus {
+            check_config_bytes(seed);
+            for _ in 0..300 {
+                let mut m = seed.clone();
+                if m.is_empty() {
+                    break;
+                }
+                for _ in 0..(next() % 4 + 1) {
+                    let i = (next() as usize) % m.len();
+                    match next() % 3 {
+                        0 => m[i] = next() as u8,
+                        1 => {
+                            m.remove(i);
+                        }
+                        _ => m.insert(i, b"{}[]\",:0-"[(next() % 9) as usize]),
+                    }
+                    if m.is_empty() {
+                        break;
+                    }
+                }
+                check_config_bytes(&m);
+            }
+        }
     }
 
     #[test]
