@@ -229,7 +229,7 @@ impl Runtime {
         let state_dir_fd = if mode == Launch::Create {
             rustix::fs::mknodat(
                 rustix::fs::CWD,
-                &dir.fifo_path(),
+                dir.fifo_path(),
                 rustix::fs::FileType::Fifo,
                 Mode::from_raw_mode(0o622),
                 0,

@@ -107,21 +107,22 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
     rustix::process::umask(rustix::fs::Mode::empty());
     expect(ctx.channel, Msg::Go)?;
 
+    ctx.plan.enter()?;
     if ctx.plan.two_stage {
-        ctx.plan.enter()?;
         // The new PID namespace (and the others) belong to the joined user
         // namespace; the init must be a child to live in the PID namespace.
-        match sys::fork().ctx(|| "forking the container init".into())? {
-            Some(pid) => {
-                send(ctx.channel, Msg::Pid(pid))?;
-                sys::exit_now(0);
-            }
-            None => {}
+        if let Some(pid) = sys::fork().ctx(|| "forking the container init".into())? {
+            send(ctx.channel, Msg::Pid(pid))?;
+            sys::exit_now(0);
         }
-    } else {
-        ctx.plan.enter()?;
     }
-    if ctx.plan.new_user {
+    let userns = ctx.plan.new_user
+        || ctx
+            .plan
+            .joins
+            .iter()
+            .any(|(f, _)| *f == libc::CLONE_NEWUSER);
+    if userns {
         // Become the user namespace's root (when it is mapped) so files we
         // create belong to the container's root, not to nobody.
         let _ = sys::setresgid(0);

@@ -369,7 +369,11 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/config");
         let mut corpus: Vec<Vec<u8>> = seeds.to_vec();
         if let Ok(entries) = std::fs::read_dir(&dir) {
-            corpus.extend(entries.flatten().filter_map(|e| std::fs::read(e.path()).ok()));
+            corpus.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| std::fs::read(e.path()).ok()),
+            );
         }
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {

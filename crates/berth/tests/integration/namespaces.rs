@@ -165,3 +165,59 @@ fn bad_namespace_paths_are_refused() {
     assert!(err.contains("/nonexistent/ns"), "{err}");
     assert!(!env.state_dir_exists(&id));
 }
+
+#[test]
+fn joining_a_user_namespace_while_creating_others() {
+    // Kubernetes pods with user namespaces: containers join the pod's user
+    // and network namespaces and create their own pid and mount namespaces,
+    // which must then belong to the pod's user namespace.
+    let env = Env::new("nsuserjoin");
+    let userns = |c: &mut serde_json::Value| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    };
+    let pod = env.bundle("pod", &["sleep", "60"], userns);
+    let pod_id = env.id("pod");
+    env.ok(&["run", "-d", "--bundle", pod.to_str().unwrap(), &pod_id]);
+    let pid = env.state(&pod_id)["pid"].as_i64().unwrap();
+    let out = env.run_ok(
+        "member",
+        &["sh", "-c", "echo $$; cat /proc/self/uid_map; readlink /proc/self/ns/user; readlink /proc/self/ns/net; id -u; touch /tmp/x && echo can-write"],
+        |c| {
+            let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+            ns.retain(|n| n["type"] != "network");
+            ns.push(json!({"type": "user", "path": format!("/proc/{pid}/ns/user")}));
+            ns.push(json!({"type": "network", "path": format!("/proc/{pid}/ns/net")}));
+            c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}));
+            // sysfs of a network namespace owned by another user namespace cannot be mounted.
+            c["mounts"].as_array_mut().unwrap().retain(|m| m["destination"] != "/sys/fs/cgroup");
+        },
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1", "a new pid namespace: {out}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        vec!["0", "200000", "65536"]
+    );
+    assert_eq!(
+        lines[2],
+        std::fs::read_link(format!("/proc/{pid}/ns/user"))
+            .unwrap()
+            .display()
+            .to_string()
+    );
+    assert_eq!(
+        lines[3],
+        std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .unwrap()
+            .display()
+            .to_string()
+    );
+    assert_eq!(lines[4], "0");
+    assert_eq!(lines[5], "can-write");
+    env.ok(&["delete", "--force", &pod_id]);
+}
