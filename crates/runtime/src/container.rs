@@ -405,18 +405,14 @@ impl Runtime {
                 needed: "created",
             });
         }
-        let fifo = rustix::fs::open(
-            dir.fifo_path(),
-            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .ctx(|| "opening the exec FIFO".into())?;
+        // The pidfd first: once the FIFO is open the init runs the user
+        // program, which may exit at once; that is still a successful start.
         let pidfd = rustix::process::pidfd_open(
             rustix::process::Pid::from_raw(state.init_pid)
                 .ok_or_else(|| Error::Init("bad init pid".into()))?,
             rustix::process::PidfdFlags::empty(),
         )
-        .ctx(|| "opening the init process".into())?;
+        .ctx(|| format!("opening the init process of {id:?}"))?;
         if !state.init_alive() {
             return Err(Error::WrongState {
                 id: id.to_owned(),
@@ -425,6 +421,12 @@ impl Runtime {
                 needed: "created",
             });
         }
+        let fifo = rustix::fs::open(
+            dir.fifo_path(),
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(|| "opening the exec FIFO".into())?;
         loop {
             let mut fds = [
                 rustix::event::PollFd::new(&fifo, rustix::event::PollFlags::IN),

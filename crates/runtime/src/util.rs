@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn reads_own_stat() {
         let (state, start) = proc_stat(std::process::id() as i32).unwrap();
-        assert_eq!(state, 'R');
+        assert!("RSD".contains(state), "{state}");
         assert!(start > 0);
     }
 }
