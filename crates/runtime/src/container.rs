@@ -517,7 +517,9 @@ impl Runtime {
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         let (state, dir) = match self.load(id) {
             Ok(x) => x,
-            Err(Error::ContainerNotFound(_)) if force => {
+            // A container that was never fully created, or whose state file is
+            // unreadable: with --force, clear what is there.
+            Err(Error::ContainerNotFound(_) | Error::ParseConfig { .. }) if force => {
                 // runc succeeds here; leave nothing behind of a half-made container.
                 let dir = self.state_dir(id);
                 let _ = std::fs::remove_dir_all(&dir.path);

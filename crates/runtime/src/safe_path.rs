@@ -180,11 +180,9 @@ pub fn find_escaping_symlink(root: BorrowedFd<'_>, path: &Path) -> io::Result<Op
             continue;
         }
         if component == ".." {
-            if resolved.pop().is_none() {
-                // `..` at the root from the path itself is harmless (clamped);
-                // only `..` coming from a symlink target counts as an escape.
-                continue;
-            }
+            // `..` at the root from the path itself is clamped, harmless;
+            // only `..` coming from a symlink target counts as an escape.
+            resolved.pop();
             continue;
         }
         let dir: PathBuf = resolved.iter().collect();
