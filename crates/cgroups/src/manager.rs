@@ -105,6 +105,32 @@ impl Manager {
         Ok(())
     }
 
+    /// Moves the calling thread into the cgroup, from inside the process
+    /// being placed. Writing "0" (the caller itself) to a v1 `tasks` file is
+    /// the one placement that skips the kernel's global threadgroup lock,
+    /// whose first writer waits a whole RCU grace period (milliseconds):
+    /// the caller must be single-threaded, so the thread is the process.
+    /// With `skip_unified`, the unified hierarchy is left to the caller
+    /// (a child cloned with CLONE_INTO_CGROUP is already there).
+    pub fn join_self(&self, skip_unified: bool) -> Result<()> {
+        for (key, dir) in &self.paths {
+            let file = if key.is_empty() {
+                if skip_unified {
+                    continue;
+                }
+                dir.join("cgroup.procs")
+            } else {
+                dir.join("tasks")
+            };
+            write_file(&file, b"0").map_err(|source| Error::AddProcess {
+                pid: 0,
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// The processes in the cgroup (from the first hierarchy that has it).
     pub fn procs(&self) -> Result<Vec<i32>> {
         let mut last_err = None;

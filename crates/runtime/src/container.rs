@@ -260,7 +260,7 @@ impl Runtime {
             Channel::pair().ctx(|| "creating the setup channel".into())?;
 
         let ns_guard = ChildNsGuard::enter(&plan, offsets.as_deref())?;
-        let child = sys::clone_fork(plan.clone_flags)
+        let (child, in_unified) = clone_into_cgroups(plan.clone_flags, &cgroups)
             .ctx(|| "creating the container init (clone)".into())?;
         let Some(first_pid) = child else {
             // The guard restores the parent's namespaces; the child must keep its own.
@@ -271,6 +271,7 @@ impl Runtime {
                 bundle: &bundle,
                 plan: &plan,
                 cgroups: &cgroups,
+                in_unified,
                 channel: &child_end,
                 console: match (&console_socket, terminal) {
                     (Some(sock), _) => ConsoleTarget::Socket(sock),
@@ -299,7 +300,6 @@ impl Runtime {
             namespaces::write_id_map(first_pid, "uid_map", &maps(linux.uid_mappings()))?;
             namespaces::write_id_map(first_pid, "gid_map", &maps(linux.gid_mappings()))?;
         }
-        cgroups.add_process(first_pid)?;
         parent_end
             .send(&Msg::Go)
             .ctx(|| "starting the container init".into())?;
@@ -609,13 +609,17 @@ impl Runtime {
         let (parent_end, child_end) =
             Channel::pair().ctx(|| "creating the setup channel".into())?;
         let ns_guard = ChildNsGuard::enter(&plan, None)?;
-        let child = sys::fork().ctx(|| "forking the exec process".into())?;
+        let cgroups = state.cgroups();
+        let (child, in_unified) =
+            clone_into_cgroups(0, &cgroups).ctx(|| "forking the exec process".into())?;
         let Some(pid) = child else {
             std::mem::forget(ns_guard);
             drop(parent_end);
             let ctx = ExecContext {
                 process,
                 plan: &plan,
+                cgroups: &cgroups,
+                in_unified,
                 channel: &child_end,
                 console: match (&console_socket, terminal) {
                     (Some(sock), _) => ConsoleTarget::Socket(sock),
@@ -633,7 +637,6 @@ impl Runtime {
             cgroups: None,
             children: vec![pid],
         };
-        state.cgroups().add_process(pid)?;
         parent_end
             .send(&Msg::Go)
             .ctx(|| "starting the exec process".into())?;
@@ -681,6 +684,31 @@ impl Runtime {
         })?;
         crate::spec::parse_spec(&raw).map_err(|message| Error::ParseConfig { path, message })
     }
+}
+
+/// Clones a child that is born in the container's cgroup v2 directory when
+/// the host has one (CLONE_INTO_CGROUP: no migration, no global lock); the
+/// child joins the v1 hierarchies itself. Returns whether the unified
+/// hierarchy is taken care of.
+fn clone_into_cgroups(
+    flags: libc::c_int,
+    cgroups: &berth_cgroups::Manager,
+) -> std::io::Result<(Option<i32>, bool)> {
+    if let Some(dir) = cgroups.unified_path() {
+        if let Ok(fd) = rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            match sys::clone3_fork(flags, Some(fd.as_fd())) {
+                Ok(child) => return Ok((child, true)),
+                // Kernels before 5.7: fall back to clone and a write.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::E2BIG)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    sys::clone_fork(flags).map(|child| (child, false))
 }
 
 /// Waits until the child execs (channel closed) or reports why it could not.

@@ -45,6 +45,8 @@ pub struct InitContext<'a> {
     pub bundle: &'a Bundle,
     pub plan: &'a NsPlan,
     pub cgroups: &'a berth_cgroups::Manager,
+    /// Born in the cgroup v2 directory already (CLONE_INTO_CGROUP).
+    pub in_unified: bool,
     pub channel: &'a Channel,
     pub console: ConsoleTarget<'a>,
     pub state_dir: Option<&'a OwnedFd>,
@@ -57,6 +59,8 @@ pub struct InitContext<'a> {
 pub struct ExecContext<'a> {
     pub process: &'a Process,
     pub plan: &'a NsPlan,
+    pub cgroups: &'a berth_cgroups::Manager,
+    pub in_unified: bool,
     pub channel: &'a Channel,
     pub console: ConsoleTarget<'a>,
     pub preserve_fds: u32,
@@ -106,6 +110,7 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
         .ok_or_else(|| Error::InvalidConfig("process is missing".into()))?;
     rustix::process::umask(rustix::fs::Mode::empty());
     expect(ctx.channel, Msg::Go)?;
+    ctx.cgroups.join_self(ctx.in_unified)?;
 
     ctx.plan.enter()?;
     if ctx.plan.two_stage {
@@ -228,6 +233,7 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
 fn run_exec_init(ctx: &ExecContext<'_>) -> Result<Infallible> {
     let process = ctx.process;
     expect(ctx.channel, Msg::Go)?;
+    ctx.cgroups.join_self(ctx.in_unified)?;
     ctx.plan.enter()?;
     process::apply_oom_score_adj(process)?;
     process::apply_rlimits(process)?;
