@@ -229,3 +229,60 @@ fn start_after_init_died_is_an_error() {
     env.ok(&["delete", &id]);
     let _ = Path::new("/");
 }
+
+/// cgroup v2-only hosts are the norm elsewhere: run berth in a private mount
+/// namespace whose /sys/fs/cgroup is this machine's cgroup2 hierarchy alone.
+#[test]
+fn cgroup_v2_only_layout() {
+    let env = Env::new("cgv2");
+    let bundle = env.bundle("b", &["sleep", "60"], |c| {
+        c["linux"]["cgroupsPath"] =
+            serde_json::json!(format!("/berth-test-v2/{}", std::process::id()));
+    });
+    let id = env.id("c");
+    let script = format!(
+        "umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && \
+         B='{berth} --root {root}' && $B run -d --bundle {bundle} {id} && \
+         echo procs=$(cat /sys/fs/cgroup/berth-test-v2/{pid}/cgroup.procs) && \
+         $B state {id} | grep '\"pid\"' && \
+         $B exec {id} sh -c 'grep ^0:: /proc/self/cgroup; ls /sys/fs/cgroup/cgroup.procs' && \
+         $B delete --force {id}; rc=$?; \
+         test -d /sys/fs/cgroup/berth-test-v2/{pid} && echo LEFT; rmdir /sys/fs/cgroup/berth-test-v2 2>/dev/null; exit $rc",
+        berth = crate::common::BERTH,
+        root = env.root.display(),
+        bundle = bundle.display(),
+        pid = std::process::id(),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let procs = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .unwrap();
+    let init = stdout
+        .lines()
+        .find(|l| l.contains("\"pid\""))
+        .unwrap()
+        .trim()
+        .trim_start_matches("\"pid\": ")
+        .trim_end_matches(',');
+    assert_eq!(procs, init, "the init is in its v2 cgroup: {stdout}");
+    assert!(stdout.lines().any(|l| l == "0::/"), "{stdout}");
+    assert!(
+        stdout.contains("/sys/fs/cgroup/cgroup.procs"),
+        "cgroup2 mounted inside: {stdout}"
+    );
+    assert!(
+        !stdout.contains("LEFT"),
+        "the v2 cgroup must be removed: {stdout}"
+    );
+    let _ = Path::new("/");
+}
