@@ -23,6 +23,28 @@ pub enum Error {
     Remove { path: PathBuf, source: io::Error },
     #[error("reading {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
+    #[error("invalid resources: {0}")]
+    InvalidResource(String),
+    #[error("setting {file} to {value:?}: {source}")]
+    Write {
+        file: PathBuf,
+        value: String,
+        source: io::Error,
+    },
+    #[error(
+        "{what} was requested but no cgroup hierarchy on this host has the {controller} controller"
+    )]
+    MissingController { what: String, controller: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("timed out waiting for {path} to freeze")]
+    FreezeTimeout { path: PathBuf },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn invalid_resource(msg: impl Into<String>) -> Error {
+        Error::InvalidResource(msg.into())
+    }
+}
