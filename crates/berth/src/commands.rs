@@ -9,6 +9,8 @@ use oci_spec::runtime::{Capability, LinuxCapabilities, Process};
 
 use crate::args::{flag, opt, parse, Flag, Parsed};
 
+pub(crate) use crate::args::Parsed as Args;
+
 pub const GLOBAL_FLAGS: &[Flag] = &[
     opt(&["root"]),
     opt(&["log"]),
@@ -54,6 +56,26 @@ const EXEC_FLAGS: &[Flag] = &[
     flag(&["ignore-paused"]),
 ];
 
+const UPDATE_FLAGS: &[Flag] = &[
+    opt(&["resources", "r"]),
+    opt(&["blkio-weight"]),
+    opt(&["cpu-period"]),
+    opt(&["cpu-quota"]),
+    opt(&["cpu-burst"]),
+    opt(&["cpu-share"]),
+    opt(&["cpu-rt-period"]),
+    opt(&["cpu-rt-runtime"]),
+    opt(&["cpu-idle"]),
+    opt(&["cpuset-cpus"]),
+    opt(&["cpuset-mems"]),
+    opt(&["memory"]),
+    opt(&["memory-reservation"]),
+    opt(&["memory-swap"]),
+    opt(&["pids-limit"]),
+    opt(&["l3-cache-schema"]),
+    opt(&["mem-bw-schema"]),
+];
+
 pub const USAGE: &str = "berth: an OCI container runtime (runc-compatible command line)
 
 usage: berth [global options] command [command options] [arguments...]
@@ -67,6 +89,11 @@ commands:
    list      list containers
    kill      send a signal to a container's init (or, with --all, every process)
    delete    delete a container and everything it holds
+   pause     freeze every process of a container
+   resume    thaw a paused container
+   update    change a container's resource limits
+   ps        list the processes of a container
+   events    print resource usage and OOM events of a container
    spec      write a default config.json
    features  print the OCI features this runtime supports
 
@@ -200,9 +227,33 @@ pub fn dispatch(rt: &Runtime, command: &str, args: &[String]) -> Result<i32> {
             );
             Ok(0)
         }
-        "ps" | "pause" | "resume" | "update" | "events" | "checkpoint" | "restore" => {
-            bail!("{command} is not implemented by this version of berth")
+        "pause" => {
+            let p = parse(args, &[], None)?;
+            rt.pause(&one_id(&p, command)?)?;
+            Ok(0)
         }
+        "resume" => {
+            let p = parse(args, &[], None)?;
+            rt.resume(&one_id(&p, command)?)?;
+            Ok(0)
+        }
+        "update" => {
+            let p = parse(args, UPDATE_FLAGS, None)?;
+            let id = one_id(&p, command)?;
+            rt.update(&id, &crate::manage::resources_from_flags(&p)?)?;
+            Ok(0)
+        }
+        "ps" => {
+            let p = parse(args, &[opt(&["format", "f"])], Some(1))?;
+            crate::manage::ps(rt, &p)?;
+            Ok(0)
+        }
+        "events" => {
+            let p = parse(args, &[flag(&["stats"]), opt(&["interval"])], None)?;
+            crate::manage::events(rt, &p)?;
+            Ok(0)
+        }
+        "checkpoint" | "restore" => bail!("{command} is not implemented by this version of berth"),
         other => bail!("unknown command {other:?} (see berth --help)"),
     }
 }

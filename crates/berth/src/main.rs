@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod logger;
+mod manage;
 
 use std::path::PathBuf;
 

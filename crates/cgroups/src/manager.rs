@@ -13,6 +13,9 @@ use crate::{CgroupPath, Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manager {
     paths: Vec<(String, PathBuf)>,
+    /// Where the unified hierarchy is mounted, when known (for delegating
+    /// controllers on creation).
+    unified_root: Option<PathBuf>,
 }
 
 impl Manager {
@@ -51,12 +54,22 @@ impl Manager {
                 (key, dir)
             })
             .collect();
-        Manager { paths }
+        let unified_root = hierarchies
+            .iter()
+            .find(|h| h.kind == crate::HierarchyKind::V2)
+            .map(|h| h.mountpoint.clone());
+        Manager {
+            paths,
+            unified_root,
+        }
     }
 
     /// A manager for directories recorded earlier (for example in a state file).
     pub fn from_paths(paths: Vec<(String, PathBuf)>) -> Self {
-        Manager { paths }
+        Manager {
+            paths,
+            unified_root: None,
+        }
     }
 
     pub fn paths(&self) -> &[(String, PathBuf)] {
@@ -79,7 +92,8 @@ impl Manager {
             .map(|(_, p)| p.as_path())
     }
 
-    /// Creates the cgroup in every hierarchy (parents included).
+    /// Creates the cgroup in every hierarchy (parents included), delegating
+    /// the unified hierarchy's controllers down to it.
     pub fn create(&self) -> Result<()> {
         for (key, dir) in &self.paths {
             let is_cpuset = key.split(',').any(|c| c == "cpuset");
@@ -87,6 +101,9 @@ impl Manager {
                 path: dir.clone(),
                 source,
             })?;
+        }
+        if let Some(root) = &self.unified_root {
+            self.enable_v2_controllers(root);
         }
         Ok(())
     }

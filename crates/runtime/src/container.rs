@@ -112,7 +112,7 @@ impl Runtime {
         StateDir::new(&self.root, id)
     }
 
-    fn load(&self, id: &str) -> Result<(State, StateDir)> {
+    pub(crate) fn load(&self, id: &str) -> Result<(State, StateDir)> {
         id::validate_id(id)?;
         let dir = self.state_dir(id);
         let state = dir.load(id)?;
@@ -176,6 +176,13 @@ impl Runtime {
         let bundle = Bundle::load(&opts.bundle)?;
         let spec = &bundle.spec;
         let process = spec.process().as_ref().expect("validated");
+        crate::attrs::validate(spec)?;
+        let seccomp_filter = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .map(crate::seccomp::compile)
+            .transpose()?;
         let terminal = process.terminal() == Some(true);
         if terminal && opts.console_socket.is_none() && mode != Launch::RunForeground {
             return Err(Error::InvalidConfig(
@@ -218,6 +225,10 @@ impl Runtime {
         let cgroups = berth_cgroups::Manager::new(&cg_path)?;
         cgroups.create()?;
         cleanup.cgroups = Some(cgroups.clone());
+        // Limits are in place before any process of the container runs.
+        if let Some(resources) = linux.resources() {
+            cgroups.apply(resources)?;
+        }
 
         let console_socket = match &opts.console_socket {
             Some(path) => Some(
@@ -247,6 +258,10 @@ impl Runtime {
             None
         };
 
+        let listener = connect_listener(
+            spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()),
+            seccomp_filter.as_ref(),
+        )?;
         let plan = NsPlan::for_container(spec)?;
         let signals = if mode == Launch::RunForeground {
             sys::set_child_subreaper().ctx(|| "becoming a child subreaper".into())?;
@@ -287,6 +302,7 @@ impl Runtime {
                 no_pivot: opts.no_pivot,
                 no_new_keyring: opts.no_new_keyring,
                 preserve_fds: opts.preserve_fds,
+                seccomp: seccomp_setup(spec, seccomp_filter.as_ref(), listener.as_ref()),
             };
             init::container_init(&ctx);
         };
@@ -591,6 +607,22 @@ impl Runtime {
             ),
             None => None,
         };
+        crate::attrs::validate_process(process)?;
+        // Exec'd processes get the container's seccomp profile, as with runc.
+        let container_spec = self.container_config(id)?;
+        let seccomp_filter = container_spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .map(crate::seccomp::compile)
+            .transpose()?;
+        let listener = connect_listener(
+            container_spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().as_ref()),
+            seccomp_filter.as_ref(),
+        )?;
         let plan = NsPlan::for_exec(state.init_pid)?;
         if !state.init_alive() {
             return Err(Error::WrongState {
@@ -627,6 +659,14 @@ impl Runtime {
                     (None, false) => ConsoleTarget::None,
                 },
                 preserve_fds: opts.preserve_fds,
+                seccomp: seccomp_setup(&container_spec, seccomp_filter.as_ref(), listener.as_ref()),
+                state: hook_state(
+                    id,
+                    Status::Running,
+                    state.init_pid,
+                    &state.bundle,
+                    &state.annotations,
+                ),
             };
             init::exec_init(&ctx);
         };
@@ -684,6 +724,42 @@ impl Runtime {
         })?;
         crate::spec::parse_spec(&raw).map_err(|message| Error::ParseConfig { path, message })
     }
+}
+
+/// Connects to linux.seccomp.listenerPath when the filter has notify rules.
+fn connect_listener(
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    filter: Option<&crate::seccomp::Filter>,
+) -> Result<Option<UnixStream>> {
+    let (Some(seccomp), Some(filter)) = (seccomp, filter) else {
+        return Ok(None);
+    };
+    if !filter.notify {
+        return Ok(None);
+    }
+    let path = seccomp.listener_path().as_ref().ok_or_else(|| {
+        Error::InvalidConfig("seccomp: SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath".into())
+    })?;
+    UnixStream::connect(path)
+        .map(Some)
+        .ctx(|| format!("connecting to the seccomp listener {}", path.display()))
+}
+
+fn seccomp_setup<'a>(
+    spec: &oci_spec::runtime::Spec,
+    filter: Option<&'a crate::seccomp::Filter>,
+    listener: Option<&'a UnixStream>,
+) -> Option<init::SeccompSetup<'a>> {
+    filter.map(|filter| init::SeccompSetup {
+        filter,
+        listener,
+        metadata: spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .and_then(|s| s.listener_metadata().clone())
+            .unwrap_or_default(),
+    })
 }
 
 /// Clones a child that is born in the container's cgroup v2 directory when

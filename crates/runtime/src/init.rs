@@ -40,6 +40,39 @@ pub enum ConsoleTarget<'a> {
     Parent,
 }
 
+/// A compiled seccomp filter and where its notifications go.
+pub struct SeccompSetup<'a> {
+    pub filter: &'a crate::seccomp::Filter,
+    /// Connected to linux.seccomp.listenerPath when the filter notifies.
+    pub listener: Option<&'a UnixStream>,
+    /// listenerMetadata, passed on to the listener.
+    pub metadata: String,
+}
+
+impl SeccompSetup<'_> {
+    /// Loads the filter; hands a notify fd to the listener with the
+    /// container process state, as the runtime-spec describes.
+    fn load(&self, state: &[u8]) -> Result<()> {
+        let Some(fd) = self.filter.load()? else {
+            return Ok(());
+        };
+        let listener = self.listener.ok_or_else(|| {
+            Error::InvalidConfig("seccomp: SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath".into())
+        })?;
+        let state: serde_json::Value = serde_json::from_slice(state).unwrap_or_default();
+        let payload = serde_json::json!({
+            "ociVersion": crate::state::OCI_VERSION,
+            "fds": ["seccompFd"],
+            "pid": state["pid"],
+            "metadata": self.metadata,
+            "state": state,
+        });
+        let bytes = serde_json::to_vec(&payload).unwrap_or_default();
+        sys::send_fd(listener.as_fd(), &bytes, fd.as_raw_fd())
+            .ctx(|| "sending the seccomp notify fd to the listener".into())
+    }
+}
+
 pub struct InitContext<'a> {
     pub id: &'a str,
     pub bundle: &'a Bundle,
@@ -54,6 +87,7 @@ pub struct InitContext<'a> {
     pub no_pivot: bool,
     pub no_new_keyring: bool,
     pub preserve_fds: u32,
+    pub seccomp: Option<SeccompSetup<'a>>,
 }
 
 pub struct ExecContext<'a> {
@@ -64,6 +98,9 @@ pub struct ExecContext<'a> {
     pub channel: &'a Channel,
     pub console: ConsoleTarget<'a>,
     pub preserve_fds: u32,
+    pub seccomp: Option<SeccompSetup<'a>>,
+    /// The container's state, for a seccomp listener.
+    pub state: Vec<u8>,
 }
 
 /// Reports `err` to berth (or, if it is gone, to stderr) and exits.
@@ -161,6 +198,8 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
     }
     process::apply_oom_score_adj(process)?;
     process::apply_rlimits(process)?;
+    crate::attrs::apply_container(spec)?;
+    crate::attrs::apply_process(process)?;
     // Until the user program runs, no process of the container may look
     // into this one's /proc files (its fds reach outside the container).
     sys::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
@@ -227,16 +266,28 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
     if let Some(list) = hook_lists.and_then(|h| h.start_container().as_deref()) {
         hooks::run_hooks("startContainer", list, &state(Status::Created))?;
     }
-    finish(process, cwd_deferred, &program, ctx.preserve_fds)
+    finish(
+        process,
+        cwd_deferred,
+        &program,
+        ctx.preserve_fds,
+        ctx.seccomp.as_ref(),
+        &state(Status::Running),
+    )
 }
 
 fn run_exec_init(ctx: &ExecContext<'_>) -> Result<Infallible> {
     let process = ctx.process;
+    let affinity = process.exec_cpu_affinity().as_ref();
+    if let Some(initial) = affinity.and_then(|a| a.initial().as_deref()) {
+        crate::attrs::set_affinity(initial)?;
+    }
     expect(ctx.channel, Msg::Go)?;
     ctx.cgroups.join_self(ctx.in_unified)?;
     ctx.plan.enter()?;
     process::apply_oom_score_adj(process)?;
     process::apply_rlimits(process)?;
+    crate::attrs::apply_process(process)?;
     sys::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
     if process.terminal() == Some(true) {
         setup_terminal(process, &ctx.console, ctx.channel, false)?;
@@ -245,7 +296,17 @@ fn run_exec_init(ctx: &ExecContext<'_>) -> Result<Infallible> {
     let program = process::prepare_program(process)?;
     send(ctx.channel, Msg::Ready)?;
     expect(ctx.channel, Msg::Start)?;
-    finish(process, cwd_deferred, &program, ctx.preserve_fds)
+    if let Some(last) = affinity.and_then(|a| a.cpu_affinity_final().as_deref()) {
+        crate::attrs::set_affinity(last)?;
+    }
+    finish(
+        process,
+        cwd_deferred,
+        &program,
+        ctx.preserve_fds,
+        ctx.seccomp.as_ref(),
+        &ctx.state,
+    )
 }
 
 /// chdir into process.cwd as root; if root may not (root-squashing
@@ -258,18 +319,32 @@ fn enter_cwd(process: &Process) -> Result<bool> {
     }
 }
 
+/// The end of every path into a container: seccomp (early when it must be
+/// loaded while still privileged, i.e. without no_new_privs, else as late as
+/// possible), credentials, LSM labels, descriptors, exec.
 fn finish(
     process: &Process,
     cwd_deferred: bool,
     program: &Program,
     preserve_fds: u32,
+    seccomp: Option<&SeccompSetup<'_>>,
+    state: &[u8],
 ) -> Result<Infallible> {
+    let no_new_privs = process.no_new_privileges() == Some(true);
+    if let Some(s) = seccomp.filter(|_| !no_new_privs) {
+        s.load(state)?;
+    }
     process::drop_privileges(process)?;
     if cwd_deferred {
         rustix::process::chdir(process.cwd())
             .ctx(|| format!("chdir to cwd {}", process.cwd().display()))?;
     }
-    Err(process::exec(program, preserve_fds))
+    crate::attrs::set_exec_labels(process)?;
+    process::prepare_exec(preserve_fds)?;
+    if let Some(s) = seccomp.filter(|_| no_new_privs) {
+        s.load(state)?;
+    }
+    Err(process::execve(program))
 }
 
 /// The pid of this process as berth sees it (our own pid namespace view

@@ -3,6 +3,7 @@
 //! process setup, hooks and cgroup placement. It is synchronous and forks;
 //! it knows nothing of CRI, pods or images.
 
+pub mod attrs;
 mod channel;
 pub mod cloned_exe;
 mod container;
@@ -12,11 +13,13 @@ pub mod hooks;
 pub mod id;
 mod init;
 mod io_relay;
+pub mod manage;
 pub mod mount_opts;
 mod namespaces;
 pub mod process;
 mod rootfs;
 pub mod safe_path;
+pub mod seccomp;
 pub mod signal;
 pub mod spec;
 pub mod state;

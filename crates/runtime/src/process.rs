@@ -257,22 +257,21 @@ pub fn drop_privileges(process: &Process) -> Result<()> {
     Ok(())
 }
 
-/// Clears the signal state and leaked descriptors, then execs. Returns only
-/// on failure.
-pub fn exec(program: &Program, preserve_fds: u32) -> Error {
-    if let Err(e) = sys::reset_signals() {
-        return Error::Sys {
-            context: "resetting signals".into(),
-            source: e,
-        };
-    }
-    // Everything above stdio and the preserved fds is closed by the exec.
-    if let Err(e) = sys::close_range(3 + preserve_fds, u32::MAX, true) {
-        return Error::Sys {
-            context: "marking descriptors close-on-exec".into(),
-            source: e,
-        };
-    }
+/// Clears the signal state and marks every descriptor above stdio and the
+/// preserved ones close-on-exec: the last steps before execve.
+pub fn prepare_exec(preserve_fds: u32) -> Result<()> {
+    sys::reset_signals().map_err(|e| Error::Sys {
+        context: "resetting signals".into(),
+        source: e,
+    })?;
+    sys::close_range(3 + preserve_fds, u32::MAX, true).map_err(|e| Error::Sys {
+        context: "marking descriptors close-on-exec".into(),
+        source: e,
+    })
+}
+
+/// execve; returns only on failure.
+pub fn execve(program: &Program) -> Error {
     let err = sys::execve(&program.path, &program.argv, &program.envp);
     Error::Init(format!("exec {:?}: {err}", program.path.to_string_lossy()))
 }

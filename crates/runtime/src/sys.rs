@@ -485,3 +485,59 @@ pub fn dup2(old: RawFd, new: RawFd) -> io::Result<()> {
     // SAFETY: integer arguments only.
     check(unsafe { libc::dup2(old, new) }).map(drop)
 }
+
+pub fn personality(persona: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: personality takes a plain integer.
+    check(unsafe { libc::personality(persona) }).map(drop)
+}
+
+/// The kernel's struct sched_attr (with utilization clamps: 56 bytes).
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy)]
+pub struct SchedAttr {
+    pub size: u32,
+    pub policy: u32,
+    pub flags: u64,
+    pub nice: i32,
+    pub priority: u32,
+    pub runtime: u64,
+    pub deadline: u64,
+    pub period: u64,
+    pub util_min: u32,
+    pub util_max: u32,
+}
+
+pub fn sched_setattr(attr: &SchedAttr) -> io::Result<()> {
+    let mut attr = *attr;
+    attr.size = std::mem::size_of::<SchedAttr>() as u32;
+    // SAFETY: attr is a valid sched_attr of the size it declares.
+    check_long(unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) })
+        .map(drop)
+}
+
+pub fn ioprio_set(value: i32) -> io::Result<()> {
+    const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+    // SAFETY: integer arguments only.
+    check_long(unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, value) })
+        .map(drop)
+}
+
+/// set_mempolicy(2) with a node bitmask (64 nodes per word).
+pub fn set_mempolicy(mode: i32, nodes: &[u64]) -> io::Result<()> {
+    let maxnode = (nodes.len() * 64 + 1) as libc::c_ulong;
+    let ptr = if nodes.is_empty() {
+        std::ptr::null()
+    } else {
+        nodes.as_ptr()
+    };
+    // SAFETY: ptr is null or points to nodes.len() words, matching maxnode.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_set_mempolicy,
+            mode,
+            ptr,
+            if nodes.is_empty() { 0 } else { maxnode },
+        )
+    })
+    .map(drop)
+}

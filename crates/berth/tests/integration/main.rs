@@ -9,5 +9,6 @@ mod hooks;
 mod lifecycle;
 mod namespaces;
 mod process;
+mod resources;
 mod rootfs;
 mod security;

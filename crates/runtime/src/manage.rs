@@ -1,0 +1,156 @@
+//! Operations on a container's cgroup: update, pause, resume, ps, events.
+
+use std::time::Duration;
+
+use oci_spec::runtime::LinuxResources;
+use serde::Serialize;
+
+use crate::state::Status;
+use crate::{Error, Result, Runtime};
+
+/// One line of `berth events`, in runc's format.
+#[derive(Debug, Serialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<berth_cgroups::Stats>,
+}
+
+impl Runtime {
+    fn wrong(id: &str, status: Status, op: &'static str, needed: &'static str) -> Error {
+        Error::WrongState {
+            id: id.to_owned(),
+            status: status.as_str(),
+            op,
+            needed,
+        }
+    }
+
+    /// `update`: applies new resource limits to a live container.
+    pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        let (state, dir) = self.load(id)?;
+        let status = state.status(&dir);
+        if status == Status::Stopped {
+            return Err(Self::wrong(
+                id,
+                status,
+                "update",
+                "created, running or paused",
+            ));
+        }
+        state.cgroups().apply(resources)?;
+        Ok(())
+    }
+
+    /// `pause`: freezes every process of the container.
+    pub fn pause(&self, id: &str) -> Result<()> {
+        let (state, dir) = self.load(id)?;
+        let status = state.status(&dir);
+        if status != Status::Running && status != Status::Created {
+            return Err(Self::wrong(id, status, "pause", "running"));
+        }
+        state.cgroups().freeze()?;
+        Ok(())
+    }
+
+    /// `resume`: thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<()> {
+        let (state, dir) = self.load(id)?;
+        let status = state.status(&dir);
+        if status != Status::Paused {
+            return Err(Self::wrong(id, status, "resume", "paused"));
+        }
+        state.cgroups().thaw()?;
+        Ok(())
+    }
+
+    /// The pids of every process in the container (`ps`).
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        let (state, _) = self.load(id)?;
+        let mut pids = state.cgroups().procs()?;
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
+    /// Resource usage of a container (`events --stats`).
+    pub fn stats(&self, id: &str) -> Result<Event> {
+        let (state, dir) = self.load(id)?;
+        if state.status(&dir) == Status::Stopped {
+            return Err(Self::wrong(id, Status::Stopped, "events", "running"));
+        }
+        Ok(Event {
+            kind: "stats",
+            id: id.to_owned(),
+            data: Some(state.cgroups().stats()?),
+        })
+    }
+
+    /// `events`: calls `emit` with a stats event every `interval` and an
+    /// "oom" event whenever the container hits its memory limit, until the
+    /// container stops or `emit` returns false.
+    pub fn events(
+        &self,
+        id: &str,
+        interval: Duration,
+        mut emit: impl FnMut(&Event) -> bool,
+    ) -> Result<()> {
+        let (state, dir) = self.load(id)?;
+        let cgroups = state.cgroups();
+        let mut oom = berth_cgroups::OomWatcher::new(&cgroups).ok();
+        loop {
+            if state.status(&dir) == Status::Stopped {
+                return Ok(());
+            }
+            let event = Event {
+                kind: "stats",
+                id: id.to_owned(),
+                data: Some(cgroups.stats()?),
+            };
+            if !emit(&event) {
+                return Ok(());
+            }
+            let deadline = std::time::Instant::now() + interval;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let ready = match &oom {
+                    Some(w) => {
+                        let mut fds = [rustix::event::PollFd::from_borrowed_fd(
+                            w.fd(),
+                            rustix::event::PollFlags::IN,
+                        )];
+                        let ts = rustix::event::Timespec {
+                            tv_sec: left.as_secs() as i64,
+                            tv_nsec: left.subsec_nanos() as i64,
+                        };
+                        matches!(rustix::event::poll(&mut fds, Some(&ts)), Ok(n) if n > 0)
+                    }
+                    None => {
+                        std::thread::sleep(left);
+                        false
+                    }
+                };
+                if ready {
+                    let count = oom.as_mut().map(|w| w.consume()).unwrap_or(0);
+                    for _ in 0..count.max(1) {
+                        let event = Event {
+                            kind: "oom",
+                            id: id.to_owned(),
+                            data: None,
+                        };
+                        if !emit(&event) {
+                            return Ok(());
+                        }
+                    }
+                }
+                if state.status(&dir) == Status::Stopped {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
