@@ -125,3 +125,31 @@ fn spec_features_version() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("-nope"));
 }
+
+#[test]
+fn systemd_cgroup_driver_without_systemd_is_a_clear_error() {
+    if std::path::Path::new("/run/systemd/system").exists() {
+        return;
+    }
+    let env = Env::new("systemd");
+    let bundle = env.bundle("b", &["true"], |c| {
+        c["linux"]["cgroupsPath"] = serde_json::json!("system.slice:berth:x")
+    });
+    let id = env.id("c");
+    let out = std::process::Command::new(BERTH)
+        .args([
+            "--root",
+            env.root.to_str().unwrap(),
+            "--systemd-cgroup",
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &id,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("systemd is not running"), "{err}");
+    assert!(!env.state_dir_exists(&id));
+}

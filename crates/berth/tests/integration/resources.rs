@@ -420,3 +420,202 @@ fn personality_scheduler_io_priority_and_lsm() {
     ]);
     assert!(err.contains("1..99"), "{err}");
 }
+
+/// A private mount namespace whose /sys/fs/cgroup is this machine's cgroup2
+/// hierarchy alone: the view a v2-only host gives. Commands run in it
+/// through nsenter.
+struct V2Namespace {
+    holder: std::process::Child,
+}
+
+impl V2Namespace {
+    fn new() -> V2Namespace {
+        let holder = std::process::Command::new("unshare")
+            .args([
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && echo ready && exec sleep 600",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut holder = holder;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        V2Namespace { holder }
+    }
+
+    fn berth(&self, env: &Env, args: &[&str]) -> std::process::Output {
+        let out = env.dir.join("v2.out");
+        let err = env.dir.join("v2.err");
+        let status = std::process::Command::new("nsenter")
+            .args([
+                "-t",
+                &self.holder.id().to_string(),
+                "-m",
+                crate::common::BERTH,
+                "--root",
+                env.root.to_str().unwrap(),
+            ])
+            .args(args)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        std::process::Output {
+            status,
+            stdout: std::fs::read(&out).unwrap(),
+            stderr: std::fs::read(&err).unwrap(),
+        }
+    }
+
+    fn ok(&self, env: &Env, args: &[&str]) -> String {
+        let out = self.berth(env, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A file of the cgroup2 hierarchy, as seen from inside.
+    fn cgroup_file(&self, rel: &str) -> String {
+        let path = format!("/proc/{}/root/sys/fs/cgroup/{rel}", self.holder.id());
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for V2Namespace {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+#[test]
+fn cgroup_v2_devices_hugetlb_and_freezer() {
+    let env = Env::new("resv2");
+    let ns = V2Namespace::new();
+    let shared = env.dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let cg = format!("berth-test-v2res-{}", std::process::id());
+    let bundle = env.bundle("b", &["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /shared/count; sleep 0.01; done"], |c| {
+        c["linux"]["cgroupsPath"] = json!(format!("/{cg}"));
+        c["linux"]["devices"] = json!([{"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 438}]);
+        c["linux"]["resources"] = json!({
+            "devices": [{"allow": false, "access": "rwm"}],
+            "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]
+        });
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/shared", "type": "bind", "source": shared, "options": ["rbind"]}));
+    });
+    let id = env.id("c");
+    ns.ok(
+        &env,
+        &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id],
+    );
+    assert_eq!(ns.cgroup_file(&format!("{cg}/hugetlb.2MB.max")), "4194304");
+    // The eBPF device program denies tun and keeps the defaults usable.
+    let out = ns.ok(
+        &env,
+        &[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "cat /dev/net/tun 2>&1; echo x > /dev/null && echo null-ok",
+        ],
+    );
+    assert!(
+        out.contains("Operation not permitted") && out.contains("null-ok"),
+        "{out}"
+    );
+    // Updating replaces the program: tun becomes usable.
+    let rules = env.dir.join("rules.json");
+    std::fs::write(
+        &rules,
+        json!({"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}]}).to_string(),
+    )
+    .unwrap();
+    ns.ok(
+        &env,
+        &["update", "--resources", rules.to_str().unwrap(), &id],
+    );
+    let out = ns.ok(
+        &env,
+        &["exec", &id, "sh", "-c", "cat /dev/net/tun 2>&1; true"],
+    );
+    assert!(!out.contains("Operation not permitted"), "{out}");
+    // cgroup.freeze
+    ns.ok(&env, &["pause", &id]);
+    assert_eq!(ns.cgroup_file(&format!("{cg}/cgroup.freeze")), "1");
+    assert!(ns.ok(&env, &["state", &id]).contains("\"paused\""));
+    let frozen_at = std::fs::read_to_string(shared.join("count")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        std::fs::read_to_string(shared.join("count")).unwrap(),
+        frozen_at
+    );
+    ns.ok(&env, &["resume", &id]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ne!(
+        std::fs::read_to_string(shared.join("count")).unwrap(),
+        frozen_at
+    );
+    let stats: Value = serde_json::from_str(&ns.ok(&env, &["events", "--stats", &id])).unwrap();
+    assert_eq!(stats["data"]["hugetlb"]["2MB"]["max"], 4194304, "{stats}");
+    ns.ok(&env, &["delete", "--force", &id]);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}/root/sys/fs/cgroup/{cg}", ns.holder.id()))
+            .exists()
+    );
+}
+
+#[test]
+fn seccomp_notify_hands_the_fd_to_the_listener() {
+    let env = Env::new("resnotify");
+    let sock = env.dir.join("listener.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let agent = std::thread::spawn(move || {
+        let (state, fd) = crate::common::receive_console(&listener);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        // Answer the first intercepted syscall with ENOTSUP (95).
+        let req = libseccomp::ScmpNotifReq::receive(raw).unwrap();
+        libseccomp::ScmpNotifResp::new_error(req.id, -95, libseccomp::ScmpNotifRespFlags::empty())
+            .respond(raw)
+            .unwrap();
+        state
+    });
+    let out = env.run_ok("c", &["sh", "-c", "mkdir /tmp/x 2>&1; true"], |c| {
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}));
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": sock,
+            "listenerMetadata": "agent-meta",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+        });
+    });
+    assert!(
+        out.contains("not supported"),
+        "the listener's answer reaches the container: {out}"
+    );
+    let state: Value = serde_json::from_str(&agent.join().unwrap()).unwrap();
+    assert_eq!(state["fds"], json!(["seccompFd"]));
+    assert_eq!(state["metadata"], "agent-meta");
+    assert_eq!(state["state"]["id"], env.id("c").as_str());
+    assert!(state["pid"].as_i64().unwrap() > 0);
+}
