@@ -217,6 +217,51 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         })
     }
 
+    /// The PID column of `ctr tasks ls` for `id` (the init process, host pid).
+    fn task_pid(&self, id: &str) -> Option<i32> {
+        let out = self.run(&["tasks", "ls"], QUICK);
+        out.stdout.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.first() == Some(&id) {
+                f.get(1)?.parse().ok()
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Polls `ctr tasks ls` until task `id` shows `want`; panics after `timeout`.
+    fn wait_task_status(&self, id: &str, want: &str, timeout: Duration, after: &str) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.task_status(id);
+            if status.as_deref() == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} not {want} {} s after {after} (status {status:?})\n{}",
+                timeout.as_secs(),
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs ctr with `args` and panics (with the daemon's and berth's logs)
+    /// unless it exits 0.
+    fn run_ok(&self, args: &[&str], timeout: Duration) -> Outcome {
+        let out = self.run(args, timeout);
+        assert!(
+            out.success(),
+            "ctr {} failed: {}\n{}",
+            args[..args.len().min(2)].join(" "),
+            out.describe(),
+            self.diagnostics()
+        );
+        out
+    }
+
     /// After a container's removal: no record in containerd, no runtime
     /// state, no cgroup.
     fn assert_container_gone(&self, id: &str) {
@@ -248,6 +293,10 @@ impl Drop for Containerd {
             // Through containerd first, as a user would.
             let ids = self.run(&["containers", "ls", "-q"], QUICK).stdout;
             for id in ids.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                // A frozen task cannot die: thaw it first.
+                if self.task_status(id).as_deref() == Some("PAUSED") {
+                    self.run(&["tasks", "resume", id], QUICK);
+                }
                 self.run(&["tasks", "kill", "-s", "SIGKILL", id], QUICK);
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while matches!(self.task_status(id).as_deref(), Some("RUNNING"))
@@ -455,6 +504,303 @@ fn containerd_detached_exec_kill_delete() {
         out.describe(),
         ctd.diagnostics()
     );
+    ctd.assert_container_gone(&id);
+}
+
+/// Lines in a text file (0 if it does not exist yet).
+fn line_count(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Waits up to `timeout` for `path` to reach more than `than` lines;
+/// returns the last count seen.
+fn wait_lines_above(path: &Path, than: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = line_count(path);
+        if n > than || Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The freezer state of cgroup `rel` as seen on the host: freezer.state of
+/// the v1 freezer hierarchy, else `frozen` of a v2 cgroup.events mapped to
+/// FROZEN/THAWED. None if no hierarchy has the cgroup.
+fn freezer_state(rel: &str) -> Option<String> {
+    let dirs = cgroup_dirs(rel);
+    if let Some(state) = dirs
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join("freezer.state")).ok())
+    {
+        return Some(state.trim().to_owned());
+    }
+    dirs.iter().find_map(|d| {
+        let events = std::fs::read_to_string(d.join("cgroup.events")).ok()?;
+        let frozen = events.lines().find_map(|l| l.strip_prefix("frozen "))?;
+        Some(
+            if frozen.trim() == "1" {
+                "FROZEN"
+            } else {
+                "THAWED"
+            }
+            .to_owned(),
+        )
+    })
+}
+
+/// Every pid in cgroup `rel` (its cgroup.procs in all hierarchies).
+fn cgroup_pids(rel: &str) -> HashSet<i32> {
+    cgroup_dirs(rel)
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The rows of `ctr tasks ps` (`PID  INFO`): pid and the rest of the line.
+fn parse_ctr_ps(stdout: &str) -> Vec<(i32, String)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (pid, info) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
+            Some((pid.parse().ok()?, info.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The value of `metric` in `ctr tasks metrics` table output
+/// (`METRIC  VALUE` rows), when it is a plain number.
+fn ctr_metric(stdout: &str, metric: &str) -> Option<u64> {
+    stdout.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next() == Some(metric)).then(|| f.next()?.parse().ok())?
+    })
+}
+
+/// pause/resume (the task really stops running while PAUSED), ps (init and
+/// exec'd pids, exactly the cgroup's processes), metrics from the cgroup,
+/// exec, kill and delete, all through containerd-shim-runc-v2 driving berth.
+#[test]
+fn containerd_pause_resume_ps_metrics() {
+    require_root();
+    let _serial = lock(&CONTAINERD);
+    let ctd = Containerd::start();
+    ctd.import_image();
+
+    // The container appends a line to a bind-mounted host file every
+    // 0.1 s: the file grows exactly while the task runs.
+    let out_dir = ctd.dir.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let ticks = out_dir.join("ticks");
+    let mount = format!(
+        "type=bind,src={},dst=/out,options=rbind:rw",
+        out_dir.display()
+    );
+    let id = unique("pause");
+    let cgroup = ctd.cgroup_of(&id);
+    let fifo = ctd.fifo_dir();
+    ctd.run_ok(
+        &[
+            "run",
+            "-d",
+            "--fifo-dir",
+            &fifo,
+            "--mount",
+            &mount,
+            "--runc-binary",
+            BERTH,
+            IMAGE_REF,
+            &id,
+            "sh",
+            "-c",
+            "while :; do echo tick >> /out/ticks; sleep 0.1; done",
+        ],
+        SLOW,
+    );
+    assert_eq!(
+        ctd.task_status(&id).as_deref(),
+        Some("RUNNING"),
+        "task {id} should be running after ctr run -d\n{}",
+        ctd.diagnostics()
+    );
+    let init_pid = ctd
+        .task_pid(&id)
+        .unwrap_or_else(|| panic!("no PID for {id} in ctr tasks ls\n{}", ctd.diagnostics()));
+    let n = wait_lines_above(&ticks, 2, Duration::from_secs(10));
+    assert!(
+        n > 2,
+        "the container wrote {n} line(s) to {} in 10 s while RUNNING\n{}",
+        ticks.display(),
+        ctd.diagnostics()
+    );
+
+    // A second, long-lived process: ps must list it with its exec id.
+    ctd.run_ok(
+        &[
+            "tasks",
+            "exec",
+            "--detach",
+            "--exec-id",
+            "sleeper",
+            "--fifo-dir",
+            &fifo,
+            &id,
+            "sleep",
+            "1000",
+        ],
+        SLOW,
+    );
+    let ps = ctd.run_ok(&["tasks", "ps", &id], QUICK);
+    let rows = parse_ctr_ps(&ps.stdout);
+    assert!(
+        rows.iter().any(|(pid, _)| *pid == init_pid),
+        "ctr tasks ps does not list the init pid {init_pid}: {}\n{}",
+        ps.describe(),
+        ctd.diagnostics()
+    );
+    let sleeper_pid = rows
+        .iter()
+        .find(|(_, info)| info.contains("sleeper"))
+        .map(|(pid, _)| *pid)
+        .unwrap_or_else(|| {
+            panic!(
+                "ctr tasks ps lists no process of exec `sleeper` (the shim matches \
+                 `berth ps --format json` against the exec's --pid-file): {}\n{}",
+                ps.describe(),
+                ctd.diagnostics()
+            )
+        });
+    assert_ne!(sleeper_pid, init_pid);
+
+    // Pause.
+    ctd.run_ok(&["tasks", "pause", &id], QUICK);
+    assert_eq!(
+        ctd.task_status(&id).as_deref(),
+        Some("PAUSED"),
+        "ctr tasks ls after ctr tasks pause\n{}",
+        ctd.diagnostics()
+    );
+    assert_eq!(
+        freezer_state(&cgroup).as_deref(),
+        Some("FROZEN"),
+        "the freezer of cgroup {cgroup} after ctr tasks pause (dirs {:?})",
+        cgroup_dirs(&cgroup)
+    );
+    let before = line_count(&ticks);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = line_count(&ticks);
+    assert_eq!(
+        before,
+        after,
+        "the container kept writing to {} while PAUSED",
+        ticks.display()
+    );
+
+    // While frozen the process set is stable: ps must be exactly the cgroup.
+    let ps = ctd.run_ok(&["tasks", "ps", &id], QUICK);
+    let listed: HashSet<i32> = parse_ctr_ps(&ps.stdout)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let in_cgroup = cgroup_pids(&cgroup);
+    assert!(
+        listed.contains(&init_pid) && listed.contains(&sleeper_pid),
+        "ctr tasks ps while PAUSED misses init {init_pid} or exec {sleeper_pid}: {}",
+        ps.describe()
+    );
+    assert_eq!(
+        listed,
+        in_cgroup,
+        "ctr tasks ps while PAUSED vs cgroup.procs of {cgroup}: {}",
+        ps.describe()
+    );
+    let metrics = ctd.run_ok(&["tasks", "metrics", &id], QUICK);
+    assert_eq!(
+        ctr_metric(&metrics.stdout, "pids.current"),
+        Some(listed.len() as u64),
+        "pids.current of ctr tasks metrics while PAUSED should count the {} process(es) ps lists: {}",
+        listed.len(),
+        metrics.describe()
+    );
+
+    // Resume.
+    ctd.run_ok(&["tasks", "resume", &id], QUICK);
+    assert_eq!(
+        ctd.task_status(&id).as_deref(),
+        Some("RUNNING"),
+        "ctr tasks ls after ctr tasks resume\n{}",
+        ctd.diagnostics()
+    );
+    assert_eq!(
+        freezer_state(&cgroup).as_deref(),
+        Some("THAWED"),
+        "the freezer of cgroup {cgroup} after ctr tasks resume"
+    );
+    let n = wait_lines_above(&ticks, after + 2, Duration::from_secs(10));
+    assert!(
+        n > after + 2,
+        "the container did not resume writing to {} ({after} lines when paused, {n} 10 s after resume)\n{}",
+        ticks.display(),
+        ctd.diagnostics()
+    );
+
+    // Metrics, read by the shim from the cgroup.
+    let metrics = ctd.run_ok(&["tasks", "metrics", &id], QUICK);
+    let memory = ctr_metric(&metrics.stdout, "memory.usage_in_bytes");
+    let pids = ctr_metric(&metrics.stdout, "pids.current");
+    assert!(
+        memory.is_some_and(|m| m > 0) && pids.is_some_and(|p| p >= 2),
+        "expected memory.usage_in_bytes > 0 and pids.current >= 2 (sh and the exec'd sleep) \
+         from {}\n{}",
+        metrics.describe(),
+        ctd.diagnostics()
+    );
+
+    let out = ctd.run(
+        &[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "x1",
+            "--fifo-dir",
+            &fifo,
+            &id,
+            "sh",
+            "-c",
+            "echo exec-ok; exit 3",
+        ],
+        SLOW,
+    );
+    assert!(
+        out.stdout.trim() == "exec-ok" && out.code == Some(3),
+        "expected exactly `exec-ok` and exit code 3 from {}\n{}",
+        out.describe(),
+        ctd.diagnostics()
+    );
+
+    ctd.run_ok(&["tasks", "kill", "-s", "SIGKILL", &id], QUICK);
+    ctd.wait_task_status(&id, "STOPPED", Duration::from_secs(20), "SIGKILL");
+    // The exec'd sleep dies with the container's pid namespace.
+    let gone = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{sleeper_pid}")).exists() && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !Path::new(&format!("/proc/{sleeper_pid}")).exists(),
+        "exec'd process {sleeper_pid} survived the container's SIGKILL"
+    );
+    ctd.run_ok(&["tasks", "delete", &id], QUICK);
+    ctd.run_ok(&["containers", "delete", &id], QUICK);
     ctd.assert_container_gone(&id);
 }
 

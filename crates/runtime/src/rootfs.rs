@@ -462,7 +462,7 @@ impl RootfsSetup<'_> {
             // Device nodes cannot be created in a user namespace: bind the host's.
             let file =
                 create_file_in_root(root, path).ctx(|| format!("creating {}", path.display()))?;
-            let host = device_host_path(kind, major, minor, path);
+            let host = device_host_path(kind, major, minor, path)?;
             sys::mount(
                 Some(&cstr(&host)),
                 &fd_path(file.as_fd()),
@@ -625,19 +625,51 @@ fn check_proc_destination(dest: &Path, typ: &str, is_bind: bool) -> Result<()> {
     Ok(())
 }
 
-/// Where the host has a device, for bind-mounting it in a user namespace.
-fn device_host_path(kind: u32, major: u64, minor: u64, container_path: &Path) -> PathBuf {
+/// Where the host has a device, for bind-mounting it in a user namespace:
+/// /dev/{char,block}/M:m, the same path on the host, or any node with that
+/// number under /dev (two levels deep).
+fn device_host_path(kind: u32, major: u64, minor: u64, container_path: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let wanted = sys::makedev(major, minor);
+    // Not following symlinks: /dev/stdin and friends point anywhere.
+    let matches = |p: &Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| {
+            let is_kind = if kind == libc::S_IFBLK {
+                m.file_type().is_block_device()
+            } else {
+                m.file_type().is_char_device()
+            };
+            is_kind && m.rdev() == wanted
+        })
+    };
     let sys_kind = if kind == libc::S_IFBLK {
         "block"
     } else {
         "char"
     };
-    let via_sys = PathBuf::from(format!("/dev/{sys_kind}/{major}:{minor}"));
-    if via_sys.exists() {
-        via_sys
-    } else {
-        container_path.to_path_buf()
+    let mut candidates = vec![
+        PathBuf::from(format!("/dev/{sys_kind}/{major}:{minor}")),
+        container_path.to_path_buf(),
+    ];
+    if let Ok(entries) = std::fs::read_dir("/dev") {
+        for e in entries.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                if let Ok(sub) = std::fs::read_dir(&path) {
+                    candidates.extend(sub.flatten().map(|s| s.path()));
+                }
+            } else {
+                candidates.push(path);
+            }
+        }
     }
+    candidates.into_iter().find(|p| matches(p)).ok_or_else(|| {
+        Error::InvalidConfig(format!(
+            "device {}: a user namespace cannot create device nodes and the host has no {} device {major}:{minor} to bind",
+            container_path.display(),
+            sys_kind
+        ))
+    })
 }
 
 /// Switches the process root into the prepared rootfs.

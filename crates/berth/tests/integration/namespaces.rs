@@ -54,11 +54,13 @@ fn user_namespace_maps_ids() {
         &[
             "sh",
             "-c",
-            "cat /proc/self/uid_map /proc/self/gid_map; id -u; readlink /proc/self/ns/user",
+            "cat /proc/self/uid_map /proc/self/gid_map; id -u; readlink /proc/self/ns/user; cat /dev/custom-null && echo devnode-ok",
         ],
         |c| {
             let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
             ns.push(json!({"type": "user"}));
+            // Device nodes cannot be made in a user namespace: the host's is bound.
+            c["linux"]["devices"] = json!([{"path": "/dev/custom-null", "type": "c", "major": 1, "minor": 3}]);
             c["linux"]["uidMappings"] =
                 json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
             c["linux"]["gidMappings"] =
@@ -73,6 +75,7 @@ fn user_namespace_maps_ids() {
     assert_eq!(lines[1], vec!["0", "100000", "65536"]);
     assert_eq!(lines[2], vec!["0"]);
     assert_ne!(lines[3][0], host_ns("user"));
+    assert_eq!(lines[4], vec!["devnode-ok"]);
 }
 
 #[test]

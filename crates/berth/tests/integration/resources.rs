@@ -619,3 +619,35 @@ fn seccomp_notify_hands_the_fd_to_the_listener() {
     assert_eq!(state["state"]["id"], env.id("c").as_str());
     assert!(state["pid"].as_i64().unwrap() > 0);
 }
+
+#[test]
+fn memory_policy_and_exec_cpu_affinity() {
+    let env = Env::new("resnuma");
+    let out = env.run_ok("c", &["sh", "-c", "head -1 /proc/self/numa_maps"], |c| {
+        c["linux"]["memoryPolicy"] = json!({"mode": "MPOL_BIND", "nodes": "0"});
+    });
+    assert!(out.contains("bind:0"), "{out}");
+    let bundle = env.bundle("bad", &["true"], |c| {
+        c["linux"]["memoryPolicy"] = json!({"mode": "MPOL_BIND"})
+    });
+    let err = env.fails(&["run", "--bundle", bundle.to_str().unwrap(), &env.id("bad")]);
+    assert!(err.contains("needs nodes"), "{err}");
+
+    let bundle = env.bundle("aff", &["sleep", "60"], |_| {});
+    let id = env.id("aff");
+    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    let process = env.dir.join("p.json");
+    std::fs::write(
+        &process,
+        json!({"args": ["sh", "-c", "grep Cpus_allowed_list /proc/self/status"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+               "env": ["PATH=/bin"], "execCPUAffinity": {"initial": "0", "final": "0"}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = env.ok(&["exec", "--process", process.to_str().unwrap(), &id]);
+    assert!(
+        out.trim().ends_with("\t0"),
+        "exec'd process pinned to CPU 0: {out}"
+    );
+    env.ok(&["delete", "--force", &id]);
+}
