@@ -1,0 +1,101 @@
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    #[error("invalid digest {0:?}")]
+    InvalidDigest(String),
+    #[error("content {digest}: expected {expected_size} bytes, got {actual_size}")]
+    SizeMismatch {
+        digest: String,
+        expected_size: u64,
+        actual_size: u64,
+    },
+    #[error("content {expected}: data hashes to {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("blob {0} is not in the content store")]
+    BlobNotFound(String),
+    #[error("image {0:?} not found")]
+    ImageNotFound(String),
+    #[error("{0}")]
+    Registry(String),
+    #[error("unsupported media type {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("no manifest for platform {platform} in {reference}")]
+    NoPlatform { platform: String, reference: String },
+    #[error("parsing {what}: {message}")]
+    Parse { what: String, message: String },
+    /// A layer tried to escape its snapshot or is otherwise unsafe to apply.
+    #[error("layer {layer}: entry {entry:?}: {reason}")]
+    UnsafeLayer {
+        layer: String,
+        entry: String,
+        reason: String,
+    },
+    #[error("layer {layer}: diff id is {actual}, the image config says {expected}")]
+    DiffIdMismatch {
+        layer: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
+    #[error("rootfs {0:?} already exists")]
+    RootfsExists(String),
+    #[error("metadata store: {0}")]
+    Metadata(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) trait Context<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
+    }
+}
+
+impl<T> Context<T> for rustix::io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::Io {
+            context: context(),
+            source: e.into(),
+        })
+    }
+}
+
+pub(crate) fn io_path(path: &std::path::Path) -> impl FnOnce() -> String + '_ {
+    move || path.display().to_string()
+}
+
+impl From<redb::Error> for Error {
+    fn from(e: redb::Error) -> Self {
+        Error::Metadata(e.to_string())
+    }
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Metadata(e.to_string())
+            }
+        }
+    )*};
+}
+redb_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

@@ -1,0 +1,20 @@
+//! berth-image: the image layer. Turns image references into content-
+//! addressed blobs and unpacked overlayfs snapshots. Knows nothing of
+//! containers or pods.
+
+pub mod content;
+pub mod digest;
+mod error;
+mod layout;
+mod metadata;
+pub mod pull;
+pub mod reference;
+mod store;
+pub mod unpack;
+
+pub use error::{Error, Result};
+pub use pull::{Auth, Progress, ProgressFn, PullOptions};
+pub use reference::Reference;
+pub use store::{
+    mount_overlay, FsUsage, GcStats, Image, ImageConfig, ImageStore, RootfsMount, StoreOptions,
+};

@@ -1,0 +1,450 @@
+//! Pulling from OCI distribution registries with oci-client.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Client;
+
+use crate::digest::Digest;
+use crate::reference::Reference;
+use crate::store::{Image, ImageStore};
+use crate::{Error, Result};
+
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// Credentials for a pull.
+#[derive(Debug, Clone, Default)]
+pub enum Auth {
+    #[default]
+    Anonymous,
+    Basic {
+        username: String,
+        password: String,
+    },
+    /// A registry token (CRI's `registry_token`).
+    Bearer(String),
+}
+
+/// Bytes done of one layer's download.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub digest: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub struct PullOptions {
+    pub auth: Auth,
+    pub progress: Option<ProgressFn>,
+    /// Overrides the store's platform (`os/arch[/variant]`).
+    pub platform: Option<String>,
+}
+
+pub fn default_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+fn registry_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Registry(format!("{what}: {e}"))
+}
+
+/// Whether a registry may be reached over plain http.
+fn insecure(store: &ImageStore, registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            registry
+        }
+    });
+    host == "localhost"
+        || host == "127.0.0.1"
+        || host == "[::1]"
+        || store
+            .options()
+            .insecure_registries
+            .iter()
+            .any(|r| r == registry || r == host)
+}
+
+/// The media type of a manifest or index document.
+pub fn media_type_of_doc(bytes: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if let Some(mt) = v["mediaType"].as_str() {
+        return Some(mt.to_owned());
+    }
+    // OCI documents may omit mediaType: tell them apart by shape.
+    if v["manifests"].is_array() {
+        Some(OCI_INDEX.into())
+    } else if v["layers"].is_array() {
+        Some(OCI_MANIFEST.into())
+    } else {
+        None
+    }
+}
+
+/// The manifest for `platform` in an index (os/arch and, if asked, variant).
+pub fn select_platform(index: &[u8], platform: &str) -> Result<Option<(Digest, String, u64)>> {
+    let v: serde_json::Value = serde_json::from_slice(index).map_err(|e| Error::Parse {
+        what: "image index".into(),
+        message: e.to_string(),
+    })?;
+    let mut want = platform.split('/');
+    let (os, arch, variant) = (
+        want.next().unwrap_or("linux"),
+        want.next().unwrap_or("amd64"),
+        want.next(),
+    );
+    let manifests = v["manifests"].as_array().cloned().unwrap_or_default();
+    let candidates: Vec<&serde_json::Value> = manifests
+        .iter()
+        .filter(|m| {
+            m["platform"]["os"].as_str() == Some(os)
+                && m["platform"]["architecture"].as_str() == Some(arch)
+        })
+        .collect();
+    let chosen = match variant {
+        Some(var) => candidates
+            .iter()
+            .find(|m| m["platform"]["variant"].as_str() == Some(var))
+            .copied(),
+        None => candidates.first().copied(),
+    };
+    let Some(m) = chosen else { return Ok(None) };
+    let digest = Digest::parse(m["digest"].as_str().unwrap_or(""))?;
+    Ok(Some((
+        digest,
+        m["mediaType"].as_str().unwrap_or(OCI_MANIFEST).to_owned(),
+        m["size"].as_u64().unwrap_or(0),
+    )))
+}
+
+/// A layer as a manifest lists it: digest, media type, size.
+pub type LayerDesc = (Digest, String, u64);
+
+/// The config (digest, size) and layers a manifest lists.
+pub fn manifest_parts(bytes: &[u8]) -> Result<((Digest, u64), Vec<LayerDesc>)> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::Parse {
+        what: "image manifest".into(),
+        message: e.to_string(),
+    })?;
+    if v["schemaVersion"].as_u64() != Some(2) {
+        return Err(Error::UnsupportedMediaType(format!(
+            "manifest schemaVersion {}",
+            v["schemaVersion"]
+        )));
+    }
+    let config = (
+        Digest::parse(v["config"]["digest"].as_str().unwrap_or(""))?,
+        v["config"]["size"].as_u64().unwrap_or(0),
+    );
+    let mut layers = Vec::new();
+    for l in v["layers"].as_array().cloned().unwrap_or_default() {
+        let mt = l["mediaType"].as_str().unwrap_or("").to_owned();
+        if crate::unpack::Compression::from_media_type(&mt).is_none() {
+            return Err(Error::UnsupportedMediaType(mt));
+        }
+        layers.push((
+            Digest::parse(l["digest"].as_str().unwrap_or(""))?,
+            mt,
+            l["size"].as_u64().unwrap_or(0),
+        ));
+    }
+    Ok((config, layers))
+}
+
+struct Remote {
+    client: Client,
+    reference: oci_client::Reference,
+    auth: RegistryAuth,
+}
+
+impl Remote {
+    fn at_digest(&self, d: &Digest) -> oci_client::Reference {
+        oci_client::Reference::with_digest(
+            self.reference.registry().to_owned(),
+            self.reference.repository().to_owned(),
+            d.to_string(),
+        )
+    }
+
+    async fn manifest(&self, reference: &oci_client::Reference) -> Result<(bytes::Bytes, Digest)> {
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(
+                reference,
+                &self.auth,
+                &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST],
+            )
+            .await
+            .map_err(|e| registry_error(&format!("fetching the manifest of {reference}"), e))?;
+        let actual = Digest::of(&bytes);
+        if let Ok(claimed) = Digest::parse(&digest) {
+            if claimed != actual {
+                return Err(Error::DigestMismatch {
+                    expected: claimed.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+        }
+        Ok((bytes, actual))
+    }
+}
+
+impl ImageStore {
+    fn remote(&self, r: &Reference, auth: &Auth) -> Result<Remote> {
+        let protocol = if insecure(self, &r.registry) {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        };
+        let client = Client::new(ClientConfig {
+            protocol,
+            platform_resolver: None,
+            max_concurrent_download: self.options().max_concurrent_downloads,
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(300)),
+            ..Default::default()
+        });
+        let reference: oci_client::Reference =
+            r.full().parse().map_err(|e| Error::InvalidReference {
+                reference: r.full(),
+                reason: format!("{e}"),
+            })?;
+        let auth = match auth {
+            Auth::Anonymous => RegistryAuth::Anonymous,
+            Auth::Basic { username, password } => {
+                RegistryAuth::Basic(username.clone(), password.clone())
+            }
+            Auth::Bearer(t) => RegistryAuth::Bearer(t.clone()),
+        };
+        Ok(Remote {
+            client,
+            reference,
+            auth,
+        })
+    }
+
+    /// Pulls an image: manifest (chosen from an index by platform), config
+    /// and layers (in parallel, retried, verified), unpacked into snapshots.
+    pub async fn pull(self: &Arc<Self>, reference: &str, opts: &PullOptions) -> Result<Image> {
+        let r = Reference::parse(reference)?;
+        let remote = Arc::new(self.remote(&r, &opts.auth)?);
+        let (mut bytes, mut manifest_digest) = self
+            .retry("the manifest", || remote.manifest(&remote.reference))
+            .await?;
+        if let Some(d) = &r.digest {
+            if d != &manifest_digest {
+                return Err(Error::DigestMismatch {
+                    expected: d.to_string(),
+                    actual: manifest_digest.to_string(),
+                });
+            }
+        }
+        let mut media_type = media_type_of_doc(&bytes)
+            .ok_or_else(|| Error::UnsupportedMediaType("unknown manifest".into()))?;
+        let mut index = None;
+        if media_type == OCI_INDEX || media_type == DOCKER_LIST {
+            let platform = opts
+                .platform
+                .clone()
+                .unwrap_or_else(|| self.options().platform.clone());
+            let (d, mt, _) =
+                select_platform(&bytes, &platform)?.ok_or_else(|| Error::NoPlatform {
+                    platform: platform.clone(),
+                    reference: r.full(),
+                })?;
+            self.content.write_bytes(&bytes)?;
+            index = Some(manifest_digest.clone());
+            let at = remote.at_digest(&d);
+            let (b, got) = self
+                .retry("the platform manifest", || remote.manifest(&at))
+                .await?;
+            if got != d {
+                return Err(Error::DigestMismatch {
+                    expected: d.to_string(),
+                    actual: got.to_string(),
+                });
+            }
+            bytes = b;
+            manifest_digest = got;
+            media_type = media_type_of_doc(&bytes).unwrap_or(mt);
+        }
+        if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
+            return Err(Error::UnsupportedMediaType(media_type));
+        }
+        self.content.write_bytes(&bytes)?;
+        let ((config, config_size), layers) = manifest_parts(&bytes)?;
+        if !self.content.exists(&config) {
+            self.fetch_blob(&remote, &config, config_size, None).await?;
+        }
+        // Downloads run in parallel; each layer is unpacked as soon as it and
+        // the layers below it are in.
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(
+            self.options().max_concurrent_downloads.max(1),
+        ));
+        let mut downloads = Vec::new();
+        for (digest, _, size) in &layers {
+            let store = Arc::clone(self);
+            let remote = Arc::clone(&remote);
+            let semaphore = Arc::clone(&semaphore);
+            let progress = opts.progress.clone();
+            let (digest, size) = (digest.clone(), *size);
+            downloads.push(tokio::spawn(async move {
+                if store.content.exists(&digest) {
+                    if let Some(p) = &progress {
+                        p(&Progress {
+                            digest: digest.to_string(),
+                            done: size,
+                            total: size,
+                        });
+                    }
+                    return Ok(());
+                }
+                let _permit = semaphore
+                    .acquire()
+                    .await
+                    .map_err(|e| Error::Registry(e.to_string()))?;
+                store
+                    .fetch_blob(&remote, &digest, size, progress.as_ref())
+                    .await
+            }));
+        }
+        let names = vec![r.full()];
+        let records = {
+            let mut done = Vec::new();
+            for d in downloads {
+                done.push(
+                    d.await
+                        .map_err(|e| Error::Registry(format!("download task: {e}")))?,
+                );
+            }
+            done.into_iter().collect::<Result<Vec<()>>>()?;
+            self.prepare_records(
+                &names,
+                &manifest_digest,
+                &media_type,
+                index.as_ref(),
+                &config,
+                &layers,
+            )?
+        };
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            for (i, l) in records[0].layers.iter().enumerate() {
+                let parent = (i > 0)
+                    .then(|| Digest::parse(&records[0].layers[i - 1].chain_id))
+                    .transpose()?;
+                store.unpack_layer(
+                    &Digest::parse(&l.digest)?,
+                    &l.media_type,
+                    &Digest::parse(&l.diff_id)?,
+                    &Digest::parse(&l.chain_id)?,
+                    parent.as_ref(),
+                )?;
+            }
+            store.meta.put_images(&records)
+        })
+        .await
+        .map_err(|e| Error::Registry(format!("unpack task: {e}")))??;
+        self.status(&r.full())?
+            .ok_or_else(|| Error::ImageNotFound(r.full()))
+    }
+
+    async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let attempts = self.options().retries.max(1);
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=attempts {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e @ Error::Registry(_))
+                | Err(e @ Error::DigestMismatch { .. })
+                | Err(e @ Error::SizeMismatch { .. })
+                    if attempt < attempts =>
+                {
+                    log::warn!("fetching {what} (attempt {attempt}/{attempts}): {e}");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("attempts >= 1")
+    }
+
+    /// Downloads one blob into the content store, verified, with retries.
+    async fn fetch_blob(
+        &self,
+        remote: &Remote,
+        digest: &Digest,
+        size: u64,
+        progress: Option<&ProgressFn>,
+    ) -> Result<()> {
+        self.retry(&format!("blob {digest}"), || async {
+            let reference = remote.at_digest(digest);
+            let descriptor = oci_client::manifest::OciDescriptor {
+                digest: digest.to_string(),
+                size: size as i64,
+                ..Default::default()
+            };
+            let mut stream = remote
+                .client
+                .pull_blob_stream(&reference, &descriptor)
+                .await
+                .map_err(|e| registry_error(&format!("fetching blob {digest}"), e))?;
+            let mut writer = self.content.writer(digest, (size > 0).then_some(size))?;
+            let mut last_report = 0u64;
+            while let Some(chunk) = stream.stream.next().await {
+                let chunk =
+                    chunk.map_err(|e| registry_error(&format!("reading blob {digest}"), e))?;
+                writer.write_all(&chunk).map_err(|e| Error::Io {
+                    context: format!("writing blob {digest}"),
+                    source: e,
+                })?;
+                let done = writer.written();
+                if let Some(p) = progress {
+                    if done - last_report >= 1 << 20 || done == size {
+                        last_report = done;
+                        p(&Progress {
+                            digest: digest.to_string(),
+                            done,
+                            total: size,
+                        });
+                    }
+                }
+            }
+            let done = writer.written();
+            writer.commit()?;
+            if let Some(p) = progress {
+                p(&Progress {
+                    digest: digest.to_string(),
+                    done,
+                    total: size.max(done),
+                });
+            }
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,851 @@
+//! Applying a layer (a tar stream, maybe compressed) into a new, empty
+//! snapshot directory that overlayfs will stack on the lower layers.
+//!
+//! Whiteouts become overlayfs whiteouts (a 0:0 character device) and opaque
+//! markers the `trusted.overlay.opaque` xattr. Every path is resolved under
+//! the snapshot root with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS):
+//! an entry with `..`, an absolute path, a path through a symlink (planted
+//! by this layer or a lower one) or a hardlink leaving the layer is refused
+//! with an error naming it, before anything is written for it.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, XattrFlags};
+
+use crate::digest::{Digest, HashReader};
+use crate::{Error, Result};
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// What applying a layer produced.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub diff_id: Digest,
+    pub size: u64,
+    pub inodes: u64,
+}
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn from_media_type(media_type: &str) -> Option<Compression> {
+        let base = media_type
+            .strip_prefix("application/")
+            .unwrap_or(media_type);
+        if base.ends_with("+gzip") || base.ends_with(".tar.gzip") || base.ends_with("tar.gzip") {
+            Some(Compression::Gzip)
+        } else if base.ends_with("+zstd") || base.ends_with(".tar.zstd") {
+            Some(Compression::Zstd)
+        } else if base.ends_with(".tar") || base.ends_with("tar") {
+            Some(Compression::None)
+        } else {
+            None
+        }
+    }
+
+    /// Guesses from the first bytes (for archives without media types).
+    pub fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
+    pub fn decoder<'a, R: Read + 'a>(self, r: R) -> io::Result<Box<dyn Read + 'a>> {
+        Ok(match self {
+            Compression::None => Box::new(r),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+                io::BufReader::with_capacity(256 * 1024, r),
+            )),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+        })
+    }
+}
+
+/// One path inside the snapshot, as clean components.
+type Components = Vec<OsString>;
+
+fn beneath() -> ResolveFlags {
+    ResolveFlags::BENEATH
+        | ResolveFlags::NO_SYMLINKS
+        | ResolveFlags::NO_MAGICLINKS
+        | ResolveFlags::NO_XDEV
+}
+
+fn rel_path(components: &[OsString]) -> PathBuf {
+    if components.is_empty() {
+        PathBuf::from(".")
+    } else {
+        components.iter().collect()
+    }
+}
+
+/// A tar entry name to clean components; refuses absolute paths and `..`.
+fn clean(raw: &[u8]) -> std::result::Result<Components, &'static str> {
+    // "/" alone is the layer root (umoci writes it); any other absolute
+    // name tries to reach outside the snapshot.
+    if raw.first() == Some(&b'/') && raw.iter().any(|b| *b != b'/') {
+        return Err("absolute paths are not allowed in a layer");
+    }
+    let mut out = Vec::new();
+    for part in raw.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return Err("\"..\" is not allowed in a layer path"),
+            p => out.push(OsStr::from_bytes(p).to_owned()),
+        }
+    }
+    Ok(out)
+}
+
+/// What is at a path in the merged view of the lower layers.
+#[derive(Debug)]
+enum Lower {
+    Absent,
+    Dir { mode: u32, uid: u32, gid: u32 },
+    Symlink,
+    File { path: PathBuf },
+    Other,
+}
+
+struct Applier<'a> {
+    layer: String,
+    root: OwnedFd,
+    lowers: &'a [PathBuf],
+    dir_times: Vec<(Components, i64)>,
+    size: u64,
+    inodes: u64,
+}
+
+fn is_whiteout(st: &rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
+}
+
+impl Applier<'_> {
+    fn unsafe_entry(&self, entry: &[u8], reason: impl Into<String>) -> Error {
+        Error::UnsafeLayer {
+            layer: self.layer.clone(),
+            entry: String::from_utf8_lossy(entry).into_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    fn io(&self, entry: &[u8], what: &str, e: impl Into<io::Error>) -> Error {
+        Error::Io {
+            context: format!(
+                "layer {}: entry {:?}: {what}",
+                self.layer,
+                String::from_utf8_lossy(entry)
+            ),
+            source: e.into(),
+        }
+    }
+
+    /// The merged lower view of `path` (top layer first), honouring
+    /// whiteouts and opaque directories of the lower layers.
+    fn lower_lookup(&self, path: &[OsString]) -> Lower {
+        'layers: for lower in self.lowers {
+            let Ok(mut dir) = rustix::fs::open(
+                lower,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) else {
+                continue;
+            };
+            for (i, name) in path.iter().enumerate() {
+                let st = match rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                {
+                    Ok(st) => st,
+                    Err(_) => {
+                        // Not in this layer: an opaque ancestor here hides lower layers.
+                        if i > 0 && is_opaque(&dir) {
+                            return Lower::Absent;
+                        }
+                        continue 'layers;
+                    }
+                };
+                if is_whiteout(&st) {
+                    return Lower::Absent;
+                }
+                let ft = FileType::from_raw_mode(st.st_mode);
+                let last = i + 1 == path.len();
+                if last {
+                    return match ft {
+                        FileType::Directory => Lower::Dir {
+                            mode: st.st_mode & 0o7777,
+                            uid: st.st_uid,
+                            gid: st.st_gid,
+                        },
+                        FileType::Symlink => Lower::Symlink,
+                        FileType::RegularFile => Lower::File {
+                            path: lower.join(rel_path(path)),
+                        },
+                        _ => Lower::Other,
+                    };
+                }
+                match ft {
+                    FileType::Directory => {
+                        match rustix::fs::openat2(
+                            &dir,
+                            name.as_os_str(),
+                            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                            Mode::empty(),
+                            beneath(),
+                        ) {
+                            Ok(d) => dir = d,
+                            Err(_) => continue 'layers,
+                        }
+                    }
+                    FileType::Symlink => return Lower::Symlink,
+                    _ => return Lower::Other,
+                }
+            }
+        }
+        Lower::Absent
+    }
+
+    /// Opens (creating as needed) the parent directory of an entry inside
+    /// the new layer. Directories that exist below are recreated with their
+    /// owner and mode, as overlayfs would copy them up.
+    fn parent(&mut self, entry: &[u8], parents: &[OsString]) -> Result<OwnedFd> {
+        let mut dir = rustix::io::dup(&self.root).map_err(|e| self.io(entry, "dup", e))?;
+        for (i, name) in parents.iter().enumerate() {
+            match rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Directory => {}
+                    FileType::Symlink => {
+                        return Err(self.unsafe_entry(
+                            entry,
+                            format!(
+                                "{:?} is a symlink: writing through it is refused",
+                                rel_path(&parents[..=i])
+                            ),
+                        ))
+                    }
+                    _ if is_whiteout(&st) => {
+                        // Deleted earlier in this layer and now recreated: a new, opaque directory.
+                        rustix::fs::unlinkat(&dir, name.as_os_str(), AtFlags::empty())
+                            .map_err(|e| self.io(entry, "replacing a whiteout", e))?;
+                        rustix::fs::mkdirat(&dir, name.as_os_str(), Mode::from_raw_mode(0o755))
+                            .map_err(|e| self.io(entry, "mkdir", e))?;
+                        self.inodes += 1;
+                    }
+                    _ => {
+                        return Err(self.unsafe_entry(
+                            entry,
+                            format!("{:?} is not a directory", rel_path(&parents[..=i])),
+                        ))
+                    }
+                },
+                Err(rustix::io::Errno::NOENT) => {
+                    let (mode, uid, gid) = match self.lower_lookup(&parents[..=i]) {
+                        Lower::Absent => (0o755, 0, 0),
+                        Lower::Dir { mode, uid, gid } => (mode, uid, gid),
+                        Lower::Symlink => {
+                            return Err(self.unsafe_entry(
+                                entry,
+                                format!(
+                                "{:?} is a symlink in a lower layer: writing through it is refused",
+                                rel_path(&parents[..=i])
+                            ),
+                            ))
+                        }
+                        Lower::File { .. } | Lower::Other => {
+                            return Err(self.unsafe_entry(
+                                entry,
+                                format!(
+                                    "{:?} is not a directory in a lower layer",
+                                    rel_path(&parents[..=i])
+                                ),
+                            ))
+                        }
+                    };
+                    rustix::fs::mkdirat(&dir, name.as_os_str(), Mode::from_raw_mode(mode))
+                        .map_err(|e| self.io(entry, "mkdir", e))?;
+                    rustix::fs::chownat(
+                        &dir,
+                        name.as_os_str(),
+                        Some(rustix::fs::Uid::from_raw(uid)),
+                        Some(rustix::fs::Gid::from_raw(gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| self.io(entry, "chown", e))?;
+                    rustix::fs::chmodat(
+                        &dir,
+                        name.as_os_str(),
+                        Mode::from_raw_mode(mode),
+                        AtFlags::empty(),
+                    )
+                    .map_err(|e| self.io(entry, "chmod", e))?;
+                    self.inodes += 1;
+                }
+                Err(e) => return Err(self.io(entry, "stat", e)),
+            }
+            dir = rustix::fs::openat2(
+                &dir,
+                name.as_os_str(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                beneath(),
+            )
+            .map_err(|e| self.io(entry, "opening a parent directory", e))?;
+        }
+        Ok(dir)
+    }
+
+    /// Removes whatever this layer already has at `name` (a file, or a whole directory).
+    fn remove_existing(&self, entry: &[u8], dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                let sub = rustix::fs::openat2(
+                    dir,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    beneath(),
+                )
+                .map_err(|e| self.io(entry, "opening a directory to replace", e))?;
+                remove_tree(sub).map_err(|e| self.io(entry, "removing a replaced directory", e))?;
+                rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+                    .map_err(|e| self.io(entry, "rmdir", e))
+            }
+            Ok(_) => rustix::fs::unlinkat(dir, name, AtFlags::empty())
+                .map_err(|e| self.io(entry, "unlink", e)),
+            Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(self.io(entry, "stat", e)),
+        }
+    }
+
+    fn apply_entry<R: Read>(&mut self, mut e: tar::Entry<'_, R>) -> Result<()> {
+        let raw = e.path_bytes().into_owned();
+        let components = clean(&raw).map_err(|reason| self.unsafe_entry(&raw, reason))?;
+        let header = e.header().clone();
+        let kind = header.entry_type();
+        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let uid = header.uid().unwrap_or(0) as u32;
+        let gid = header.gid().unwrap_or(0) as u32;
+        let mtime = header.mtime().unwrap_or(0) as i64;
+        let xattrs = pax_xattrs(&mut e);
+
+        let Some((name, parents)) = components.split_last() else {
+            // "./": the layer's root directory itself.
+            if kind.is_dir() {
+                rustix::fs::chownat(
+                    &self.root,
+                    ".",
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    AtFlags::empty(),
+                )
+                .map_err(|err| self.io(&raw, "chown", err))?;
+                rustix::fs::chmodat(&self.root, ".", Mode::from_raw_mode(mode), AtFlags::empty())
+                    .map_err(|err| self.io(&raw, "chmod", err))?;
+            }
+            return Ok(());
+        };
+        let parent = self.parent(&raw, parents)?;
+        let name_str = name.to_string_lossy();
+
+        if name_str == OPAQUE_MARKER {
+            let dir = rustix::fs::openat(
+                &parent,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|err| self.io(&raw, "opening an opaque directory", err))?;
+            rustix::fs::fsetxattr(&dir, OPAQUE_XATTR, b"y", XattrFlags::empty())
+                .map_err(|err| self.io(&raw, "marking a directory opaque", err))?;
+            return Ok(());
+        }
+        if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
+            if hidden.is_empty()
+                || hidden.starts_with(WHITEOUT_PREFIX)
+                || hidden == "."
+                || hidden == ".."
+            {
+                return Err(self.unsafe_entry(&raw, "malformed whiteout"));
+            }
+            let hidden = OsStr::new(hidden);
+            self.remove_existing(&raw, parent.as_fd(), hidden)?;
+            rustix::fs::mknodat(&parent, hidden, FileType::CharacterDevice, Mode::empty(), 0)
+                .map_err(|err| self.io(&raw, "creating a whiteout", err))?;
+            self.inodes += 1;
+            return Ok(());
+        }
+
+        use tar::EntryType as T;
+        match kind {
+            T::Directory => {
+                let exists_as_dir = matches!(rustix::fs::statat(&parent, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW), Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory);
+                if !exists_as_dir {
+                    self.remove_existing(&raw, parent.as_fd(), name)?;
+                    rustix::fs::mkdirat(&parent, name.as_os_str(), Mode::from_raw_mode(0o700))
+                        .map_err(|err| self.io(&raw, "mkdir", err))?;
+                    self.inodes += 1;
+                }
+                self.set_owner_mode(&raw, parent.as_fd(), name, uid, gid, Some(mode))?;
+                if !xattrs.is_empty() {
+                    let fd = rustix::fs::openat2(
+                        &parent,
+                        name.as_os_str(),
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                        beneath(),
+                    )
+                    .map_err(|err| self.io(&raw, "opening a directory", err))?;
+                    self.set_xattrs(&raw, fd.as_fd(), &xattrs)?;
+                }
+                self.dir_times.push((components.clone(), mtime));
+            }
+            T::Regular | T::Continuous => {
+                self.remove_existing(&raw, parent.as_fd(), name)?;
+                let fd = rustix::fs::openat(
+                    &parent,
+                    name.as_os_str(),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|err| self.io(&raw, "creating a file", err))?;
+                let mut file = File::from(fd);
+                let n = io::copy(&mut e, &mut file)
+                    .map_err(|err| self.io(&raw, "writing a file", err))?;
+                self.size += n;
+                self.inodes += 1;
+                rustix::fs::fchown(
+                    &file,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                )
+                .map_err(|err| self.io(&raw, "chown", err))?;
+                rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))
+                    .map_err(|err| self.io(&raw, "chmod", err))?;
+                self.set_xattrs(&raw, file.as_fd(), &xattrs)?;
+                let t = rustix::fs::Timestamps {
+                    last_access: rustix::fs::Timespec {
+                        tv_sec: mtime,
+                        tv_nsec: 0,
+                    },
+                    last_modification: rustix::fs::Timespec {
+                        tv_sec: mtime,
+                        tv_nsec: 0,
+                    },
+                };
+                rustix::fs::futimens(&file, &t)
+                    .map_err(|err| self.io(&raw, "setting times", err))?;
+            }
+            T::Symlink => {
+                let target = e
+                    .link_name_bytes()
+                    .ok_or_else(|| self.unsafe_entry(&raw, "symlink without a target"))?
+                    .into_owned();
+                self.remove_existing(&raw, parent.as_fd(), name)?;
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), &parent, name.as_os_str())
+                    .map_err(|err| self.io(&raw, "creating a symlink", err))?;
+                self.inodes += 1;
+                self.set_owner_mode(&raw, parent.as_fd(), name, uid, gid, None)?;
+                set_times_at(parent.as_fd(), name, mtime)
+                    .map_err(|err| self.io(&raw, "setting times", err))?;
+            }
+            T::Link => {
+                let target_raw = e
+                    .link_name_bytes()
+                    .ok_or_else(|| self.unsafe_entry(&raw, "hardlink without a target"))?
+                    .into_owned();
+                let target = clean(&target_raw).map_err(|reason| {
+                    self.unsafe_entry(
+                        &raw,
+                        format!(
+                            "hardlink target {:?}: {reason}",
+                            String::from_utf8_lossy(&target_raw)
+                        ),
+                    )
+                })?;
+                if target.is_empty() {
+                    return Err(self.unsafe_entry(&raw, "hardlink to the layer root"));
+                }
+                let source = self.link_source(&raw, &target)?;
+                self.remove_existing(&raw, parent.as_fd(), name)?;
+                rustix::fs::linkat(&source, "", &parent, name.as_os_str(), AtFlags::EMPTY_PATH)
+                    .map_err(|err| self.io(&raw, "creating a hardlink", err))?;
+            }
+            T::Char | T::Block | T::Fifo => {
+                let ft = match kind {
+                    T::Char => FileType::CharacterDevice,
+                    T::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0) as u64;
+                let minor = header.device_minor().ok().flatten().unwrap_or(0) as u64;
+                if ft == FileType::CharacterDevice && major == 0 && minor == 0 {
+                    return Err(self.unsafe_entry(
+                        &raw,
+                        "a 0:0 character device is an overlay whiteout; layers use .wh. files",
+                    ));
+                }
+                self.remove_existing(&raw, parent.as_fd(), name)?;
+                rustix::fs::mknodat(
+                    &parent,
+                    name.as_os_str(),
+                    ft,
+                    Mode::from_raw_mode(mode),
+                    rustix::fs::makedev(major as u32, minor as u32),
+                )
+                .map_err(|err| self.io(&raw, "mknod", err))?;
+                self.inodes += 1;
+                self.set_owner_mode(&raw, parent.as_fd(), name, uid, gid, Some(mode))?;
+                set_times_at(parent.as_fd(), name, mtime)
+                    .map_err(|err| self.io(&raw, "setting times", err))?;
+            }
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => {}
+            other => {
+                return Err(self.unsafe_entry(&raw, format!("unsupported tar entry type {other:?}")))
+            }
+        }
+        Ok(())
+    }
+
+    /// The file a hardlink points to, inside this layer; a file of a lower
+    /// layer is copied up first (overlayfs cannot link across layers).
+    fn link_source(&mut self, entry: &[u8], target: &[OsString]) -> Result<OwnedFd> {
+        let rel = rel_path(target);
+        match rustix::fs::openat2(
+            &self.root,
+            &rel,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            beneath(),
+        ) {
+            Ok(fd) => {
+                let st = rustix::fs::fstat(&fd).map_err(|e| self.io(entry, "stat", e))?;
+                if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                    return Err(self.unsafe_entry(entry, "hardlink to a directory"));
+                }
+                return Ok(fd);
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(rustix::io::Errno::XDEV) | Err(rustix::io::Errno::LOOP) => {
+                return Err(self.unsafe_entry(
+                    entry,
+                    format!("hardlink target {rel:?} goes through a symlink"),
+                ))
+            }
+            Err(e) => return Err(self.io(entry, "opening a hardlink target", e)),
+        }
+        let Lower::File { path } = self.lower_lookup(target) else {
+            return Err(self.unsafe_entry(
+                entry,
+                format!("hardlink target {rel:?} is not a file of this image"),
+            ));
+        };
+        let (name, parents) = target.split_last().expect("not empty");
+        let parent = self.parent(entry, parents)?;
+        let mut src =
+            File::open(&path).map_err(|e| self.io(entry, "opening a lower file to copy up", e))?;
+        let meta = src.metadata().map_err(|e| self.io(entry, "stat", e))?;
+        let fd = rustix::fs::openat(
+            &parent,
+            name.as_os_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| self.io(entry, "copying up a hardlink target", e))?;
+        let mut dst = File::from(fd);
+        io::copy(&mut src, &mut dst)
+            .map_err(|e| self.io(entry, "copying up a hardlink target", e))?;
+        use std::os::unix::fs::MetadataExt;
+        rustix::fs::fchown(
+            &dst,
+            Some(rustix::fs::Uid::from_raw(meta.uid())),
+            Some(rustix::fs::Gid::from_raw(meta.gid())),
+        )
+        .map_err(|e| self.io(entry, "chown", e))?;
+        rustix::fs::fchmod(&dst, Mode::from_raw_mode(meta.mode() & 0o7777))
+            .map_err(|e| self.io(entry, "chmod", e))?;
+        self.size += meta.len();
+        self.inodes += 1;
+        rustix::fs::openat2(
+            &self.root,
+            &rel,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            beneath(),
+        )
+        .map_err(|e| self.io(entry, "opening a copied-up file", e))
+    }
+
+    fn set_owner_mode(
+        &self,
+        entry: &[u8],
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        uid: u32,
+        gid: u32,
+        mode: Option<u32>,
+    ) -> Result<()> {
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io(entry, "chown", e))?;
+        if let Some(mode) = mode {
+            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())
+                .map_err(|e| self.io(entry, "chmod", e))?;
+        }
+        Ok(())
+    }
+
+    fn set_xattrs(
+        &self,
+        entry: &[u8],
+        fd: BorrowedFd<'_>,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> Result<()> {
+        for (key, value) in xattrs {
+            // Overlayfs's own attributes would let a layer forge whiteouts or redirects.
+            if key.starts_with("trusted.overlay.") {
+                continue;
+            }
+            if let Err(e) = rustix::fs::fsetxattr(fd, key.as_str(), value, XattrFlags::empty()) {
+                if e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::PERM {
+                    log::debug!(
+                        "layer {}: {:?}: xattr {key} not supported here",
+                        self.layer,
+                        String::from_utf8_lossy(entry)
+                    );
+                    continue;
+                }
+                return Err(self.io(entry, &format!("setting xattr {key}"), e));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_opaque(dir: &OwnedFd) -> bool {
+    let Ok(fd) = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let mut buf = [0u8; 4];
+    matches!(rustix::fs::fgetxattr(&fd, OPAQUE_XATTR, &mut buf), Ok(1) if buf[0] == b'y')
+}
+
+fn set_times_at(dir: BorrowedFd<'_>, name: &OsStr, mtime: i64) -> rustix::io::Result<()> {
+    let t = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        },
+    };
+    rustix::fs::utimensat(dir, name, &t, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+fn pax_xattrs<R: Read>(e: &mut tar::Entry<'_, R>) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Ok(Some(exts)) = e.pax_extensions() {
+        for ext in exts.flatten() {
+            if let Ok(key) = ext.key() {
+                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    out.push((name.to_owned(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// rm -rf of a directory's contents, without following symlinks.
+fn remove_tree(dir: OwnedFd) -> rustix::io::Result<()> {
+    let mut entries = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_owned();
+        if name.as_bytes() == b"." || name.as_bytes() == b".." {
+            continue;
+        }
+        entries.push((name, entry.file_type()));
+    }
+    for (name, ft) in entries {
+        if ft == FileType::Directory {
+            let sub = rustix::fs::openat(
+                &dir,
+                name.as_c_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            remove_tree(sub)?;
+            rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::REMOVEDIR)?;
+        } else {
+            rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::empty())?;
+        }
+    }
+    Ok(())
+}
+
+/// Supplies the zero padding and end-of-archive blocks some writers omit
+/// (umoci 0.4 ends a layer right after the last file's data). The content
+/// is still whatever the blob digest vouched for; only the framing is
+/// completed, outside the diff id hash.
+struct PadAtEof<R> {
+    inner: R,
+    padding_left: usize,
+    at_eof: bool,
+}
+
+impl<R: Read> Read for PadAtEof<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.at_eof {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            self.at_eof = true;
+        }
+        let n = buf.len().min(self.padding_left);
+        buf[..n].fill(0);
+        self.padding_left -= n;
+        Ok(n)
+    }
+}
+
+/// Applies the tar stream `reader` (already decompressed) into the empty
+/// directory `upper`, with `lowers` (top first) as the layers below.
+pub fn apply_layer(
+    reader: impl Read,
+    layer: &str,
+    upper: &Path,
+    lowers: &[PathBuf],
+) -> Result<Applied> {
+    let root = rustix::fs::open(
+        upper,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Io {
+        context: format!("opening snapshot {}", upper.display()),
+        source: e.into(),
+    })?;
+    let mut hashed = HashReader::new(reader);
+    let mut applier = Applier {
+        layer: layer.to_owned(),
+        root,
+        lowers,
+        dir_times: Vec::new(),
+        size: 0,
+        inodes: 0,
+    };
+    {
+        let padded = PadAtEof {
+            inner: &mut hashed,
+            padding_left: 512 + 1024,
+            at_eof: false,
+        };
+        let mut archive = tar::Archive::new(padded);
+        let entries = archive.entries().map_err(|e| Error::Parse {
+            what: format!("layer {layer}"),
+            message: e.to_string(),
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::Parse {
+                what: format!("layer {layer}"),
+                message: e.to_string(),
+            })?;
+            applier.apply_entry(entry)?;
+        }
+    }
+    // The diff id covers the whole stream, end-of-archive padding included.
+    io::copy(&mut hashed, &mut io::sink()).map_err(|e| Error::Io {
+        context: format!("reading the end of layer {layer}"),
+        source: e,
+    })?;
+    // Directory times last: creating their children changed them.
+    for (components, mtime) in applier.dir_times.iter().rev() {
+        let Some((name, parents)) = components.split_last() else {
+            continue;
+        };
+        if let Ok(parent) = rustix::fs::openat2(
+            &applier.root,
+            rel_path(parents),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            beneath(),
+        ) {
+            let _ = set_times_at(parent.as_fd(), name, *mtime);
+        }
+    }
+    Ok(Applied {
+        diff_id: hashed.digest(),
+        size: applier.size,
+        inodes: applier.inodes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleaning() {
+        assert_eq!(
+            clean(b"./a/b/").unwrap(),
+            vec![OsString::from("a"), OsString::from("b")]
+        );
+        assert!(clean(b"/etc/passwd").is_err());
+        assert_eq!(clean(b"/").unwrap(), Vec::<OsString>::new());
+        assert!(clean(b"a/../../x").is_err());
+        assert_eq!(clean(b"./").unwrap(), Vec::<OsString>::new());
+    }
+
+    #[test]
+    fn media_types() {
+        assert_eq!(
+            Compression::from_media_type("application/vnd.oci.image.layer.v1.tar+gzip"),
+            Some(Compression::Gzip)
+        );
+        assert_eq!(
+            Compression::from_media_type("application/vnd.oci.image.layer.v1.tar+zstd"),
+            Some(Compression::Zstd)
+        );
+        assert_eq!(
+            Compression::from_media_type("application/vnd.oci.image.layer.v1.tar"),
+            Some(Compression::None)
+        );
+        assert_eq!(
+            Compression::from_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            Some(Compression::Gzip)
+        );
+        assert_eq!(Compression::from_media_type("application/json"), None);
+    }
+}
