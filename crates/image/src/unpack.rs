@@ -127,6 +127,9 @@ enum Lower {
 struct Applier<'a> {
     layer: String,
     root: OwnedFd,
+    /// The last parent directory opened: tar entries come grouped by
+    /// directory, so most entries reuse it.
+    parent_cache: Option<(Components, OwnedFd)>,
     lowers: &'a [PathBuf],
     dir_times: Vec<(Components, i64)>,
     size: u64,
@@ -224,6 +227,18 @@ impl Applier<'_> {
     /// the new layer. Directories that exist below are recreated with their
     /// owner and mode, as overlayfs would copy them up.
     fn parent(&mut self, entry: &[u8], parents: &[OsString]) -> Result<OwnedFd> {
+        if let Some((path, fd)) = &self.parent_cache {
+            if path.as_slice() == parents {
+                return rustix::io::dup(fd).map_err(|e| self.io(entry, "dup", e));
+            }
+        }
+        let dir = self.open_parent(entry, parents)?;
+        let cached = rustix::io::dup(&dir).map_err(|e| self.io(entry, "dup", e))?;
+        self.parent_cache = Some((parents.to_vec(), cached));
+        Ok(dir)
+    }
+
+    fn open_parent(&mut self, entry: &[u8], parents: &[OsString]) -> Result<OwnedFd> {
         let mut dir = rustix::io::dup(&self.root).map_err(|e| self.io(entry, "dup", e))?;
         for (i, name) in parents.iter().enumerate() {
             match rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
@@ -310,9 +325,11 @@ impl Applier<'_> {
     }
 
     /// Removes whatever this layer already has at `name` (a file, or a whole directory).
-    fn remove_existing(&self, entry: &[u8], dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    fn remove_existing(&mut self, entry: &[u8], dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
         match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                // The cached parent may be inside what is removed.
+                self.parent_cache = None;
                 let sub = rustix::fs::openat2(
                     dir,
                     name,
@@ -761,6 +778,7 @@ pub fn apply_layer(
     let mut applier = Applier {
         layer: layer.to_owned(),
         root,
+        parent_cache: None,
         lowers,
         dir_times: Vec::new(),
         size: 0,
