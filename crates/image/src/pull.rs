@@ -328,17 +328,34 @@ impl ImageStore {
             }));
         }
         let names = vec![r.full()];
-        let records = self.prepare_records(&names, &manifest_digest, &media_type, index.as_ref(), &config, &layers)?;
+        let records = self.prepare_records(
+            &names,
+            &manifest_digest,
+            &media_type,
+            index.as_ref(),
+            &config,
+            &layers,
+        )?;
         // Layer i is unpacked as soon as its download is in, while the
         // downloads of the layers above it go on.
         for (i, download) in downloads.into_iter().enumerate() {
-            download.await.map_err(|e| Error::Registry(format!("download task: {e}")))??;
+            download
+                .await
+                .map_err(|e| Error::Registry(format!("download task: {e}")))??;
             let store = Arc::clone(self);
             let layers = records[0].layers.clone();
             tokio::task::spawn_blocking(move || -> Result<()> {
                 let l = &layers[i];
-                let parent = (i > 0).then(|| Digest::parse(&layers[i - 1].chain_id)).transpose()?;
-                store.unpack_layer(&Digest::parse(&l.digest)?, &l.media_type, &Digest::parse(&l.diff_id)?, &Digest::parse(&l.chain_id)?, parent.as_ref())
+                let parent = (i > 0)
+                    .then(|| Digest::parse(&layers[i - 1].chain_id))
+                    .transpose()?;
+                store.unpack_layer(
+                    &Digest::parse(&l.digest)?,
+                    &l.media_type,
+                    &Digest::parse(&l.diff_id)?,
+                    &Digest::parse(&l.chain_id)?,
+                    parent.as_ref(),
+                )
             })
             .await
             .map_err(|e| Error::Registry(format!("unpack task: {e}")))??;

@@ -31,7 +31,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut user = None;
     let mut i = 0;
     while i < args.len() {
-        let value = |i: usize| args.get(i + 1).cloned().ok_or_else(|| format!("{} needs a value", args[i]));
+        let value = |i: usize| {
+            args.get(i + 1)
+                .cloned()
+                .ok_or_else(|| format!("{} needs a value", args[i]))
+        };
         match args[i].as_str() {
             "--root" => root = PathBuf::from(value(i)?),
             "--insecure" => options.insecure_registries.push(value(i)?),
@@ -49,15 +53,27 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err(USAGE.into());
     };
     let store = Arc::new(ImageStore::open(&root, options)?);
-    let print = |v: serde_json::Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    let print =
+        |v: serde_json::Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     match (command.as_str(), rest) {
         ("pull", [reference]) => {
             let auth = match user.as_deref().and_then(|u| u.split_once(':')) {
-                Some((u, p)) => Auth::Basic { username: u.into(), password: p.into() },
+                Some((u, p)) => Auth::Basic {
+                    username: u.into(),
+                    password: p.into(),
+                },
                 None => Auth::Anonymous,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let image = runtime.block_on(store.pull(reference, &PullOptions { auth, ..Default::default() }))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let image = runtime.block_on(store.pull(
+                reference,
+                &PullOptions {
+                    auth,
+                    ..Default::default()
+                },
+            ))?;
             print(serde_json::to_value(image)?);
         }
         ("list", []) => print(serde_json::to_value(store.list()?)?),
@@ -66,7 +82,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ("import", [path, rest @ ..]) => {
             let path = PathBuf::from(path);
             let is_docker = !path.is_dir() && tar_has(&path, "manifest.json")?;
-            let images = if is_docker { store.import_docker_archive(&path)? } else { store.import_layout(&path, rest.first().map(String::as_str))? };
+            let images = if is_docker {
+                store.import_docker_archive(&path)?
+            } else {
+                store.import_layout(&path, rest.first().map(String::as_str))?
+            };
             print(serde_json::to_value(images)?);
         }
         ("export", [path, refs @ ..]) if !refs.is_empty() => {
