@@ -604,3 +604,66 @@ fn a_rootfs_keeps_its_layers_alive() {
     world.store.gc().unwrap();
     assert_eq!(world.snapshot_count(), 0);
 }
+
+#[test]
+fn device_nodes_modes_owners_and_times() {
+    use std::os::unix::fs::FileTypeExt;
+    let world = World::new("nodes");
+    let layer = Layer::new()
+        .entry(Entry::dir("dev/").mode(0o755))
+        .entry(Entry::char_device("dev/null", 1, 3).mode(0o666))
+        .entry(
+            Entry::block_device("dev/loop9", 7, 9)
+                .mode(0o660)
+                .owner(0, 6),
+        )
+        .entry(Entry::fifo("dev/pipe").mode(0o600))
+        .entry(
+            Entry::file("bin/tool", "#!/bin/sh\n")
+                .mode(0o4755)
+                .owner(0, 0)
+                .mtime(1_000_000_000),
+        )
+        .entry(
+            Entry::file("home/me/notes", "n")
+                .owner(1234, 5678)
+                .mode(0o640),
+        );
+    let layout = world.dir.join("layout");
+    write_oci_layout(
+        &layout,
+        "v1",
+        &Image::new()
+            .layer(layer, Compression::Zstd)
+            .artifact()
+            .unwrap(),
+    )
+    .unwrap();
+    world
+        .store
+        .import_layout(&layout, Some("example.com/nodes"))
+        .unwrap();
+    world.with_rootfs("example.com/nodes:v1", |root| {
+        let null = std::fs::metadata(root.join("dev/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(
+            (null.rdev(), null.mode() & 0o777),
+            (rustix::fs::makedev(1, 3), 0o666)
+        );
+        let lp = std::fs::metadata(root.join("dev/loop9")).unwrap();
+        assert!(lp.file_type().is_block_device());
+        assert_eq!((lp.rdev(), lp.gid()), (rustix::fs::makedev(7, 9), 6));
+        assert!(std::fs::metadata(root.join("dev/pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        let tool = std::fs::metadata(root.join("bin/tool")).unwrap();
+        assert_eq!(tool.mode() & 0o7777, 0o4755, "setuid survives the chown");
+        assert_eq!(tool.mtime(), 1_000_000_000);
+        let notes = std::fs::metadata(root.join("home/me/notes")).unwrap();
+        assert_eq!(
+            (notes.uid(), notes.gid(), notes.mode() & 0o777),
+            (1234, 5678, 0o640)
+        );
+    });
+}
