@@ -64,6 +64,25 @@ impl Manager {
         }
     }
 
+    /// The cgroups process `pid` is in, in every hierarchy.
+    pub fn of_process(pid: i32) -> Result<Self> {
+        let hierarchies = hierarchy::discover()?;
+        let own = hierarchy::process_cgroups(&pid.to_string())?;
+        let paths = hierarchies
+            .iter()
+            .filter_map(|h| {
+                let key = h.key();
+                own.iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, cg)| (key.clone(), h.host_path(cg)))
+            })
+            .collect();
+        Ok(Manager {
+            paths,
+            unified_root: None,
+        })
+    }
+
     /// A manager for directories recorded earlier (for example in a state file).
     pub fn from_paths(paths: Vec<(String, PathBuf)>) -> Self {
         Manager {

@@ -48,6 +48,26 @@ pub struct ExecOptions {
     pub preserve_fds: u32,
 }
 
+/// Where a new process's stdio and terminal go when the caller is a
+/// long-lived monitor (the shim) rather than a CLI whose own stdio the
+/// process inherits.
+#[derive(Debug, Default)]
+pub struct ProcessIo {
+    /// Becomes the process's stdin, stdout and stderr.
+    pub stdio: Option<[OwnedFd; 3]>,
+    /// A connected socket that receives the terminal's master (instead of
+    /// connecting to a --console-socket path).
+    pub console: Option<UnixStream>,
+}
+
+/// What `exec` started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecResult {
+    pub pid: i32,
+    /// The exit code, for a foreground exec.
+    pub exit_code: Option<i32>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Launch {
     Create,
@@ -121,7 +141,14 @@ impl Runtime {
 
     /// `create`: sets the container up and leaves its init waiting for `start`.
     pub fn create(&self, opts: &CreateOptions) -> Result<()> {
-        self.launch(opts, Launch::Create).map(drop)
+        self.launch(opts, Launch::Create, ProcessIo::default())
+            .map(drop)
+    }
+
+    /// `create` with explicit stdio and terminal socket; returns the init pid.
+    pub fn create_with_io(&self, opts: &CreateOptions, io: ProcessIo) -> Result<i32> {
+        self.launch(opts, Launch::Create, io)
+            .map(|l| l.state.init_pid)
     }
 
     /// `run`: create and start; in the foreground, wait for the container,
@@ -132,7 +159,7 @@ impl Runtime {
         } else {
             Launch::RunForeground
         };
-        let launched = self.launch(opts, mode)?;
+        let launched = self.launch(opts, mode, ProcessIo::default())?;
         let started = self.release(&launched);
         if let Err(e) = started {
             let _ = self.delete(&opts.id, true);
@@ -171,7 +198,8 @@ impl Runtime {
         Ok(())
     }
 
-    fn launch(&self, opts: &CreateOptions, mode: Launch) -> Result<Launched> {
+    fn launch(&self, opts: &CreateOptions, mode: Launch, io: ProcessIo) -> Result<Launched> {
+        let ProcessIo { stdio, console } = io;
         id::validate_id(&opts.id)?;
         let bundle = Bundle::load(&opts.bundle)?;
         let spec = &bundle.spec;
@@ -184,12 +212,13 @@ impl Runtime {
             .map(crate::seccomp::compile)
             .transpose()?;
         let terminal = process.terminal() == Some(true);
-        if terminal && opts.console_socket.is_none() && mode != Launch::RunForeground {
+        let has_console = opts.console_socket.is_some() || console.is_some();
+        if terminal && !has_console && mode != Launch::RunForeground {
             return Err(Error::InvalidConfig(
                 "process.terminal is true: a detached container needs --console-socket to hand the terminal to".into(),
             ));
         }
-        if !terminal && opts.console_socket.is_some() {
+        if !terminal && has_console {
             return Err(Error::InvalidConfig(
                 "--console-socket was given but process.terminal is false".into(),
             ));
@@ -230,12 +259,13 @@ impl Runtime {
             cgroups.apply(resources)?;
         }
 
-        let console_socket = match &opts.console_socket {
-            Some(path) => Some(
+        let console_socket = match (&opts.console_socket, console) {
+            (_, Some(sock)) => Some(sock),
+            (Some(path), None) => Some(
                 UnixStream::connect(path)
                     .ctx(|| format!("connecting to console socket {}", path.display()))?,
             ),
-            None => None,
+            (None, None) => None,
         };
         let state_dir_fd = if mode == Launch::Create {
             rustix::fs::mknodat(
@@ -294,6 +324,7 @@ impl Runtime {
                     (None, false) => ConsoleTarget::None,
                 },
                 state_dir: state_dir_fd.as_ref(),
+                stdio: stdio.as_ref(),
                 gate: if mode == Launch::Create {
                     StartGate::Fifo
                 } else {
@@ -580,6 +611,13 @@ impl Runtime {
     /// `exec`: runs another process in a running container. In the
     /// foreground, returns its exit code.
     pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32> {
+        self.exec_with_io(id, opts, ProcessIo::default())
+            .map(|r| r.exit_code.unwrap_or(0))
+    }
+
+    /// `exec` with explicit stdio and terminal socket.
+    pub fn exec_with_io(&self, id: &str, opts: &ExecOptions, io: ProcessIo) -> Result<ExecResult> {
+        let ProcessIo { stdio, console } = io;
         let (state, dir) = self.load(id)?;
         let status = state.status(&dir);
         if !matches!(status, Status::Running | Status::Created) {
@@ -595,17 +633,18 @@ impl Runtime {
             return Err(Error::InvalidConfig("exec needs a command to run".into()));
         }
         let terminal = process.terminal() == Some(true);
-        if terminal && opts.console_socket.is_none() && opts.detach {
+        if terminal && opts.console_socket.is_none() && console.is_none() && opts.detach {
             return Err(Error::InvalidConfig(
                 "a detached exec with a terminal needs --console-socket".into(),
             ));
         }
-        let console_socket = match &opts.console_socket {
-            Some(path) => Some(
+        let console_socket = match (&opts.console_socket, console) {
+            (_, Some(sock)) => Some(sock),
+            (Some(path), None) => Some(
                 UnixStream::connect(path)
                     .ctx(|| format!("connecting to console socket {}", path.display()))?,
             ),
-            None => None,
+            (None, None) => None,
         };
         crate::attrs::validate_process(process)?;
         // Exec'd processes get the container's seccomp profile, as with runc.
@@ -659,6 +698,7 @@ impl Runtime {
                     (None, false) => ConsoleTarget::None,
                 },
                 preserve_fds: opts.preserve_fds,
+                stdio: stdio.as_ref(),
                 seccomp: seccomp_setup(&container_spec, seccomp_filter.as_ref(), listener.as_ref()),
                 state: hook_state(
                     id,
@@ -704,14 +744,21 @@ impl Runtime {
         }
         cleanup.disarm();
         if opts.detach {
-            return Ok(0);
+            return Ok(ExecResult {
+                pid,
+                exit_code: None,
+            });
         }
-        io_relay::wait_foreground(
+        let code = io_relay::wait_foreground(
             pid,
             signals.as_ref().map(|s| s.as_fd()),
             pty.as_ref().map(|p| p.as_fd()),
             false,
-        )
+        )?;
+        Ok(ExecResult {
+            pid,
+            exit_code: Some(code),
+        })
     }
 
     /// The config.json a container was created with.

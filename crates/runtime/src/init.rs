@@ -83,6 +83,8 @@ pub struct InitContext<'a> {
     pub channel: &'a Channel,
     pub console: ConsoleTarget<'a>,
     pub state_dir: Option<&'a OwnedFd>,
+    /// Replaces the inherited stdio when set.
+    pub stdio: Option<&'a [OwnedFd; 3]>,
     pub gate: StartGate,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
@@ -98,6 +100,7 @@ pub struct ExecContext<'a> {
     pub channel: &'a Channel,
     pub console: ConsoleTarget<'a>,
     pub preserve_fds: u32,
+    pub stdio: Option<&'a [OwnedFd; 3]>,
     pub seccomp: Option<SeccompSetup<'a>>,
     /// The container's state, for a seccomp listener.
     pub state: Vec<u8>,
@@ -139,7 +142,18 @@ fn send(channel: &Channel, msg: Msg) -> Result<()> {
     channel.send(&msg).ctx(|| "talking to berth".into())
 }
 
+/// Puts the caller's chosen fds on 0, 1 and 2.
+fn install_stdio(stdio: Option<&[OwnedFd; 3]>) -> Result<()> {
+    if let Some(fds) = stdio {
+        for (target, fd) in fds.iter().enumerate() {
+            sys::dup2(fd.as_raw_fd(), target as i32).ctx(|| "setting up stdio".into())?;
+        }
+    }
+    Ok(())
+}
+
 fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
+    install_stdio(ctx.stdio)?;
     let spec = &ctx.bundle.spec;
     let process = spec
         .process()
@@ -277,6 +291,7 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
 }
 
 fn run_exec_init(ctx: &ExecContext<'_>) -> Result<Infallible> {
+    install_stdio(ctx.stdio)?;
     let process = ctx.process;
     let affinity = process.exec_cpu_affinity().as_ref();
     if let Some(initial) = affinity.and_then(|a| a.initial().as_deref()) {

@@ -26,7 +26,7 @@ pub mod state;
 mod sys;
 pub mod util;
 
-pub use container::{CreateOptions, ExecOptions, Runtime};
+pub use container::{CreateOptions, ExecOptions, ExecResult, ProcessIo, Runtime};
 pub use error::{Error, Result};
 pub use spec::Bundle;
 pub use state::{OciState, Status, OCI_VERSION};

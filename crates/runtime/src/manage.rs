@@ -28,6 +28,12 @@ impl Runtime {
         }
     }
 
+    /// The container's cgroups (for a monitor's stats and OOM watch).
+    pub fn cgroups(&self, id: &str) -> Result<berth_cgroups::Manager> {
+        let (state, _) = self.load(id)?;
+        Ok(state.cgroups())
+    }
+
     /// `update`: applies new resource limits to a live container.
     pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
         let (state, dir) = self.load(id)?;

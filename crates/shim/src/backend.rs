@@ -1,0 +1,348 @@
+//! How containers are run: in this process through berth-runtime (the
+//! `berth` handler), or through another OCI runtime's command line (runc,
+//! crun, runsc) as containerd's runc shim drives it.
+
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use berth_runtime::{CreateOptions, ExecOptions, ProcessIo, Runtime};
+use oci_spec::runtime::{LinuxResources, Process};
+
+pub type Result<T> = std::result::Result<T, String>;
+
+pub enum Backend {
+    InProcess(Runtime),
+    Cli(Cli),
+}
+
+pub struct Cli {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+impl Backend {
+    pub fn in_process(root: &Path, systemd_cgroup: bool) -> Backend {
+        Backend::InProcess(Runtime {
+            root: root.to_owned(),
+            systemd_cgroup,
+        })
+    }
+
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        io: ProcessIo,
+        no_pivot: bool,
+        no_new_keyring: bool,
+    ) -> Result<i32> {
+        match self {
+            Backend::InProcess(rt) => {
+                let opts = CreateOptions {
+                    id: id.to_owned(),
+                    bundle: bundle.to_owned(),
+                    no_pivot,
+                    no_new_keyring,
+                    ..Default::default()
+                };
+                rt.create_with_io(&opts, io).map_err(|e| e.to_string())
+            }
+            Backend::Cli(cli) => {
+                let pid_file = bundle.join("init.pid");
+                let mut args: Vec<String> = vec![
+                    "create".into(),
+                    "--bundle".into(),
+                    bundle.display().to_string(),
+                    "--pid-file".into(),
+                    pid_file.display().to_string(),
+                ];
+                if no_pivot {
+                    args.push("--no-pivot".into());
+                }
+                if no_new_keyring {
+                    args.push("--no-new-keyring".into());
+                }
+                cli.run_with_io(&args, id, bundle, io)?;
+                read_pid(&pid_file)
+            }
+        }
+    }
+
+    pub fn start(&self, id: &str) -> Result<()> {
+        match self {
+            Backend::InProcess(rt) => rt.start(id).map_err(|e| e.to_string()),
+            Backend::Cli(cli) => cli.run(&["start", id], None).map(drop),
+        }
+    }
+
+    pub fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        bundle: &Path,
+        process: &Process,
+        io: ProcessIo,
+    ) -> Result<i32> {
+        match self {
+            Backend::InProcess(rt) => {
+                let opts = ExecOptions {
+                    process: process.clone(),
+                    detach: true,
+                    ..Default::default()
+                };
+                rt.exec_with_io(id, &opts, io)
+                    .map(|r| r.pid)
+                    .map_err(|e| e.to_string())
+            }
+            Backend::Cli(cli) => {
+                let spec_file = bundle.join(format!("exec-{exec_id}.json"));
+                let pid_file = bundle.join(format!("exec-{exec_id}.pid"));
+                std::fs::write(
+                    &spec_file,
+                    serde_json::to_vec(process).map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| e.to_string())?;
+                let args: Vec<String> = vec![
+                    "exec".into(),
+                    "--process".into(),
+                    spec_file.display().to_string(),
+                    "--detach".into(),
+                    "--pid-file".into(),
+                    pid_file.display().to_string(),
+                ];
+                let result = cli.run_with_io(&args, id, bundle, io);
+                let _ = std::fs::remove_file(&spec_file);
+                result?;
+                let pid = read_pid(&pid_file);
+                let _ = std::fs::remove_file(&pid_file);
+                pid
+            }
+        }
+    }
+
+    pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+        match self {
+            Backend::InProcess(rt) => rt.kill(id, signal, all).map_err(|e| e.to_string()),
+            Backend::Cli(cli) => {
+                let sig = signal.to_string();
+                let mut args = vec!["kill"];
+                if all {
+                    args.push("--all");
+                }
+                args.extend([id, sig.as_str()]);
+                cli.run(&args, None).map(drop)
+            }
+        }
+    }
+
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        match self {
+            Backend::InProcess(rt) => rt.delete(id, force).map_err(|e| e.to_string()),
+            Backend::Cli(cli) => {
+                let mut args = vec!["delete"];
+                if force {
+                    args.push("--force");
+                }
+                args.push(id);
+                cli.run(&args, None).map(drop)
+            }
+        }
+    }
+
+    pub fn pause(&self, id: &str) -> Result<()> {
+        match self {
+            Backend::InProcess(rt) => rt.pause(id).map_err(|e| e.to_string()),
+            Backend::Cli(cli) => cli.run(&["pause", id], None).map(drop),
+        }
+    }
+
+    pub fn resume(&self, id: &str) -> Result<()> {
+        match self {
+            Backend::InProcess(rt) => rt.resume(id).map_err(|e| e.to_string()),
+            Backend::Cli(cli) => cli.run(&["resume", id], None).map(drop),
+        }
+    }
+
+    pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        match self {
+            Backend::InProcess(rt) => rt.update(id, resources).map_err(|e| e.to_string()),
+            Backend::Cli(cli) => {
+                let json = serde_json::to_vec(resources).map_err(|e| e.to_string())?;
+                cli.run(&["update", "--resources", "-", id], Some(&json))
+                    .map(drop)
+            }
+        }
+    }
+
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        match self {
+            Backend::InProcess(rt) => rt.pids(id).map_err(|e| e.to_string()),
+            Backend::Cli(cli) => {
+                let out = cli.run(&["ps", "--format", "json", id], None)?;
+                serde_json::from_slice::<Option<Vec<i32>>>(&out)
+                    .map(Option::unwrap_or_default)
+                    .map_err(|e| format!("parsing ps output: {e}"))
+            }
+        }
+    }
+
+    pub fn cgroups(&self, id: &str, init_pid: i32) -> Result<berth_cgroups::Manager> {
+        match self {
+            Backend::InProcess(rt) => rt.cgroups(id).map_err(|e| e.to_string()),
+            Backend::Cli(_) => {
+                berth_cgroups::Manager::of_process(init_pid).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Result<i32> {
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?
+        .trim()
+        .parse()
+        .map_err(|_| format!("{} holds no pid", path.display()))
+}
+
+impl Cli {
+    fn base(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root);
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd
+    }
+
+    /// Runs a command that needs no stdio; returns its stdout.
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>> {
+        let mut cmd = self.base();
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("running {}: {e}", self.binary.display()))?;
+        if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
+            let _ = w.write_all(data);
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} {}: {}",
+                self.binary.display(),
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs create or exec with the process's stdio, relaying a terminal
+    /// from a console socket path to the shim's socket pair.
+    fn run_with_io(&self, args: &[String], id: &str, bundle: &Path, io: ProcessIo) -> Result<()> {
+        let log = bundle.join("log.json");
+        let mut cmd = self.base();
+        cmd.arg("--log").arg(&log).arg("--log-format").arg("json");
+        cmd.args(args);
+        let mut listener = None;
+        let sock_path = bundle.join(format!("console-{}.sock", std::process::id()));
+        if io.console.is_some() {
+            let _ = std::fs::remove_file(&sock_path);
+            listener =
+                Some(UnixListener::bind(&sock_path).map_err(|e| format!("console socket: {e}"))?);
+            cmd.arg("--console-socket").arg(&sock_path);
+        }
+        cmd.arg(id);
+        match io.stdio {
+            Some([i, o, e]) => {
+                cmd.stdin(Stdio::from(i))
+                    .stdout(Stdio::from(o))
+                    .stderr(Stdio::from(e));
+            }
+            None => {
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+            }
+        }
+        let status = cmd
+            .status()
+            .map_err(|e| format!("running {}: {e}", self.binary.display()));
+        let relay = match (listener, io.console) {
+            (Some(l), Some(to)) => relay_console(&l, &to),
+            _ => Ok(()),
+        };
+        let _ = std::fs::remove_file(&sock_path);
+        let status = status?;
+        if !status.success() {
+            return Err(last_error(&log).unwrap_or_else(|| {
+                format!(
+                    "{} {} failed: {status}",
+                    self.binary.display(),
+                    args.join(" ")
+                )
+            }));
+        }
+        relay
+    }
+}
+
+/// Passes the terminal master the runtime sent to the shim's own socket.
+fn relay_console(listener: &UnixListener, to: &UnixStream) -> Result<()> {
+    use rustix::net::{
+        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags,
+    };
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let (conn, _) = listener
+        .accept()
+        .map_err(|e| format!("no terminal from the runtime: {e}"))?;
+    conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut buf = [0u8; 256];
+    let msg = rustix::net::recvmsg(
+        &conn,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut master = None;
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = m {
+            master = fds.next();
+        }
+    }
+    let master = master.ok_or("the runtime sent no terminal")?;
+    let fds = [std::os::fd::AsFd::as_fd(&master)];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        to,
+        &[std::io::IoSlice::new(&buf[..msg.bytes])],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The last error a runtime wrote to its JSON log (containerd does the same).
+fn last_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["level"] == "error").then(|| v["msg"].as_str().unwrap_or("").to_owned())
+    })
+}

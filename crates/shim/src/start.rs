@@ -1,0 +1,192 @@
+//! Shim lifecycle: `start` (find or spawn the pod's shim and print its
+//! address), `delete` (clean up after a dead shim), and the daemon.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use sha2::{Digest, Sha256};
+
+use crate::args::Args;
+use crate::events::Publisher;
+use crate::task::{Service, TaskHandler};
+use crate::{SANDBOX_ID_ANNOTATION, TASK_SERVICE_V2, TASK_SERVICE_V3};
+
+const LISTENER_FD_ENV: &str = "BERTH_SHIM_LISTENER_FD";
+const SOCKET_DIR_ENV: &str = "BERTH_SHIM_SOCKET_DIR";
+const STATE_ROOT_ENV: &str = "BERTH_SHIM_STATE_ROOT";
+
+fn socket_dir() -> PathBuf {
+    std::env::var_os(SOCKET_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/containerd/s"))
+}
+
+/// Where the in-process runtime keeps container state.
+pub fn state_root() -> PathBuf {
+    std::env::var_os(STATE_ROOT_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/containerd/berth"))
+}
+
+/// The pod a container belongs to: its sandbox id annotation, else itself.
+fn group_id(bundle: &Path, id: &str) -> String {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|raw| serde_json::from_slice::<serde_json::Value>(&raw).ok())
+        .and_then(|v| {
+            v["annotations"][SANDBOX_ID_ANNOTATION]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| id.to_owned())
+}
+
+/// The socket of a group's shim (a hash keeps the path short and unique
+/// per client, namespace and pod).
+pub fn socket_path(address: &str, namespace: &str, group: &str) -> PathBuf {
+    let digest = Sha256::digest(format!("{address}\0{namespace}\0{group}").as_bytes());
+    socket_dir().join(hex::encode(&digest[..16]))
+}
+
+/// `start`: prints the address of the shim that serves this container,
+/// spawning it unless the pod already has one.
+pub fn start(args: &Args) -> Result<String, String> {
+    let bundle = args
+        .bundle
+        .clone()
+        .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+    // containerd sends the runtime options on stdin; they are used by Create.
+    let mut _options = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut _options);
+    let group = group_id(&bundle, &args.id);
+    let path = socket_path(&args.address, &args.namespace, &group);
+    let address = format!("unix://{}", path.display());
+    if UnixStream::connect(&path).is_ok() {
+        let _ = std::fs::write(bundle.join("address"), &address);
+        return Ok(address);
+    }
+    let _ = std::fs::remove_file(&path);
+    std::fs::create_dir_all(socket_dir())
+        .map_err(|e| format!("creating {}: {e}", socket_dir().display()))?;
+    let listener =
+        UnixListener::bind(&path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    let _ = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+    let fd: OwnedFd = listener.into();
+    // Handed to the daemon by number: cleared close-on-exec, named in the env.
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
+    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| e.to_string())?;
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    argv.retain(|a| a != "start");
+    let stderr: std::process::Stdio = match std::fs::OpenOptions::new()
+        .write(true)
+        .open(bundle.join("log"))
+    {
+        Ok(f) => f.into(),
+        Err(_) => std::process::Stdio::null(),
+    };
+    let child = std::process::Command::new(exe)
+        .args(&argv)
+        .env(LISTENER_FD_ENV, fd.as_raw_fd().to_string())
+        .env("BERTH_SHIM_SOCKET", &path)
+        .current_dir(&bundle)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("spawning the shim daemon: {e}"))?;
+    drop(fd);
+    let _ = std::fs::write(bundle.join("address"), &address);
+    let _ = std::fs::write(bundle.join("shim.pid"), child.id().to_string());
+    Ok(address)
+}
+
+/// `delete`: the shim is gone; make sure the container is too, and report
+/// how it ended (containerd expects a DeleteResponse on stdout).
+pub fn delete(args: &Args) -> Result<(), String> {
+    let bundle = args
+        .bundle
+        .clone()
+        .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+    let backend = crate::backend::Backend::in_process(&state_root().join(&args.namespace), false);
+    if let Err(e) = backend.delete(&args.id, true) {
+        log::warn!("deleting {}: {e}", args.id);
+    }
+    let target = bundle.join("rootfs");
+    while rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH).is_ok() {}
+    let recorded: Option<serde_json::Value> = std::fs::read(bundle.join("berth-exit.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut r = containerd_shim_protos::api::DeleteResponse::new();
+    r.exit_status = recorded
+        .as_ref()
+        .and_then(|v| v["exit_status"].as_u64())
+        .unwrap_or(137) as u32;
+    r.exited_at = MessageField::some(crate::events::timestamp(std::time::SystemTime::now()));
+    let bytes = r.write_to_bytes().map_err(|e| e.to_string())?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(|e| e.to_string())
+}
+
+/// The daemon: serves the task API on the listener `start` passed down,
+/// reaps children, and exits when asked to once it holds no container.
+pub fn serve(args: &Args) -> Result<(), String> {
+    // A container's processes start as forks of this process: run from a
+    // sealed copy so none of them can reach the binary on disk.
+    berth_runtime::cloned_exe::ensure_sealed().map_err(|e| e.to_string())?;
+    let fd: i32 = std::env::var(LISTENER_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or("the shim daemon is started by `start`, with its listener")?;
+    // SAFETY: `start` created this listening socket and passed us its number.
+    let listener = unsafe { OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC).map_err(|e| e.to_string())?;
+    std::env::remove_var(LISTENER_FD_ENV);
+    rustix::process::set_child_subreaper(rustix::process::Pid::from_raw(std::process::id() as i32))
+        .map_err(|e| format!("becoming a subreaper: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let publisher = Publisher::start(args.ttrpc_address(), args.namespace.clone());
+        let service = Service::new(publisher, args.namespace.clone(), state_root());
+        let mut services = containerd_shim_protos::shim_async::create_task(Arc::new(TaskHandler(Arc::clone(&service))));
+        let v3 = services.remove(TASK_SERVICE_V3).expect("the generated service");
+        let mut v2 = containerd_shim_protos::shim_async::create_task(Arc::new(TaskHandler(Arc::clone(&service))));
+        let v2 = v2.remove(TASK_SERVICE_V3).expect("the generated service");
+        let mut map = std::collections::HashMap::new();
+        map.insert(TASK_SERVICE_V3.to_owned(), v3);
+        map.insert(TASK_SERVICE_V2.to_owned(), v2);
+        map.extend(crate::client::extra_services(Arc::clone(&service)));
+        // SAFETY: the fd is our listening socket, owned by the server from here.
+        let server = unsafe { ttrpc::r#async::Server::new().add_unix_listener(listener.into_raw_fd()) }.map_err(|e| e.to_string())?;
+        let mut server = server.register_service(map);
+        server.start().await.map_err(|e| e.to_string())?;
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).map_err(|e| e.to_string())?;
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+        loop {
+            tokio::select! {
+                _ = sigchld.recv() => crate::reaper::reap_all(|pid, code| service.on_exit(pid, code)),
+                _ = service.wait_shutdown() => break,
+                _ = sigterm.recv() => {
+                    if service.is_empty() { break; }
+                }
+            }
+        }
+        // Let the reply to Shutdown go out.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let _ = server.shutdown().await;
+        Ok::<(), String>(())
+    })?;
+    if let Some(path) = std::env::var_os("BERTH_SHIM_SOCKET") {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
