@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -38,7 +38,16 @@ struct Proc {
     io: IoHandle,
     /// An exec's process spec, until Start runs it.
     spec: Option<Process>,
+    /// An exec's time limit (probes), counted from its start.
+    timeout: Option<std::time::Duration>,
+    /// ENDING_NONE, ENDING_REAPED or ENDING_TIMED_OUT: whichever of the exit and the time
+    /// limit came first.
+    ending: Arc<AtomicU8>,
 }
+
+const ENDING_NONE: u8 = 0;
+const ENDING_REAPED: u8 = 1;
+const ENDING_TIMED_OUT: u8 = 2;
 
 impl Proc {
     fn new(stdio: StdioSpec) -> Proc {
@@ -49,6 +58,8 @@ impl Proc {
             exit: watch::channel(None).0,
             io: IoHandle::default(),
             spec: None,
+            timeout: None,
+            ending: Arc::new(AtomicU8::new(ENDING_NONE)),
         }
     }
 }
@@ -242,6 +253,12 @@ impl Service {
         } else {
             return;
         };
+        let _ = proc.ending.compare_exchange(
+            ENDING_NONE,
+            ENDING_REAPED,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         let drained = std::mem::take(&mut proc.io.drained);
         let exit_tx = proc.exit.clone();
         proc.status = Status::STOPPED;
@@ -369,6 +386,113 @@ impl Service {
     pub fn is_empty(&self) -> bool {
         self.lock().containers.is_empty()
     }
+
+    /// Gives an exec a time limit: from its start, or from now if it runs.
+    pub fn set_exec_timeout(
+        &self,
+        id: &str,
+        exec_id: &str,
+        limit: std::time::Duration,
+    ) -> RpcResult<()> {
+        let mut inner = self.lock();
+        let p = inner
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| not_found(&format!("container {id}")))?
+            .execs
+            .get_mut(exec_id)
+            .ok_or_else(|| not_found(&format!("exec {exec_id} of {id}")))?;
+        if p.exit.borrow().is_some() {
+            return Err(precondition(format!("exec {exec_id} of {id} has exited")));
+        }
+        p.timeout = Some(limit);
+        if p.status == Status::RUNNING {
+            arm_deadline(id, exec_id, p.pid, limit, p);
+        }
+        Ok(())
+    }
+
+    /// What the task API's State cannot say: OOM and time-limit kills.
+    pub fn report(&self, id: &str, exec_id: &str) -> RpcResult<ProcessReport> {
+        let inner = self.lock();
+        let c = inner
+            .containers
+            .get(id)
+            .ok_or_else(|| not_found(&format!("container {id}")))?;
+        let p = if exec_id.is_empty() {
+            &c.init
+        } else {
+            c.execs
+                .get(exec_id)
+                .ok_or_else(|| not_found(&format!("exec {exec_id} of {id}")))?
+        };
+        let exit = *p.exit.borrow();
+        Ok(ProcessReport {
+            pid: p.pid,
+            status: format!(
+                "{:?}",
+                if exit.is_some() {
+                    Status::STOPPED
+                } else {
+                    p.status
+                }
+            )
+            .to_lowercase(),
+            exit_status: exit.map(|e| e.status),
+            exited_at: exit.map(|e| crate::crilog::rfc3339_nano(e.at)),
+            oom_killed: c.oom_killed.load(Ordering::Relaxed),
+            timed_out: p.ending.load(Ordering::Relaxed) == ENDING_TIMED_OUT,
+        })
+    }
+}
+
+/// A process's state as berth's extension service reports it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ProcessReport {
+    pub pid: i32,
+    /// created, running, paused or stopped.
+    pub status: String,
+    pub exit_status: Option<u32>,
+    pub exited_at: Option<String>,
+    /// The container's cgroup saw an OOM kill.
+    pub oom_killed: bool,
+    /// The exec's time limit expired and the shim killed it.
+    pub timed_out: bool,
+}
+
+/// Kills an exec with SIGKILL when its limit expires before it exits.
+fn arm_deadline(id: &str, exec_id: &str, pid: i32, limit: std::time::Duration, p: &Proc) {
+    let mut exited = p.exit.subscribe();
+    let ending = Arc::clone(&p.ending);
+    let what = format!("exec {exec_id} of {id}");
+    tokio::spawn(async move {
+        let wait_exit = async {
+            while exited.borrow_and_update().is_none() {
+                if exited.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(limit, wait_exit).await.is_ok() {
+            return;
+        }
+        // Not if the process was reaped meanwhile: its pid may be reused.
+        if ending
+            .compare_exchange(
+                ENDING_NONE,
+                ENDING_TIMED_OUT,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return;
+        }
+        log::info!("{what} exceeded its time limit of {limit:?}: killing pid {pid}");
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    });
 }
 
 fn empty() -> Empty {
@@ -561,6 +685,9 @@ impl Task for TaskHandler {
             p.spec = None;
             p.status = Status::RUNNING;
             p.io = handle;
+            if let Some(limit) = p.timeout {
+                arm_deadline(&req.id, &req.exec_id, pid, limit, p);
+            }
         }
         this.register_pid(pid, &req.id, &req.exec_id);
         let mut e = ev::TaskExecStarted::new();
