@@ -13,358 +13,45 @@
 mod support;
 
 use std::collections::HashSet;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use support::containerd::*;
 use support::*;
 
-/// The containerd tests share /run/containerd (the shim sockets and runc
-/// state live there whatever the config says): one at a time.
-static CONTAINERD: Mutex<()> = Mutex::new(());
+/// The berth binary cargo built for this test run.
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
 /// The podman tests share /dev/shm/libpod_lock and /run/containers.
 static PODMAN: Mutex<()> = Mutex::new(());
 
-const QUICK: Duration = Duration::from_secs(30);
-const SLOW: Duration = Duration::from_secs(180);
 /// berth's state directory when no --root is given (podman gives none).
 const BERTH_DEFAULT_ROOT: &str = "/run/berth";
 
 // ===========================================================================
 // containerd
 
-/// A private containerd (own root, state, socket, `opt` dir) and one
-/// namespace in it. Drop removes everything it made.
-struct Containerd {
-    daemon: Option<Child>,
-    socket: PathBuf,
-    namespace: String,
-    log: PathBuf,
-    /// Shim sockets (/run/containerd/s) present before this test.
-    shim_sockets_before: HashSet<OsString>,
-    /// Paths under /run/containerd that may not have existed before.
-    created: Vec<CreatedPath>,
-    /// Dropped after `drop()`: unmounts and removes the directory.
-    dir: TempDir,
+/// A private containerd whose containers run through
+/// containerd-shim-runc-v2 and `--runc-binary BERTH` (runc's state root,
+/// /run/containerd/runc/<namespace>, is berth's `--root`).
+fn start_containerd() -> Containerd {
+    Containerd::start(Setup {
+        prefix: "berth-dropin",
+        tools: vec![("containerd-shim-runc-v2", &[], "containerd")],
+        extra_config: String::new(),
+        path_prepend: Vec::new(),
+        runtime_state_parent: PathBuf::from("/run/containerd/runc"),
+        delete_leftover: Some(berth_delete_force),
+    })
 }
 
-const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
-
-impl Containerd {
-    fn start() -> Containerd {
-        require_tools(&[
-            ("containerd", &[], "containerd"),
-            ("ctr", &[], "containerd"),
-            ("containerd-shim-runc-v2", &[], "containerd"),
-            ("umoci", &[], "umoci"),
-            ("tar", &[], "tar"),
-        ]);
-        // Watch the shared paths before anything can create them; deepest
-        // first, the order they are removed in.
-        let created = [
-            SHIM_SOCKET_DIR,
-            "/run/containerd/fifo",
-            "/run/containerd/runc",
-            "/run/containerd",
-        ]
-        .into_iter()
-        .map(CreatedPath::watch)
-        .collect();
-        let shim_sockets_before = std::fs::read_dir(SHIM_SOCKET_DIR)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        let dir = TempDir::new("berth-dropin-ctd");
-        let mut ctd = Containerd {
-            daemon: None,
-            socket: dir.join("c.sock"),
-            namespace: unique("berth-dropin"),
-            log: dir.join("containerd.log"),
-            shim_sockets_before,
-            created,
-            dir,
-        };
-        let config = format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = "{d}/c.sock"
-
-[ttrpc]
-  address = "{d}/c.sock.ttrpc"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-"#,
-            d = ctd.dir.path.display()
-        );
-        let config_path = ctd.dir.join("config.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(&ctd.log).unwrap();
-        let daemon = Command::new("containerd")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting containerd");
-        ctd.daemon = Some(daemon);
-
-        // Ready when the socket answers.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = ctd.daemon.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "containerd exited ({status}) while starting; its log:\n{}",
-                    tail(&ctd.log, 40)
-                );
-            }
-            if ctd.socket.exists()
-                && run_in(&ctd.dir.path, &mut ctd.ctr(&["version"]), QUICK).success()
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not answer on {} within 30 s; its log:\n{}",
-                ctd.socket.display(),
-                tail(&ctd.log, 40)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ctd
-    }
-
-    fn ctr(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
-        cmd.arg("--address")
-            .arg(&self.socket)
-            .arg("-n")
-            .arg(&self.namespace)
-            .args(args);
-        cmd
-    }
-
-    fn run(&self, args: &[&str], timeout: Duration) -> Outcome {
-        run_in(&self.dir.path, &mut self.ctr(args), timeout)
-    }
-
-    fn fifo_dir(&self) -> String {
-        self.dir.join("fifo").display().to_string()
-    }
-
-    /// The runc `--root` containerd-shim-runc-v2 gives the runtime.
-    fn runtime_root(&self) -> PathBuf {
-        Path::new("/run/containerd/runc").join(&self.namespace)
-    }
-
-    /// The cgroup ctr gives a container by default (cgroupfs driver).
-    fn cgroup_of(&self, id: &str) -> String {
-        format!("/{}/{id}", self.namespace)
-    }
-
-    /// The daemon log and the runtime logs still on disk, for failure messages.
-    fn diagnostics(&self) -> String {
-        let mut text = format!("--- containerd log (tail) ---\n{}", tail(&self.log, 30));
-        let tasks = self
-            .dir
-            .join("state/io.containerd.runtime.v2.task")
-            .join(&self.namespace);
-        for e in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
-            let log = e.path().join("log.json");
-            if log.exists() {
-                text.push_str(&format!(
-                    "\n--- berth log {} ---\n{}",
-                    log.display(),
-                    tail(&log, 20)
-                ));
-            }
-        }
-        text
-    }
-
-    /// Builds the busybox image and imports (and unpacks) it.
-    fn import_image(&self) {
-        let archive = build_busybox_oci_archive(&self.dir.path);
-        let out = self.run(&["images", "import", archive.to_str().unwrap()], SLOW);
-        assert!(
-            out.success(),
-            "ctr images import failed: {}\n{}",
-            out.describe(),
-            self.diagnostics()
-        );
-        let out = self.run(&["images", "ls", "-q"], QUICK);
-        assert!(
-            out.stdout.lines().any(|l| l.trim() == IMAGE_REF),
-            "{IMAGE_REF} missing after import: {}",
-            out.describe()
-        );
-    }
-
-    fn task_status(&self, id: &str) -> Option<String> {
-        let out = self.run(&["tasks", "ls"], QUICK);
-        out.stdout.lines().find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.first() == Some(&id)).then(|| f.last().unwrap().to_string())
-        })
-    }
-
-    /// The PID column of `ctr tasks ls` for `id` (the init process, host pid).
-    fn task_pid(&self, id: &str) -> Option<i32> {
-        let out = self.run(&["tasks", "ls"], QUICK);
-        out.stdout.lines().find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.first() == Some(&id) {
-                f.get(1)?.parse().ok()
-            } else {
-                None
-            }
-        })
-    }
-
-    /// Polls `ctr tasks ls` until task `id` shows `want`; panics after `timeout`.
-    fn wait_task_status(&self, id: &str, want: &str, timeout: Duration, after: &str) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let status = self.task_status(id);
-            if status.as_deref() == Some(want) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "task {id} not {want} {} s after {after} (status {status:?})\n{}",
-                timeout.as_secs(),
-                self.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Runs ctr with `args` and panics (with the daemon's and berth's logs)
-    /// unless it exits 0.
-    fn run_ok(&self, args: &[&str], timeout: Duration) -> Outcome {
-        let out = self.run(args, timeout);
-        assert!(
-            out.success(),
-            "ctr {} failed: {}\n{}",
-            args[..args.len().min(2)].join(" "),
-            out.describe(),
-            self.diagnostics()
-        );
-        out
-    }
-
-    /// After a container's removal: no record in containerd, no runtime
-    /// state, no cgroup.
-    fn assert_container_gone(&self, id: &str) {
-        let out = self.run(&["containers", "ls", "-q"], QUICK);
-        assert!(out.success(), "{}", out.describe());
-        assert!(
-            !out.stdout.lines().any(|l| l.trim() == id),
-            "container {id} still listed: {}",
-            out.describe()
-        );
-        let state = self.runtime_root().join(id);
-        assert!(
-            !state.exists(),
-            "berth left its state directory {} behind",
-            state.display()
-        );
-        let cgroups = wait_cgroup_gone(&self.cgroup_of(id), Duration::from_secs(5));
-        assert!(
-            cgroups.is_empty(),
-            "the container's cgroup was not removed: {cgroups:?}"
-        );
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let alive = matches!(self.daemon.as_mut().map(|c| c.try_wait()), Some(Ok(None)));
-        if alive {
-            // Through containerd first, as a user would.
-            let ids = self.run(&["containers", "ls", "-q"], QUICK).stdout;
-            for id in ids.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                // A frozen task cannot die: thaw it first.
-                if self.task_status(id).as_deref() == Some("PAUSED") {
-                    self.run(&["tasks", "resume", id], QUICK);
-                }
-                self.run(&["tasks", "kill", "-s", "SIGKILL", id], QUICK);
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while matches!(self.task_status(id).as_deref(), Some("RUNNING"))
-                    && Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                self.run(&["tasks", "delete", "--force", id], QUICK);
-                self.run(&["containers", "delete", id], QUICK);
-            }
-            let images = self.run(&["images", "ls", "-q"], QUICK).stdout;
-            for image in images.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                self.run(&["images", "rm", image], QUICK);
-            }
-        }
-        if let Some(mut daemon) = self.daemon.take() {
-            // SAFETY: plain kill(2) of our own child.
-            unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(daemon.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-        }
-        // Shims outlive containerd; theirs mention our socket ("-address").
-        let shims = kill_processes_mentioning(&self.socket.display().to_string());
-        if !shims.is_empty() {
-            eprintln!("dropin cleanup: killed leftover shim(s) {shims:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // Runtime state the shims did not delete.
-        let root = self.runtime_root();
-        if root.exists() {
-            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-                let id = e.file_name().to_string_lossy().into_owned();
-                eprintln!("dropin cleanup: berth state left for {id}, deleting it");
-                let mut cmd = Command::new(BERTH);
-                cmd.arg("--root")
-                    .arg(&root)
-                    .args(["delete", "--force", &id]);
-                run_in(&self.dir.path, &mut cmd, QUICK);
-            }
-            if let Err(e) = std::fs::remove_dir_all(&root) {
-                eprintln!("dropin cleanup: removing {}: {e}", root.display());
-            }
-        }
-        let left = remove_cgroup_tree(&format!("/{}", self.namespace));
-        if !left.is_empty() {
-            eprintln!("dropin cleanup: cgroups that could not be removed: {left:?}");
-        }
-        unmount_under(&self.dir.path);
-        // Sockets of shims that were killed: new since the start and dead.
-        for e in std::fs::read_dir(SHIM_SOCKET_DIR)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if !self.shim_sockets_before.contains(&e.file_name())
-                && std::os::unix::net::UnixStream::connect(e.path()).is_err()
-            {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        for p in &self.created {
-            p.remove_if_created();
-        }
-    }
+/// `berth --root ROOT delete --force ID`: a container the shim left behind.
+fn berth_delete_force(root: &Path, id: &str, scratch: &Path) {
+    let mut cmd = Command::new(BERTH);
+    cmd.arg("--root").arg(root).args(["delete", "--force", id]);
+    run_in(scratch, &mut cmd, QUICK);
 }
 
 /// `ctr run --rm` in the foreground: the container's output reaches ctr and
@@ -372,8 +59,7 @@ impl Drop for Containerd {
 #[test]
 fn containerd_run_rm_output_and_exit_code() {
     require_root();
-    let _serial = lock(&CONTAINERD);
-    let ctd = Containerd::start();
+    let ctd = start_containerd();
     ctd.import_image();
 
     let id = unique("run");
@@ -408,8 +94,7 @@ fn containerd_run_rm_output_and_exit_code() {
 #[test]
 fn containerd_detached_exec_kill_delete() {
     require_root();
-    let _serial = lock(&CONTAINERD);
-    let ctd = Containerd::start();
+    let ctd = start_containerd();
     ctd.import_image();
 
     let id = unique("detached");
@@ -507,94 +192,13 @@ fn containerd_detached_exec_kill_delete() {
     ctd.assert_container_gone(&id);
 }
 
-/// Lines in a text file (0 if it does not exist yet).
-fn line_count(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
-
-/// Waits up to `timeout` for `path` to reach more than `than` lines;
-/// returns the last count seen.
-fn wait_lines_above(path: &Path, than: usize, timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let n = line_count(path);
-        if n > than || Instant::now() >= deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The freezer state of cgroup `rel` as seen on the host: freezer.state of
-/// the v1 freezer hierarchy, else `frozen` of a v2 cgroup.events mapped to
-/// FROZEN/THAWED. None if no hierarchy has the cgroup.
-fn freezer_state(rel: &str) -> Option<String> {
-    let dirs = cgroup_dirs(rel);
-    if let Some(state) = dirs
-        .iter()
-        .find_map(|d| std::fs::read_to_string(d.join("freezer.state")).ok())
-    {
-        return Some(state.trim().to_owned());
-    }
-    dirs.iter().find_map(|d| {
-        let events = std::fs::read_to_string(d.join("cgroup.events")).ok()?;
-        let frozen = events.lines().find_map(|l| l.strip_prefix("frozen "))?;
-        Some(
-            if frozen.trim() == "1" {
-                "FROZEN"
-            } else {
-                "THAWED"
-            }
-            .to_owned(),
-        )
-    })
-}
-
-/// Every pid in cgroup `rel` (its cgroup.procs in all hierarchies).
-fn cgroup_pids(rel: &str) -> HashSet<i32> {
-    cgroup_dirs(rel)
-        .iter()
-        .flat_map(|d| {
-            std::fs::read_to_string(d.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.trim().parse::<i32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-/// The rows of `ctr tasks ps` (`PID  INFO`): pid and the rest of the line.
-fn parse_ctr_ps(stdout: &str) -> Vec<(i32, String)> {
-    stdout
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let (pid, info) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
-            Some((pid.parse().ok()?, info.trim().to_owned()))
-        })
-        .collect()
-}
-
-/// The value of `metric` in `ctr tasks metrics` table output
-/// (`METRIC  VALUE` rows), when it is a plain number.
-fn ctr_metric(stdout: &str, metric: &str) -> Option<u64> {
-    stdout.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        (f.next() == Some(metric)).then(|| f.next()?.parse().ok())?
-    })
-}
-
 /// pause/resume (the task really stops running while PAUSED), ps (init and
 /// exec'd pids, exactly the cgroup's processes), metrics from the cgroup,
 /// exec, kill and delete, all through containerd-shim-runc-v2 driving berth.
 #[test]
 fn containerd_pause_resume_ps_metrics() {
     require_root();
-    let _serial = lock(&CONTAINERD);
-    let ctd = Containerd::start();
+    let ctd = start_containerd();
     ctd.import_image();
 
     // The container appends a line to a bind-mounted host file every

@@ -234,7 +234,10 @@ fn run_rm_output_exit_code_and_cleanup() {
         out.describe(),
         ctd.diagnostics()
     );
-    eprintln!("ctr run --rm through the berth shim: {:?}", started.elapsed());
+    eprintln!(
+        "ctr run --rm through the berth shim: {:?}",
+        started.elapsed()
+    );
     assert_all_gone(&ctd, &[&id], &[&id]);
 }
 
@@ -295,6 +298,10 @@ fn detached_exec_ps_pause_resume_metrics_kill_delete() {
     // runtime state where the shim keeps it.
     let shims = shim_processes(&ctd);
     assert_eq!(shims.len(), 1, "shim processes: {shims:?}");
+    assert!(
+        shims[0].1.starts_with(&format!("{SHIM} ")),
+        "containerd should run the shim cargo built, {SHIM}, found first on its PATH: {shims:?}"
+    );
     let address = std::fs::read_to_string(ctd.bundle(&id).join("address")).unwrap_or_default();
     assert_eq!(
         address.trim(),
@@ -348,7 +355,8 @@ fn detached_exec_ps_pause_resume_metrics_kill_delete() {
     );
     let in_cgroup = cgroup_pids(&cgroup);
     assert!(
-        rows.iter().all(|(pid, _)| in_cgroup.contains(pid) || !pid_alive(*pid)),
+        rows.iter()
+            .all(|(pid, _)| in_cgroup.contains(pid) || !pid_alive(*pid)),
         "ctr tasks ps lists pids outside the container's cgroup {in_cgroup:?}: {}",
         ps.describe()
     );
@@ -472,9 +480,11 @@ fn run_tty() {
     );
     let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
     assert!(
-        // A NUL may come first: `script` passes its stdin's EOF on as the
-        // terminal's VEOF character, which ctr's raw mode leaves at 0.
-        lines.iter().any(|l| l.trim_start_matches("^@").starts_with("/dev/pts/"))
+        // The line may start with `^@`, the echo of a NUL that reaches the
+        // container's terminal when `script` passes on its stdin's EOF.
+        lines
+            .iter()
+            .any(|l| l.trim_start_matches("^@").starts_with("/dev/pts/"))
             && lines.contains(&"stdio-is-a-tty")
             && out.code == Some(4),
         "expected a /dev/pts/N line, `stdio-is-a-tty` and exit code 4 from {}\n{}",
@@ -679,5 +689,8 @@ fn containerd_restart_reconnects_to_running_shim() {
     ctd.run_ok(&["tasks", "delete", &id], QUICK);
     ctd.run_ok(&["containers", "delete", &id], QUICK);
     assert_all_gone(&ctd, &[&id], &[&id]);
-    assert!(!pid_alive(shim_pid), "the shim {shim_pid} outlived its container");
+    assert!(
+        !pid_alive(shim_pid),
+        "the shim {shim_pid} outlived its container"
+    );
 }

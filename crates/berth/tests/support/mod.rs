@@ -1,8 +1,12 @@
-//! Helpers for the drop-in tests (`tests/dropin.rs`): preconditions, running
-//! client tools with a timeout, building a busybox OCI image with umoci, and
-//! the host-level cleanup (processes, mounts, cgroups) the guards need.
+//! Helpers for tests that drive real clients (berth's `tests/dropin.rs`,
+//! the shim's `tests/containerd.rs`): preconditions, running client tools
+//! with a timeout, building a busybox OCI image with umoci, the host-level
+//! cleanup (processes, mounts, cgroups) the guards need, and a private
+//! containerd (`containerd`).
 //!
-//! Everything here works on the real host as root: no mocks.
+//! Everything here works on the real host as root: no mocks. Nothing here
+//! names a binary of one crate, so other crates' tests include this module
+//! by path.
 
 #![allow(dead_code)]
 
@@ -16,11 +20,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// The berth binary cargo built for this test run.
-pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+pub mod containerd;
 
 /// The reference the test image is imported under, by both clients.
 pub const IMAGE_REF: &str = "localhost/berth-dropin/busybox:latest";
+
+/// Timeouts of client commands: quick queries, and runs or imports.
+pub const QUICK: Duration = Duration::from_secs(30);
+pub const SLOW: Duration = Duration::from_secs(180);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -339,12 +346,11 @@ pub fn unmount_under(dir: &Path) {
 // ---------------------------------------------------------------------------
 // Processes.
 
-/// SIGKILLs (by pid) every process whose command line mentions `needle`,
-/// except this one. The needle is always a path unique to one test, so this
-/// only ever reaches processes the test started (shims, conmon).
-pub fn kill_processes_mentioning(needle: &str) -> Vec<i32> {
+/// (pid, command line with spaces for NULs) of every process except this
+/// one whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     let me = std::process::id() as i32;
-    let mut killed = Vec::new();
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -357,10 +363,21 @@ pub fn kill_processes_mentioning(needle: &str) -> Vec<i32> {
         };
         let line = String::from_utf8_lossy(&raw).replace('\0', " ");
         if line.contains(needle) {
-            // SAFETY: plain kill(2).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            killed.push(pid);
+            found.push((pid, line.trim_end().to_owned()));
         }
+    }
+    found
+}
+
+/// SIGKILLs (by pid) every process whose command line mentions `needle`,
+/// except this one. The needle is always a path unique to one test, so this
+/// only ever reaches processes the test started (shims, conmon).
+pub fn kill_processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut killed = Vec::new();
+    for (pid, _) in processes_mentioning(needle) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        killed.push(pid);
     }
     killed
 }
