@@ -1,0 +1,369 @@
+//! The gRPC face of the runtime: CRI v1 RuntimeService and ImageService.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_server::ImageService;
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::service::Cri;
+
+pub const RUNTIME_NAME: &str = "berth";
+pub const CRI_VERSION: &str = "v1";
+
+/// Shared by both services.
+#[derive(Clone)]
+pub struct Server(pub Arc<Cri>);
+
+type R<T> = Result<Response<T>, Status>;
+
+fn ok<T>(t: T) -> R<T> {
+    Ok(Response::new(t))
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not implemented yet"))
+}
+
+#[tonic::async_trait]
+impl RuntimeService for Server {
+    async fn version(&self, _r: Request<cri::VersionRequest>) -> R<cri::VersionResponse> {
+        ok(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: RUNTIME_NAME.into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: CRI_VERSION.into(),
+        })
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<cri::RunPodSandboxRequest>,
+    ) -> R<cri::RunPodSandboxResponse> {
+        let id = self.0.run_pod_sandbox(r.into_inner()).await?;
+        ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<cri::StopPodSandboxRequest>,
+    ) -> R<cri::StopPodSandboxResponse> {
+        self.0
+            .stop_pod_sandbox(&r.into_inner().pod_sandbox_id)
+            .await?;
+        ok(cri::StopPodSandboxResponse {})
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<cri::RemovePodSandboxRequest>,
+    ) -> R<cri::RemovePodSandboxResponse> {
+        self.0
+            .remove_pod_sandbox(&r.into_inner().pod_sandbox_id)
+            .await?;
+        ok(cri::RemovePodSandboxResponse {})
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<cri::PodSandboxStatusRequest>,
+    ) -> R<cri::PodSandboxStatusResponse> {
+        let r = r.into_inner();
+        ok(self.0.pod_sandbox_status(&r.pod_sandbox_id, r.verbose)?)
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<cri::ListPodSandboxRequest>,
+    ) -> R<cri::ListPodSandboxResponse> {
+        ok(cri::ListPodSandboxResponse {
+            items: self.0.list_pod_sandbox(r.into_inner().filter),
+        })
+    }
+
+    async fn create_container(
+        &self,
+        r: Request<cri::CreateContainerRequest>,
+    ) -> R<cri::CreateContainerResponse> {
+        let id = self.0.create_container(r.into_inner()).await?;
+        ok(cri::CreateContainerResponse { container_id: id })
+    }
+
+    async fn start_container(
+        &self,
+        r: Request<cri::StartContainerRequest>,
+    ) -> R<cri::StartContainerResponse> {
+        self.0.start_container(&r.into_inner().container_id).await?;
+        ok(cri::StartContainerResponse {})
+    }
+
+    async fn stop_container(
+        &self,
+        r: Request<cri::StopContainerRequest>,
+    ) -> R<cri::StopContainerResponse> {
+        let r = r.into_inner();
+        self.0.stop_container(&r.container_id, r.timeout).await?;
+        ok(cri::StopContainerResponse {})
+    }
+
+    async fn remove_container(
+        &self,
+        r: Request<cri::RemoveContainerRequest>,
+    ) -> R<cri::RemoveContainerResponse> {
+        self.0
+            .remove_container(&r.into_inner().container_id)
+            .await?;
+        ok(cri::RemoveContainerResponse {})
+    }
+
+    async fn list_containers(
+        &self,
+        r: Request<cri::ListContainersRequest>,
+    ) -> R<cri::ListContainersResponse> {
+        ok(cri::ListContainersResponse {
+            containers: self.0.list_containers(r.into_inner().filter),
+        })
+    }
+
+    async fn container_status(
+        &self,
+        r: Request<cri::ContainerStatusRequest>,
+    ) -> R<cri::ContainerStatusResponse> {
+        let r = r.into_inner();
+        ok(self.0.container_status(&r.container_id, r.verbose)?)
+    }
+
+    async fn update_container_resources(
+        &self,
+        r: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> R<cri::UpdateContainerResourcesResponse> {
+        self.0.update_container_resources(r.into_inner()).await?;
+        ok(cri::UpdateContainerResourcesResponse {})
+    }
+
+    async fn reopen_container_log(
+        &self,
+        r: Request<cri::ReopenContainerLogRequest>,
+    ) -> R<cri::ReopenContainerLogResponse> {
+        self.0
+            .reopen_container_log(&r.into_inner().container_id)
+            .await?;
+        ok(cri::ReopenContainerLogResponse {})
+    }
+
+    async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> R<cri::ExecSyncResponse> {
+        ok(self.0.exec_sync(r.into_inner()).await?)
+    }
+
+    async fn exec(&self, _r: Request<cri::ExecRequest>) -> R<cri::ExecResponse> {
+        Err(unimplemented("Exec (streaming)"))
+    }
+
+    async fn attach(&self, _r: Request<cri::AttachRequest>) -> R<cri::AttachResponse> {
+        Err(unimplemented("Attach"))
+    }
+
+    async fn port_forward(
+        &self,
+        _r: Request<cri::PortForwardRequest>,
+    ) -> R<cri::PortForwardResponse> {
+        Err(unimplemented("PortForward"))
+    }
+
+    async fn container_stats(
+        &self,
+        r: Request<cri::ContainerStatsRequest>,
+    ) -> R<cri::ContainerStatsResponse> {
+        let stats = self.0.container_stats(&r.into_inner().container_id).await?;
+        ok(cri::ContainerStatsResponse { stats: Some(stats) })
+    }
+
+    async fn list_container_stats(
+        &self,
+        r: Request<cri::ListContainerStatsRequest>,
+    ) -> R<cri::ListContainerStatsResponse> {
+        ok(cri::ListContainerStatsResponse {
+            stats: self.0.list_container_stats(r.into_inner().filter).await,
+        })
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        r: Request<cri::PodSandboxStatsRequest>,
+    ) -> R<cri::PodSandboxStatsResponse> {
+        let stats = self
+            .0
+            .pod_sandbox_stats(&r.into_inner().pod_sandbox_id)
+            .await?;
+        ok(cri::PodSandboxStatsResponse { stats: Some(stats) })
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        r: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> R<cri::ListPodSandboxStatsResponse> {
+        ok(cri::ListPodSandboxStatsResponse {
+            stats: self.0.list_pod_sandbox_stats(r.into_inner().filter).await,
+        })
+    }
+
+    async fn update_runtime_config(
+        &self,
+        r: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> R<cri::UpdateRuntimeConfigResponse> {
+        if let Some(cidr) = r
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .filter(|c| !c.is_empty())
+        {
+            tracing::info!(pod_cidr = %cidr, "runtime config updated");
+        }
+        ok(cri::UpdateRuntimeConfigResponse {})
+    }
+
+    async fn status(&self, r: Request<cri::StatusRequest>) -> R<cri::StatusResponse> {
+        let conditions = vec![
+            cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: true,
+                reason: String::new(),
+                message: "pods get the host network or a namespace with loopback only".into(),
+            },
+        ];
+        let mut info = HashMap::new();
+        if r.into_inner().verbose {
+            info.insert(
+                "config".to_owned(),
+                serde_json::to_string(&self.0.config).unwrap_or_default(),
+            );
+        }
+        let runtime_handlers = self
+            .0
+            .config
+            .handler_names()
+            .into_iter()
+            .map(|name| cri::RuntimeHandler {
+                name,
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: true,
+                    user_namespaces: false,
+                }),
+            })
+            .collect();
+        ok(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions }),
+            info,
+            runtime_handlers,
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: true,
+            }),
+        })
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _r: Request<cri::CheckpointContainerRequest>,
+    ) -> R<cri::CheckpointContainerResponse> {
+        Err(unimplemented("CheckpointContainer"))
+    }
+
+    type GetContainerEventsStream =
+        Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send + 'static>>;
+
+    async fn get_container_events(
+        &self,
+        _r: Request<cri::GetEventsRequest>,
+    ) -> R<Self::GetContainerEventsStream> {
+        let rx = self.0.events.subscribe();
+        let stream = BroadcastStream::new(rx).filter_map(|e| match e {
+            Ok(ev) => Some(Ok(ev)),
+            // A slow reader missed events: kubelet relists on its own.
+            Err(_) => None,
+        });
+        ok(Box::pin(stream))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> R<cri::ListMetricDescriptorsResponse> {
+        ok(cri::ListMetricDescriptorsResponse {
+            descriptors: vec![],
+        })
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> R<cri::ListPodSandboxMetricsResponse> {
+        ok(cri::ListPodSandboxMetricsResponse {
+            pod_metrics: vec![],
+        })
+    }
+
+    async fn runtime_config(
+        &self,
+        _r: Request<cri::RuntimeConfigRequest>,
+    ) -> R<cri::RuntimeConfigResponse> {
+        let driver = if self.0.config.cgroup_driver == "systemd" {
+            cri::CgroupDriver::Systemd
+        } else {
+            cri::CgroupDriver::Cgroupfs
+        };
+        ok(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: driver as i32,
+            }),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for Server {
+    async fn list_images(&self, r: Request<cri::ListImagesRequest>) -> R<cri::ListImagesResponse> {
+        ok(cri::ListImagesResponse {
+            images: self.0.list_images(r.into_inner().filter).await?,
+        })
+    }
+
+    async fn image_status(
+        &self,
+        r: Request<cri::ImageStatusRequest>,
+    ) -> R<cri::ImageStatusResponse> {
+        let r = r.into_inner();
+        ok(self.0.image_status(r.image, r.verbose).await?)
+    }
+
+    async fn pull_image(&self, r: Request<cri::PullImageRequest>) -> R<cri::PullImageResponse> {
+        let image_ref = self.0.pull_image(r.into_inner()).await?;
+        ok(cri::PullImageResponse { image_ref })
+    }
+
+    async fn remove_image(
+        &self,
+        r: Request<cri::RemoveImageRequest>,
+    ) -> R<cri::RemoveImageResponse> {
+        self.0.remove_image(r.into_inner().image).await?;
+        ok(cri::RemoveImageResponse {})
+    }
+
+    async fn image_fs_info(
+        &self,
+        _r: Request<cri::ImageFsInfoRequest>,
+    ) -> R<cri::ImageFsInfoResponse> {
+        ok(self.0.image_fs_info().await?)
+    }
+}

@@ -1,0 +1,60 @@
+//! berth-cri: the CRI v1 runtime berthd serves. It composes the image
+//! store (images, rootfs snapshots), the shims (containers, stdio, logs,
+//! exits) and its own records (pods, containers), which survive restarts.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod images;
+pub mod sandbox;
+pub mod service;
+pub mod shims;
+pub mod spec;
+pub mod store;
+pub mod user;
+pub mod util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use service::Cri;
+
+/// Serves CRI on the configured unix socket until `shutdown` resolves.
+pub async fn serve(
+    cri: Arc<Cri>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let socket = cri.config.socket.clone();
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::internal(dir.display(), e))?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| Error::internal(format!("binding {}", socket.display()), e))?;
+    // Root only: whoever reaches the socket runs containers as root.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::internal(socket.display(), e))?;
+    let server = grpc::Server(cri);
+    tracing::info!(socket = %socket.display(), "serving CRI");
+    let result = tonic::transport::Server::builder()
+        .add_service(
+            k8s_cri::v1::runtime_service_server::RuntimeServiceServer::new(server.clone())
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .add_service(
+            k8s_cri::v1::image_service_server::ImageServiceServer::new(server)
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|e| Error::internal("serving", e));
+    let _ = std::fs::remove_file(&socket);
+    result
+}

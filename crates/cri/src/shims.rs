@@ -1,0 +1,262 @@
+//! Starting pods' shims and keeping connections to them. berthd talks to
+//! every runtime through the shim v2 API: its own shim (berth in-process,
+//! or runc/crun/runsc through it) or any other shim v2 binary.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_shim::client::ShimClient;
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use tokio::io::AsyncWriteExt;
+
+use crate::config::RuntimeHandler;
+use crate::error::{Error, Result};
+
+/// The containerd namespace berthd's containers live in (shims key their
+/// sockets and state by it).
+pub const NAMESPACE: &str = "k8s.io";
+pub const SECOND: i64 = 1_000_000_000;
+
+pub struct Shims {
+    /// What shims take for containerd's address (berthd's socket).
+    address: String,
+    /// Directories searched for shim binaries before PATH.
+    dirs: Vec<PathBuf>,
+    socket_dir: PathBuf,
+    state_root: PathBuf,
+    clients: Mutex<HashMap<String, ShimClient>>,
+}
+
+impl Shims {
+    pub fn new(address: &Path, state: &Path, dirs: Vec<PathBuf>) -> Shims {
+        let mut dirs = dirs;
+        // berthd's own directory: the shim is installed beside it.
+        if let Some(d) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+        {
+            dirs.push(d);
+        }
+        Shims {
+            address: address.display().to_string(),
+            dirs,
+            socket_dir: state.join("s"),
+            state_root: state.join("shim"),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Finds a shim binary by name (or takes a path as is).
+    pub fn binary(&self, name: &str) -> Result<PathBuf> {
+        if name.contains('/') {
+            return if Path::new(name).is_file() {
+                Ok(PathBuf::from(name))
+            } else {
+                Err(Error::FailedPrecondition(format!(
+                    "shim binary {name} not found"
+                )))
+            };
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        self.dirs
+            .iter()
+            .cloned()
+            .chain(std::env::split_paths(&path))
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!("shim binary {name} not found in PATH"))
+            })
+    }
+
+    fn command(
+        &self,
+        binary: &Path,
+        id: &str,
+        bundle: &Path,
+        action: &str,
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(binary);
+        cmd.args(["-namespace", NAMESPACE, "-address", &self.address])
+            .args(["-publish-binary", "/bin/false", "-id", id])
+            .arg(action)
+            .current_dir(bundle)
+            .env("TTRPC_ADDRESS", format!("{}.ttrpc", self.address))
+            .env("BERTH_SHIM_SOCKET_DIR", &self.socket_dir)
+            .env("BERTH_SHIM_STATE_ROOT", &self.state_root)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// `start`: the address of the shim that serves container `id` (the
+    /// shim groups a pod's containers by their sandbox id annotation).
+    pub async fn start(&self, handler: &RuntimeHandler, id: &str, bundle: &Path) -> Result<String> {
+        let binary = self.binary(&handler.shim_binary()?)?;
+        let mut child = self
+            .command(&binary, id, bundle, "start")
+            .spawn()
+            .map_err(|e| Error::Shim(format!("running {} start: {e}", binary.display())))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // As containerd 1.6: the runtime options Any, marshalled.
+            let opts = runtime_options(handler)
+                .write_to_bytes()
+                .unwrap_or_default();
+            let _ = stdin.write_all(&opts).await;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .map_err(|_| Error::Shim(format!("{} start did not finish in 30 s", binary.display())))?
+            .map_err(|e| Error::Shim(format!("{} start: {e}", binary.display())))?;
+        if !out.status.success() {
+            return Err(Error::Shim(format!(
+                "{} start failed ({}): {}",
+                binary.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let address = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if address.is_empty() {
+            return Err(Error::Shim(format!(
+                "{} start printed no address",
+                binary.display()
+            )));
+        }
+        Ok(address)
+    }
+
+    /// `delete`: cleans up after a shim that is gone.
+    pub async fn delete(
+        &self,
+        handler: &RuntimeHandler,
+        id: &str,
+        bundle: &Path,
+    ) -> Result<Option<u32>> {
+        let binary = self.binary(&handler.shim_binary()?)?;
+        let mut cmd = self.command(&binary, id, bundle, "delete");
+        cmd.stdin(std::process::Stdio::null());
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .map_err(|_| {
+                Error::Shim(format!(
+                    "{} delete did not finish in 30 s",
+                    binary.display()
+                ))
+            })?
+            .map_err(|e| Error::Shim(format!("{} delete: {e}", binary.display())))?;
+        if !out.status.success() {
+            return Err(Error::Shim(format!(
+                "{} delete failed: {}",
+                binary.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(api::DeleteResponse::parse_from_bytes(&out.stdout)
+            .ok()
+            .map(|r| r.exit_status))
+    }
+
+    /// A connection to the shim at `address`, reused while it works.
+    pub async fn client(&self, address: &str) -> Result<ShimClient> {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(address)
+        {
+            return Ok(c.clone());
+        }
+        let c = tokio::time::timeout(Duration::from_secs(10), ShimClient::connect(address))
+            .await
+            .map_err(|_| Error::Shim(format!("connecting to {address}: timed out")))?
+            .map_err(|e| Error::Shim(format!("connecting to {address}: {e}")))?;
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(address.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Forgets a connection (after the shim went away or errored).
+    pub fn forget(&self, address: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(address);
+    }
+
+    /// Calls a task method; a broken connection is dropped so that the
+    /// next call reconnects.
+    pub async fn call<Req: Message, Resp: Message>(
+        &self,
+        address: &str,
+        method: &str,
+        req: &Req,
+        timeout_ns: i64,
+    ) -> Result<Resp> {
+        let client = self.client(address).await?;
+        match client.call(method, req, timeout_ns).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if !matches!(e, ttrpc::Error::RpcStatus(_)) {
+                    self.forget(address);
+                }
+                Err(Error::from_ttrpc(method, e))
+            }
+        }
+    }
+
+    /// Asks a shim to exit (it does once it holds no container).
+    pub async fn shutdown(&self, address: &str) {
+        let _ = self
+            .call::<_, Empty>(
+                address,
+                "Shutdown",
+                &api::ShutdownRequest::new(),
+                5 * SECOND,
+            )
+            .await;
+        self.forget(address);
+    }
+}
+
+/// The options berth's shim (and runc's) read on Create: which OCI runtime
+/// binary to drive.
+pub fn runtime_options(handler: &RuntimeHandler) -> Any {
+    let mut o = containerd_shim_protos::shim::oci::Options::new();
+    if let Some(b) = &handler.binary_name {
+        o.binary_name = b.clone();
+    }
+    if let Some(r) = &handler.root {
+        o.root = r.clone();
+    }
+    o.systemd_cgroup = handler.systemd_cgroup;
+    let mut any = Any::new();
+    any.type_url = "containerd.runc.v1.Options".into();
+    any.value = o.write_to_bytes().unwrap_or_default();
+    any
+}
+
+pub fn options_field(handler: &RuntimeHandler) -> MessageField<Any> {
+    if handler.binary_name.is_none() && handler.root.is_none() && !handler.systemd_cgroup {
+        MessageField::none()
+    } else {
+        MessageField::some(runtime_options(handler))
+    }
+}
+
+pub fn forget_all(shims: &Arc<Shims>) {
+    shims
+        .clients
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+}

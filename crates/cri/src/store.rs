@@ -1,0 +1,338 @@
+//! berthd's records of pods and containers: an in-memory index over a redb
+//! file, written through on every change so that a `kill -9` loses nothing
+//! a client was told. A name is reserved exactly when a record holds it,
+//! in the same transaction, so a crash cannot leave a name reserved by
+//! nothing (or a record without its name).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use k8s_cri::v1 as cri;
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PodState {
+    Ready,
+    NotReady,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+/// Paths of a pod's pinned namespaces (none: the host's).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodNamespaces {
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    /// The pod's PID namespace, held by its pause container.
+    pub pid: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub id: String,
+    pub config: cri::PodSandboxConfig,
+    pub runtime_handler: String,
+    pub state: PodState,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    pub namespaces: PodNamespaces,
+    /// The pod's directory (hostname, hosts, resolv.conf, shm, ns pins).
+    pub dir: PathBuf,
+    /// The cgroup parent of its containers.
+    pub cgroup_parent: String,
+    /// The address of the pod's shim, once it has one.
+    pub shim_address: Option<String>,
+    /// The pause container's pid when the pod shares its PID namespace.
+    pub pause_pid: Option<u32>,
+    /// The pod's IP addresses (none with the host network).
+    pub ips: Vec<String>,
+}
+
+impl PodRecord {
+    pub fn name(&self) -> String {
+        let m = self.config.metadata.clone().unwrap_or_default();
+        format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    pub config: cri::ContainerConfig,
+    /// The image as the request named it, and as the store knows it.
+    pub image_ref: String,
+    pub image_id: String,
+    /// The image's repo digest, if it has one (ContainerStatus.image_ref).
+    pub image_repo_digest: String,
+    pub state: ContainerState,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub pid: u32,
+    pub bundle: PathBuf,
+    /// Absolute path of its CRI log (empty: none).
+    pub log_path: String,
+    /// The image store's rootfs key.
+    pub rootfs_key: String,
+}
+
+impl ContainerRecord {
+    pub fn name(&self) -> String {
+        let m = self.config.metadata.clone().unwrap_or_default();
+        format!("{}_{}_{}", m.name, self.pod_id, m.attempt)
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    pods: HashMap<String, PodRecord>,
+    containers: HashMap<String, ContainerRecord>,
+    /// Reserved names: pod name -> id, container name -> id.
+    pod_names: HashMap<String, String>,
+    container_names: HashMap<String, String>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    index: Arc<Mutex<Index>>,
+    pub path: PathBuf,
+}
+
+fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::Store(e.to_string())
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::internal(dir.display(), e))?;
+        }
+        let db =
+            Database::create(path).map_err(|e| Error::Store(format!("{}: {e}", path.display())))?;
+        let mut index = Index::default();
+        {
+            let w = db.begin_write().map_err(db_err)?;
+            w.open_table(PODS).map_err(db_err)?;
+            w.open_table(CONTAINERS).map_err(db_err)?;
+            w.commit().map_err(db_err)?;
+        }
+        let r = db.begin_read().map_err(db_err)?;
+        for row in r.open_table(PODS).map_err(db_err)?.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            match serde_json::from_slice::<PodRecord>(v.value()) {
+                Ok(p) => {
+                    index.pod_names.insert(p.name(), p.id.clone());
+                    index.pods.insert(p.id.clone(), p);
+                }
+                Err(e) => tracing::error!("pod record {}: {e}; ignoring it", k.value()),
+            }
+        }
+        for row in r
+            .open_table(CONTAINERS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = row.map_err(db_err)?;
+            match serde_json::from_slice::<ContainerRecord>(v.value()) {
+                Ok(c) => {
+                    index.container_names.insert(c.name(), c.id.clone());
+                    index.containers.insert(c.id.clone(), c);
+                }
+                Err(e) => tracing::error!("container record {}: {e}; ignoring it", k.value()),
+            }
+        }
+        drop(r);
+        Ok(Store {
+            db: Arc::new(db),
+            index: Arc::new(Mutex::new(index)),
+            path: path.to_owned(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        id: &str,
+        value: Option<&[u8]>,
+    ) -> Result<()> {
+        let w = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = w.open_table(table).map_err(db_err)?;
+            match value {
+                Some(v) => {
+                    t.insert(id, v).map_err(db_err)?;
+                }
+                None => {
+                    t.remove(id).map_err(db_err)?;
+                }
+            }
+        }
+        w.commit().map_err(db_err)
+    }
+
+    /// Adds a pod, reserving its name.
+    pub fn add_pod(&self, pod: PodRecord) -> Result<()> {
+        let mut index = self.lock();
+        let name = pod.name();
+        if let Some(other) = index.pod_names.get(&name) {
+            return Err(Error::AlreadyExists(format!(
+                "pod name {name:?} is reserved by pod {other}"
+            )));
+        }
+        self.write(
+            PODS,
+            &pod.id,
+            Some(&serde_json::to_vec(&pod).map_err(db_err)?),
+        )?;
+        index.pod_names.insert(name, pod.id.clone());
+        index.pods.insert(pod.id.clone(), pod);
+        Ok(())
+    }
+
+    pub fn update_pod(&self, id: &str, f: impl FnOnce(&mut PodRecord)) -> Result<PodRecord> {
+        let mut index = self.lock();
+        let mut pod = index
+            .pods
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id} not found")))?;
+        f(&mut pod);
+        self.write(PODS, id, Some(&serde_json::to_vec(&pod).map_err(db_err)?))?;
+        index.pods.insert(id.to_owned(), pod.clone());
+        Ok(pod)
+    }
+
+    pub fn remove_pod(&self, id: &str) -> Result<()> {
+        let mut index = self.lock();
+        if let Some(p) = index.pods.get(id).cloned() {
+            self.write(PODS, id, None)?;
+            index.pods.remove(id);
+            index.pod_names.remove(&p.name());
+        }
+        Ok(())
+    }
+
+    pub fn pod(&self, id: &str) -> Option<PodRecord> {
+        self.lock().pods.get(id).cloned()
+    }
+
+    pub fn pods(&self) -> Vec<PodRecord> {
+        self.lock().pods.values().cloned().collect()
+    }
+
+    pub fn add_container(&self, c: ContainerRecord) -> Result<()> {
+        let mut index = self.lock();
+        let name = c.name();
+        if let Some(other) = index.container_names.get(&name) {
+            return Err(Error::AlreadyExists(format!(
+                "container name {name:?} is reserved by container {other}"
+            )));
+        }
+        self.write(
+            CONTAINERS,
+            &c.id,
+            Some(&serde_json::to_vec(&c).map_err(db_err)?),
+        )?;
+        index.container_names.insert(name, c.id.clone());
+        index.containers.insert(c.id.clone(), c);
+        Ok(())
+    }
+
+    pub fn update_container(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<ContainerRecord> {
+        let mut index = self.lock();
+        let mut c = index
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
+        f(&mut c);
+        self.write(
+            CONTAINERS,
+            id,
+            Some(&serde_json::to_vec(&c).map_err(db_err)?),
+        )?;
+        index.containers.insert(id.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    pub fn remove_container(&self, id: &str) -> Result<()> {
+        let mut index = self.lock();
+        if let Some(c) = index.containers.get(id).cloned() {
+            self.write(CONTAINERS, id, None)?;
+            index.containers.remove(id);
+            index.container_names.remove(&c.name());
+        }
+        Ok(())
+    }
+
+    pub fn container(&self, id: &str) -> Option<ContainerRecord> {
+        self.lock().containers.get(id).cloned()
+    }
+
+    pub fn containers(&self) -> Vec<ContainerRecord> {
+        self.lock().containers.values().cloned().collect()
+    }
+
+    pub fn containers_of(&self, pod_id: &str) -> Vec<ContainerRecord> {
+        self.lock()
+            .containers
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Resolves a full id or a unique prefix of one (as crictl users type).
+    pub fn resolve_pod(&self, id: &str) -> Result<String> {
+        resolve(id, self.lock().pods.keys(), "pod sandbox")
+    }
+
+    pub fn resolve_container(&self, id: &str) -> Result<String> {
+        resolve(id, self.lock().containers.keys(), "container")
+    }
+}
+
+fn resolve<'a>(id: &str, keys: impl Iterator<Item = &'a String>, what: &str) -> Result<String> {
+    if id.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} id is empty")));
+    }
+    let matches: Vec<&String> = keys.filter(|k| k.starts_with(id)).collect();
+    if let Some(exact) = matches.iter().find(|k| k.as_str() == id) {
+        return Ok((*exact).clone());
+    }
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(Error::NotFound(format!("{what} {id:?} not found"))),
+        _ => Err(Error::InvalidArgument(format!(
+            "{what} id prefix {id:?} is ambiguous"
+        ))),
+    }
+}
