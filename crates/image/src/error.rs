@@ -20,6 +20,9 @@ pub enum Error {
     ImageNotFound(String),
     #[error("{0}")]
     Registry(String),
+    /// No host has the manifest (not retried).
+    #[error("{0}")]
+    ManifestUnknown(String),
     #[error("unsupported media type {0:?}")]
     UnsupportedMediaType(String),
     #[error("no manifest for platform {platform} in {reference}")]
@@ -43,6 +46,9 @@ pub enum Error {
     SnapshotNotFound(String),
     #[error("rootfs {0:?} already exists")]
     RootfsExists(String),
+    /// A registry configuration file is wrong (names the file and line).
+    #[error("{0}")]
+    Config(String),
     #[error("metadata store: {0}")]
     Metadata(String),
     #[error("{context}: {source}")]

@@ -3,12 +3,15 @@
 //! containers or pods.
 
 pub mod content;
+pub mod credentials;
 pub mod digest;
 mod error;
+pub mod hosts;
 mod layout;
 mod metadata;
 pub mod pull;
 pub mod reference;
+pub mod registry;
 mod store;
 pub mod unpack;
 

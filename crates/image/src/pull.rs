@@ -1,16 +1,17 @@
-//! Pulling from OCI distribution registries with oci-client.
+//! Pulling from OCI distribution registries: the hosts of a registry
+//! (mirrors first, from hosts.toml) tried in order, credentials from the
+//! caller or a docker config, layers downloaded in parallel and unpacked
+//! as they arrive.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::Client;
-
 use crate::digest::Digest;
+use crate::hosts::RegistryHost;
 use crate::reference::Reference;
+use crate::registry::Endpoint;
 use crate::store::{Image, ImageStore};
 use crate::{Error, Result};
 
@@ -45,6 +46,8 @@ pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct PullOptions {
     pub auth: Auth,
+    /// The registry host `auth` is for (CRI's server_address); None: any.
+    pub auth_host: Option<String>,
     pub progress: Option<ProgressFn>,
     /// Overrides the store's platform (`os/arch[/variant]`).
     pub platform: Option<String>,
@@ -59,29 +62,6 @@ pub fn default_platform() -> String {
         other => other,
     };
     format!("linux/{arch}")
-}
-
-fn registry_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Registry(format!("{what}: {e}"))
-}
-
-/// Whether a registry may be reached over plain http.
-fn insecure(store: &ImageStore, registry: &str) -> bool {
-    let host = registry.rsplit_once(':').map_or(registry, |(h, p)| {
-        if p.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            registry
-        }
-    });
-    host == "localhost"
-        || host == "127.0.0.1"
-        || host == "[::1]"
-        || store
-            .options()
-            .insecure_registries
-            .iter()
-            .any(|r| r == registry || r == host)
 }
 
 /// The media type of a manifest or index document.
@@ -170,75 +150,147 @@ pub fn manifest_parts(bytes: &[u8]) -> Result<((Digest, u64), Vec<LayerDesc>)> {
     Ok((config, layers))
 }
 
+const MANIFEST_TYPES: &[&str] = &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
+
+/// The hosts one pull may use, in order, and the one that last worked.
 struct Remote {
-    client: Client,
-    reference: oci_client::Reference,
-    auth: RegistryAuth,
+    endpoints: Vec<Endpoint>,
+    preferred: AtomicUsize,
+}
+
+fn note_failure(host: &RegistryHost, what: &str, e: &Error) {
+    log::warn!("{what} from {}: {e}; trying the next host", host.api_base());
 }
 
 impl Remote {
-    fn at_digest(&self, d: &Digest) -> oci_client::Reference {
-        oci_client::Reference::with_digest(
-            self.reference.registry().to_owned(),
-            self.reference.repository().to_owned(),
-            d.to_string(),
-        )
+    /// Endpoints to try for `need`, the preferred one first.
+    fn order(&self, need: impl Fn(&RegistryHost) -> bool) -> Vec<&Endpoint> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut v: Vec<(usize, &Endpoint)> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| need(&e.host))
+            .collect();
+        v.sort_by_key(|(i, _)| (*i != first, *i));
+        v.into_iter().map(|(_, e)| e).collect()
     }
 
-    async fn manifest(&self, reference: &oci_client::Reference) -> Result<(bytes::Bytes, Digest)> {
-        let (bytes, digest) = self
-            .client
-            .pull_manifest_raw(
-                reference,
-                &self.auth,
-                &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST],
-            )
-            .await
-            .map_err(|e| registry_error(&format!("fetching the manifest of {reference}"), e))?;
-        let actual = Digest::of(&bytes);
-        if let Ok(claimed) = Digest::parse(&digest) {
-            if claimed != actual {
-                return Err(Error::DigestMismatch {
-                    expected: claimed.to_string(),
-                    actual: actual.to_string(),
-                });
+    /// A manifest by tag (hosts that may resolve) or digest (hosts that
+    /// may pull), verified against the digest when there is one.
+    async fn manifest(
+        &self,
+        reference: &str,
+        digest: Option<&Digest>,
+    ) -> Result<(bytes::Bytes, Digest)> {
+        let candidates: Vec<&Endpoint> = if digest.is_some() {
+            self.order(|h| h.capabilities.pull)
+        } else {
+            self.endpoints
+                .iter()
+                .filter(|e| e.host.capabilities.resolve)
+                .collect()
+        };
+        if candidates.is_empty() {
+            return Err(Error::Config(format!(
+                "no host may {} {reference}: check the capabilities in hosts.toml",
+                if digest.is_some() { "pull" } else { "resolve" }
+            )));
+        }
+        let mut errors = Vec::new();
+        for ep in candidates {
+            match ep.manifest(reference, MANIFEST_TYPES).await {
+                Ok(bytes) => {
+                    let actual = Digest::of(&bytes);
+                    if let Some(d) = digest {
+                        if *d != actual {
+                            let e = Error::DigestMismatch {
+                                expected: d.to_string(),
+                                actual: actual.to_string(),
+                            };
+                            note_failure(&ep.host, "manifest", &e);
+                            errors.push(format!("{}: {e}", ep.host.api_base()));
+                            continue;
+                        }
+                    }
+                    if let Some(i) = self.endpoints.iter().position(|x| std::ptr::eq(x, ep)) {
+                        self.preferred.store(i, Ordering::Relaxed);
+                    }
+                    return Ok((bytes, actual));
+                }
+                Err(e) => {
+                    note_failure(&ep.host, "manifest", &e);
+                    errors.push(format!("{}: {e}", ep.host.api_base()));
+                }
             }
         }
-        Ok((bytes, actual))
+        let all_unknown = errors.iter().all(|e| e.contains("manifest unknown"));
+        let msg = format!("fetching the manifest {reference}: {}", errors.join("; "));
+        Err(if all_unknown {
+            Error::ManifestUnknown(msg)
+        } else {
+            Error::Registry(msg)
+        })
+    }
+
+    async fn blob(&self, digest: &Digest) -> Result<reqwest::Response> {
+        let mut errors = Vec::new();
+        for ep in self.order(|h| h.capabilities.pull) {
+            match ep.blob(digest.as_str()).await {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    note_failure(&ep.host, &format!("blob {digest}"), &e);
+                    errors.push(format!("{}: {e}", ep.host.api_base()));
+                }
+            }
+        }
+        Err(Error::Registry(format!(
+            "fetching blob {digest}: {}",
+            errors.join("; ")
+        )))
     }
 }
 
 impl ImageStore {
-    fn remote(&self, r: &Reference, auth: &Auth) -> Result<Remote> {
-        let protocol = if insecure(self, &r.registry) {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        };
-        let client = Client::new(ClientConfig {
-            protocol,
-            platform_resolver: None,
-            max_concurrent_download: self.options().max_concurrent_downloads,
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(300)),
-            ..Default::default()
-        });
-        let reference: oci_client::Reference =
-            r.full().parse().map_err(|e| Error::InvalidReference {
-                reference: r.full(),
-                reason: format!("{e}"),
-            })?;
-        let auth = match auth {
-            Auth::Anonymous => RegistryAuth::Anonymous,
-            Auth::Basic { username, password } => {
-                RegistryAuth::Basic(username.clone(), password.clone())
+    /// The credentials for one host: the caller's when they are for it,
+    /// else the docker config's, else none.
+    fn auth_for(&self, host: &RegistryHost, registry: &str, opts: &PullOptions) -> Result<Auth> {
+        let explicit = !matches!(opts.auth, Auth::Anonymous);
+        let for_host = match &opts.auth_host {
+            None => true,
+            Some(h) => {
+                let h = h
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/');
+                h == host.host()
+                    || h == registry
+                    || (registry == "docker.io" && h.ends_with("docker.io"))
             }
-            Auth::Bearer(t) => RegistryAuth::Bearer(t.clone()),
         };
+        if explicit && for_host {
+            return Ok(opts.auth.clone());
+        }
+        if let Some(path) = &self.options().docker_config {
+            for name in [host.host(), registry] {
+                if let Some(a) = crate::credentials::lookup(path, name)? {
+                    return Ok(a);
+                }
+            }
+        }
+        Ok(Auth::Anonymous)
+    }
+
+    fn remote(&self, r: &Reference, opts: &PullOptions) -> Result<Remote> {
+        let hosts = self.options().hosts_config().hosts_for(&r.registry)?;
+        let mut endpoints = Vec::new();
+        for host in hosts {
+            let auth = self.auth_for(&host, &r.registry, opts)?;
+            endpoints.push(Endpoint::new(host, &r.registry, &r.repository, auth)?);
+        }
         Ok(Remote {
-            client,
-            reference,
-            auth,
+            endpoints,
+            preferred: AtomicUsize::new(0),
         })
     }
 
@@ -246,9 +298,15 @@ impl ImageStore {
     /// and layers (in parallel, retried, verified), unpacked into snapshots.
     pub async fn pull(self: &Arc<Self>, reference: &str, opts: &PullOptions) -> Result<Image> {
         let r = Reference::parse(reference)?;
-        let remote = Arc::new(self.remote(&r, &opts.auth)?);
+        let remote = Arc::new(self.remote(&r, opts)?);
+        let top = r
+            .digest
+            .as_ref()
+            .map(|d| d.to_string())
+            .or_else(|| r.tag.clone())
+            .unwrap_or_else(|| "latest".into());
         let (mut bytes, mut manifest_digest) = self
-            .retry("the manifest", || remote.manifest(&remote.reference))
+            .retry("the manifest", || remote.manifest(&top, r.digest.as_ref()))
             .await?;
         if let Some(d) = &r.digest {
             if d != &manifest_digest {
@@ -273,9 +331,10 @@ impl ImageStore {
                 })?;
             self.content.write_bytes(&bytes)?;
             index = Some(manifest_digest.clone());
-            let at = remote.at_digest(&d);
             let (b, got) = self
-                .retry("the platform manifest", || remote.manifest(&at))
+                .retry("the platform manifest", || {
+                    remote.manifest(d.as_str(), Some(&d))
+                })
                 .await?;
             if got != d {
                 return Err(Error::DigestMismatch {
@@ -399,22 +458,14 @@ impl ImageStore {
         progress: Option<&ProgressFn>,
     ) -> Result<()> {
         self.retry(&format!("blob {digest}"), || async {
-            let reference = remote.at_digest(digest);
-            let descriptor = oci_client::manifest::OciDescriptor {
-                digest: digest.to_string(),
-                size: size as i64,
-                ..Default::default()
-            };
-            let mut stream = remote
-                .client
-                .pull_blob_stream(&reference, &descriptor)
-                .await
-                .map_err(|e| registry_error(&format!("fetching blob {digest}"), e))?;
+            let mut resp = remote.blob(digest).await?;
             let mut writer = self.content.writer(digest, (size > 0).then_some(size))?;
             let mut last_report = 0u64;
-            while let Some(chunk) = stream.stream.next().await {
-                let chunk =
-                    chunk.map_err(|e| registry_error(&format!("reading blob {digest}"), e))?;
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| Error::Registry(format!("reading blob {digest}: {e}")))?
+            {
                 writer.write_all(&chunk).map_err(|e| Error::Io {
                     context: format!("writing blob {digest}"),
                     source: e,

@@ -97,6 +97,23 @@ pub struct StoreOptions {
     pub retries: u32,
     /// `os/arch[/variant]` chosen from image indexes.
     pub platform: String,
+    /// containerd's `certs.d` directory of hosts.toml files.
+    pub hosts_dir: Option<PathBuf>,
+    /// Mirrors by registry, the simple inline form (tried before the
+    /// registry when no hosts.toml covers it).
+    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
+    /// A docker config.json with credentials.
+    pub docker_config: Option<PathBuf>,
+}
+
+impl StoreOptions {
+    pub fn hosts_config(&self) -> crate::hosts::HostsConfig {
+        crate::hosts::HostsConfig {
+            config_path: self.hosts_dir.clone(),
+            mirrors: self.mirrors.clone(),
+            insecure: self.insecure_registries.clone(),
+        }
+    }
 }
 
 impl Default for StoreOptions {
@@ -106,6 +123,9 @@ impl Default for StoreOptions {
             max_concurrent_downloads: 3,
             retries: 3,
             platform: crate::pull::default_platform(),
+            hosts_dir: None,
+            mirrors: Default::default(),
+            docker_config: None,
         }
     }
 }
