@@ -38,6 +38,35 @@ pub struct Config {
     pub shm_size: u64,
     /// Where shims find the shim binaries, in front of PATH.
     pub shim_dirs: Vec<PathBuf>,
+    pub registry: RegistryConfig,
+}
+
+/// Registry hosts and credentials, as containerd's CRI plugin configures
+/// them (`config_path` is a certs.d directory of hosts.toml files).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    pub config_path: Option<PathBuf>,
+    /// Inline mirrors: `[registry.mirrors."docker.io"] endpoint = [...]`.
+    pub mirrors: BTreeMap<String, Mirror>,
+    /// A docker config.json consulted when a pull brings no credentials.
+    pub docker_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    pub endpoint: Vec<String>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            config_path: None,
+            mirrors: BTreeMap::new(),
+            docker_config: Some(PathBuf::from("/root/.docker/config.json")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -112,6 +141,7 @@ impl Default for Config {
             restrict_oom_score_adj: RestrictOom::Auto,
             shm_size: 64 * 1024 * 1024,
             shim_dirs: Vec::new(),
+            registry: RegistryConfig::default(),
         }
     }
 }

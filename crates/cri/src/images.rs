@@ -161,6 +161,11 @@ impl Cri {
             .filter(|i| !i.is_empty())
             .ok_or_else(|| Error::InvalidArgument("PullImage: image is missing".into()))?;
         let auth = auth_of(req.auth.as_ref())?;
+        let auth_host = req
+            .auth
+            .as_ref()
+            .map(|a| a.server_address.clone())
+            .filter(|s| !s.is_empty());
         let started = now_ns();
         let image = self
             .images
@@ -168,6 +173,7 @@ impl Cri {
                 &reference,
                 &PullOptions {
                     auth,
+                    auth_host,
                     ..Default::default()
                 },
             )

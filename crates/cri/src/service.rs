@@ -103,8 +103,21 @@ impl Cri {
         let image_options = berth_image::StoreOptions {
             insecure_registries: config.insecure_registries.clone(),
             max_concurrent_downloads: config.max_concurrent_downloads.max(1),
+            hosts_dir: config.registry.config_path.clone(),
+            mirrors: config
+                .registry
+                .mirrors
+                .iter()
+                .map(|(k, m)| (k.clone(), m.endpoint.clone()))
+                .collect(),
+            docker_config: config.registry.docker_config.clone(),
             ..Default::default()
         };
+        // Broken hosts files are reported now and on the pulls they affect;
+        // they do not stop berthd or the other registries.
+        for (file, e) in image_options.hosts_config().validate() {
+            tracing::error!(file = %file.display(), "registry hosts: {e}");
+        }
         let root = config.root.join("images");
         let images = blocking(move || Ok(ImageStore::open(&root, image_options)?)).await?;
         let oom_floor = match config.restrict_oom_score_adj {

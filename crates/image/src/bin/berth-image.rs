@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use berth_image::{Auth, ImageStore, PullOptions, StoreOptions};
 
-const USAGE: &str = "usage: berth-image [--root DIR] [--insecure REGISTRY]... [--platform os/arch] [--parallel N] COMMAND
+const USAGE: &str = "usage: berth-image [--root DIR] [--insecure REGISTRY]... [--platform os/arch] [--parallel N]
+                   [--hosts-dir DIR] [--docker-config FILE] COMMAND
 commands:
   pull REF [--user USER:PASSWORD]   pull (and unpack) an image
   list                              list images (JSON)
@@ -42,6 +43,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--platform" => options.platform = value(i)?,
             "--parallel" => options.max_concurrent_downloads = value(i)?.parse()?,
             "--user" => user = Some(value(i)?),
+            "--hosts-dir" => options.hosts_dir = Some(PathBuf::from(value(i)?)),
+            "--docker-config" => options.docker_config = Some(PathBuf::from(value(i)?)),
             _ => {
                 i += 1;
                 continue;
