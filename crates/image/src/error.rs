@@ -20,6 +20,10 @@ pub enum Error {
     ImageNotFound(String),
     #[error("{0}")]
     Registry(String),
+    /// The registry or its token server refused the credentials (not
+    /// retried: repeating a bad password can lock an account).
+    #[error("{0}")]
+    Unauthorized(String),
     /// No host has the manifest (not retried).
     #[error("{0}")]
     ManifestUnknown(String),

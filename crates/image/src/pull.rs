@@ -156,6 +156,8 @@ const MANIFEST_TYPES: &[&str] = &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_M
 struct Remote {
     endpoints: Vec<Endpoint>,
     preferred: AtomicUsize,
+    /// `registry/repository`, for messages.
+    name: String,
 }
 
 fn note_failure(host: &RegistryHost, what: &str, e: &Error) {
@@ -224,10 +226,16 @@ impl Remote {
                 }
             }
         }
-        let all_unknown = errors.iter().all(|e| e.contains("manifest unknown"));
-        let msg = format!("fetching the manifest {reference}: {}", errors.join("; "));
-        Err(if all_unknown {
+        let sep = if reference.contains(':') { "@" } else { ":" };
+        let msg = format!(
+            "fetching the manifest of {}{sep}{reference}: {}",
+            self.name,
+            errors.join("; ")
+        );
+        Err(if errors.iter().all(|e| e.contains("manifest unknown")) {
             Error::ManifestUnknown(msg)
+        } else if errors.iter().all(|e| e.contains("unauthorized")) {
+            Error::Unauthorized(msg)
         } else {
             Error::Registry(msg)
         })
@@ -245,7 +253,8 @@ impl Remote {
             }
         }
         Err(Error::Registry(format!(
-            "fetching blob {digest}: {}",
+            "fetching blob {digest} of {}: {}",
+            self.name,
             errors.join("; ")
         )))
     }
@@ -291,6 +300,7 @@ impl ImageStore {
         Ok(Remote {
             endpoints,
             preferred: AtomicUsize::new(0),
+            name: format!("{}/{}", r.registry, r.repository),
         })
     }
 

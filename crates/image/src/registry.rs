@@ -213,7 +213,14 @@ impl Endpoint {
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
-            return Err(Error::Registry(format!(
+            let make = if status == reqwest::StatusCode::UNAUTHORIZED
+                || status == reqwest::StatusCode::FORBIDDEN
+            {
+                Error::Unauthorized
+            } else {
+                Error::Registry
+            };
+            return Err(make(format!(
                 "token from {realm}: {status} (unauthorized: check the credentials){}",
                 if body.is_empty() {
                     String::new()
@@ -274,15 +281,21 @@ impl Endpoint {
             .to_owned();
         let (scheme, params) = parse_challenge(&challenge);
         let authorization = match (scheme.as_str(), &self.auth) {
-            ("bearer", Auth::Bearer(t)) if cached.is_none() => format!("Bearer {t}"),
+            // The caller's token was what we sent: a new one from the realm
+            // would be anonymous, not what the caller asked for.
+            ("bearer", Auth::Bearer(_)) => {
+                return Err(Error::Unauthorized(format!(
+                    "GET {url}: 401 unauthorized: the registry refused the given registry token"
+                )))
+            }
             ("bearer", _) => format!("Bearer {}", self.token(&params).await?),
             ("basic", Auth::Basic { username, password }) => basic_header(username, password),
             ("basic", _) => {
-                return Err(Error::Registry(format!(
+                return Err(Error::Unauthorized(format!(
                     "GET {url}: 401 unauthorized: the registry wants basic credentials and none were given"
                 )))
             }
-            _ => return Err(Error::Registry(format!("GET {url}: 401 unauthorized ({challenge:?})"))),
+            _ => return Err(Error::Unauthorized(format!("GET {url}: 401 unauthorized ({challenge:?})"))),
         };
         let resp = send(Some(authorization.clone()))
             .await

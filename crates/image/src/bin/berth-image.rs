@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use berth_image::{Auth, ImageStore, PullOptions, StoreOptions};
 
-const USAGE: &str = "usage: berth-image [--root DIR] [--insecure REGISTRY]... [--platform os/arch] [--parallel N]
+const USAGE: &str =
+    "usage: berth-image [--root DIR] [--insecure REGISTRY]... [--platform os/arch] [--parallel N]
                    [--hosts-dir DIR] [--docker-config FILE] COMMAND
 commands:
   pull REF [--user USER:PASSWORD]   pull (and unpack) an image
