@@ -272,9 +272,12 @@ impl ImageStore {
                     .trim_start_matches("https://")
                     .trim_start_matches("http://")
                     .trim_end_matches('/');
+                // As containerd: credentials for a server address go to that
+                // host; the registry's own name also covers its server, not
+                // its mirrors.
                 h == host.host()
-                    || h == registry
-                    || (registry == "docker.io" && h.ends_with("docker.io"))
+                    || (!host.mirror
+                        && (h == registry || (registry == "docker.io" && h.ends_with("docker.io"))))
             }
         };
         if explicit && for_host {

@@ -23,8 +23,18 @@ pub struct Endpoint {
     authorization: std::sync::Mutex<Option<String>>,
 }
 
-fn http_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Registry(format!("{what}: {e}"))
+/// An HTTP failure with its causes (the TLS or socket error that says why).
+fn http_error(what: &str, e: impl std::error::Error) -> Error {
+    let mut msg = format!("{what}: {e}");
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(&format!(": {text}"));
+        }
+        source = cause.source();
+    }
+    Error::Registry(msg)
 }
 
 /// A `WWW-Authenticate` challenge: scheme and parameters.

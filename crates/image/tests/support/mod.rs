@@ -35,6 +35,7 @@ pub mod oci;
 pub mod registry;
 pub mod tarball;
 pub mod tempdir;
+pub mod tls;
 
 // Functions and types in separate groups: rustfmt's 2021 and 2024 styles
 // sort mixed-case lists differently, and this file must pass both.
