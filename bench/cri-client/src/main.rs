@@ -1,0 +1,794 @@
+//! berth-cri-bench: the CRI v1 client of `bench/cri-pod-start`.
+//!
+//! One client for every daemon measured, so that both sides see exactly the
+//! same requests, the same gRPC stack (tonic over one HTTP/2 connection on
+//! the unix socket, as the kubelet keeps one) and the same clock.
+//!
+//! ```text
+//! berth-cri-bench --socket PATH version
+//! berth-cri-bench --socket PATH pull IMAGE...
+//! berth-cri-bench --socket PATH run --pods N --image REF --tag TAG
+//!     --cgroup-parent CG --log-dir DIR [--ids-file FILE] [--hold]
+//! berth-cri-bench --socket PATH cleanup --tag TAG
+//! ```
+//!
+//! `run` starts N pods at once, each RunPodSandbox -> CreateContainer ->
+//! StartContainer in its own task (one host-network pod, one busybox
+//! container running `sleep 3600`), checks (untimed) that every pod is
+//! SANDBOX_READY and every container CONTAINER_RUNNING, optionally holds
+//! (prints a `started` JSON line and waits for a line on stdin, so the
+//! caller can look at the processes), then tears every pod down the same
+//! way, all at once: StopContainer (timeout 0: SIGKILL, as a `sleep` that is
+//! PID 1 of its namespace ignores SIGTERM), RemoveContainer, StopPodSandbox,
+//! RemovePodSandbox. It prints one JSON object: per pod the time of every
+//! RPC and of the whole start and teardown sequences, the wall time of all
+//! starts and of all teardowns, and the errors (RPC, gRPC code, message).
+//! Whatever fails, it still tears down what it created; it exits 1 if
+//! anything failed.
+//!
+//! Every pod and container carries the label `berth-bench=TAG`; `cleanup`
+//! removes whatever carries it (for the caller's cleanup after a failure).
+//! `--ids-file` gets a line `pod ID` / `container ID` as soon as one is
+//! created, so the caller can find the runtime's leftovers by id.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const USAGE: &str = "usage: berth-cri-bench --socket PATH [--rpc-timeout SECONDS] \
+(version | pull IMAGE... | run --pods N --image REF --tag TAG --cgroup-parent CG \
+--log-dir DIR [--ids-file FILE] [--hold] | cleanup --tag TAG)";
+
+const LABEL: &str = "berth-bench";
+const CONTAINER_NAME: &str = "sleep";
+
+type Runtime = RuntimeServiceClient<Channel>;
+
+struct Opts {
+    socket: PathBuf,
+    rpc_timeout: Duration,
+    command: String,
+    args: Vec<String>,
+    pods: usize,
+    image: String,
+    tag: String,
+    cgroup_parent: String,
+    log_dir: PathBuf,
+    ids_file: Option<PathBuf>,
+    hold: bool,
+}
+
+fn parse() -> Result<Opts, String> {
+    let mut o = Opts {
+        socket: PathBuf::new(),
+        rpc_timeout: Duration::from_secs(120),
+        command: String::new(),
+        args: Vec::new(),
+        pods: 1,
+        image: String::new(),
+        tag: String::new(),
+        cgroup_parent: String::new(),
+        log_dir: PathBuf::new(),
+        ids_file: None,
+        hold: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--socket" => o.socket = value("--socket")?.into(),
+            "--rpc-timeout" => {
+                let s: u64 = value("--rpc-timeout")?
+                    .parse()
+                    .map_err(|e| format!("--rpc-timeout: {e}"))?;
+                o.rpc_timeout = Duration::from_secs(s);
+            }
+            "--pods" => {
+                o.pods = value("--pods")?
+                    .parse()
+                    .map_err(|e| format!("--pods: {e}"))?
+            }
+            "--image" => o.image = value("--image")?,
+            "--tag" => o.tag = value("--tag")?,
+            "--cgroup-parent" => o.cgroup_parent = value("--cgroup-parent")?,
+            "--log-dir" => o.log_dir = value("--log-dir")?.into(),
+            "--ids-file" => o.ids_file = Some(value("--ids-file")?.into()),
+            "--hold" => o.hold = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            s if s.starts_with('-') => return Err(format!("unknown flag {s}")),
+            _ if o.command.is_empty() => o.command = a,
+            _ => o.args.push(a),
+        }
+    }
+    if o.socket.as_os_str().is_empty() || o.command.is_empty() {
+        return Err("--socket and a command are required".into());
+    }
+    match o.command.as_str() {
+        "run" => {
+            if o.pods == 0
+                || o.image.is_empty()
+                || o.tag.is_empty()
+                || o.cgroup_parent.is_empty()
+                || o.log_dir.as_os_str().is_empty()
+            {
+                return Err(
+                    "run needs --pods >= 1, --image, --tag, --cgroup-parent, --log-dir".into(),
+                );
+            }
+        }
+        "cleanup" if o.tag.is_empty() => return Err("cleanup needs --tag".into()),
+        "pull" if o.args.is_empty() => return Err("pull needs an image".into()),
+        "version" | "pull" | "cleanup" => {}
+        c => return Err(format!("unknown command {c}")),
+    }
+    Ok(o)
+}
+
+async fn connect(socket: &Path) -> Result<Channel, String> {
+    let path = socket.to_path_buf();
+    // the URI is a placeholder: the connector dials the unix socket
+    Endpoint::try_from("http://[::]:50051")
+        .map_err(|e| e.to_string())?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .map_err(|e| format!("connecting to {}: {e:?}", socket.display()))
+}
+
+/// One RPC with a client-side deadline; Err is "RPC: code: message".
+async fn rpc<T>(
+    name: &str,
+    limit: Duration,
+    f: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(format!("{name}: {:?}: {}", s.code(), s.message())),
+        Err(_) => Err(format!(
+            "{name}: no answer within {} s (client deadline)",
+            limit.as_secs()
+        )),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Node as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+fn labels(tag: &str) -> HashMap<String, String> {
+    HashMap::from([(LABEL.to_owned(), tag.to_owned())])
+}
+
+/// What kubelet would send for a host-network pod (minus DNS and ports).
+fn pod_config(o: &Opts, index: usize) -> cri::PodSandboxConfig {
+    let name = format!("{}-{index}", o.tag);
+    let namespace = o.tag.clone();
+    let uid = format!("{}-uid-{index}", o.tag);
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.clone(),
+            namespace: namespace.clone(),
+            uid: uid.clone(),
+            attempt: 0,
+        }),
+        hostname: String::new(),
+        // kubelet's /var/log/pods/<namespace>_<name>_<uid>
+        log_directory: o
+            .log_dir
+            .join(format!("{namespace}_{name}_{uid}"))
+            .display()
+            .to_string(),
+        labels: labels(&o.tag),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: o.cgroup_parent.clone(),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(namespaces()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(o: &Opts) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: CONTAINER_NAME.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: o.image.clone(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "3600".into()],
+        log_path: format!("{CONTAINER_NAME}/0.log"),
+        labels: labels(&o.tag),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(namespaces()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+struct IdsFile(Option<Mutex<std::fs::File>>);
+
+impl IdsFile {
+    fn open(path: Option<&Path>) -> Result<IdsFile, String> {
+        let Some(p) = path else {
+            return Ok(IdsFile(None));
+        };
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| format!("opening {}: {e}", p.display()))?;
+        Ok(IdsFile(Some(Mutex::new(f))))
+    }
+
+    fn record(&self, kind: &str, id: &str) {
+        if let Some(f) = &self.0 {
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = writeln!(f, "{kind} {id}");
+            let _ = f.flush();
+        }
+    }
+}
+
+#[derive(Default)]
+struct PodRun {
+    name: String,
+    sandbox_id: Option<String>,
+    container_id: Option<String>,
+    started: bool,
+    times: serde_json::Map<String, Value>,
+    errors: Vec<String>,
+}
+
+/// RunPodSandbox -> CreateContainer -> StartContainer for one pod.
+async fn start_pod(
+    mut rt: Runtime,
+    o: Arc<Opts>,
+    ids: Arc<IdsFile>,
+    index: usize,
+    t0: Instant,
+) -> PodRun {
+    let config = pod_config(&o, index);
+    let mut run = PodRun {
+        name: config.metadata.as_ref().unwrap().name.clone(),
+        ..Default::default()
+    };
+    let limit = o.rpc_timeout;
+    // kubelet makes the pod's and the container's log dirs itself
+    let log_dir = Path::new(&config.log_directory).join(CONTAINER_NAME);
+    if let Err(e) = std::fs::create_dir_all(&log_dir) {
+        run.errors
+            .push(format!("creating {}: {e}", log_dir.display()));
+        return run;
+    }
+    let cconfig = container_config(&o);
+    let begin = Instant::now();
+    run.times
+        .insert("spawn_delay_ms".into(), json!(ms(begin - t0)));
+
+    let t = Instant::now();
+    let r = rpc(
+        "RunPodSandbox",
+        limit,
+        rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        }),
+    )
+    .await;
+    run.times
+        .insert("run_pod_sandbox_ms".into(), json!(ms(t.elapsed())));
+    let sandbox_id = match r {
+        Ok(r) => r.pod_sandbox_id,
+        Err(e) => {
+            run.errors.push(e);
+            return run;
+        }
+    };
+    ids.record("pod", &sandbox_id);
+    run.sandbox_id = Some(sandbox_id.clone());
+
+    let t = Instant::now();
+    let r = rpc(
+        "CreateContainer",
+        limit,
+        rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(cconfig),
+            sandbox_config: Some(config),
+        }),
+    )
+    .await;
+    run.times
+        .insert("create_container_ms".into(), json!(ms(t.elapsed())));
+    let container_id = match r {
+        Ok(r) => r.container_id,
+        Err(e) => {
+            run.errors.push(e);
+            return run;
+        }
+    };
+    ids.record("container", &container_id);
+    run.container_id = Some(container_id.clone());
+
+    let t = Instant::now();
+    let r = rpc(
+        "StartContainer",
+        limit,
+        rt.start_container(cri::StartContainerRequest {
+            container_id: container_id.clone(),
+        }),
+    )
+    .await;
+    run.times
+        .insert("start_container_ms".into(), json!(ms(t.elapsed())));
+    match r {
+        Ok(_) => {
+            run.started = true;
+            run.times
+                .insert("start_ms".into(), json!(ms(begin.elapsed())));
+            run.times
+                .insert("done_after_t0_ms".into(), json!(ms(t0.elapsed())));
+        }
+        Err(e) => run.errors.push(e),
+    }
+    run
+}
+
+/// Untimed: the pod is ready and its container running.
+async fn check_pod(mut rt: Runtime, limit: Duration, run: &PodRun) -> Result<(), String> {
+    let (Some(sid), Some(cid)) = (&run.sandbox_id, &run.container_id) else {
+        return Ok(());
+    };
+    let s = rpc(
+        "PodSandboxStatus",
+        limit,
+        rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sid.clone(),
+            verbose: false,
+        }),
+    )
+    .await?;
+    let state = s.status.as_ref().map(|s| s.state).unwrap_or(-1);
+    if state != cri::PodSandboxState::SandboxReady as i32 {
+        return Err(format!(
+            "PodSandboxStatus of {sid}: state {state}, not SANDBOX_READY"
+        ));
+    }
+    let c = rpc(
+        "ContainerStatus",
+        limit,
+        rt.container_status(cri::ContainerStatusRequest {
+            container_id: cid.clone(),
+            verbose: false,
+        }),
+    )
+    .await?;
+    let st = c.status.unwrap_or_default();
+    if st.state != cri::ContainerState::ContainerRunning as i32 {
+        return Err(format!(
+            "ContainerStatus of {cid}: state {} (exit code {}, reason {:?}, message {:?}), \
+             not CONTAINER_RUNNING",
+            st.state, st.exit_code, st.reason, st.message
+        ));
+    }
+    Ok(())
+}
+
+/// StopContainer -> RemoveContainer -> StopPodSandbox -> RemovePodSandbox,
+/// each step tried even when an earlier one failed.
+async fn teardown_pod(
+    mut rt: Runtime,
+    limit: Duration,
+    sandbox_id: Option<String>,
+    container_id: Option<String>,
+) -> (serde_json::Map<String, Value>, Vec<String>) {
+    let mut times = serde_json::Map::new();
+    let mut errors = Vec::new();
+    let begin = Instant::now();
+    if let Some(cid) = container_id {
+        let t = Instant::now();
+        let r = rpc(
+            "StopContainer",
+            limit,
+            rt.stop_container(cri::StopContainerRequest {
+                container_id: cid.clone(),
+                timeout: 0,
+            }),
+        )
+        .await;
+        times.insert("stop_container_ms".into(), json!(ms(t.elapsed())));
+        if let Err(e) = r {
+            errors.push(e);
+        }
+        let t = Instant::now();
+        let r = rpc(
+            "RemoveContainer",
+            limit,
+            rt.remove_container(cri::RemoveContainerRequest { container_id: cid }),
+        )
+        .await;
+        times.insert("remove_container_ms".into(), json!(ms(t.elapsed())));
+        if let Err(e) = r {
+            errors.push(e);
+        }
+    }
+    if let Some(sid) = sandbox_id {
+        let t = Instant::now();
+        let r = rpc(
+            "StopPodSandbox",
+            limit,
+            rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: sid.clone(),
+            }),
+        )
+        .await;
+        times.insert("stop_pod_sandbox_ms".into(), json!(ms(t.elapsed())));
+        if let Err(e) = r {
+            errors.push(e);
+        }
+        let t = Instant::now();
+        let r = rpc(
+            "RemovePodSandbox",
+            limit,
+            rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: sid,
+            }),
+        )
+        .await;
+        times.insert("remove_pod_sandbox_ms".into(), json!(ms(t.elapsed())));
+        if let Err(e) = r {
+            errors.push(e);
+        }
+    }
+    times.insert("teardown_ms".into(), json!(ms(begin.elapsed())));
+    (times, errors)
+}
+
+async fn cmd_run(o: Opts, channel: Channel) -> Result<bool, String> {
+    let o = Arc::new(o);
+    let ids = Arc::new(IdsFile::open(o.ids_file.as_deref())?);
+    let rt = RuntimeServiceClient::new(channel);
+    let limit = o.rpc_timeout;
+
+    // start: all pods at once
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..o.pods)
+        .map(|i| {
+            tokio::spawn(start_pod(
+                rt.clone(),
+                Arc::clone(&o),
+                Arc::clone(&ids),
+                i,
+                t0,
+            ))
+        })
+        .collect();
+    let mut runs = Vec::with_capacity(o.pods);
+    for (i, t) in tasks.into_iter().enumerate() {
+        runs.push(t.await.unwrap_or_else(|e| PodRun {
+            name: format!("{}-{i}", o.tag),
+            errors: vec![format!("task panicked: {e}")],
+            ..Default::default()
+        }));
+    }
+    let start_wall = t0.elapsed();
+    let all_started = runs.iter().all(|r| r.started);
+
+    // untimed checks
+    if all_started {
+        let checks: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                let rt = rt.clone();
+                let r = PodRun {
+                    sandbox_id: r.sandbox_id.clone(),
+                    container_id: r.container_id.clone(),
+                    ..Default::default()
+                };
+                tokio::spawn(async move { check_pod(rt, limit, &r).await })
+            })
+            .collect();
+        for (run, c) in runs.iter_mut().zip(checks) {
+            match c.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => run.errors.push(e),
+                Err(e) => run.errors.push(format!("check task panicked: {e}")),
+            }
+        }
+    }
+
+    if o.hold {
+        let pods: Vec<Value> = runs
+            .iter()
+            .map(|r| json!({"name": r.name, "sandbox_id": r.sandbox_id, "container_id": r.container_id}))
+            .collect();
+        let ok = runs.iter().all(|r| r.started && r.errors.is_empty());
+        println!("{}", json!({"started": ok, "pods": pods}));
+        std::io::stdout().flush().ok();
+        let mut line = String::new();
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        let _ = stdin.read_line(&mut line).await;
+    }
+
+    // teardown: all pods at once
+    let t1 = Instant::now();
+    let tasks: Vec<_> = runs
+        .iter()
+        .map(|r| {
+            tokio::spawn(teardown_pod(
+                rt.clone(),
+                limit,
+                r.sandbox_id.clone(),
+                r.container_id.clone(),
+            ))
+        })
+        .collect();
+    for (run, t) in runs.iter_mut().zip(tasks) {
+        match t.await {
+            Ok((times, errors)) => {
+                run.times.extend(times);
+                run.errors.extend(errors);
+            }
+            Err(e) => run.errors.push(format!("teardown task panicked: {e}")),
+        }
+    }
+    let teardown_wall = t1.elapsed();
+
+    let ok = runs.iter().all(|r| r.started && r.errors.is_empty());
+    let errors: Vec<String> = runs
+        .iter()
+        .flat_map(|r| r.errors.iter().map(move |e| format!("pod {}: {e}", r.name)))
+        .collect();
+    let per_pod: Vec<Value> = runs
+        .into_iter()
+        .map(|r| {
+            let mut m = r.times;
+            m.insert("name".into(), json!(r.name));
+            m.insert("sandbox_id".into(), json!(r.sandbox_id));
+            m.insert("container_id".into(), json!(r.container_id));
+            m.insert("started".into(), json!(r.started));
+            Value::Object(m)
+        })
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "pods": o.pods,
+            "start_wall_ms": ms(start_wall),
+            "teardown_wall_ms": ms(teardown_wall),
+            "per_pod": per_pod,
+            "errors": errors,
+        })
+    );
+    Ok(ok)
+}
+
+async fn cmd_version(channel: Channel, limit: Duration) -> Result<bool, String> {
+    let mut rt = RuntimeServiceClient::new(channel);
+    let v = rpc(
+        "Version",
+        limit,
+        rt.version(cri::VersionRequest {
+            version: "v1".into(),
+        }),
+    )
+    .await?;
+    let s = rpc(
+        "Status",
+        limit,
+        rt.status(cri::StatusRequest { verbose: false }),
+    )
+    .await?;
+    let conditions: Vec<Value> = s
+        .status
+        .map(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| json!({"type": c.r#type, "status": c.status, "reason": c.reason, "message": c.message}))
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "runtime_name": v.runtime_name,
+            "runtime_version": v.runtime_version,
+            "runtime_api_version": v.runtime_api_version,
+            "conditions": conditions,
+        })
+    );
+    Ok(true)
+}
+
+async fn cmd_pull(channel: Channel, limit: Duration, images: &[String]) -> Result<bool, String> {
+    let mut img = ImageServiceClient::new(channel);
+    let mut out = Vec::new();
+    for image in images {
+        let t = Instant::now();
+        let r = rpc(
+            "PullImage",
+            limit,
+            img.pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|e| format!("{image}: {e}"))?;
+        out.push(json!({"image": image, "image_ref": r.image_ref, "ms": ms(t.elapsed())}));
+    }
+    println!("{}", json!({ "pulled": out }));
+    Ok(true)
+}
+
+/// Removes every container and pod labelled berth-bench=TAG.
+async fn cmd_cleanup(channel: Channel, limit: Duration, tag: &str) -> Result<bool, String> {
+    let mut rt = RuntimeServiceClient::new(channel);
+    let mut errors = Vec::new();
+    let containers = rpc(
+        "ListContainers",
+        limit,
+        rt.list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                label_selector: labels(tag),
+                ..Default::default()
+            }),
+        }),
+    )
+    .await?
+    .containers;
+    for c in &containers {
+        if let Err(e) = rpc(
+            "StopContainer",
+            limit,
+            rt.stop_container(cri::StopContainerRequest {
+                container_id: c.id.clone(),
+                timeout: 0,
+            }),
+        )
+        .await
+        {
+            errors.push(format!("container {}: {e}", c.id));
+        }
+        if let Err(e) = rpc(
+            "RemoveContainer",
+            limit,
+            rt.remove_container(cri::RemoveContainerRequest {
+                container_id: c.id.clone(),
+            }),
+        )
+        .await
+        {
+            errors.push(format!("container {}: {e}", c.id));
+        }
+    }
+    let pods = rpc(
+        "ListPodSandbox",
+        limit,
+        rt.list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: labels(tag),
+                ..Default::default()
+            }),
+        }),
+    )
+    .await?
+    .items;
+    for p in &pods {
+        if let Err(e) = rpc(
+            "StopPodSandbox",
+            limit,
+            rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: p.id.clone(),
+            }),
+        )
+        .await
+        {
+            errors.push(format!("pod {}: {e}", p.id));
+        }
+        if let Err(e) = rpc(
+            "RemovePodSandbox",
+            limit,
+            rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: p.id.clone(),
+            }),
+        )
+        .await
+        {
+            errors.push(format!("pod {}: {e}", p.id));
+        }
+    }
+    println!(
+        "{}",
+        json!({"containers": containers.len(), "pods": pods.len(), "errors": errors})
+    );
+    Ok(errors.is_empty())
+}
+
+#[tokio::main]
+async fn main() {
+    let o = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("berth-cri-bench: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let limit = o.rpc_timeout;
+    let command = o.command.clone();
+    let result = async {
+        let channel = connect(&o.socket).await?;
+        match command.as_str() {
+            "version" => cmd_version(channel, limit).await,
+            "pull" => {
+                let images = o.args.clone();
+                cmd_pull(channel, limit, &images).await
+            }
+            "cleanup" => {
+                let tag = o.tag.clone();
+                cmd_cleanup(channel, limit, &tag).await
+            }
+            _ => {
+                // a first RPC on the connection, untimed: HTTP/2 is up and
+                // the daemon answers before the clock starts
+                let mut rt = RuntimeServiceClient::new(channel.clone());
+                rpc(
+                    "Version",
+                    limit,
+                    rt.version(cri::VersionRequest {
+                        version: "v1".into(),
+                    }),
+                )
+                .await?;
+                cmd_run(o, channel).await
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("berth-cri-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
