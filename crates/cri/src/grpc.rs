@@ -30,6 +30,49 @@ fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not implemented yet"))
 }
 
+/// Runs an operation to its end even when the client goes away (tonic
+/// drops a handler's future on disconnect, which would leave a half-made
+/// pod or container behind). Failures are logged: kubelet retries, and the
+/// daemon log is where an operator looks.
+async fn complete<T: Send + 'static>(
+    what: &'static str,
+    op: impl std::future::Future<Output = crate::Result<T>> + Send + 'static,
+) -> Result<T, Status> {
+    let r = tokio::spawn(op)
+        .await
+        .map_err(|e| Status::internal(format!("{what}: {e}")))?;
+    r.map_err(|e| {
+        tracing::warn!("{what}: {e}");
+        e.into()
+    })
+}
+
+/// Like [`complete`] for creations: when the client is gone by the time
+/// the object exists, nobody will ever learn its id, so it is removed
+/// again (as containerd rolls back a cancelled creation).
+async fn create<F, U>(what: &'static str, op: F, undo: U) -> Result<String, Status>
+where
+    F: std::future::Future<Output = crate::Result<String>> + Send + 'static,
+    U: FnOnce(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Err(Ok(id)) = tx.send(op.await) {
+            tracing::warn!("{what}: the client went away; removing {id}");
+            undo(id).await;
+        }
+    });
+    let r = rx
+        .await
+        .map_err(|e| Status::internal(format!("{what}: {e}")))?;
+    r.map_err(|e| {
+        tracing::warn!("{what}: {e}");
+        e.into()
+    })
+}
+
 #[tonic::async_trait]
 impl RuntimeService for Server {
     async fn version(&self, _r: Request<cri::VersionRequest>) -> R<cri::VersionResponse> {
@@ -45,7 +88,18 @@ impl RuntimeService for Server {
         &self,
         r: Request<cri::RunPodSandboxRequest>,
     ) -> R<cri::RunPodSandboxResponse> {
-        let id = self.0.run_pod_sandbox(r.into_inner()).await?;
+        let (cri, undo) = (Arc::clone(&self.0), Arc::clone(&self.0));
+        let req = r.into_inner();
+        let id = create(
+            "RunPodSandbox",
+            async move { cri.run_pod_sandbox(req).await },
+            move |id| {
+                Box::pin(async move {
+                    let _ = undo.remove_pod_sandbox(&id).await;
+                })
+            },
+        )
+        .await?;
         ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
     }
 
@@ -90,7 +144,18 @@ impl RuntimeService for Server {
         &self,
         r: Request<cri::CreateContainerRequest>,
     ) -> R<cri::CreateContainerResponse> {
-        let id = self.0.create_container(r.into_inner()).await?;
+        let (cri, undo) = (Arc::clone(&self.0), Arc::clone(&self.0));
+        let req = r.into_inner();
+        let id = create(
+            "CreateContainer",
+            async move { cri.create_container(req).await },
+            move |id| {
+                Box::pin(async move {
+                    let _ = undo.remove_container(&id).await;
+                })
+            },
+        )
+        .await?;
         ok(cri::CreateContainerResponse { container_id: id })
     }
 
@@ -98,7 +163,13 @@ impl RuntimeService for Server {
         &self,
         r: Request<cri::StartContainerRequest>,
     ) -> R<cri::StartContainerResponse> {
-        self.0.start_container(&r.into_inner().container_id).await?;
+        let cri = Arc::clone(&self.0);
+        let id = r.into_inner().container_id;
+        complete(
+            "StartContainer",
+            async move { cri.start_container(&id).await },
+        )
+        .await?;
         ok(cri::StartContainerResponse {})
     }
 
@@ -106,8 +177,12 @@ impl RuntimeService for Server {
         &self,
         r: Request<cri::StopContainerRequest>,
     ) -> R<cri::StopContainerResponse> {
+        let cri = Arc::clone(&self.0);
         let r = r.into_inner();
-        self.0.stop_container(&r.container_id, r.timeout).await?;
+        complete("StopContainer", async move {
+            cri.stop_container(&r.container_id, r.timeout).await
+        })
+        .await?;
         ok(cri::StopContainerResponse {})
     }
 
@@ -142,7 +217,12 @@ impl RuntimeService for Server {
         &self,
         r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> R<cri::UpdateContainerResourcesResponse> {
-        self.0.update_container_resources(r.into_inner()).await?;
+        let cri = Arc::clone(&self.0);
+        let req = r.into_inner();
+        complete("UpdateContainerResources", async move {
+            cri.update_container_resources(req).await
+        })
+        .await?;
         ok(cri::UpdateContainerResourcesResponse {})
     }
 
@@ -157,7 +237,9 @@ impl RuntimeService for Server {
     }
 
     async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> R<cri::ExecSyncResponse> {
-        ok(self.0.exec_sync(r.into_inner()).await?)
+        let cri = Arc::clone(&self.0);
+        let req = r.into_inner();
+        ok(complete("ExecSync", async move { cri.exec_sync(req).await }).await?)
     }
 
     async fn exec(&self, _r: Request<cri::ExecRequest>) -> R<cri::ExecResponse> {
@@ -348,7 +430,9 @@ impl ImageService for Server {
     }
 
     async fn pull_image(&self, r: Request<cri::PullImageRequest>) -> R<cri::PullImageResponse> {
-        let image_ref = self.0.pull_image(r.into_inner()).await?;
+        let cri = Arc::clone(&self.0);
+        let req = r.into_inner();
+        let image_ref = complete("PullImage", async move { cri.pull_image(req).await }).await?;
         ok(cri::PullImageResponse { image_ref })
     }
 
@@ -356,7 +440,9 @@ impl ImageService for Server {
         &self,
         r: Request<cri::RemoveImageRequest>,
     ) -> R<cri::RemoveImageResponse> {
-        self.0.remove_image(r.into_inner().image).await?;
+        let cri = Arc::clone(&self.0);
+        let image = r.into_inner().image;
+        complete("RemoveImage", async move { cri.remove_image(image).await }).await?;
         ok(cri::RemoveImageResponse {})
     }
 

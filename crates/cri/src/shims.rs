@@ -116,11 +116,15 @@ impl Shims {
             .map_err(|_| Error::Shim(format!("{} start did not finish in 30 s", binary.display())))?
             .map_err(|e| Error::Shim(format!("{} start: {e}", binary.display())))?;
         if !out.status.success() {
+            let said = [&out.stderr, &out.stdout]
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                .find(|t| !t.is_empty())
+                .unwrap_or_else(|| "it printed nothing".into());
             return Err(Error::Shim(format!(
-                "{} start failed ({}): {}",
+                "{} start failed ({}): {said}",
                 binary.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                out.status
             )));
         }
         let address = String::from_utf8_lossy(&out.stdout).trim().to_owned();
