@@ -2,10 +2,15 @@
 //! a CRI client on its socket, and a Drop that removes every pod,
 //! container, shim, mount and cgroup it made. Images come from a real
 //! registry (Debian's docker-registry) on 127.0.0.1.
+//!
+//! Besides: berthd under a wrapper command (a private mount namespace for
+//! crun), kill/spawn for crash tests, CRI call helpers that panic with
+//! berthd's log, `leftovers()` naming what is left (processes with their
+//! command lines, cgroups with theirs, mounts as berthd sees them), and
+//! small helpers for security contexts, resources and cgroup files.
 
 #![allow(dead_code)]
 
-#[path = "../../../image/tests/support/mod.rs"]
 pub mod support;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +71,31 @@ pub fn images() -> &'static TestImages {
     })
 }
 
+static ENTRY: OnceLock<String> = OnceLock::new();
+
+/// A second image in the shared registry: busybox with an entrypoint, a
+/// cmd, env, a working directory and a stop signal of its own.
+pub fn entry_image() -> &'static str {
+    ENTRY.get_or_init(|| {
+        let images = images();
+        let image = support::busybox_image(support::Compression::Gzip)
+            .expect("building the entry image")
+            .entrypoint(&["/bin/echo", "entry"])
+            .cmd(&["from-cmd"])
+            .env("FROM_IMAGE=image")
+            .env("OVERRIDE=image")
+            .working_dir("/usr/share")
+            .stop_signal("SIGUSR1")
+            .build()
+            .expect("building the entry image");
+        images
+            .registry
+            .push("test/entry", "1", &image.into())
+            .expect("pushing the entry image");
+        images.registry.reference("test/entry", "1")
+    })
+}
+
 pub struct Berthd {
     pub dir: PathBuf,
     pub root: PathBuf,
@@ -76,6 +106,8 @@ pub struct Berthd {
     child: Option<Child>,
     /// Cgroup parent of every pod of this daemon.
     pub cgroup_parent: String,
+    /// A command berthd runs under (`unshare ... sh -c '...; exec "$0" "$@"'`).
+    pub wrapper: Vec<String>,
 }
 
 impl Berthd {
@@ -85,6 +117,12 @@ impl Berthd {
 
     /// Starts berthd with extra berth.toml text.
     pub fn start_with(name: &str, extra_config: &str) -> Berthd {
+        Berthd::start_wrapped(name, extra_config, &[])
+    }
+
+    /// Starts berthd under a wrapper command, which must end by exec'ing
+    /// its arguments (berthd's path and flags follow the wrapper's words).
+    pub fn start_wrapped(name: &str, extra_config: &str, wrapper: &[&str]) -> Berthd {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(
             unsafe { libc::geteuid() },
@@ -106,10 +144,16 @@ impl Berthd {
             config,
             child: None,
             cgroup_parent: format!("/berthd-test-{name}"),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             dir,
         };
         d.spawn();
         d
+    }
+
+    /// berthd's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn spawn(&mut self) {
@@ -118,14 +162,26 @@ impl Berthd {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(BERTHD)
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BERTHD);
+                c
+            }
+            None => Command::new(BERTHD),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .arg("--root")
             .arg(&self.root)
             .arg("--state")
             .arg(&self.state)
-            .args(["--log-level", "debug"])
+            .args([
+                "--log-level",
+                "debug,h2=info,hyper=info,tower=info,tonic=info",
+            ])
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -133,7 +189,8 @@ impl Berthd {
             .expect("starting berthd");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.socket.exists() {
+        // Connectable, not merely there: a killed berthd leaves its socket.
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "berthd exited ({status}) while starting:\n{}",
@@ -260,12 +317,16 @@ impl Berthd {
 
     /// Pulls the test image.
     pub async fn pull_busybox(&self) -> String {
-        let image = &images().busybox;
+        self.pull(&images().busybox).await
+    }
+
+    /// Pulls an image (anonymously); returns its image_ref.
+    pub async fn pull(&self, image: &str) -> String {
         let mut client = self.image_client().await;
         client
             .pull_image(cri::PullImageRequest {
                 image: Some(cri::ImageSpec {
-                    image: image.clone(),
+                    image: image.to_owned(),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -311,7 +372,12 @@ impl Berthd {
     /// Everything of this daemon still on the host.
     pub fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        // Mounts as berthd sees them (it may run in a mount namespace of
+        // its own), else as this process does.
+        let mountinfo = self
+            .pid()
+            .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/mountinfo")).ok())
+            .unwrap_or_else(|| std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
         for l in mountinfo.lines() {
             if let Some(p) = l.split(' ').nth(4) {
                 if p.starts_with(self.dir.to_str().unwrap()) {
@@ -320,12 +386,18 @@ impl Berthd {
             }
         }
         for pid in processes_mentioning(self.socket.to_str().unwrap()) {
-            left.push(format!("process {pid}"));
+            left.push(format!("process {pid} ({})", cmdline(pid)));
         }
         for d in cgroup_dirs(&self.cgroup_parent) {
             for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
                 if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    left.push(format!("cgroup {}", e.path().display()));
+                    let procs: Vec<String> = std::fs::read_to_string(e.path().join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .lines()
+                        .filter_map(|p| p.trim().parse::<i32>().ok())
+                        .map(|p| format!("{p} ({})", cmdline(p)))
+                        .collect();
+                    left.push(format!("cgroup {} holding {procs:?}", e.path().display()));
                 }
             }
         }
@@ -341,6 +413,7 @@ impl Drop for Berthd {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         remove_cgroup_tree(&self.cgroup_parent);
+        forget_oci_runtime_state(&self.dir);
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut points: Vec<&str> = mountinfo
             .lines()
@@ -353,6 +426,18 @@ impl Drop for Berthd {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A process's command line, spaces for NULs.
+pub fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default()
 }
 
 pub fn alive(pid: u32) -> bool {
@@ -454,4 +539,403 @@ pub fn cri_log_records(path: &Path) -> Vec<(String, String, String)> {
             )
         })
         .collect()
+}
+
+/// Deletes the runc/crun state of containers whose bundle lies under `dir`
+/// (containers a failed test left in those runtimes' shared roots).
+pub fn forget_oci_runtime_state(dir: &Path) {
+    for bin in ["runc", "crun", "runsc"] {
+        let root = format!("/run/containerd/{bin}/k8s.io");
+        if !Path::new(&root).is_dir() {
+            continue;
+        }
+        let Ok(out) = Command::new(bin)
+            .args(["--root", &root, "list", "--format", "json"])
+            .stderr(Stdio::null())
+            .output()
+        else {
+            continue;
+        };
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for c in list.as_array().into_iter().flatten() {
+            let bundle = c["bundle"].as_str().unwrap_or_default();
+            if bundle.starts_with(dir.to_str().unwrap()) {
+                let id = c["id"].as_str().unwrap_or_default();
+                let _ = Command::new(bin)
+                    .args(["--root", &root, "delete", "--force", id])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+pub type Runtime = RuntimeServiceClient<Channel>;
+
+/// The container's security context, made if absent.
+pub fn sc(cfg: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// The container's resources, made if absent.
+pub fn res(cfg: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerResources {
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .resources
+        .get_or_insert_with(Default::default)
+}
+
+/// The pod's security context.
+pub fn pod_sc(cfg: &mut cri::PodSandboxConfig) -> &mut cri::LinuxSandboxSecurityContext {
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// The pod's namespace options.
+pub fn pod_ns(cfg: &mut cri::PodSandboxConfig) -> &mut cri::NamespaceOption {
+    pod_sc(cfg)
+        .namespace_options
+        .get_or_insert_with(Default::default)
+}
+
+/// A cgroup v1 file of `controller` at `rel` (a cgroups path).
+pub fn cgroup_file(controller: &str, rel: &str, file: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(rel.trim_start_matches('/'))
+        .join(file)
+}
+
+pub fn read_trim(p: impl AsRef<Path>) -> String {
+    let p = p.as_ref();
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+        .trim()
+        .to_owned()
+}
+
+/// Runs a host command; returns (success, stdout, stderr).
+pub fn host(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn state_name(s: i32) -> &'static str {
+    match cri::ContainerState::try_from(s) {
+        Ok(cri::ContainerState::ContainerCreated) => "created",
+        Ok(cri::ContainerState::ContainerRunning) => "running",
+        Ok(cri::ContainerState::ContainerExited) => "exited",
+        _ => "unknown",
+    }
+}
+
+pub fn exited(s: &cri::ContainerStatus) -> bool {
+    s.state == cri::ContainerState::ContainerExited as i32
+}
+
+impl Berthd {
+    pub async fn try_run_pod(
+        &self,
+        config: &cri::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, tonic::Status> {
+        self.runtime()
+            .await
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .map(|r| r.into_inner().pod_sandbox_id)
+    }
+
+    pub async fn run_pod(&self, config: &cri::PodSandboxConfig, handler: &str) -> String {
+        self.try_run_pod(config, handler)
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", self.log_tail()))
+    }
+
+    pub async fn try_create(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: &cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        self.runtime()
+            .await
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(config.clone()),
+                sandbox_config: Some(pod_config.clone()),
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    pub async fn create(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: &cri::ContainerConfig,
+    ) -> String {
+        self.try_create(pod, pod_config, config)
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", self.log_tail()))
+    }
+
+    pub async fn try_start(&self, id: &str) -> Result<(), tonic::Status> {
+        self.runtime()
+            .await
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn start_container(&self, id: &str) {
+        self.try_start(id)
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer {id}: {e:?}\n{}", self.log_tail()))
+    }
+
+    /// CreateContainer then StartContainer.
+    pub async fn run_container(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: &cri::ContainerConfig,
+    ) -> String {
+        let id = self.create(pod, pod_config, config).await;
+        self.start_container(&id).await;
+        id
+    }
+
+    /// A busybox container running `sleep 1000` (or `command`).
+    pub async fn sleeper(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        name: &str,
+    ) -> String {
+        let cfg = self.container_config(name, &images().busybox, &["sleep", "1000"]);
+        self.run_container(pod, pod_config, &cfg).await
+    }
+
+    pub async fn try_exec(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        self.runtime()
+            .await
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn exec(&self, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+        self.try_exec(id, cmd, 20)
+            .await
+            .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e:?}\n{}", self.log_tail()))
+    }
+
+    /// `sh -c script` in a container; asserts exit 0, returns stdout trimmed.
+    pub async fn sh(&self, id: &str, script: &str) -> String {
+        let r = self.exec(id, &["sh", "-c", script]).await;
+        assert_eq!(
+            r.exit_code,
+            0,
+            "`{script}` failed: stdout {:?} stderr {:?}",
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        );
+        String::from_utf8_lossy(&r.stdout).trim().to_owned()
+    }
+
+    /// `sh -c script`: (exit code, stdout + stderr).
+    pub async fn sh_any(&self, id: &str, script: &str) -> (i32, String) {
+        let r = self.exec(id, &["sh", "-c", script]).await;
+        (
+            r.exit_code,
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&r.stdout),
+                String::from_utf8_lossy(&r.stderr)
+            ),
+        )
+    }
+
+    pub async fn status(&self, id: &str) -> cri::ContainerStatus {
+        self.status_verbose(id, false).await.status.unwrap()
+    }
+
+    pub async fn status_verbose(&self, id: &str, verbose: bool) -> cri::ContainerStatusResponse {
+        self.runtime()
+            .await
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e:?}\n{}", self.log_tail()))
+            .into_inner()
+    }
+
+    pub async fn pod_status(&self, id: &str, verbose: bool) -> cri::PodSandboxStatusResponse {
+        self.runtime()
+            .await
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {e:?}\n{}", self.log_tail()))
+            .into_inner()
+    }
+
+    pub async fn stop_container(&self, id: &str, timeout: i64) {
+        self.runtime()
+            .await
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StopContainer {id}: {e:?}\n{}", self.log_tail()));
+    }
+
+    pub async fn remove_container(&self, id: &str) {
+        self.runtime()
+            .await
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RemoveContainer {id}: {e:?}\n{}", self.log_tail()));
+    }
+
+    pub async fn stop_pod(&self, id: &str) {
+        self.runtime()
+            .await
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StopPodSandbox {id}: {e:?}\n{}", self.log_tail()));
+    }
+
+    pub async fn remove_pod(&self, id: &str) {
+        self.runtime()
+            .await
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RemovePodSandbox {id}: {e:?}\n{}", self.log_tail()));
+    }
+
+    pub async fn pods(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+        self.runtime()
+            .await
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter })
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+    }
+
+    pub async fn containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+        self.runtime()
+            .await
+            .list_containers(cri::ListContainersRequest { filter })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+    }
+
+    /// Stops and removes every pod (and so every container) as a kubelet
+    /// would, then asserts nothing is listed or left on the host.
+    pub async fn remove_all_and_check(&self) {
+        for p in self.pods(None).await {
+            self.stop_pod(&p.id).await;
+            self.remove_pod(&p.id).await;
+        }
+        for c in self.containers(None).await {
+            self.remove_container(&c.id).await;
+        }
+        assert!(self.pods(None).await.is_empty());
+        assert!(self.containers(None).await.is_empty());
+        self.assert_no_leftovers().await;
+    }
+
+    /// Unmounts what the test mounted itself (innermost first), then as
+    /// [`Berthd::remove_all_and_check`].
+    pub async fn remove_all_and_check_with_unmount(&self, own_mounts: &[PathBuf]) {
+        for p in self.pods(None).await {
+            self.stop_pod(&p.id).await;
+            self.remove_pod(&p.id).await;
+        }
+        for m in own_mounts {
+            rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH)
+                .unwrap_or_else(|e| panic!("unmounting {}: {e}", m.display()));
+        }
+        self.remove_all_and_check().await;
+    }
+
+    /// Waits a little for processes to be reaped, then asserts that nothing
+    /// of this daemon's pods is left on the host.
+    pub async fn assert_no_leftovers(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("leftovers: {left:?}\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The pid of a running container's init, from the verbose status.
+    pub async fn container_pid(&self, id: &str) -> u32 {
+        let r = self.status_verbose(id, true).await;
+        let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
+        info["pid"].as_u64().unwrap() as u32
+    }
+
+    /// The cgroups path (`<parent>/<id>`) of a container.
+    pub fn container_cgroup(&self, id: &str) -> String {
+        format!("{}/{id}", self.cgroup_parent)
+    }
+}
+
+/// Waits until `f` holds, polling.
+pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
