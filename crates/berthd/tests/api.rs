@@ -861,7 +861,6 @@ async fn runtime_information_rpcs() {
 /// tag (what `kubectl get pod -o yaml` shows as the container's image),
 /// not by the id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berthd bug: ContainerStatus.image of a container created by image id is the id, not the image's tag (containerd gives the tag)"]
 async fn container_created_by_image_id_reports_its_tag() {
     let d = Berthd::start("byid");
     let image_id = d.pull_busybox().await;

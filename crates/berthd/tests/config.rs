@@ -190,7 +190,6 @@ async fn users_and_groups() {
 /// "the runtime supports SupplementalGroupsPolicy and ContainerUser": then
 /// ContainerStatus.user gives the uid, gid and groups of the first process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berthd bug: ContainerStatus.user is never set though Status advertises supplemental_groups_policy"]
 async fn container_status_reports_the_user() {
     let d = Berthd::start("cuser");
     d.pull_busybox().await;
@@ -351,7 +350,6 @@ async fn security_context_of_an_unprivileged_container() {
 /// has, the host's devices, writable /sys, nothing masked, no seccomp.
 /// Also an unprivileged container adding "ALL" capabilities.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berthd bug: privileged (and add ALL) containers ask for capabilities outside berthd's bounding set (CAP_SYS_RESOURCE here) and die in init"]
 async fn privileged_container_in_a_privileged_pod() {
     let d = Berthd::start("priv");
     d.pull_busybox().await;
@@ -405,7 +403,10 @@ async fn privileged_container_in_a_privileged_pod() {
         mounts.lines().any(|l| l.starts_with("sysfs /sys sysfs rw")),
         "{mounts}"
     );
-    assert_eq!(d.sh(&c, "head -c 16 /proc/kcore | wc -c").await, "16");
+    // Not masked when privileged (where the host kernel has it at all).
+    if std::path::Path::new("/proc/kcore").exists() {
+        assert_eq!(d.sh(&c, "head -c 16 /proc/kcore | wc -c").await, "16");
+    }
     // Mounting works (CAP_SYS_ADMIN, no seccomp).
     d.sh(
         &c,

@@ -439,7 +439,6 @@ async fn oom_killed_container_reports_oomkilled() {
 /// ExecSync of a command leaving a background child that holds stdout
 /// open: the output written before the command exited is returned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berthd bug: ExecSync drops all output when a background child keeps the pipe open past the 2 s drain grace"]
 async fn exec_sync_keeps_output_when_a_child_holds_the_pipe() {
     let d = Berthd::start("execbg");
     d.pull_busybox().await;

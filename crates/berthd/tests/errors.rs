@@ -417,7 +417,6 @@ async fn bad_container_configs_are_refused() {
 /// run_as_group without run_as_user or run_as_username: api.proto says the
 /// runtime MUST error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berthd bug: run_as_group without run_as_user/run_as_username is accepted (api.proto: the runtime MUST error)"]
 async fn run_as_group_without_a_user_is_refused() {
     let d = Berthd::start("grouponly");
     d.pull_busybox().await;
@@ -471,7 +470,6 @@ async fn a_container_that_cannot_start_reports_why() {
 /// with the runtime's error and leaves nothing: no record, no shim, no
 /// mount, no cgroup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berthd bug: a RunPodSandbox failing in the pause's Create leaves the shim started for it running"]
 async fn a_failed_pause_leaves_nothing_behind() {
     let d = Berthd::start_with(
         "pausefail",

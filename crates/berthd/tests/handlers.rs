@@ -97,7 +97,15 @@ async fn exercise(d: &Berthd, handler: &str, binary: &str, pause: bool) {
     assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
     d.stop_container(&c, 1).await;
     let s = d.status(&c).await;
-    assert_eq!((state_name(s.state), s.exit_code), ("exited", 137), "{s:?}");
+    // PID 1 of its own namespace, sleep ignores SIGTERM and is killed after
+    // the grace period; under a pause it is an ordinary process and dies of
+    // the SIGTERM.
+    let want = if pause { 143 } else { 137 };
+    assert_eq!(
+        (state_name(s.state), s.exit_code),
+        ("exited", want),
+        "{s:?}"
+    );
     let quick = d
         .run_container(
             &pod,
@@ -125,7 +133,6 @@ async fn runc_handler() {
 
 /// PID namespace mode POD through runc: the pause runs through runc too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berthd bug: the pause's config.json has no /proc (nor /dev) mount; runc refuses it (error closing exec fds: open /proc/self/fd)"]
 async fn runc_handler_with_a_pause() {
     let d = Berthd::start("runcpause");
     exercise(&d, "runc", "runc", true).await;
@@ -157,7 +164,7 @@ async fn crun_handler() {
 /// that a kernel or platform gVisor cannot use skips with the reason
 /// instead of blaming berthd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berthd bug: runsc sees the CRI annotations (container-type container, sandbox-id) and wants the pod's sandbox container, which berthd creates only for a shared PID namespace"]
+#[ignore = "berthd/shim: with runsc the pod sandbox and CreateContainer work, StartContainer of the app container hangs in `runsc start` (60 s deadline); under investigation"]
 async fn runsc_handler() {
     if which("runsc").is_none() {
         eprintln!("SKIPPED: runsc is not installed (apt-get install runsc)");
@@ -167,7 +174,14 @@ async fn runsc_handler() {
         eprintln!("SKIPPED: runsc itself cannot run a container here: {why}");
         return;
     }
-    let d = Berthd::start("runsc");
+    // runsc 20221219 decides whether it runs in the host's network
+    // namespace by the presence of /proc/sys/net/core/rmem_default, which
+    // kernels since 6.x show in every namespace: its sandbox network then
+    // refuses to start. gVisor's own loopback-only network avoids that.
+    let d = Berthd::start_with(
+        "runsc",
+        "[runtimes.runsc]\nbinary_name = \"runsc\"\nruntime_args = [\"--network=none\"]\n",
+    );
     exercise(&d, "runsc", "runsc", false).await;
 }
 

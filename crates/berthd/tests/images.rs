@@ -301,7 +301,6 @@ async fn pull_with_credentials() {
 /// A pull of an image the registry does not have is NotFound, as
 /// containerd answers (its resolver's ErrNotFound through errdefs.ToGRPC).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berthd bug: a manifest the registry does not have (404) is Internal, not NotFound"]
 async fn pull_of_a_missing_image_is_not_found() {
     let d = Berthd::start("pull404");
     let mut img = d.image_client().await;

@@ -318,7 +318,6 @@ async fn pod_sysctls_are_set_in_the_pod() {
 /// pod's shim go with its last container, and must start a working one
 /// for the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berthd bug: CreateContainer/StartContainer after RemoveContainer of a pod's last container reach the shim that is shutting down"]
 async fn new_container_after_the_pods_last_one_was_removed() {
     let d = Berthd::start("reshim");
     d.pull_busybox().await;

@@ -227,7 +227,6 @@ async fn crash_during_run_pod_sandbox_frees_the_name() {
 
 /// ... and nothing of the interrupted attempt stays on the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berthd bug: recovery removes an interrupted pod's directory but leaves the shim started for its pause running"]
 async fn crash_during_run_pod_sandbox_leaves_nothing() {
     crash_in_run_pod_sandbox("crashrun", true).await;
 }
@@ -293,7 +292,6 @@ async fn crash_during_create_container_frees_the_name() {
 
 /// ... and nothing of the interrupted container stays on the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berthd bug: recovery removes an interrupted container's bundle but leaves its task (init process, cgroups) in the pod's shim, which then never exits"]
 async fn crash_during_create_container_leaves_nothing() {
     crash_in_create_container("crashcreate", true).await;
 }

@@ -93,6 +93,13 @@ pub struct RuntimeHandler {
     /// That runtime's state root.
     pub root: Option<String>,
     pub systemd_cgroup: bool,
+    /// Global flags for that binary (berth's shim only), e.g. runsc's
+    /// `--network=none`.
+    pub runtime_args: Vec<String>,
+    /// Start a sandbox (pause) container for every pod. Sandboxed runtimes
+    /// need one (gVisor, VM shims such as Kata); berth, runc and crun only
+    /// when the pod shares a PID namespace. Default: decided by the handler.
+    pub sandbox_container: Option<bool>,
 }
 
 impl RuntimeHandler {
@@ -101,6 +108,25 @@ impl RuntimeHandler {
             binary_name: Some(binary.to_owned()),
             ..Default::default()
         }
+    }
+
+    pub fn is_berth_shim(&self) -> bool {
+        self.shim_binary().is_ok_and(|b| b.ends_with(BERTH_SHIM))
+    }
+
+    pub fn wants_sandbox_container(&self) -> bool {
+        if let Some(v) = self.sandbox_container {
+            return v;
+        }
+        let foreign_shim = self
+            .shim_binary()
+            .map(|b| !b.ends_with(BERTH_SHIM))
+            .unwrap_or(false);
+        let gvisor = self
+            .binary_name
+            .as_deref()
+            .is_some_and(|b| b.rsplit('/').next() == Some("runsc"));
+        foreign_shim || gvisor
     }
 
     /// The shim binary name or path.

@@ -65,10 +65,13 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
             Error::Unimplemented(_) => tonic::Status::unimplemented(msg),
             Error::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(msg),
-            Error::Image(I::ImageNotFound(_)) | Error::Image(I::SnapshotNotFound(_)) => {
-                tonic::Status::not_found(msg)
+            Error::Image(I::ImageNotFound(_))
+            | Error::Image(I::SnapshotNotFound(_))
+            | Error::Image(I::ManifestUnknown(_)) => tonic::Status::not_found(msg),
+            Error::Image(I::InvalidReference { .. }) | Error::Image(I::Config(_)) => {
+                tonic::Status::invalid_argument(msg)
             }
-            Error::Image(I::InvalidReference { .. }) => tonic::Status::invalid_argument(msg),
+            Error::Image(I::Unauthorized(_)) => tonic::Status::unauthenticated(msg),
             _ => tonic::Status::internal(msg),
         }
     }

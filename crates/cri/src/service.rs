@@ -340,8 +340,10 @@ impl Cri {
         let result = match setup {
             Ok(namespaces) => {
                 record.namespaces = namespaces;
-                if pid_mode == cri::NamespaceMode::Pod {
-                    self.start_pause(&handler, &mut record).await.map(|_| ())
+                write_owner(&record.dir, &record.id, &record.runtime_handler);
+                let shared_pid = pid_mode == cri::NamespaceMode::Pod;
+                if shared_pid || handler.wants_sandbox_container() {
+                    self.start_pause(&handler, &mut record, shared_pid).await
                 } else {
                     Ok(())
                 }
@@ -349,6 +351,10 @@ impl Cri {
             Err(e) => Err(e),
         };
         if let Err(e) = result.and_then(|_| self.store.add_pod(record.clone())) {
+            if let Some(address) = &record.shim_address {
+                self.end_task(address, &record.id).await;
+                self.shims.shutdown(address).await;
+            }
             self.teardown_pod_files(&record).await;
             return Err(e);
         }
@@ -361,6 +367,7 @@ impl Cri {
         self: &Arc<Self>,
         handler: &RuntimeHandler,
         pod: &mut PodRecord,
+        shared_pid: bool,
     ) -> Result<()> {
         let bundle = pod.dir.join("pause");
         let rootfs = bundle.join("rootfs");
@@ -391,7 +398,15 @@ impl Cri {
                 "oomScoreAdj": self.oom_floor.unwrap_or(-998).max(-998),
             },
             "root": {"path": rootfs, "readonly": true},
-            "mounts": [],
+            // What containerd's sandbox spec mounts: runtimes other than
+            // berth expect /proc and /dev in every container.
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            ],
             "annotations": {
                 "io.kubernetes.cri.container-type": "sandbox",
                 "io.kubernetes.cri.sandbox-id": pod.id,
@@ -405,7 +420,10 @@ impl Cri {
         });
         std::fs::write(bundle.join("config.json"), config.to_string())
             .map_err(|e| Error::internal("writing the pause config", e))?;
+        write_owner(&bundle, &pod.id, &pod.runtime_handler);
         let address = self.shims.start(handler, &pod.id, &bundle).await?;
+        // Known before Create, so that a failure below can stop this shim.
+        pod.shim_address = Some(address.clone());
         let mut create = api::CreateTaskRequest::new();
         create.id = pod.id.clone();
         create.bundle = bundle.display().to_string();
@@ -420,18 +438,24 @@ impl Cri {
             .shims
             .call(&address, "Start", &start, 30 * SECOND)
             .await?;
-        pod.shim_address = Some(address);
         pod.pause_pid = Some(r.pid);
-        pod.namespaces.pid = Some(PathBuf::from(format!("/proc/{}/ns/pid", r.pid)));
+        if shared_pid {
+            pod.namespaces.pid = Some(PathBuf::from(format!("/proc/{}/ns/pid", r.pid)));
+        }
         Ok(())
     }
 
     async fn stop_pause(&self, pod: &PodRecord) {
-        let (Some(address), Some(_)) = (&pod.shim_address, pod.pause_pid) else {
+        let Some(address) = &pod.shim_address else {
             return;
         };
+        self.end_task(address, &pod.id).await;
+    }
+
+    /// Kills, waits for and deletes a task in a shim, whatever its state.
+    async fn end_task(&self, address: &str, id: &str) {
         let mut kill = api::KillRequest::new();
-        kill.id = pod.id.clone();
+        kill.id = id.to_owned();
         kill.signal = 9;
         kill.all = true;
         let _ = self
@@ -439,7 +463,7 @@ impl Cri {
             .call::<_, Empty>(address, "Kill", &kill, 10 * SECOND)
             .await;
         let mut wait = api::WaitRequest::new();
-        wait.id = pod.id.clone();
+        wait.id = id.to_owned();
         let _ = tokio::time::timeout(
             Duration::from_secs(10),
             self.shims
@@ -447,7 +471,7 @@ impl Cri {
         )
         .await;
         let mut del = api::DeleteRequest::new();
-        del.id = pod.id.clone();
+        del.id = id.to_owned();
         let _ = self
             .shims
             .call::<_, api::DeleteResponse>(address, "Delete", &del, 10 * SECOND)
@@ -668,7 +692,17 @@ impl Cri {
             id: id.clone(),
             pod_id: pod_id.clone(),
             config: config.clone(),
-            image_ref: image_name.clone(),
+            // What ContainerStatus shows: a tag, even when kubelet names
+            // the image by id (as containerd reports it).
+            image_ref: if image_name.starts_with("sha256:") || image_name.contains('@') {
+                image
+                    .repo_tags
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| image_name.clone())
+            } else {
+                image_name.clone()
+            },
             image_id: image.id.clone(),
             image_repo_digest: image
                 .repo_digests
@@ -686,6 +720,7 @@ impl Cri {
             bundle: self.config.containers_dir().join(&id),
             log_path: String::new(),
             rootfs_key: id.clone(),
+            user: None,
         };
         let _reservation = self.reserve(format!("container/{}", record.name()))?;
         if let Some(other) = self
@@ -779,7 +814,8 @@ impl Cri {
             })
             .await?;
         }
-        let spec = spec::container_spec(&SpecInput {
+        write_owner(&bundle, &pod.id, &pod.runtime_handler);
+        let built = spec::container_spec(&SpecInput {
             id: &record.id,
             pod,
             config: &record.config,
@@ -791,9 +827,10 @@ impl Cri {
         })?;
         std::fs::write(
             bundle.join("config.json"),
-            serde_json::to_vec(&spec).unwrap_or_default(),
+            serde_json::to_vec(&built.spec).unwrap_or_default(),
         )
         .map_err(|e| Error::internal("writing config.json", e))?;
+        record.user = Some(built.user);
         if !record.log_path.is_empty() {
             if let Some(parent) = Path::new(&record.log_path).parent() {
                 std::fs::create_dir_all(parent)
@@ -1164,19 +1201,8 @@ impl Cri {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
-        // The last container of a pod without a pause: let its shim go.
-        if let Some(pod) = self.store.pod(&c.pod_id) {
-            if pod.pause_pid.is_none() && self.store.containers_of(&pod.id).is_empty() {
-                let lock = self.pod_lock(&pod.id);
-                let _guard = lock.lock().await;
-                if let Some(address) = self.store.pod(&pod.id).and_then(|p| p.shim_address) {
-                    if self.store.containers_of(&pod.id).is_empty() {
-                        self.shims.shutdown(&address).await;
-                        let _ = self.store.update_pod(&pod.id, |p| p.shim_address = None);
-                    }
-                }
-            }
-        }
+        // The pod's shim stays until the pod is removed: kubelet replaces
+        // containers, and a shim leaving while a new one starts would race.
         self.emit(
             &id,
             cri::ContainerEventType::ContainerDeletedEvent,
@@ -1215,7 +1241,16 @@ impl Cri {
                     windows: None,
                 }),
             image_id: c.image_id.clone(),
-            user: None,
+            user: c
+                .user
+                .as_ref()
+                .map(|(uid, gid, groups)| cri::ContainerUser {
+                    linux: Some(cri::LinuxContainerUser {
+                        uid: *uid as i64,
+                        gid: *gid as i64,
+                        supplemental_groups: groups.iter().map(|g| *g as i64).collect(),
+                    }),
+                }),
         }
     }
 
@@ -1444,26 +1479,30 @@ impl Cri {
             readers.push(r);
             holders.push(w);
         }
+        // Output is gathered into shared buffers: what was read stays even
+        // when a background child keeps the pipe open past the grace time.
         let read_all = |mut r: tokio::net::unix::pipe::Receiver| {
-            tokio::spawn(async move {
+            let buf = Arc::new(Mutex::new(Vec::new()));
+            let sink = Arc::clone(&buf);
+            let task = tokio::spawn(async move {
                 use tokio::io::AsyncReadExt;
-                let mut buf = Vec::new();
                 let mut chunk = vec![0u8; 64 * 1024];
                 loop {
                     match r.read(&mut chunk).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            let room = MAX_EXEC_OUTPUT.saturating_sub(buf.len());
-                            buf.extend_from_slice(&chunk[..n.min(room)]);
+                            let mut b = sink.lock().unwrap_or_else(|e| e.into_inner());
+                            let room = MAX_EXEC_OUTPUT.saturating_sub(b.len());
+                            b.extend_from_slice(&chunk[..n.min(room)]);
                         }
                     }
                 }
-                buf
-            })
+            });
+            (task, buf)
         };
         let mut it = readers.into_iter();
-        let out_task = read_all(it.next().expect("two readers"));
-        let err_task = read_all(it.next().expect("two readers"));
+        let (out_task, out_buf) = read_all(it.next().expect("two readers"));
+        let (err_task, err_buf) = read_all(it.next().expect("two readers"));
 
         let mut exec = api::ExecProcessRequest::new();
         exec.id = id.to_owned();
@@ -1501,16 +1540,17 @@ impl Cri {
             .unwrap_or(false);
         // Output still held open by a background child is cut short.
         let grace = Duration::from_secs(2);
-        let stdout = tokio::time::timeout(grace, out_task)
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or_default();
-        let stderr = tokio::time::timeout(grace, err_task)
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + grace;
+        for task in [out_task, err_task] {
+            let mut task = task;
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        let take = |b: &Arc<Mutex<Vec<u8>>>| {
+            std::mem::take(&mut *b.lock().unwrap_or_else(|e| e.into_inner()))
+        };
+        let (stdout, stderr) = (take(&out_buf), take(&err_buf));
         if timed_out {
             return Err(Error::DeadlineExceeded(format!(
                 "command {:?} timed out after {timeout_s}s",
@@ -1761,6 +1801,32 @@ impl Cri {
     // ------------------------------------------------------------------
     // Recovery
 
+    /// Ends a task a crash left without a record: its shim (found again
+    /// through `start`, which returns the pod's running shim) kills and
+    /// deletes it; the shim is asked to leave when its pod is gone too.
+    async fn reap_orphan(&self, id: &str, bundle: &Path, shutdown_shim: bool) {
+        if !bundle.join("config.json").exists() {
+            return;
+        }
+        let handler = read_owner(bundle)
+            .and_then(|(_, h)| self.config.handler(&h))
+            .unwrap_or_default();
+        let address = match self.shims.start(&handler, id, bundle).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(task = %id, "finding the shim of an orphan task: {e}");
+                return;
+            }
+        };
+        self.end_task(&address, id).await;
+        if let Err(e) = self.shims.delete(&handler, id, bundle).await {
+            tracing::debug!(task = %id, "shim delete: {e}");
+        }
+        if shutdown_shim {
+            self.shims.shutdown(&address).await;
+        }
+    }
+
     /// After a restart: reconnect to running containers' shims, record how
     /// the others ended, and remove what no record refers to.
     async fn recover(self: &Arc<Self>) {
@@ -1867,6 +1933,7 @@ impl Cri {
         // Leftovers of requests a crash cut short: bundles and pod
         // directories no record refers to.
         let known: HashSet<String> = self.store.containers().into_iter().map(|c| c.id).collect();
+        let pods_alive: HashSet<String> = self.store.pods().into_iter().map(|p| p.id).collect();
         for e in std::fs::read_dir(self.config.containers_dir())
             .into_iter()
             .flatten()
@@ -1875,6 +1942,9 @@ impl Cri {
             let id = e.file_name().to_string_lossy().into_owned();
             if !known.contains(&id) {
                 tracing::info!(container = %id, "removing a bundle left by an interrupted request");
+                let keep_shim =
+                    read_owner(&e.path()).is_some_and(|(pod, _)| pods_alive.contains(&pod));
+                self.reap_orphan(&id, &e.path(), !keep_shim).await;
                 util::unmount_all(&e.path().join("rootfs"));
                 let _ = util::remove_dir_all_unmounting(&e.path());
                 let _ = self.images.remove_rootfs(&id);
@@ -1889,6 +1959,10 @@ impl Cri {
             let id = e.file_name().to_string_lossy().into_owned();
             if !pods.contains(&id) {
                 tracing::info!(pod = %id, "removing a pod directory left by an interrupted request");
+                let pause = e.path().join("pause");
+                if pause.join("config.json").exists() {
+                    self.reap_orphan(&id, &pause, true).await;
+                }
                 sandbox::release_namespaces(&e.path());
                 sandbox::unmount_shm(&e.path());
                 let _ = util::remove_dir_all_unmounting(&e.path());
@@ -1897,6 +1971,26 @@ impl Cri {
         let _ = std::fs::remove_dir_all(self.config.state.join("exec"));
         let _ = std::fs::create_dir_all(self.config.state.join("exec"));
     }
+}
+
+/// Which pod and handler a bundle or pod directory belongs to, written
+/// before any shim hears of it: recovery needs it to clean up after an
+/// interrupted request.
+fn write_owner(dir: &Path, pod_id: &str, handler: &str) {
+    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::write(
+        dir.join("berthd.json"),
+        json!({"pod": pod_id, "handler": handler}).to_string(),
+    );
+}
+
+fn read_owner(dir: &Path) -> Option<(String, String)> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("berthd.json")).ok()?).ok()?;
+    Some((
+        v["pod"].as_str()?.to_owned(),
+        v["handler"].as_str()?.to_owned(),
+    ))
 }
 
 /// The exit a shim recorded in the bundle: (code, OOM-killed).

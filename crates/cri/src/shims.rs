@@ -232,9 +232,21 @@ impl Shims {
     }
 }
 
-/// The options berth's shim (and runc's) read on Create: which OCI runtime
-/// binary to drive.
+/// The options read on Create: berth's own (JSON, with runtime flags) for
+/// berth's shim, containerd's runc options for other shims.
 pub fn runtime_options(handler: &RuntimeHandler) -> Any {
+    let mut any = Any::new();
+    if handler.is_berth_shim() {
+        any.type_url = berth_shim::task::BERTH_OPTIONS_TYPE.into();
+        any.value = serde_json::to_vec(&serde_json::json!({
+            "binary_name": handler.binary_name.clone().unwrap_or_default(),
+            "root": handler.root.clone().unwrap_or_default(),
+            "systemd_cgroup": handler.systemd_cgroup,
+            "runtime_args": handler.runtime_args,
+        }))
+        .unwrap_or_default();
+        return any;
+    }
     let mut o = containerd_shim_protos::shim::oci::Options::new();
     if let Some(b) = &handler.binary_name {
         o.binary_name = b.clone();
@@ -243,14 +255,17 @@ pub fn runtime_options(handler: &RuntimeHandler) -> Any {
         o.root = r.clone();
     }
     o.systemd_cgroup = handler.systemd_cgroup;
-    let mut any = Any::new();
     any.type_url = "containerd.runc.v1.Options".into();
     any.value = o.write_to_bytes().unwrap_or_default();
     any
 }
 
 pub fn options_field(handler: &RuntimeHandler) -> MessageField<Any> {
-    if handler.binary_name.is_none() && handler.root.is_none() && !handler.systemd_cgroup {
+    if handler.binary_name.is_none()
+        && handler.root.is_none()
+        && !handler.systemd_cgroup
+        && handler.runtime_args.is_empty()
+    {
         MessageField::none()
     } else {
         MessageField::some(runtime_options(handler))

@@ -54,15 +54,19 @@ pub const DEFAULT_READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// Every capability the kernel knows (for privileged containers and "ALL").
+/// Every capability berthd itself may pass on (privileged containers and
+/// "ALL"): the kernel's, within berthd's bounding set, as containerd's
+/// WithAllCurrentCapabilities. Root here may lack some (CAP_SYS_RESOURCE).
 pub fn all_caps() -> Vec<String> {
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40);
+    let bounding = caps::read(None, caps::CapSet::Bounding).ok();
     caps::all()
         .into_iter()
         .filter(|c| c.index() as u32 <= last)
+        .filter(|c| bounding.as_ref().is_none_or(|b| b.contains(c)))
         .map(|c| c.to_string())
         .collect()
 }
@@ -470,8 +474,14 @@ pub fn pod_privileged(pod: &cri::PodSandboxConfig) -> bool {
         .is_some_and(|s| s.privileged)
 }
 
+/// A container's spec, and the user it runs as (for ContainerStatus).
+pub struct BuiltSpec {
+    pub spec: Value,
+    pub user: (u32, u32, Vec<u32>),
+}
+
 /// Builds config.json for a container.
-pub fn container_spec(input: &SpecInput) -> Result<Value> {
+pub fn container_spec(input: &SpecInput) -> Result<BuiltSpec> {
     let config = input.config;
     let pod = input.pod;
     let linux = config.linux.clone().unwrap_or_default();
@@ -506,6 +516,11 @@ pub fn container_spec(input: &SpecInput) -> Result<Value> {
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into())
     };
+    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+        return Err(Error::InvalidArgument(
+            "run_as_group is set without run_as_user or run_as_username".into(),
+        ));
+    }
     let users = UserDb::open(input.rootfs)?;
     let merge_groups = sc.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Merge as i32;
     let user = users.resolve(
@@ -794,14 +809,18 @@ pub fn container_spec(input: &SpecInput) -> Result<Value> {
         }
     }
 
-    Ok(json!({
+    let spec = json!({
         "ociVersion": "1.0.2",
         "process": process,
         "root": {"path": input.rootfs, "readonly": sc.readonly_rootfs},
         "mounts": mounts,
         "annotations": annotations,
         "linux": linux,
-    }))
+    });
+    Ok(BuiltSpec {
+        spec,
+        user: (user.uid, user.gid, user.additional_gids),
+    })
 }
 
 #[cfg(test)]

@@ -92,6 +92,9 @@ pub struct ContainerRecord {
     pub log_path: String,
     /// The image store's rootfs key.
     pub rootfs_key: String,
+    /// The process user the spec was given: uid, gid, supplemental groups.
+    #[serde(default)]
+    pub user: Option<(u32, u32, Vec<u32>)>,
 }
 
 impl ContainerRecord {

@@ -21,6 +21,8 @@ pub struct Cli {
     pub binary: PathBuf,
     pub root: PathBuf,
     pub systemd_cgroup: bool,
+    /// Global flags for the runtime binary (runsc's `--network=none`, ...).
+    pub args: Vec<String>,
 }
 
 impl Backend {
@@ -214,6 +216,7 @@ impl Cli {
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }
+        cmd.args(&self.args);
         cmd
     }
 

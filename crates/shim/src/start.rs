@@ -180,6 +180,11 @@ pub fn serve(args: &Args) -> Result<(), String> {
                 }
             }
         }
+        // Gone from the socket directory first, so that a `start` for a new
+        // container of the pod spawns a new shim instead of finding this one.
+        if let Some(path) = std::env::var_os("BERTH_SHIM_SOCKET") {
+            let _ = std::fs::remove_file(path);
+        }
         // Let the reply to Shutdown go out.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let _ = server.shutdown().await;

@@ -159,6 +159,42 @@ fn unmount_rootfs(bundle: &Path) {
     }
 }
 
+/// berth's own runtime options (JSON, under this type URL): containerd's
+/// runc options plus global flags for the runtime binary.
+pub const BERTH_OPTIONS_TYPE: &str = "berth.shim.v1.RuntimeOptions";
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct BerthOptions {
+    binary_name: String,
+    root: String,
+    systemd_cgroup: bool,
+    runtime_args: Vec<String>,
+    no_pivot_root: bool,
+    no_new_keyring: bool,
+}
+
+fn parse_options(options: &MessageField<Any>) -> Result<BerthOptions, String> {
+    match options.as_ref() {
+        Some(any) if any.type_url.ends_with(BERTH_OPTIONS_TYPE) => {
+            serde_json::from_slice(&any.value).map_err(|e| format!("runtime options: {e}"))
+        }
+        Some(any) if !any.value.is_empty() => {
+            let o = Options::parse_from_bytes(&any.value)
+                .map_err(|e| format!("runtime options: {e}"))?;
+            Ok(BerthOptions {
+                binary_name: o.binary_name,
+                root: o.root,
+                systemd_cgroup: o.systemd_cgroup,
+                runtime_args: Vec::new(),
+                no_pivot_root: o.no_pivot_root,
+                no_new_keyring: o.no_new_keyring,
+            })
+        }
+        _ => Ok(BerthOptions::default()),
+    }
+}
+
 /// The backend for a container: berth in-process unless the options name
 /// another runtime binary.
 fn backend_for(
@@ -166,12 +202,7 @@ fn backend_for(
     state_root: &Path,
     namespace: &str,
 ) -> Result<Backend, String> {
-    let opts = match options.as_ref() {
-        Some(any) if !any.value.is_empty() => {
-            Options::parse_from_bytes(&any.value).map_err(|e| format!("runtime options: {e}"))?
-        }
-        _ => Options::new(),
-    };
+    let opts = parse_options(options)?;
     if opts.binary_name.is_empty() {
         return Ok(Backend::in_process(
             &state_root.join(namespace),
@@ -191,6 +222,7 @@ fn backend_for(
         binary,
         root,
         systemd_cgroup: opts.systemd_cgroup,
+        args: opts.runtime_args,
     }))
 }
 
@@ -577,12 +609,9 @@ impl Task for TaskHandler {
         let (io, pending) = stdio::prepare(&spec)
             .map_err(|e| failed(format!("setting up stdio of {}: {e}", req.id)))?;
         let mounted = mount_rootfs(&bundle, &req.rootfs).map_err(failed)?;
-        let (no_pivot, no_new_keyring) = match req.options.as_ref() {
-            Some(any) if !any.value.is_empty() => Options::parse_from_bytes(&any.value)
-                .map(|o| (o.no_pivot_root, o.no_new_keyring))
-                .unwrap_or_default(),
-            _ => (false, false),
-        };
+        let (no_pivot, no_new_keyring) = parse_options(&req.options)
+            .map(|o| (o.no_pivot_root, o.no_new_keyring))
+            .unwrap_or_default();
         let pid = match backend.create(&req.id, &bundle, io, no_pivot, no_new_keyring) {
             Ok(pid) => pid,
             Err(e) => {

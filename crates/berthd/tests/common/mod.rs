@@ -56,9 +56,24 @@ pub struct TestImages {
 
 static IMAGES: OnceLock<TestImages> = OnceLock::new();
 
+/// The shared registry's directory, removed when the test process exits
+/// (statics are never dropped).
+static REGISTRY_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+extern "C" fn remove_registry_dir() {
+    if let Some(dir) = REGISTRY_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 pub fn images() -> &'static TestImages {
     IMAGES.get_or_init(|| {
         let registry = support::Registry::start().expect("starting docker-registry");
+        if let Some(dir) = registry.storage_dir().parent() {
+            let _ = REGISTRY_DIR.set(dir.to_path_buf());
+            // SAFETY: registers a plain function with no preconditions.
+            unsafe { libc::atexit(remove_registry_dir) };
+        }
         let image = support::busybox_image(support::Compression::Gzip)
             .expect("building the busybox image")
             .build()
