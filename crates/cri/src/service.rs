@@ -542,6 +542,12 @@ impl Cri {
         let Some(pod) = self.store.pod(&id) else {
             return Ok(());
         };
+        // Containers whose creation finished while we waited for the lock.
+        for c in self.store.containers_of(&id) {
+            self.remove_container(&c.id).await?;
+        }
+        let pod = self.store.pod(&id).unwrap_or(pod);
+        tracing::debug!(pod = %id, shim = ?pod.shim_address, "removing the pod");
         if let Some(address) = &pod.shim_address {
             self.shims.shutdown(address).await;
         }
@@ -766,6 +772,10 @@ impl Cri {
             }
         };
 
+        // One creation at a time per pod, and none racing its stop or
+        // removal: those take the same lock.
+        let lock = self.pod_lock(&pod_id);
+        let _pod_guard = lock.lock().await;
         match self
             .create_container_inner(&mut record, &pod, &handler, &image, target_pid)
             .await
@@ -858,6 +868,8 @@ impl Cri {
     }
 
     /// The shim of a pod, started with its first container.
+    /// The shim of a pod, started with its first container. Called with
+    /// the pod's lock held.
     async fn pod_shim(
         &self,
         pod: &PodRecord,
@@ -865,9 +877,17 @@ impl Cri {
         id: &str,
         bundle: &Path,
     ) -> Result<String> {
-        let lock = self.pod_lock(&pod.id);
-        let _guard = lock.lock().await;
-        if let Some(address) = self.store.pod(&pod.id).and_then(|p| p.shim_address) {
+        let current = self
+            .store
+            .pod(&pod.id)
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {} was removed", pod.id)))?;
+        if current.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} was stopped",
+                pod.id
+            )));
+        }
+        if let Some(address) = current.shim_address {
             if self.shims.client(&address).await.is_ok() {
                 return Ok(address);
             }

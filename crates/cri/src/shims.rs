@@ -220,14 +220,17 @@ impl Shims {
 
     /// Asks a shim to exit (it does once it holds no container).
     pub async fn shutdown(&self, address: &str) {
-        let _ = self
+        if let Err(e) = self
             .call::<_, Empty>(
                 address,
                 "Shutdown",
                 &api::ShutdownRequest::new(),
                 5 * SECOND,
             )
-            .await;
+            .await
+        {
+            tracing::debug!(address, "shim shutdown: {e}");
+        }
         self.forget(address);
     }
 }
