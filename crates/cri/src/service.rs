@@ -418,6 +418,14 @@ impl Cri {
                 "maskedPaths": spec::DEFAULT_MASKED, "readonlyPaths": spec::DEFAULT_READONLY,
             },
         });
+        let mut config = config;
+        if pod.namespaces.uts.is_some() {
+            // Sandboxed runtimes (gVisor) take the pod's hostname from here,
+            // not from the UTS namespace they are given.
+            if let Ok(h) = std::fs::read_to_string(pod.dir.join("hostname")) {
+                config["hostname"] = json!(h.trim());
+            }
+        }
         std::fs::write(bundle.join("config.json"), config.to_string())
             .map_err(|e| Error::internal("writing the pause config", e))?;
         write_owner(&bundle, &pod.id, &pod.runtime_handler);

@@ -100,6 +100,11 @@ impl Shims {
     /// shim groups a pod's containers by their sandbox id annotation).
     pub async fn start(&self, handler: &RuntimeHandler, id: &str, bundle: &Path) -> Result<String> {
         let binary = self.binary(&handler.shim_binary()?)?;
+        // The shim daemon's stderr (containerd makes this a FIFO it reads).
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(bundle.join("log"));
         let mut child = self
             .command(&binary, id, bundle, "start")
             .spawn()

@@ -23,6 +23,9 @@ pub struct Cli {
     pub systemd_cgroup: bool,
     /// Global flags for the runtime binary (runsc's `--network=none`, ...).
     pub args: Vec<String>,
+    /// The init's stdio, kept from create for start: gVisor gives a
+    /// container's process the stdio of `runsc start`, not of create.
+    pub init_stdio: std::sync::Mutex<Option<[std::os::fd::OwnedFd; 3]>>,
 }
 
 impl Backend {
@@ -67,16 +70,36 @@ impl Backend {
                 if no_new_keyring {
                     args.push("--no-new-keyring".into());
                 }
+                if let Some([i, o, e]) = &io.stdio {
+                    let dup = |f: &std::os::fd::OwnedFd| f.try_clone().map_err(|e| e.to_string());
+                    *cli.init_stdio.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some([dup(i)?, dup(o)?, dup(e)?]);
+                }
                 cli.run_with_io(&args, id, bundle, io)?;
                 read_pid(&pid_file)
             }
         }
     }
 
-    pub fn start(&self, id: &str) -> Result<()> {
+    pub fn start(&self, id: &str, bundle: &Path) -> Result<()> {
         match self {
             Backend::InProcess(rt) => rt.start(id).map_err(|e| e.to_string()),
-            Backend::Cli(cli) => cli.run(&["start", id], None).map(drop),
+            Backend::Cli(cli) => {
+                let stdio = cli
+                    .init_stdio
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                cli.run_with_io(
+                    &["start".to_owned()],
+                    id,
+                    bundle,
+                    ProcessIo {
+                        stdio,
+                        console: None,
+                    },
+                )
+            }
         }
     }
 

@@ -223,6 +223,7 @@ fn backend_for(
         root,
         systemd_cgroup: opts.systemd_cgroup,
         args: opts.runtime_args,
+        init_stdio: std::sync::Mutex::new(None),
     }))
 }
 
@@ -662,12 +663,12 @@ impl Task for TaskHandler {
         let this = Arc::clone(&self.0);
         let backend = self.backend(&req.id)?;
         if req.exec_id.is_empty() {
-            let (pid, st, ..) = self.process_status(&req.id, "")?;
+            let (pid, st, _, _, bundle) = self.process_status(&req.id, "")?;
             if st != Status::CREATED {
                 return Err(precondition(format!("container {} is not created", req.id)));
             }
             backend
-                .start(&req.id)
+                .start(&req.id, &bundle)
                 .map_err(|e| failed(format!("starting {}: {e}", req.id)))?;
             if let Some(c) = self.lock().containers.get_mut(&req.id) {
                 if c.init.status == Status::CREATED {

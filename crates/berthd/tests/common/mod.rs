@@ -422,6 +422,19 @@ impl Berthd {
 
 impl Drop for Berthd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for dir in [self.state.join("containers"), self.state.join("pods")] {
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    for log in [e.path().join("log"), e.path().join("pause/log")] {
+                        if let Ok(t) = std::fs::read_to_string(&log) {
+                            if !t.trim().is_empty() {
+                                eprintln!("--- {} ---\n{t}", log.display());
+                            }
+                        }
+                    }
+                }
+            }
+        }
         self.stop();
         for pid in processes_mentioning(self.socket.to_str().unwrap()) {
             // SAFETY: plain kill(2) of a shim this test's berthd started.
