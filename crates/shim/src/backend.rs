@@ -29,6 +29,32 @@ pub struct Cli {
 }
 
 impl Backend {
+    /// For runtimes whose container processes are not the shim's
+    /// descendants (gVisor): a blocking call returning the exit status.
+    pub fn exit_waiter(&self, id: &str) -> Option<Box<dyn FnOnce() -> u32 + Send>> {
+        let Backend::Cli(cli) = self else { return None };
+        if cli.binary.file_name().is_none_or(|n| n != "runsc") {
+            return None;
+        }
+        let mut cmd = cli.base();
+        cmd.args(["wait", id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        Some(Box::new(move || {
+            let out = match cmd.output() {
+                Ok(o) => o,
+                Err(_) => return 255,
+            };
+            // {"id": "...", "exitStatus": N}: the code, or 128 + the signal.
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v["exitStatus"].as_u64())
+                .map(|code| code as u32)
+                .unwrap_or(255)
+        }))
+    }
+
     pub fn in_process(root: &Path, systemd_cgroup: bool) -> Backend {
         Backend::InProcess(Runtime {
             root: root.to_owned(),

@@ -274,6 +274,16 @@ impl Service {
             inner.early.insert(pid, code);
             return;
         };
+        drop(inner);
+        self.on_exit_of(pid, &cid, &exec_id, code);
+    }
+
+    /// Records how a process ended, found by its container and exec id
+    /// (runtimes whose processes are not the shim's children report exits
+    /// this way).
+    pub fn on_exit_of(self: &Arc<Self>, pid: i32, cid: &str, exec_id: &str, code: u32) {
+        let (cid, exec_id) = (cid.to_owned(), exec_id.to_owned());
+        let mut inner = self.lock();
         let Some(c) = inner.containers.get_mut(&cid) else {
             return;
         };
@@ -670,6 +680,20 @@ impl Task for TaskHandler {
             backend
                 .start(&req.id, &bundle)
                 .map_err(|e| failed(format!("starting {}: {e}", req.id)))?;
+            if let Some(wait) = backend.exit_waiter(&req.id) {
+                let svc = Arc::clone(&self.0);
+                let handle = tokio::runtime::Handle::current();
+                let id = req.id.clone();
+                // The sandbox's process is not the container's: ask the
+                // runtime when the container ends.
+                std::thread::spawn(move || {
+                    let code = wait();
+                    handle.spawn(async move {
+                        svc.lock().pids.remove(&pid);
+                        svc.on_exit_of(pid, &id, "", code);
+                    });
+                });
+            }
             if let Some(c) = self.lock().containers.get_mut(&req.id) {
                 if c.init.status == Status::CREATED {
                     c.init.status = Status::RUNNING;
