@@ -199,15 +199,16 @@ fn validate_linux(spec: &Spec) -> Result<()> {
             }
         }
     }
-    if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !new_ns(LinuxNamespaceType::Uts) {
+    // As runc: a joined UTS namespace counts (a pod's containers set the
+    // pod's hostname in the namespace they share); the host's does not.
+    if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
         return Err(invalid(
-            "hostname is set but the container has no private UTS namespace",
+            "hostname is set but the container has no UTS namespace of its own or joined",
         ));
     }
-    if spec.domainname().as_ref().is_some_and(|h| !h.is_empty()) && !new_ns(LinuxNamespaceType::Uts)
-    {
+    if spec.domainname().as_ref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
         return Err(invalid(
-            "domainname is set but the container has no private UTS namespace",
+            "domainname is set but the container has no UTS namespace of its own or joined",
         ));
     }
     if let Some(prop) = linux.rootfs_propagation() {

@@ -72,6 +72,15 @@ fn missing_and_malformed_config() {
         assert!(err.contains(expect), "expected {expect:?} in {err}");
         assert_nothing_left(&env, &id);
     }
+    // A hostname needs a UTS namespace (new or joined), never the host's.
+    let bundle = env.bundle("h", &["true"], |c| {
+        c["hostname"] = json!("not-the-host");
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "uts");
+    });
+    let err = env.fails(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    assert!(err.contains("hostname") && err.contains("UTS"), "{err}");
+    assert_nothing_left(&env, &id);
     // Older 1.x configs are accepted.
     for version in ["1.0.0", "1.0.2-dev", "1.1.0", "1.2.1", "1.3.0"] {
         env.run_ok(&format!("v{}", version.replace('.', "")), &["true"], |c| {

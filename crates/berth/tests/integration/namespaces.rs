@@ -141,6 +141,24 @@ fn joining_namespaces_by_path() {
         lines[5], "1",
         "the pod's sleep is visible in the shared pid namespace"
     );
+
+    // As runc: a hostname with a joined UTS namespace is set in that namespace.
+    let out = env.run_ok("renamer", &["hostname"], |c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "uts");
+        ns.push(json!({"type": "uts", "path": format!("/proc/{pid}/ns/uts")}));
+        c["hostname"] = json!("renamed");
+    });
+    assert_eq!(out.trim(), "renamed");
+    let pod_hostname = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-u", "hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&pod_hostname.stdout).trim(),
+        "renamed",
+        "set in the shared namespace"
+    );
     env.ok(&["delete", "--force", &pod_id]);
 }
 
