@@ -992,6 +992,9 @@ impl Cri {
             .insert(id.clone(), rx);
         let mut start = api::StartRequest::new();
         start.id = id.clone();
+        // Stamped before the process is released: a process that exits at
+        // once must not look as if it finished before it started.
+        let started_at = now_ns();
         let result = self
             .shims
             .call::<_, api::StartResponse>(&address, "Start", &start, 60 * SECOND)
@@ -1000,7 +1003,7 @@ impl Cri {
             Ok(r) => {
                 self.store.update_container(&id, |c| {
                     c.state = ContainerState::Running;
-                    c.started_at = now_ns();
+                    c.started_at = started_at;
                     c.pid = r.pid;
                 })?;
                 self.spawn_waiter(id.clone(), address, tx);
@@ -1096,7 +1099,8 @@ impl Cri {
             }
             c.state = ContainerState::Exited;
             c.exit_code = code;
-            c.finished_at = at;
+            // The wall clock may have stepped back meanwhile.
+            c.finished_at = at.max(c.started_at);
             c.reason = if oom {
                 "OOMKilled".into()
             } else if code == 0 {
