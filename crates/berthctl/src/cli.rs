@@ -458,6 +458,9 @@ pub struct PullArgs {
     /// Annotation (key=value) to set on the pulled image
     #[arg(short, long = "annotation")]
     pub annotations: Vec<String>,
+    /// Progress on stderr (berthd only): auto is a bar on a terminal
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: crate::progress::ProgressMode,
     /// NAME[:TAG|@DIGEST]
     pub image: String,
 }

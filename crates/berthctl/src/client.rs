@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use berth_api::v1::images_client::ImagesClient;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -165,6 +166,7 @@ pub struct Clients {
     pub debug: bool,
     runtime: Option<RuntimeServiceClient<Channel>>,
     image: Option<ImageServiceClient<Channel>>,
+    image_channel: Option<Channel>,
 }
 
 /// Messages of any size the server sends (images lists can be large).
@@ -187,6 +189,7 @@ impl Clients {
             debug,
             runtime: None,
             image: None,
+            image_channel: None,
         }
     }
 
@@ -217,6 +220,7 @@ impl Clients {
                 ));
             }
             let channel = connect(&self.image_endpoint, self.timeout).await?;
+            self.image_channel = Some(channel.clone());
             self.image = Some(
                 ImageServiceClient::new(channel)
                     .max_decoding_message_size(MAX_MESSAGE)
@@ -224,6 +228,15 @@ impl Clients {
             );
         }
         Ok(self.image.clone().expect("just connected"))
+    }
+
+    /// berth's pull progress service on the image endpoint (only berthd
+    /// serves it; calls to other runtimes answer Unimplemented).
+    pub async fn pull_progress(&mut self) -> Result<ImagesClient<Channel>> {
+        self.image().await?;
+        Ok(ImagesClient::new(
+            self.image_channel.clone().expect("just connected"),
+        ))
     }
 
     /// One unary call named `name` with deadline `timeout` (None: no

@@ -10,6 +10,7 @@ pub mod client;
 mod cmd;
 pub mod logs;
 pub mod output;
+pub mod progress;
 pub mod proto;
 
 use std::time::Instant;

@@ -35,6 +35,21 @@ fn ctl(d: &Berthd, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// "finished IMAGE: D/T bytes, LD/L layers" -> (D, T, LD, L).
+fn final_progress(line: &str) -> Option<(u64, u64, usize, usize)> {
+    let rest = line.strip_prefix("finished ")?;
+    let (_, counts) = rest.rsplit_once(": ")?;
+    let (bytes, layers) = counts.split_once(" bytes, ")?;
+    let (done, total) = bytes.split_once('/')?;
+    let (ld, l) = layers.strip_suffix(" layers")?.split_once('/')?;
+    Some((
+        done.parse().ok()?,
+        total.parse().ok()?,
+        ld.parse().ok()?,
+        l.parse().ok()?,
+    ))
+}
+
 fn ok(d: &Berthd, args: &[&str]) -> String {
     let (code, out, err) = ctl(d, args);
     assert_eq!(code, 0, "berthctl {args:?}: {err}\n{}", d.log_tail());
@@ -45,7 +60,20 @@ fn ok(d: &Berthd, args: &[&str]) -> String {
 async fn a_pod_through_berthctl() {
     let d = Berthd::start("ctl");
     let image = images().busybox.clone();
-    ok(&d, &["pull", &image]);
+    // berthd streams the pull's progress beside PullImage.
+    let (code, out, err) = ctl(&d, &["pull", "--progress", "plain", &image]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("Image is up to date for sha256:"), "{out}");
+    let last = err.lines().last().unwrap_or_default();
+    let parsed = final_progress(last);
+    let (done, total, layers_done, layers) =
+        parsed.unwrap_or_else(|| panic!("no final progress line in {err:?}"));
+    assert!(total > 0 && done == total, "{err}");
+    assert!(layers >= 1 && layers_done == layers, "{err}");
+    // Nothing on a pipe unless asked for.
+    let (code, _, err) = ctl(&d, &["pull", &image]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "{err}");
     assert!(ok(&d, &["images", "-q"]).lines().count() >= 1);
     let pod_json = d.dir.join("pod.json");
     let ctr_json = d.dir.join("ctr.json");

@@ -453,3 +453,53 @@ impl ImageService for Server {
         ok(self.0.image_fs_info().await?)
     }
 }
+
+type PullProgressStream =
+    Pin<Box<dyn Stream<Item = Result<berth_api::v1::PullProgress, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl berth_api::v1::images_server::Images for Server {
+    type WatchPullStream = PullProgressStream;
+
+    async fn watch_pull(
+        &self,
+        r: Request<berth_api::v1::WatchPullRequest>,
+    ) -> R<Self::WatchPullStream> {
+        let image = r.into_inner().image;
+        let key = berth_image::Reference::parse(&image)
+            .map_err(|e| Status::invalid_argument(format!("WatchPull: {e}")))?
+            .full();
+        let rx = self.0.pulls.watch(&key);
+        // Ends after the message that says the pull finished, or when the
+        // pull's channel goes away.
+        let stream = futures_util::stream::unfold(Some(rx), move |rx| {
+            let key = key.clone();
+            async move {
+                let mut rx = rx?;
+                loop {
+                    rx.changed().await.ok()?;
+                    let s = rx.borrow_and_update().clone();
+                    if !s.started {
+                        continue;
+                    }
+                    let msg = berth_api::v1::PullProgress {
+                        image: key,
+                        layers: s
+                            .layers
+                            .into_iter()
+                            .map(|(digest, done, total)| berth_api::v1::LayerProgress {
+                                digest,
+                                done,
+                                total,
+                            })
+                            .collect(),
+                        finished: s.finished,
+                    };
+                    let next = (!s.finished).then_some(rx);
+                    return Some((Ok(msg), next));
+                }
+            }
+        });
+        ok(Box::pin(stream))
+    }
+}

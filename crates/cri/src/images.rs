@@ -167,6 +167,14 @@ impl Cri {
             .map(|a| a.server_address.clone())
             .filter(|s| !s.is_empty());
         let started = now_ns();
+        // Unparsable references fail in the pull itself, with its message.
+        let publisher = berth_image::Reference::parse(&reference)
+            .ok()
+            .map(|r| self.pulls.start(&r.full()));
+        let progress = publisher.as_ref().map(|p| {
+            let reporter = p.reporter();
+            Arc::new(move |p: &berth_image::Progress| reporter.report(p)) as berth_image::ProgressFn
+        });
         let image = self
             .images
             .pull(
@@ -174,10 +182,12 @@ impl Cri {
                 &PullOptions {
                     auth,
                     auth_host,
+                    progress,
                     ..Default::default()
                 },
             )
             .await?;
+        drop(publisher);
         tracing::info!(
             image = %reference,
             id = %image.id,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod images;
+pub mod pull_progress;
 pub mod sandbox;
 pub mod service;
 pub mod shims;
@@ -44,6 +45,9 @@ pub async fn serve(
                 .max_decoding_message_size(16 << 20)
                 .max_encoding_message_size(64 << 20),
         )
+        .add_service(berth_api::v1::images_server::ImagesServer::new(
+            server.clone(),
+        ))
         .add_service(
             k8s_cri::v1::image_service_server::ImageServiceServer::new(server)
                 .max_decoding_message_size(16 << 20)

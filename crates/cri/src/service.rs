@@ -43,6 +43,8 @@ pub struct Cri {
     /// containers' shim start).
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pause_binary: PathBuf,
+    /// Running pulls' progress (berth.v1.Images/WatchPull).
+    pub pulls: Arc<crate::pull_progress::Board>,
 }
 
 struct Reservation<'a> {
@@ -145,6 +147,7 @@ impl Cri {
             cpu_samples: Mutex::new(HashMap::new()),
             pod_locks: Mutex::new(HashMap::new()),
             pause_binary,
+            pulls: Arc::default(),
         });
         cri.recover().await;
         Ok(cri)

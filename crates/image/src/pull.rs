@@ -372,6 +372,17 @@ impl ImageStore {
         let semaphore = Arc::new(tokio::sync::Semaphore::new(
             self.options().max_concurrent_downloads.max(1),
         ));
+        if let Some(p) = &opts.progress {
+            // Every layer known from the start, so a progress display can
+            // show the whole image before the first bytes arrive.
+            for (digest, _, size) in &layers {
+                p(&Progress {
+                    digest: digest.to_string(),
+                    done: 0,
+                    total: *size,
+                });
+            }
+        }
         let mut downloads = Vec::new();
         for (digest, _, size) in &layers {
             let store = Arc::clone(self);

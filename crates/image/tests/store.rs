@@ -159,6 +159,15 @@ fn pulls_a_multi_layer_image_with_whiteouts_links_and_progress() {
         .map(|p| p.digest.clone())
         .collect();
     assert_eq!(finished.len(), 3, "{seen:?}");
+    let announced: std::collections::BTreeSet<String> = seen[..3]
+        .iter()
+        .filter(|p| p.done == 0)
+        .map(|p| p.digest.clone())
+        .collect();
+    assert_eq!(
+        announced, finished,
+        "every layer announced before bytes: {seen:?}"
+    );
     world.with_rootfs(&reference, check_busybox_rootfs);
     // Status: by name, by id, by repo digest; absent is None.
     assert_eq!(

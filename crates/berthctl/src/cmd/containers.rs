@@ -21,6 +21,7 @@ use crate::cli::{
 use crate::client::Clients;
 use crate::logs;
 use crate::output::{ago, human_size, is_digest, rfc3339_nano, truncate_id, Table};
+use crate::progress::ProgressMode;
 use crate::proto::{to_json, Json, JsonStyle};
 
 /// Go's zero time.Time formatted as RFC 3339.
@@ -43,7 +44,15 @@ async fn create_container(
     if !pull.no_pull && (pull.with_pull || !image_present(c, &image).await?) {
         let auth = auth_config(pull.creds.as_deref(), pull.auth.as_deref())?;
         info(format!("Pulling container image: {image}"));
-        pull_image(c, &image, auth, Some(sandbox.clone()), annotations).await?;
+        pull_image(
+            c,
+            &image,
+            auth,
+            Some(sandbox.clone()),
+            annotations,
+            ProgressMode::Auto,
+        )
+        .await?;
     }
     let mut rt = c.runtime().await?;
     let req = cri::CreateContainerRequest {

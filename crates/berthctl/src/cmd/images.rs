@@ -12,6 +12,7 @@ use super::{
 use crate::cli::{ImagefsinfoArgs, ImagesArgs, InspectiArgs, PullArgs, RmiArgs, StatusFormat};
 use crate::client::Clients;
 use crate::output::{human_size, human_size_with_precision, truncate_id, Table};
+use crate::progress::{while_pulling, ProgressMode};
 use crate::proto::{to_json, JsonStyle};
 
 /// The registry credentials of `--creds USER[:PASS]` or `--auth BASE64`.
@@ -74,8 +75,13 @@ pub async fn pull_image(
     auth: Option<cri::AuthConfig>,
     sandbox: Option<cri::PodSandboxConfig>,
     annotations: HashMap<String, String>,
+    progress: ProgressMode,
 ) -> Result<String> {
     let mut is = c.image().await?;
+    let watcher = match progress {
+        ProgressMode::None => None,
+        _ => c.pull_progress().await.ok(),
+    };
     let req = cri::PullImageRequest {
         image: Some(cri::ImageSpec {
             image: image.to_owned(),
@@ -85,10 +91,14 @@ pub async fn pull_image(
         auth,
         sandbox_config: sandbox,
     };
-    let r = c
-        .call("PullImage", None, req, |r| is.pull_image(r))
-        .await
-        .with_context(|| format!("pulling image {image:?}"))?;
+    let r = while_pulling(
+        watcher,
+        image,
+        progress,
+        c.call("PullImage", None, req, |r| is.pull_image(r)),
+    )
+    .await
+    .with_context(|| format!("pulling image {image:?}"))?;
     Ok(r.image_ref)
 }
 
@@ -99,7 +109,7 @@ pub async fn pull(c: &mut Clients, a: PullArgs) -> Result<()> {
         None => None,
     };
     let annotations = parse_labels(&a.annotations)?;
-    let image_ref = pull_image(c, &a.image, auth, sandbox, annotations)
+    let image_ref = pull_image(c, &a.image, auth, sandbox, annotations, a.progress)
         .await
         .context("pulling image")?;
     println!("Image is up to date for {image_ref}");
