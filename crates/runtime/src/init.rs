@@ -167,10 +167,31 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
     if ctx.plan.two_stage {
         // The new PID namespace (and the others) belong to the joined user
         // namespace; the init must be a child to live in the PID namespace.
+        // The init waits until berth knows its pid: its own messages
+        // (Ready, RunHooks) must not overtake the intermediate's Pid on the
+        // channel they share.
+        let (told, tell) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .ctx(|| "creating the init's start pipe".into())?;
         if let Some(pid) = sys::fork().ctx(|| "forking the container init".into())? {
             send(ctx.channel, Msg::Pid(pid))?;
+            let _ = rustix::io::write(&tell, &[1]);
             sys::exit_now(0);
         }
+        drop(tell);
+        let mut byte = [0u8; 1];
+        loop {
+            match rustix::io::read(&told, &mut byte) {
+                Err(rustix::io::Errno::INTR) => continue,
+                Ok(1) => break,
+                // The intermediate died without telling berth: berth cleans up.
+                Ok(_) => sys::exit_now(1),
+                Err(e) => {
+                    return Err(std::io::Error::from(e))
+                        .ctx(|| "waiting for the init's pid to reach berth".into())
+                }
+            }
+        }
+        drop(told);
     }
     let userns = ctx.plan.new_user
         || ctx
