@@ -12,6 +12,10 @@ use oci_spec::runtime::{LinuxResources, Process};
 
 pub type Result<T> = std::result::Result<T, String>;
 
+/// Blocks until a container ends: (its exit status, the pid of a helper
+/// process whose exit the shim's reaper may have recorded).
+pub type ExitWaiter = Box<dyn FnOnce() -> (u32, Option<i32>) + Send>;
+
 pub enum Backend {
     InProcess(Runtime),
     Cli(Cli),
@@ -30,8 +34,10 @@ pub struct Cli {
 
 impl Backend {
     /// For runtimes whose container processes are not the shim's
-    /// descendants (gVisor): a blocking call returning the exit status.
-    pub fn exit_waiter(&self, id: &str) -> Option<Box<dyn FnOnce() -> u32 + Send>> {
+    /// descendants (gVisor): a blocking call returning the exit status, and
+    /// the pid of the helper process it ran (the shim's reaper may reap it
+    /// first; the caller forgets that exit).
+    pub fn exit_waiter(&self, id: &str) -> Option<ExitWaiter> {
         let Backend::Cli(cli) = self else { return None };
         if cli.binary.file_name().is_none_or(|n| n != "runsc") {
             return None;
@@ -40,19 +46,9 @@ impl Backend {
         cmd.args(["wait", id])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        Some(Box::new(move || {
-            let out = match cmd.output() {
-                Ok(o) => o,
-                Err(_) => return 255,
-            };
-            // {"id": "...", "exitStatus": N}: the code, or 128 + the signal.
-            serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .ok()
-                .and_then(|v| v["exitStatus"].as_u64())
-                .map(|code| code as u32)
-                .unwrap_or(255)
-        }))
+            .stderr(Stdio::piped());
+        let id = id.to_owned();
+        Some(Box::new(move || runsc_wait(cmd, &id)))
     }
 
     pub fn in_process(root: &Path, systemd_cgroup: bool) -> Backend {
@@ -345,6 +341,44 @@ impl Cli {
             }));
         }
         relay
+    }
+}
+
+/// Runs `runsc wait ID`: {"id": "...", "exitStatus": N} on stdout, N being
+/// the code or 128 + the signal. The answer is read from the pipe before the
+/// helper is waited for, because the shim's reaper (waitpid(-1) on the main
+/// thread) can take the helper's own status first (ECHILD here).
+fn runsc_wait(mut cmd: Command, id: &str) -> (u32, Option<i32>) {
+    use std::io::Read;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("runsc wait {id}: {e}");
+            return (255, None);
+        }
+    };
+    let pid = child.id() as i32;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_end(&mut stdout);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_end(&mut stderr);
+    }
+    let status = child.wait();
+    let code = serde_json::from_slice::<serde_json::Value>(&stdout)
+        .ok()
+        .and_then(|v| v["exitStatus"].as_u64());
+    match code {
+        Some(code) => (code as u32, Some(pid)),
+        None => {
+            log::warn!(
+                "runsc wait {id}: {status:?}; stdout {:?}, stderr {:?}",
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            );
+            (255, Some(pid))
+        }
     }
 }
 

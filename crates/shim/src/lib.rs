@@ -13,6 +13,7 @@ pub mod backend;
 pub mod client;
 pub mod crilog;
 mod events;
+pub mod logger;
 pub mod metrics;
 mod reaper;
 pub mod start;

@@ -296,6 +296,10 @@ impl Service {
         } else {
             return;
         };
+        if proc.exit.borrow().is_some() || proc.status == Status::STOPPED {
+            // Already recorded (gVisor containers of one pod share a pid).
+            return;
+        }
         let _ = proc.ending.compare_exchange(
             ENDING_NONE,
             ENDING_REAPED,
@@ -687,9 +691,19 @@ impl Task for TaskHandler {
                 // The sandbox's process is not the container's: ask the
                 // runtime when the container ends.
                 std::thread::spawn(move || {
-                    let code = wait();
+                    let (code, helper) = wait();
                     handle.spawn(async move {
-                        svc.lock().pids.remove(&pid);
+                        {
+                            let mut inner = svc.lock();
+                            // The pid is the sandbox's, shared by the pod's
+                            // containers: forget it only if it is still ours.
+                            if inner.pids.get(&pid).is_some_and(|(c, _)| *c == id) {
+                                inner.pids.remove(&pid);
+                            }
+                            if let Some(helper) = helper {
+                                inner.early.remove(&helper);
+                            }
+                        }
                         svc.on_exit_of(pid, &id, "", code);
                     });
                 });

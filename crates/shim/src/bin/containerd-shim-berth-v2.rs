@@ -9,6 +9,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    berth_shim::logger::init(args.debug);
     let result = match args.action.as_deref() {
         Some("start") => berth_shim::start::start(&args).map(|address| print!("{address}")),
         Some("delete") => berth_shim::start::delete(&args),
