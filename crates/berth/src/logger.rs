@@ -2,12 +2,10 @@
 //! containerd reads the last `"level":"error"` line of a JSON log to report
 //! why a runtime command failed.
 
+use berth_runtime::util::logrus_line;
 use std::fs::File;
 use std::io::Write;
 use std::sync::Mutex;
-use std::time::SystemTime;
-
-use berth_runtime::util::rfc3339;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -65,24 +63,7 @@ impl Logger {
     }
 
     fn line(&self, level: log::Level, msg: &str) -> String {
-        let level = match level {
-            log::Level::Error => "error",
-            log::Level::Warn => "warning",
-            log::Level::Info => "info",
-            log::Level::Debug => "debug",
-            log::Level::Trace => "trace",
-        };
-        let time = rfc3339(SystemTime::now());
-        match self.format {
-            Format::Json => format!(
-                "{{\"level\":\"{level}\",\"msg\":{},\"time\":\"{time}\"}}\n",
-                serde_json::to_string(msg).unwrap_or_default()
-            ),
-            Format::Text => format!(
-                "time=\"{time}\" level={level} msg={}\n",
-                serde_json::to_string(msg).unwrap_or_default()
-            ),
-        }
+        logrus_line(level, msg, self.format == Format::Json)
     }
 }
 

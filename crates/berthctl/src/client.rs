@@ -165,7 +165,8 @@ pub struct Clients {
     pub timeout: Duration,
     pub debug: bool,
     runtime: Option<RuntimeServiceClient<Channel>>,
-    image: Option<ImageServiceClient<Channel>>,
+    /// The image endpoint's connection: CRI's ImageService and berth's own
+    /// Images service are both spoken over it.
     image_channel: Option<Channel>,
 }
 
@@ -188,7 +189,6 @@ impl Clients {
             timeout,
             debug,
             runtime: None,
-            image: None,
             image_channel: None,
         }
     }
@@ -211,32 +211,29 @@ impl Clients {
         Ok(self.runtime.clone().expect("just connected"))
     }
 
-    pub async fn image(&mut self) -> Result<ImageServiceClient<Channel>> {
-        if self.image.is_none() {
+    async fn image_channel(&mut self) -> Result<Channel> {
+        if self.image_channel.is_none() {
             if self.debug {
                 debug_line(format!(
                     "connecting to image endpoint {}",
                     self.image_endpoint
                 ));
             }
-            let channel = connect(&self.image_endpoint, self.timeout).await?;
-            self.image_channel = Some(channel.clone());
-            self.image = Some(
-                ImageServiceClient::new(channel)
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .max_encoding_message_size(MAX_MESSAGE),
-            );
+            self.image_channel = Some(connect(&self.image_endpoint, self.timeout).await?);
         }
-        Ok(self.image.clone().expect("just connected"))
+        Ok(self.image_channel.clone().expect("just connected"))
+    }
+
+    pub async fn image(&mut self) -> Result<ImageServiceClient<Channel>> {
+        Ok(ImageServiceClient::new(self.image_channel().await?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
     }
 
     /// berth's pull progress service on the image endpoint (only berthd
     /// serves it; calls to other runtimes answer Unimplemented).
     pub async fn pull_progress(&mut self) -> Result<ImagesClient<Channel>> {
-        self.image().await?;
-        Ok(ImagesClient::new(
-            self.image_channel.clone().expect("just connected"),
-        ))
+        Ok(ImagesClient::new(self.image_channel().await?))
     }
 
     /// One unary call named `name` with deadline `timeout` (None: no

@@ -22,6 +22,25 @@ pub fn rfc3339_nano(t: SystemTime) -> String {
     )
 }
 
+/// One logrus line, as runc and containerd's shims write them: text
+/// (`time="..." level=warning msg="..."`) or JSON.
+pub fn logrus_line(level: log::Level, msg: &str, json: bool) -> String {
+    let level = match level {
+        log::Level::Error => "error",
+        log::Level::Warn => "warning",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+        log::Level::Trace => "trace",
+    };
+    let time = rfc3339(SystemTime::now());
+    let msg = serde_json::to_string(msg).unwrap_or_default();
+    if json {
+        format!("{{\"level\":\"{level}\",\"msg\":{msg},\"time\":\"{time}\"}}\n")
+    } else {
+        format!("time=\"{time}\" level={level} msg={msg}\n")
+    }
+}
+
 /// RFC 3339 UTC time with whole seconds.
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -43,10 +43,11 @@ impl Backend {
             return None;
         }
         let mut cmd = cli.base();
+        // runsc's complaints go to the shim's stderr: its log.
         cmd.args(["wait", id])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::inherit());
         let id = id.to_owned();
         Some(Box::new(move || runsc_wait(cmd, &id)))
     }
@@ -358,12 +359,9 @@ fn runsc_wait(mut cmd: Command, id: &str) -> (u32, Option<i32>) {
         }
     };
     let pid = child.id() as i32;
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut stdout = Vec::new();
     if let Some(mut out) = child.stdout.take() {
         let _ = out.read_to_end(&mut stdout);
-    }
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_end(&mut stderr);
     }
     let status = child.wait();
     let code = serde_json::from_slice::<serde_json::Value>(&stdout)
@@ -373,9 +371,8 @@ fn runsc_wait(mut cmd: Command, id: &str) -> (u32, Option<i32>) {
         Some(code) => (code as u32, Some(pid)),
         None => {
             log::warn!(
-                "runsc wait {id}: {status:?}; stdout {:?}, stderr {:?}",
-                String::from_utf8_lossy(&stdout),
-                String::from_utf8_lossy(&stderr)
+                "runsc wait {id}: {status:?}; stdout {:?}",
+                String::from_utf8_lossy(&stdout)
             );
             (255, Some(pid))
         }

@@ -15,24 +15,16 @@ impl log::Log for Stderr {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let level = match record.level() {
-            log::Level::Error => "error",
-            log::Level::Warn => "warning",
-            log::Level::Info => "info",
-            log::Level::Debug => "debug",
-            log::Level::Trace => "trace",
-        };
-        let time = berth_runtime::util::rfc3339_nano(std::time::SystemTime::now());
-        let msg = format!("{}", record.args());
+        let line =
+            berth_runtime::util::logrus_line(record.level(), &record.args().to_string(), false);
         // One write per line, so lines of concurrent writers do not mix.
-        let line = format!("time={time:?} level={level} msg={msg:?}\n");
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     fn flush(&self) {}
 }
 
-/// Warnings and errors; everything with `-debug`.
+/// Info and above; everything with `-debug`.
 pub fn init(debug: bool) {
     if log::set_logger(&Stderr).is_ok() {
         log::set_max_level(if debug {

@@ -78,10 +78,7 @@ pub async fn pull_image(
     progress: ProgressMode,
 ) -> Result<String> {
     let mut is = c.image().await?;
-    let watcher = match progress {
-        ProgressMode::None => None,
-        _ => c.pull_progress().await.ok(),
-    };
+    let watcher = c.pull_progress().await.ok();
     let req = cri::PullImageRequest {
         image: Some(cri::ImageSpec {
             image: image.to_owned(),
