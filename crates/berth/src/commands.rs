@@ -106,6 +106,23 @@ global options:
    --version, -v         print the version
 ";
 
+/// An error that ends berth with an exit code other than 1, as runc's do:
+/// 255 for a failed `exec` (its message prefixed "exec failed: "), 3 for
+/// an unknown command.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 /// Which commands create processes inside containers (and so must run from
 /// a sealed copy of the binary).
 pub fn enters_containers(command: &str) -> bool {
@@ -184,7 +201,18 @@ pub fn dispatch(rt: &Runtime, command: &str, args: &[String]) -> Result<i32> {
                 [id, sig] => (id, sig.as_str()),
                 _ => bail!("kill: usage: berth kill [--all] <container-id> [signal]"),
             };
-            let signal = berth_runtime::signal::parse_signal(sig)?;
+            // runc looks the container up before it reads the signal, and
+            // takes 0 (an existence check).
+            let signal = match sig {
+                "0" => 0,
+                other => match berth_runtime::signal::parse_signal(other) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        rt.state(id)?;
+                        return Err(e.into());
+                    }
+                },
+            };
             rt.kill(id, signal, p.is_set("all"))?;
             Ok(0)
         }
@@ -205,7 +233,17 @@ pub fn dispatch(rt: &Runtime, command: &str, args: &[String]) -> Result<i32> {
         }
         "exec" => {
             let p = parse(args, EXEC_FLAGS, Some(1))?;
-            exec(rt, &p)
+            // Usage errors exit 1; everything after, 255 (runc's codes).
+            let needed = if p.get("process").is_some() { 1 } else { 2 };
+            if p.positionals.len() < needed {
+                bail!("exec: usage: berth exec [options] <container-id> <command> [args...] (or --process FILE)");
+            }
+            exec(rt, &p).map_err(|e| {
+                anyhow::Error::new(Exit {
+                    code: 255,
+                    message: format!("exec failed: {e:#}"),
+                })
+            })
         }
         "spec" => {
             let p = parse(args, &[opt(&["bundle", "b"]), flag(&["rootless"])], None)?;
@@ -253,8 +291,12 @@ pub fn dispatch(rt: &Runtime, command: &str, args: &[String]) -> Result<i32> {
             crate::manage::events(rt, &p)?;
             Ok(0)
         }
+        // Refused before their flags are read: nothing of them is supported.
         "checkpoint" | "restore" => bail!("{command} is not implemented by this version of berth"),
-        other => bail!("unknown command {other:?} (see berth --help)"),
+        other => Err(anyhow::Error::new(Exit {
+            code: 3,
+            message: format!("No help topic for '{other}'"),
+        })),
     }
 }
 
@@ -345,6 +387,7 @@ fn exec(rt: &Runtime, p: &Parsed) -> Result<i32> {
         pid_file: p.get("pid-file").map(PathBuf::from),
         console_socket: p.get("console-socket").map(PathBuf::from),
         preserve_fds: preserve_fds(p)?,
+        ignore_paused: p.is_set("ignore-paused"),
     };
     Ok(rt.exec(id, &opts)?)
 }

@@ -1,6 +1,7 @@
 //! runc-compatible logging: logrus text or JSON lines to --log or stderr.
 //! containerd reads the last `"level":"error"` line of a JSON log to report
-//! why a runtime command failed.
+//! why a runtime command failed; tools reading stderr look for
+//! `level=error`.
 
 use berth_runtime::util::logrus_line;
 use std::fs::File;
@@ -50,16 +51,24 @@ impl Logger {
         Ok(logger)
     }
 
-    /// Records a fatal error: in the log file (containerd reads the last
-    /// error line from it) and, plainly, on stderr.
+    /// Reports the error that ends the command, as runc does: a logrus
+    /// line (`level=error`) in the log file, with the bare message on
+    /// stderr; with no log file, the logrus line itself on stderr, in the
+    /// chosen format. containerd reads the last error line of its
+    /// `--log` file; go-runc and conmon read stderr.
     pub fn fatal(&self, msg: &str) {
-        if let Some(f) = &self.file {
-            let line = self.line(log::Level::Error, msg);
-            if let Ok(mut f) = f.lock() {
-                let _ = f.write_all(line.as_bytes());
+        let line = self.line(log::Level::Error, msg);
+        match &self.file {
+            Some(f) => {
+                if let Ok(mut f) = f.lock() {
+                    let _ = f.write_all(line.as_bytes());
+                }
+                let _ = writeln!(std::io::stderr(), "{msg}");
+            }
+            None => {
+                let _ = std::io::stderr().write_all(line.as_bytes());
             }
         }
-        let _ = writeln!(std::io::stderr(), "berth: {msg}");
     }
 
     fn line(&self, level: log::Level, msg: &str) -> String {
@@ -76,23 +85,24 @@ impl log::Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let line = self.line(record.level(), &record.args().to_string());
         match &self.file {
             Some(f) => {
-                let line = self.line(record.level(), &record.args().to_string());
                 if let Ok(mut f) = f.lock() {
                     let _ = f.write_all(line.as_bytes());
                 }
             }
             None => {
-                let plain = format!(
-                    "berth: {}: {}\n",
-                    record.level().as_str().to_lowercase(),
-                    record.args()
-                );
-                let _ = std::io::stderr().write_all(plain.as_bytes());
+                let _ = std::io::stderr().write_all(line.as_bytes());
             }
         }
     }
 
     fn flush(&self) {}
+}
+
+/// An error met before the logger exists (bad global flags): a logrus text
+/// line on stderr, as runc prints it.
+pub fn early_fatal(msg: &str) {
+    let _ = std::io::stderr().write_all(logrus_line(log::Level::Error, msg, false).as_bytes());
 }

@@ -18,7 +18,7 @@ fn run() -> i32 {
     let global = match args::parse(&argv, commands::GLOBAL_FLAGS, Some(1)) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("berth: {e}");
+            logger::early_fatal(&e.to_string());
             return 1;
         }
     };
@@ -39,14 +39,14 @@ fn run() -> i32 {
         "text" => logger::Format::Text,
         "json" => logger::Format::Json,
         other => {
-            eprintln!("berth: invalid --log-format {other:?}: text or json");
+            logger::early_fatal(&format!("invalid log-format: {other}"));
             return 1;
         }
     };
     let logger = match logger::Logger::install(global.get("log"), format, global.is_set("debug")) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("berth: {e:#}");
+            logger::early_fatal(&format!("{e:#}"));
             return 1;
         }
     };
@@ -64,7 +64,8 @@ fn run() -> i32 {
         Ok(code) => code,
         Err(e) => {
             logger.fatal(&format!("{e:#}"));
-            1
+            e.downcast_ref::<commands::Exit>()
+                .map_or(1, |exit| exit.code)
         }
     }
 }

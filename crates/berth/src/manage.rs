@@ -139,6 +139,8 @@ pub fn ps(rt: &Runtime, p: &Args) -> Result<()> {
     let pids = rt.pids(id)?;
     let mut out = std::io::stdout().lock();
     match p.get("format").unwrap_or("table") {
+        // runc prints Go's encoding of an empty slice: null.
+        "json" if pids.is_empty() => writeln!(out, "null")?,
         "json" => writeln!(out, "{}", serde_json::to_string(&pids)?)?,
         "table" => {
             let args: Vec<String> = if ps_args.is_empty() {

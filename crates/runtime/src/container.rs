@@ -13,6 +13,7 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::channel::{Channel, Msg};
 use crate::error::Context;
+use crate::error::Op;
 use crate::init::{self, ConsoleTarget, ExecContext, InitContext, StartGate};
 use crate::namespaces::{self, ChildNsGuard, NsPlan};
 use crate::spec::Bundle;
@@ -46,6 +47,8 @@ pub struct ExecOptions {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub preserve_fds: u32,
+    /// Exec into a paused container too (`--ignore-paused`).
+    pub ignore_paused: bool,
 }
 
 /// Where a new process's stdio and terminal go when the caller is a
@@ -445,12 +448,7 @@ impl Runtime {
         let (state, dir) = self.load(id)?;
         let status = state.status(&dir);
         if status != Status::Created {
-            return Err(Error::WrongState {
-                id: id.to_owned(),
-                status: status.as_str(),
-                op: "start",
-                needed: "created",
-            });
+            return Err(Error::wrong_state(id, status, Op::Start));
         }
         // The pidfd first: once the FIFO is open the init runs the user
         // program, which may exit at once; that is still a successful start.
@@ -461,12 +459,7 @@ impl Runtime {
         )
         .ctx(|| format!("opening the init process of {id:?}"))?;
         if !state.init_alive() {
-            return Err(Error::WrongState {
-                id: id.to_owned(),
-                status: "stopped",
-                op: "start",
-                needed: "created",
-            });
+            return Err(Error::wrong_state(id, Status::Stopped, Op::Start));
         }
         let fifo = rustix::fs::open(
             dir.fifo_path(),
@@ -532,35 +525,37 @@ impl Runtime {
         Ok(out)
     }
 
-    /// `kill`: sends `signal` to the init, or with `all` to every process of
-    /// the container.
+    /// `kill`: sends `signal` to the init, or with `all` to every process
+    /// in the container's cgroup. As with runc, the init of a stopped
+    /// container cannot be signalled ("container not running", which
+    /// containerd reads as "process already finished"), but `all` still
+    /// reaches whatever is left in its cgroup, and does nothing once the
+    /// cgroup is gone.
     pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
         let (state, dir) = self.load(id)?;
         let status = state.status(&dir);
-        if status == Status::Stopped {
-            return Err(Error::WrongState {
-                id: id.to_owned(),
-                status: status.as_str(),
-                op: "kill",
-                needed: "created, running or paused",
-            });
-        }
         if all {
-            let pids = state.cgroups().procs()?;
-            for pid in pids {
-                match sys::kill(pid, signal) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                    Err(e) => return Err(e).ctx(|| format!("signalling process {pid}")),
-                }
+            if status == Status::Stopped && !state.cgroups().exists() {
+                return Ok(());
             }
-            return Ok(());
+            return signal_all(&state, signal);
         }
-        signal_init(&state, signal)
+        if status == Status::Stopped {
+            return Err(Error::wrong_state(id, status, Op::Kill));
+        }
+        signal_init(&state, signal)?;
+        if status == Status::Paused && signal == libc::SIGKILL {
+            // A frozen process acts on SIGKILL only once thawed (runc thaws too).
+            thaw(&state);
+        }
+        Ok(())
     }
 
-    /// `delete`: removes a stopped (or, with `force`, any) container: kills
-    /// what is left, runs poststop hooks, removes its cgroup and state.
+    /// `delete`: removes a stopped or created (or, with `force`, any)
+    /// container: kills what is left of it, runs poststop hooks, removes
+    /// its cgroup and state. As runc's, it fails only for a container that
+    /// does not exist or is running or paused without `force`; a cgroup
+    /// that cannot be removed is logged as an error, the state goes anyway.
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         let (state, dir) = match self.load(id) {
             Ok(x) => x,
@@ -583,28 +578,32 @@ impl Runtime {
             }
             Status::Running | Status::Paused if force => {
                 let _ = signal_init(&state, libc::SIGKILL);
-                kill_cgroup(&state.cgroups());
-                thaw(&state);
+                if let Err(e) = signal_all(&state, libc::SIGKILL) {
+                    log::warn!("killing the processes of {id}: {e}");
+                }
                 wait_gone(&state);
             }
             Status::Running | Status::Paused => {
-                return Err(Error::WrongState {
-                    id: id.to_owned(),
-                    status: status.as_str(),
-                    op: "delete (without --force)",
-                    needed: "stopped",
-                })
+                return Err(Error::wrong_state(id, status, Op::Delete))
             }
         }
+        // What is left in the cgroup (the processes of a container without
+        // its own PID namespace, or of one whose init a monitor reaped while
+        // others lived on) is killed: a cgroup holding processes cannot go.
         let cgroups = state.cgroups();
-        if !state.own_pid_ns {
-            kill_cgroup(&cgroups);
+        if cgroups.exists() {
+            if let Err(e) = signal_all(&state, libc::SIGKILL) {
+                log::warn!("killing the processes left in {id}'s cgroup: {e}");
+            }
+            wait_cgroup_empty(&cgroups);
         }
         let removed = cgroups.remove();
         let hook_input = hook_state(id, Status::Stopped, 0, &state.bundle, &state.annotations);
         hooks::run_hooks_warn("poststop", &state.poststop, &hook_input);
         std::fs::remove_dir_all(&dir.path).ctx(|| format!("removing {}", dir.path.display()))?;
-        removed?;
+        if let Err(e) = removed {
+            log::error!("removing the cgroup of {id}: {e}");
+        }
         Ok(())
     }
 
@@ -620,13 +619,10 @@ impl Runtime {
         let ProcessIo { stdio, console } = io;
         let (state, dir) = self.load(id)?;
         let status = state.status(&dir);
-        if !matches!(status, Status::Running | Status::Created) {
-            return Err(Error::WrongState {
-                id: id.to_owned(),
-                status: status.as_str(),
-                op: "exec",
-                needed: "running",
-            });
+        match status {
+            Status::Running | Status::Created => {}
+            Status::Paused if opts.ignore_paused => {}
+            _ => return Err(Error::wrong_state(id, status, Op::Exec)),
         }
         let process = &opts.process;
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
@@ -664,12 +660,7 @@ impl Runtime {
         )?;
         let plan = NsPlan::for_exec(state.init_pid)?;
         if !state.init_alive() {
-            return Err(Error::WrongState {
-                id: id.to_owned(),
-                status: "stopped",
-                op: "exec",
-                needed: "running",
-            });
+            return Err(Error::wrong_state(id, Status::Stopped, Op::Exec));
         }
         let signals = if opts.detach {
             None
@@ -873,7 +864,8 @@ fn signal_init(state: &State, signal: i32) -> Result<()> {
         Err(rustix::io::Errno::SRCH) => return Ok(()),
         Err(e) => return Err(e).ctx(|| format!("opening process {}", state.init_pid)),
     };
-    if !state.init_alive() {
+    if !state.init_alive() || signal == 0 {
+        // Signal 0 only asks whether the init exists (runc's `kill ID 0`).
         return Ok(());
     }
     let sig = rustix::process::Signal::from_named_raw(signal)
@@ -903,6 +895,46 @@ fn wait_gone(state: &State) {
             tv_nsec: 100_000_000,
         };
         let _ = rustix::event::poll(&mut fds, Some(&ts));
+    }
+}
+
+/// Signals every process in the container's cgroup (and the cgroups below
+/// it). Processes forked meanwhile are caught by further passes, until one
+/// finds nobody new; after SIGKILL a frozen cgroup is thawed so that its
+/// processes can die.
+fn signal_all(state: &State, signal: i32) -> Result<()> {
+    let cgroups = state.cgroups();
+    let mut signalled = std::collections::HashSet::new();
+    for _ in 0..16 {
+        let fresh: Vec<i32> = crate::manage::all_pids(&cgroups)?
+            .into_iter()
+            .filter(|pid| signalled.insert(*pid))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for pid in fresh {
+            match sys::kill(pid, signal) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => return Err(e).ctx(|| format!("signalling process {pid}")),
+            }
+        }
+    }
+    if signal == libc::SIGKILL {
+        thaw(state);
+    }
+    Ok(())
+}
+
+/// Waits (up to 5 s) for the processes of a cgroup to be gone.
+fn wait_cgroup_empty(cgroups: &berth_cgroups::Manager) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut delay = Duration::from_micros(200);
+    while crate::manage::all_pids(cgroups).is_ok_and(|p| !p.is_empty()) && Instant::now() < deadline
+    {
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(50));
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
 
+use crate::error::Op;
 use crate::state::Status;
 use crate::{Error, Result, Runtime};
 
@@ -19,15 +20,6 @@ pub struct Event {
 }
 
 impl Runtime {
-    fn wrong(id: &str, status: Status, op: &'static str, needed: &'static str) -> Error {
-        Error::WrongState {
-            id: id.to_owned(),
-            status: status.as_str(),
-            op,
-            needed,
-        }
-    }
-
     /// The container's cgroups (for a monitor's stats and OOM watch).
     pub fn cgroups(&self, id: &str) -> Result<berth_cgroups::Manager> {
         let (state, _) = self.load(id)?;
@@ -39,12 +31,7 @@ impl Runtime {
         let (state, dir) = self.load(id)?;
         let status = state.status(&dir);
         if status == Status::Stopped {
-            return Err(Self::wrong(
-                id,
-                status,
-                "update",
-                "created, running or paused",
-            ));
+            return Err(Error::wrong_state(id, status, Op::Update));
         }
         state.cgroups().apply(resources)?;
         Ok(())
@@ -54,8 +41,9 @@ impl Runtime {
     pub fn pause(&self, id: &str) -> Result<()> {
         let (state, dir) = self.load(id)?;
         let status = state.status(&dir);
+        // runc pauses a created container too (its init waits frozen).
         if status != Status::Running && status != Status::Created {
-            return Err(Self::wrong(id, status, "pause", "running"));
+            return Err(Error::wrong_state(id, status, Op::Pause));
         }
         state.cgroups().freeze()?;
         Ok(())
@@ -66,25 +54,25 @@ impl Runtime {
         let (state, dir) = self.load(id)?;
         let status = state.status(&dir);
         if status != Status::Paused {
-            return Err(Self::wrong(id, status, "resume", "paused"));
+            return Err(Error::wrong_state(id, status, Op::Resume));
         }
         state.cgroups().thaw()?;
         Ok(())
     }
 
-    /// The pids of every process in the container (`ps`).
+    /// The pids of every process in the container (`ps`), sub-cgroups the
+    /// container made included, as runc lists them. A stopped container
+    /// whose cgroup is already gone has none.
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
         let (state, _) = self.load(id)?;
-        let mut pids = state.cgroups().procs()?;
-        pids.sort_unstable();
-        Ok(pids)
+        all_pids(&state.cgroups())
     }
 
     /// Resource usage of a container (`events --stats`).
     pub fn stats(&self, id: &str) -> Result<Event> {
         let (state, dir) = self.load(id)?;
         if state.status(&dir) == Status::Stopped {
-            return Err(Self::wrong(id, Status::Stopped, "events", "running"));
+            return Err(Error::wrong_state(id, Status::Stopped, Op::Stats));
         }
         Ok(Event {
             kind: "stats",
@@ -157,6 +145,33 @@ impl Runtime {
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// Every process in the cgroup and the cgroups below it, in any hierarchy,
+/// sorted and without duplicates.
+pub(crate) fn all_pids(cgroups: &berth_cgroups::Manager) -> Result<Vec<i32>> {
+    let mut pids = cgroups.procs()?;
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    for (_, top) in cgroups.paths() {
+        push_subdirs(top, &mut dirs);
+    }
+    while let Some(dir) = dirs.pop() {
+        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        push_subdirs(&dir, &mut dirs);
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    Ok(pids)
+}
+
+fn push_subdirs(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(entry.path());
         }
     }
 }

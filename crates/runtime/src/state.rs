@@ -122,11 +122,13 @@ impl State {
         if self.init_pid <= 0 || !self.init_alive() {
             return Status::Stopped;
         }
-        if dir.fifo_path().exists() {
-            return Status::Created;
-        }
+        // runc's order: a created container that was paused is "paused"
+        // (and "created" again once resumed).
         if self.frozen() {
             return Status::Paused;
+        }
+        if dir.fifo_path().exists() {
+            return Status::Created;
         }
         Status::Running
     }

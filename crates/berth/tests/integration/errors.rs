@@ -127,7 +127,10 @@ fn unknown_ids() {
         vec!["exec", "nope", "true"],
     ] {
         let err = env.fails(&args);
-        assert!(err.contains("\"nope\" does not exist"), "{args:?}: {err}");
+        assert!(
+            err.contains("level=error") && err.contains("container does not exist"),
+            "{args:?}: {err}"
+        );
     }
 }
 

@@ -57,7 +57,7 @@ fn create_start_kill_delete() {
     env.wait_status(&id, "stopped");
     assert_eq!(env.state(&id)["pid"], 0);
     let err = env.fails(&["kill", &id, "TERM"]);
-    assert!(err.contains("stopped"), "{err}");
+    assert!(err.contains("container not running"), "{err}");
 
     env.ok(&["delete", &id]);
     assert!(!env.state_dir_exists(&id));

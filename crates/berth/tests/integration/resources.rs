@@ -176,8 +176,10 @@ fn pids_limit_stops_a_fork_bomb() {
         .parse()
         .unwrap();
     assert!(refused > 0, "forks beyond the limit were refused");
-    let listed: Vec<i64> = serde_json::from_str(&env.ok(&["ps", "--format", "json", &id])).unwrap();
-    assert!(listed.len() <= 10, "{listed:?}");
+    // null (as runc prints no pids) if the shell gave up and the container stopped.
+    let listed: Option<Vec<i64>> =
+        serde_json::from_str(&env.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert!(listed.unwrap_or_default().len() <= 10);
     env.ok(&["delete", "--force", &id]);
 }
 
@@ -204,8 +206,9 @@ fn pause_freezes_and_resume_thaws() {
     );
     let err = env.fails(&["exec", &id, "true"]);
     assert!(err.contains("paused"), "{err}");
+    // runc's words for a pause of a paused container.
     let err = env.fails(&["pause", &id]);
-    assert!(err.contains("paused"), "{err}");
+    assert!(err.contains("container not running"), "{err}");
     env.ok(&["resume", &id]);
     assert_eq!(env.state(&id)["status"], "running");
     std::thread::sleep(Duration::from_millis(300));
@@ -215,7 +218,7 @@ fn pause_freezes_and_resume_thaws() {
         "it runs again"
     );
     let err = env.fails(&["resume", &id]);
-    assert!(err.contains("running"), "{err}");
+    assert!(err.contains("container not paused"), "{err}");
     // A paused container can be force-deleted.
     env.ok(&["pause", &id]);
     env.ok(&["delete", "--force", &id]);
