@@ -428,7 +428,8 @@ impl Runtime {
                 .unwrap_or_default(),
             poststop: hooks.and_then(|h| h.poststop().clone()).unwrap_or_default(),
         };
-        std::fs::write(dir.config_path(), &bundle.raw)
+        // The config holds the container's environment: root-only.
+        util::write_atomic(&dir.config_path(), &bundle.raw, 0o600)
             .ctx(|| format!("writing {}", dir.config_path().display()))?;
         dir.save(&state)?;
         if let Some(pid_file) = &opts.pid_file {

@@ -7,7 +7,7 @@ use crate::state::OCI_VERSION;
 
 /// What this runtime supports, in the runtime-spec's features.md format.
 pub fn features() -> Value {
-    let mount_options: Vec<&str> = vec![
+    let mut mount_options: Vec<&str> = vec![
         "async",
         "atime",
         "bind",
@@ -45,7 +45,13 @@ pub fn features() -> Value {
         "suid",
         "sync",
         "unbindable",
+        "nosymfollow",
+        "symfollow",
     ];
+    if recursive_mount_attrs_supported() {
+        mount_options.extend(crate::mount_opts::recursive_option_names());
+    }
+    mount_options.sort_unstable();
     let capabilities: Vec<String> = caps::all()
         .iter()
         .map(|c| c.to_string())
@@ -97,6 +103,12 @@ pub fn features() -> Value {
             "io.github.berth.version": env!("CARGO_PKG_VERSION")
         }
     })
+}
+
+/// Whether this kernel applies the recursive mount options (`rro`, ...):
+/// they need mount_setattr(2), Linux 5.12.
+pub fn recursive_mount_attrs_supported() -> bool {
+    crate::sys::has_mount_setattr()
 }
 
 /// The config.json `berth spec` writes, like `runc spec`'s.

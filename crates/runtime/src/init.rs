@@ -154,6 +154,7 @@ fn install_stdio(stdio: Option<&[OwnedFd; 3]>) -> Result<()> {
 
 fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
     install_stdio(ctx.stdio)?;
+    process::mark_inherited_fds_cloexec(ctx.preserve_fds)?;
     let spec = &ctx.bundle.spec;
     let process = spec
         .process()
@@ -313,6 +314,7 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
 
 fn run_exec_init(ctx: &ExecContext<'_>) -> Result<Infallible> {
     install_stdio(ctx.stdio)?;
+    process::mark_inherited_fds_cloexec(ctx.preserve_fds)?;
     let process = ctx.process;
     let affinity = process.exec_cpu_affinity().as_ref();
     if let Some(initial) = affinity.and_then(|a| a.initial().as_deref()) {
@@ -349,10 +351,25 @@ fn run_exec_init(ctx: &ExecContext<'_>) -> Result<Infallible> {
 /// filesystems), try again as the user after dropping privileges.
 fn enter_cwd(process: &Process) -> Result<bool> {
     match rustix::process::chdir(process.cwd()) {
-        Ok(()) => Ok(false),
+        Ok(()) => verify_cwd(process).map(|()| false),
         Err(rustix::io::Errno::ACCESS) => Ok(true),
         Err(e) => Err(e).ctx(|| format!("chdir to cwd {}", process.cwd().display())),
     }
+}
+
+/// The working directory must be inside the container's root: a cwd such
+/// as /proc/self/fd/N reaches a directory a leaked descriptor points to
+/// (runc CVE-2024-21626). The kernel reports such a directory as
+/// "(unreachable)/...", never starting with "/".
+fn verify_cwd(process: &Process) -> Result<()> {
+    let cwd = sys::getcwd_raw().ctx(|| "getcwd".into())?;
+    if cwd.first() != Some(&b'/') {
+        return Err(Error::InvalidConfig(format!(
+            "cwd {}: it is outside the container's root filesystem",
+            process.cwd().display()
+        )));
+    }
+    Ok(())
 }
 
 /// The end of every path into a container: seccomp (early when it must be
@@ -367,6 +384,9 @@ fn finish(
     state: &[u8],
 ) -> Result<Infallible> {
     let no_new_privs = process.no_new_privileges() == Some(true);
+    // Descriptors and signals first: a restrictive seccomp profile loaded
+    // next may refuse close_range (profiles older than 2021 do).
+    process::prepare_exec(preserve_fds)?;
     if let Some(s) = seccomp.filter(|_| !no_new_privs) {
         s.load(state)?;
     }
@@ -374,9 +394,9 @@ fn finish(
     if cwd_deferred {
         rustix::process::chdir(process.cwd())
             .ctx(|| format!("chdir to cwd {}", process.cwd().display()))?;
+        verify_cwd(process)?;
     }
     crate::attrs::set_exec_labels(process)?;
-    process::prepare_exec(preserve_fds)?;
     if let Some(s) = seccomp.filter(|_| no_new_privs) {
         s.load(state)?;
     }

@@ -14,6 +14,75 @@ pub struct MountOptions {
     pub data: String,
     /// `tmpcopyup`: copy the directory's original contents into the new tmpfs.
     pub tmpcopyup: bool,
+    /// Attributes for the whole mount tree (`rro`, `rnosuid`, ...), applied
+    /// with mount_setattr(2) and AT_RECURSIVE after the mount is made.
+    pub recursive: RecursiveAttrs,
+}
+
+/// `MOUNT_ATTR_*` bits of mount_setattr(2) (linux/mount.h).
+pub mod attr {
+    pub const RDONLY: u64 = 0x0000_0001;
+    pub const NOSUID: u64 = 0x0000_0002;
+    pub const NODEV: u64 = 0x0000_0004;
+    pub const NOEXEC: u64 = 0x0000_0008;
+    /// Mask of the access-time mode bits.
+    pub const ATIME_MASK: u64 = 0x0000_0070;
+    pub const RELATIME: u64 = 0x0000_0000;
+    pub const NOATIME: u64 = 0x0000_0010;
+    pub const STRICTATIME: u64 = 0x0000_0020;
+    pub const NODIRATIME: u64 = 0x0000_0080;
+    pub const IDMAP: u64 = 0x0010_0000;
+    pub const NOSYMFOLLOW: u64 = 0x0020_0000;
+}
+
+/// The `attr_set` and `attr_clr` words of a `struct mount_attr`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecursiveAttrs {
+    pub set: u64,
+    pub clear: u64,
+}
+
+impl RecursiveAttrs {
+    pub fn is_empty(&self) -> bool {
+        self.set == 0 && self.clear == 0
+    }
+}
+
+/// MS_NOSYMFOLLOW (Linux 5.10); not in every libc crate version.
+pub const MS_NOSYMFOLLOW: libc::c_ulong = 256;
+
+/// The recursive options runc accepts: (clear?, MOUNT_ATTR bit).
+const RECURSIVE_OPTIONS: [(&str, bool, u64); 18] = [
+    ("rro", false, attr::RDONLY),
+    ("rrw", true, attr::RDONLY),
+    ("rnosuid", false, attr::NOSUID),
+    ("rsuid", true, attr::NOSUID),
+    ("rnodev", false, attr::NODEV),
+    ("rdev", true, attr::NODEV),
+    ("rnoexec", false, attr::NOEXEC),
+    ("rexec", true, attr::NOEXEC),
+    ("rnodiratime", false, attr::NODIRATIME),
+    ("rdiratime", true, attr::NODIRATIME),
+    ("rrelatime", false, attr::RELATIME),
+    ("rnorelatime", true, attr::RELATIME),
+    ("rnoatime", false, attr::NOATIME),
+    ("ratime", true, attr::NOATIME),
+    ("rstrictatime", false, attr::STRICTATIME),
+    ("rnostrictatime", true, attr::STRICTATIME),
+    ("rnosymfollow", false, attr::NOSYMFOLLOW),
+    ("rsymfollow", true, attr::NOSYMFOLLOW),
+];
+
+/// The names of the recursive options, for the features document.
+pub fn recursive_option_names() -> impl Iterator<Item = &'static str> {
+    RECURSIVE_OPTIONS.iter().map(|(name, _, _)| *name)
+}
+
+fn recursive_option(opt: &str) -> Option<(bool, u64)> {
+    RECURSIVE_OPTIONS
+        .iter()
+        .find(|(name, _, _)| *name == opt)
+        .map(|(_, clear, bit)| (*clear, *bit))
 }
 
 impl MountOptions {
@@ -68,6 +137,8 @@ fn flag_option(opt: &str) -> Option<(bool, libc::c_ulong)> {
         "loud" => (false, libc::MS_SILENT),
         "bind" => (true, libc::MS_BIND),
         "rbind" => (true, libc::MS_BIND | libc::MS_REC),
+        "nosymfollow" => (true, MS_NOSYMFOLLOW),
+        "symfollow" => (false, MS_NOSYMFOLLOW),
         _ => return None,
     })
 }
@@ -86,6 +157,21 @@ pub fn parse(options: &[String]) -> MountOptions {
             } else {
                 out.flags &= !flag;
                 out.cleared |= flag;
+            }
+        } else if let Some((clear, bit)) = recursive_option(opt) {
+            let r = &mut out.recursive;
+            if clear {
+                r.clear |= bit;
+                r.set &= !bit;
+            } else {
+                r.set |= bit;
+                r.clear &= !bit;
+                // mount_setattr(2): an access-time mode is set only together
+                // with the whole access-time field cleared.
+                if bit & attr::ATIME_MASK == bit {
+                    r.set &= !attr::ATIME_MASK | bit;
+                    r.clear |= attr::ATIME_MASK;
+                }
             }
         } else if opt == "tmpcopyup" {
             out.tmpcopyup = true;
@@ -112,6 +198,20 @@ mod tests {
         assert_eq!(o.data, "mode=755,size=65536k");
         assert_eq!(o.propagation, vec![libc::MS_SLAVE | libc::MS_REC]);
         assert!(!o.is_bind());
+    }
+
+    #[test]
+    fn recursive_attributes() {
+        let o = opts(&["rbind", "rro", "rnosuid", "rnoatime"]);
+        assert_eq!(o.recursive.set, attr::RDONLY | attr::NOSUID | attr::NOATIME);
+        assert_eq!(o.recursive.clear, attr::ATIME_MASK);
+        assert_eq!(o.data, "", "recursive options are not filesystem data");
+        let o = opts(&["rro", "rrw", "rrelatime"]);
+        assert_eq!(o.recursive.set, attr::RELATIME);
+        assert_eq!(o.recursive.clear, attr::RDONLY | attr::ATIME_MASK);
+        let o = opts(&["nosymfollow"]);
+        assert_eq!(o.flags, MS_NOSYMFOLLOW);
+        assert!(opts(&["ro"]).recursive.is_empty());
     }
 
     #[test]

@@ -264,10 +264,34 @@ pub fn prepare_exec(preserve_fds: u32) -> Result<()> {
         context: "resetting signals".into(),
         source: e,
     })?;
-    sys::close_range(3 + preserve_fds, u32::MAX, true).map_err(|e| Error::Sys {
-        context: "marking descriptors close-on-exec".into(),
-        source: e,
-    })
+    mark_inherited_fds_cloexec(preserve_fds)
+}
+
+/// Marks every descriptor above stdio and the `preserve_fds` after it
+/// close-on-exec: with close_range(2), or one by one over /proc/self/fd
+/// where the kernel or a seccomp profile refuses it (as runc does).
+pub fn mark_inherited_fds_cloexec(preserve_fds: u32) -> Result<()> {
+    let first = 3 + preserve_fds;
+    let err = match sys::close_range(first, u32::MAX, true) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if !matches!(
+        err.raw_os_error(),
+        Some(libc::EPERM) | Some(libc::ENOSYS) | Some(libc::EINVAL)
+    ) {
+        return Err(err).ctx(|| "marking descriptors close-on-exec".into());
+    }
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .ctx(|| "listing /proc/self/fd".into())?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|fd| *fd >= first as i32)
+        .collect();
+    for fd in fds {
+        sys::set_cloexec(fd).ctx(|| format!("marking descriptor {fd} close-on-exec"))?;
+    }
+    Ok(())
 }
 
 /// execve; returns only on failure.

@@ -77,7 +77,9 @@ impl RootfsSetup<'_> {
             .map(|f| f | libc::MS_REC)
             .unwrap_or(libc::MS_SLAVE | libc::MS_REC);
         sys::mount(None, c"/", None, root_flag, None).ctx(|| "setting propagation of /".into())?;
-        if root_flag & libc::MS_SHARED != 0 {
+        // A shared parent would let the bind below propagate to the host,
+        // and an unbindable one refuses it: make it private as runc does.
+        if root_flag & (libc::MS_SHARED | libc::MS_UNBINDABLE) != 0 {
             self.make_parent_mount_private()?;
         }
         let rootfs = cstr(self.rootfs);
@@ -157,13 +159,29 @@ impl RootfsSetup<'_> {
                 link.display()
             )));
         }
-        match typ {
-            "cgroup" | "cgroup2" => return self.mount_cgroup(root, &dest, &opts),
-            _ if is_bind => return self.mount_bind(root, m, &dest, &opts),
-            _ => {}
+        if matches!(typ, "proc" | "sysfs") {
+            refuse_non_directory_destination(root, &dest, typ)?;
         }
-        let target = mkdir_all_in_root(root, &dest, 0o755)
-            .map_err(|e| mount_err("creating mount point", &dest, e))?;
+        match typ {
+            "cgroup" | "cgroup2" => self.mount_cgroup(root, &dest, &opts)?,
+            _ if is_bind => self.mount_bind(root, m, &dest, &opts, typ)?,
+            _ => self.mount_filesystem(root, m, &dest, &opts, typ)?,
+        }
+        apply_recursive_attrs(root, &dest, &opts)?;
+        self.apply_propagation(root, &dest, &opts)
+    }
+
+    fn mount_filesystem(
+        &self,
+        root: BorrowedFd<'_>,
+        m: &Mount,
+        dest: &Path,
+        opts: &MountOptions,
+        typ: &str,
+    ) -> Result<()> {
+        let target = mkdir_all_in_root(root, dest, 0o755)
+            .map_err(|e| mount_err("creating mount point", dest, e))?;
+        check_resolved_destination(root, target.as_fd(), dest, typ, false)?;
         let source = m
             .source()
             .as_ref()
@@ -191,16 +209,16 @@ impl RootfsSetup<'_> {
                     libc::MS_BIND | libc::MS_REC,
                     None,
                 )
-                .map_err(|e| mount_err("bind mounting /sys on", &dest, e))?;
-                let top = reopen(root, &dest)?;
+                .map_err(|e| mount_err("bind mounting /sys on", dest, e))?;
+                let top = reopen(root, dest)?;
                 remount(
                     top.as_fd(),
-                    &dest,
+                    dest,
                     (flags | libc::MS_BIND | libc::MS_REC) & !libc::MS_REMOUNT,
                     true,
                 )?;
             }
-            Err(e) => return Err(mount_err(&format!("mounting {typ} on"), &dest, e)),
+            Err(e) => return Err(mount_err(&format!("mounting {typ} on"), dest, e)),
         }
         if opts.tmpcopyup {
             log::warn!(
@@ -208,7 +226,7 @@ impl RootfsSetup<'_> {
                 dest.display()
             );
         }
-        self.apply_propagation(root, &dest, &opts)
+        Ok(())
     }
 
     fn mount_bind(
@@ -217,6 +235,7 @@ impl RootfsSetup<'_> {
         m: &Mount,
         dest: &Path,
         opts: &MountOptions,
+        typ: &str,
     ) -> Result<()> {
         let source = m.source().as_ref().ok_or_else(|| {
             Error::InvalidConfig(format!("bind mount {} has no source", dest.display()))
@@ -234,6 +253,7 @@ impl RootfsSetup<'_> {
             create_file_in_root(root, dest)
         }
         .map_err(|e| mount_err("creating mount point", dest, e))?;
+        check_resolved_destination(root, target.as_fd(), dest, typ, true)?;
         let bind_flags = libc::MS_BIND | (opts.flags & libc::MS_REC);
         sys::mount(
             Some(&cstr(&source)),
@@ -248,7 +268,7 @@ impl RootfsSetup<'_> {
             let top = reopen(root, dest)?;
             remount(top.as_fd(), dest, extra | libc::MS_BIND, self.userns)?;
         }
-        self.apply_propagation(root, dest, opts)
+        Ok(())
     }
 
     fn apply_propagation(
@@ -278,8 +298,7 @@ impl RootfsSetup<'_> {
         let target = mkdir_all_in_root(root, dest, 0o755)
             .map_err(|e| mount_err("creating mount point", dest, e))?;
         if unified_only {
-            self.mount_one_cgroup(root, dest, "", &paths[0].1, opts.flags & !libc::MS_BIND)?;
-            return self.apply_propagation(root, dest, opts);
+            return self.mount_one_cgroup(root, dest, "", &paths[0].1, opts.flags & !libc::MS_BIND);
         }
         sys::mount(
             Some(c"tmpfs"),
@@ -321,7 +340,7 @@ impl RootfsSetup<'_> {
             )
             .map_err(|e| mount_err("remounting read-only", dest, e))?;
         }
-        self.apply_propagation(root, dest, opts)
+        Ok(())
     }
 
     fn mount_one_cgroup(
@@ -520,6 +539,20 @@ impl RootfsSetup<'_> {
                 true,
             )?;
         }
+        // Mask with the container's own /dev/null where it has one: the host's
+        // sits on a mount that rootfsPropagation "runbindable" made unbindable.
+        let container_null = open_in_root(root, Path::new("/dev/null"), OFlags::PATH)
+            .ok()
+            .filter(|fd| {
+                stat_fd(fd.as_fd()).is_ok_and(|st| {
+                    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
+                        && st.st_rdev == sys::makedev(1, 3)
+                })
+            });
+        let null_source = container_null
+            .as_ref()
+            .map(|fd| fd_path(fd.as_fd()))
+            .unwrap_or_else(|| c"/dev/null".to_owned());
         for path in linux.masked_paths().iter().flatten() {
             let path = Path::new(path);
             let fd = match open_in_root(root, path, OFlags::PATH) {
@@ -540,7 +573,7 @@ impl RootfsSetup<'_> {
                 )
             } else {
                 sys::mount(
-                    Some(c"/dev/null"),
+                    Some(&null_source),
                     &fd_path(fd.as_fd()),
                     None,
                     libc::MS_BIND,
@@ -623,6 +656,88 @@ fn check_proc_destination(dest: &Path, typ: &str, is_bind: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The proc check again on the path a mount point really resolved to: a
+/// destination written as `/tmp/../proc/self/attr/exec`, or through a
+/// symlink to /proc in the image, must not slip past the check of the string
+/// (runc CVE-2019-16884, CVE-2023-27561).
+fn check_resolved_destination(
+    root: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    dest: &Path,
+    typ: &str,
+    is_bind: bool,
+) -> Result<()> {
+    let resolved = resolved_in_root(root, target)
+        .map_err(|e| mount_err("resolving mount destination", dest, e))?;
+    check_proc_destination(&resolved, typ, is_bind).map_err(|e| match e {
+        Error::InvalidConfig(msg) if resolved != dest => Error::InvalidConfig(format!(
+            "mount destination {} resolves to {}: {msg}",
+            dest.display(),
+            resolved.display()
+        )),
+        other => other,
+    })
+}
+
+/// Where `target` is, as a path inside the root `root` is the top of.
+fn resolved_in_root(root: BorrowedFd<'_>, target: BorrowedFd<'_>) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let link = |fd: BorrowedFd<'_>| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let root_path = link(root)?;
+    let target_path = link(target)?;
+    let inside = target_path.strip_prefix(&root_path).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is outside the root filesystem", target_path.display()),
+        )
+    })?;
+    Ok(Path::new("/").join(inside))
+}
+
+/// procfs and sysfs go on an ordinary directory only, never through a
+/// symlink at the destination (even one pointing back inside), as runc.
+fn refuse_non_directory_destination(root: BorrowedFd<'_>, dest: &Path, typ: &str) -> Result<()> {
+    let (dir, name) = parent_in_root(root, dest)
+        .map_err(|e| mount_err("resolving mount destination", dest, e))?;
+    match rustix::fs::statat(
+        &dir,
+        name.as_os_str(),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    ) {
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(mount_err("checking mount destination", dest, e.into())),
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => Ok(()),
+        Ok(_) => Err(Error::InvalidConfig(format!(
+            "mount destination {}: filesystem {typ:?} must be mounted on ordinary directory",
+            dest.display()
+        ))),
+    }
+}
+
+/// Applies `rro`, `rnosuid` and the other recursive options to the mount
+/// just made at `dest` and every mount below it.
+fn apply_recursive_attrs(root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions) -> Result<()> {
+    if opts.recursive.is_empty() {
+        return Ok(());
+    }
+    let top = reopen(root, dest)?;
+    let attr = sys::MountAttr {
+        attr_set: opts.recursive.set,
+        attr_clr: opts.recursive.clear,
+        ..Default::default()
+    };
+    sys::mount_setattr(top.as_fd(), &attr, true).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOSYS) {
+            Error::InvalidConfig(format!(
+                "mount {}: recursive mount options need mount_setattr(2) (Linux 5.12 or later)",
+                dest.display()
+            ))
+        } else {
+            mount_err("setting recursive mount attributes on", dest, e)
+        }
+    })
 }
 
 /// Where the host has a device, for bind-mounting it in a user namespace:

@@ -158,6 +158,82 @@ pub fn close_range(first: u32, last: u32, cloexec: bool) -> io::Result<()> {
     check_long(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }).map(drop)
 }
 
+/// `struct mount_attr` of mount_setattr(2) (MOUNT_ATTR_SIZE_VER0).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MountAttr {
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    pub propagation: u64,
+    pub userns_fd: u64,
+}
+
+/// mount_setattr(2) on the mount `fd` refers to (AT_EMPTY_PATH), and on every
+/// mount below it with `recursive` (AT_RECURSIVE).
+pub fn mount_setattr(fd: BorrowedFd<'_>, attr: &MountAttr, recursive: bool) -> io::Result<()> {
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
+    // SAFETY: the path is an empty NUL-terminated string, `attr` points to a
+    // live struct whose size is passed along.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// Whether the kernel has mount_setattr(2) (Linux 5.12): an invalid fd gives
+/// EBADF where it exists, ENOSYS where it does not.
+pub fn has_mount_setattr() -> bool {
+    let attr = MountAttr::default();
+    // SAFETY: as above; fd -1 makes the call fail before touching any mount.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    !(ret < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+}
+
+/// getcwd(2) as the kernel reports it: a directory unreachable from the
+/// current root comes back starting with "(unreachable)", not "/".
+pub fn getcwd_raw() -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: buf is writable for its whole length.
+    let n = check_long(unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) })?;
+    buf.truncate((n as usize).saturating_sub(1));
+    Ok(buf)
+}
+
+/// Sets FD_CLOEXEC on `fd`; a descriptor closed meanwhile is not an error.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an integer descriptor; F_GETFD/F_SETFD take no pointers.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EBADF) {
+            Ok(())
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) }).map(drop)
+}
+
 fn to_ptr_array(items: &[CString]) -> Vec<*const libc::c_char> {
     items
         .iter()

@@ -6,6 +6,7 @@ mod common;
 mod errors;
 mod exec;
 mod hooks;
+mod hostile;
 mod lifecycle;
 mod namespaces;
 mod process;
