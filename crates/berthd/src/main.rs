@@ -56,11 +56,17 @@ fn parse_flags() -> Result<Flags> {
 }
 
 fn main() -> Result<()> {
+    // Descriptors berthd inherited are not for the shims and runtimes it
+    // starts (a leaked directory fd lets a container escape through
+    // /proc/self/fd, runc CVE-2024-21626).
+    berth_cri::mark_inherited_fds_cloexec()
+        .context("marking inherited descriptors close-on-exec")?;
     let flags = parse_flags()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&flags.log_level).context("--log-level")?,
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let (path, required) = match &flags.config {

@@ -102,6 +102,39 @@ pub struct RuntimeHandler {
     pub sandbox_container: Option<bool>,
 }
 
+/// The `mountOptions` an OCI runtime binary reports in `features` (runc
+/// 1.1+, crun, berth), asked once per binary; empty if it cannot say.
+fn oci_runtime_mount_options(binary: &str) -> std::collections::BTreeSet<String> {
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, BTreeSet<String>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(known) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(binary) {
+        return known.clone();
+    }
+    let options: BTreeSet<String> = std::process::Command::new(binary)
+        .arg("features")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| {
+            v["mountOptions"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|o| o.as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(binary.to_owned(), options.clone());
+    options
+}
+
 impl RuntimeHandler {
     fn oci(binary: &str) -> RuntimeHandler {
         RuntimeHandler {
@@ -112,6 +145,20 @@ impl RuntimeHandler {
 
     pub fn is_berth_shim(&self) -> bool {
         self.shim_binary().is_ok_and(|b| b.ends_with(BERTH_SHIM))
+    }
+
+    /// Whether containers of this handler really get recursively read-only
+    /// mounts (CRI `recursive_read_only`): berth's runtime where the kernel
+    /// has mount_setattr(2), an OCI runtime whose `features` lists `rro`,
+    /// never a foreign shim (it cannot be asked).
+    pub fn supports_recursive_read_only(&self) -> bool {
+        if !self.is_berth_shim() {
+            return false;
+        }
+        match &self.binary_name {
+            None => berth_runtime::features::recursive_mount_attrs_supported(),
+            Some(binary) => oci_runtime_mount_options(binary).contains("rro"),
+        }
     }
 
     pub fn wants_sandbox_container(&self) -> bool {

@@ -337,12 +337,19 @@ impl RuntimeService for Server {
             .config
             .handler_names()
             .into_iter()
-            .map(|name| cri::RuntimeHandler {
-                name,
-                features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: true,
-                    user_namespaces: false,
-                }),
+            .map(|name| {
+                let recursive_read_only_mounts = self
+                    .0
+                    .config
+                    .handler(&name)
+                    .is_some_and(|h| h.supports_recursive_read_only());
+                cri::RuntimeHandler {
+                    name,
+                    features: Some(cri::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts,
+                        user_namespaces: false,
+                    }),
+                }
             })
             .collect();
         ok(cri::StatusResponse {

@@ -15,12 +15,17 @@ pub mod store;
 pub mod user;
 pub mod util;
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 pub use config::Config;
 pub use error::{Error, Result};
 pub use service::Cri;
+
+/// Marks every descriptor above stdio close-on-exec, so none berthd
+/// inherited reaches the shims and runtimes it starts.
+pub fn mark_inherited_fds_cloexec() -> std::io::Result<()> {
+    berth_runtime::process::mark_inherited_fds_cloexec(0).map_err(std::io::Error::other)
+}
 
 /// Serves CRI on the configured unix socket until `shutdown` resolves.
 pub async fn serve(
@@ -28,15 +33,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let socket = cri.config.socket.clone();
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::internal(dir.display(), e))?;
-    }
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket)
+    let listener = berth_runtime::util::bind_unix_private(&socket)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)
+        })
         .map_err(|e| Error::internal(format!("binding {}", socket.display()), e))?;
-    // Root only: whoever reaches the socket runs containers as root.
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::internal(socket.display(), e))?;
     let server = grpc::Server(cri);
     tracing::info!(socket = %socket.display(), "serving CRI");
     let result = tonic::transport::Server::builder()

@@ -89,17 +89,14 @@ fn pod_state_cri(s: PodState) -> cri::PodSandboxState {
 impl Cri {
     /// Opens the stores, and takes back what a previous berthd left.
     pub async fn new(config: Config) -> Result<Arc<Cri>> {
-        for d in [&config.root, &config.state] {
-            std::fs::create_dir_all(d).map_err(|e| Error::internal(d.display(), e))?;
-        }
         for d in [
+            config.root.clone(),
+            config.state.clone(),
             config.pods_dir(),
             config.containers_dir(),
             config.state.join("exec"),
         ] {
-            std::fs::create_dir_all(&d).map_err(|e| Error::internal(d.display(), e))?;
-            let _ =
-                std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o711));
+            util::create_private_dir(&d)?;
         }
         let store = Store::open(&config.root.join("cri").join("metadata.redb"))?;
         let image_options = berth_image::StoreOptions {
@@ -319,11 +316,7 @@ impl Cri {
             let dir = dir.clone();
             let hostname = hostname.clone();
             blocking(move || {
-                std::fs::create_dir_all(&dir).map_err(|e| Error::internal(dir.display(), e))?;
-                let _ = std::fs::set_permissions(
-                    &dir,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o711),
-                );
+                util::create_private_dir(&dir)?;
                 for (name, text) in [
                     ("hostname", format!("{hostname}\n")),
                     ("hosts", hosts),
@@ -429,7 +422,7 @@ impl Cri {
                 config["hostname"] = json!(h.trim());
             }
         }
-        std::fs::write(bundle.join("config.json"), config.to_string())
+        util::write_private_file(&bundle.join("config.json"), config.to_string().as_bytes())
             .map_err(|e| Error::internal("writing the pause config", e))?;
         write_owner(&bundle, &pod.id, &pod.runtime_handler);
         let address = self.shims.start(handler, &pod.id, &bundle).await?;
@@ -696,6 +689,14 @@ impl Cri {
             )));
         }
         let handler = self.handler(&pod.runtime_handler)?;
+        if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only) {
+            if !handler.supports_recursive_read_only() {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {}: runtime handler {:?} cannot make mounts recursively read-only",
+                    m.container_path, pod.runtime_handler
+                )));
+            }
+        }
         let images = Arc::clone(&self.images);
         let lookup = image_name.clone();
         let image = blocking(move || Ok(images.status(&lookup)?))
@@ -754,16 +755,7 @@ impl Cri {
         }
         let log_dir = pod.config.log_directory.clone();
         if !log_dir.is_empty() && !config.log_path.is_empty() {
-            let p = Path::new(&log_dir).join(&config.log_path);
-            if p.components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "log_path {:?} contains \"..\"",
-                    config.log_path
-                )));
-            }
-            record.log_path = p.display().to_string();
+            record.log_path = util::check_log_path(&log_dir, &config.log_path)?;
         }
         let target_pid = {
             let ns = config
@@ -823,12 +815,9 @@ impl Cri {
             let rootfs = rootfs.clone();
             let bundle = bundle.clone();
             blocking(move || {
+                util::create_private_dir(&bundle)?;
                 std::fs::create_dir_all(&rootfs)
                     .map_err(|e| Error::internal(rootfs.display(), e))?;
-                let _ = std::fs::set_permissions(
-                    &bundle,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o711),
-                );
                 let m = images.prepare_rootfs(&image_id, &key)?;
                 berth_image::mount_overlay(&m, &rootfs)?;
                 Ok(())
@@ -846,17 +835,18 @@ impl Cri {
             oom_score_adj_floor: self.oom_floor,
             target_pid,
         })?;
-        std::fs::write(
-            bundle.join("config.json"),
-            serde_json::to_vec(&built.spec).unwrap_or_default(),
+        util::write_private_file(
+            &bundle.join("config.json"),
+            &serde_json::to_vec(&built.spec).unwrap_or_default(),
         )
         .map_err(|e| Error::internal("writing config.json", e))?;
         record.user = Some(built.user);
         if !record.log_path.is_empty() {
-            if let Some(parent) = Path::new(&record.log_path).parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::internal(parent.display(), e))?;
-            }
+            let log_dir = &pod.config.log_directory;
+            let rel = Path::new(&record.log_path)
+                .strip_prefix(log_dir)
+                .map_err(|_| Error::internal("log path", "outside the log directory"))?;
+            util::create_log_parent(Path::new(log_dir), rel)?;
         }
         let address = self.pod_shim(pod, handler, &record.id, &bundle).await?;
         let mut create = api::CreateTaskRequest::new();
@@ -2004,7 +1994,7 @@ impl Cri {
             }
         }
         let _ = std::fs::remove_dir_all(self.config.state.join("exec"));
-        let _ = std::fs::create_dir_all(self.config.state.join("exec"));
+        let _ = util::create_private_dir(&self.config.state.join("exec"));
     }
 }
 

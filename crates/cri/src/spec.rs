@@ -624,7 +624,18 @@ pub fn container_spec(input: &SpecInput) -> Result<BuiltSpec> {
         }
         let mut options = vec!["rbind".to_owned(), propagation(m.propagation).to_owned()];
         options.push(if m.readonly { "ro" } else { "rw" }.to_owned());
-        if m.readonly && m.recursive_read_only {
+        if m.recursive_read_only {
+            // As the CRI api.proto asks: rro needs readonly and private propagation.
+            if !m.readonly {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {dest}: recursive_read_only needs readonly"
+                )));
+            }
+            if m.propagation != cri::MountPropagation::PropagationPrivate as i32 {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {dest}: recursive_read_only needs private propagation"
+                )));
+            }
             options.push("rro".into());
         }
         mounts.retain(|x| x["destination"] != dest.as_str());

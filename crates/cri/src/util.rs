@@ -85,3 +85,101 @@ pub fn own_oom_score_adj() -> i64 {
         .and_then(|s| s.trim().parse::<i64>().ok())
         .unwrap_or(0)
 }
+
+/// The log file of a container: CRI's `log_path` is relative to the pod's
+/// `log_directory`; absolute paths and `..` are refused before anything is
+/// created (a log path must never name a host file).
+pub fn check_log_path(log_dir: &str, log_path: &str) -> Result<String> {
+    let rel = Path::new(log_path);
+    if rel.is_absolute() {
+        return Err(Error::InvalidArgument(format!(
+            "log_path {log_path:?} must be relative to the pod's log_directory"
+        )));
+    }
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "log_path {log_path:?} must name a file below the pod's log_directory (no \"..\")"
+        )));
+    }
+    if !Path::new(log_dir).is_absolute() {
+        return Err(Error::InvalidArgument(format!(
+            "log_directory {log_dir:?} must be absolute"
+        )));
+    }
+    Ok(Path::new(log_dir).join(rel).display().to_string())
+}
+
+/// Creates the directories of `rel` below `log_dir`, resolving every
+/// component beneath it without following symlinks, so a symlink planted in
+/// the log directory cannot redirect the log elsewhere on the host.
+pub fn create_log_parent(log_dir: &Path, rel: &Path) -> Result<()> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    std::fs::create_dir_all(log_dir).map_err(|e| Error::internal(log_dir.display(), e))?;
+    let mut dir = rustix::fs::open(
+        log_dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::internal(log_dir.display(), std::io::Error::from(e)))?;
+    let Some(parent) = rel.parent() else {
+        return Ok(());
+    };
+    for part in parent.components() {
+        let name = part.as_os_str();
+        match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => {
+                return Err(Error::internal(
+                    log_dir.join(rel).display(),
+                    std::io::Error::from(e),
+                ))
+            }
+        }
+        dir = rustix::fs::openat2(
+            &dir,
+            name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|e| {
+            Error::InvalidArgument(format!(
+                "log_path {}: {} is not a directory below the log directory: {}",
+                rel.display(),
+                Path::new(name).display(),
+                std::io::Error::from(e)
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) and makes it root-only: berthd's state,
+/// bundles and records hold secrets (a container's environment) and image
+/// contents (setuid binaries) no other user may reach.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::internal(dir.display(), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::internal(dir.display(), e))
+}
+
+/// Writes a file readable by root only, created with that mode.
+pub fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}

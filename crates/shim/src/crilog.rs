@@ -35,10 +35,15 @@ pub struct CriLog {
     file: Mutex<File>,
 }
 
+/// Opens the log for appending: 0640 as the kubelet's convention wants (it
+/// reads logs as root), and never through a symlink planted at its name.
 fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
 }
 

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +56,8 @@ pub fn socket_path(address: &str, namespace: &str, group: &str) -> PathBuf {
 /// `start`: prints the address of the shim that serves this container,
 /// spawning it unless the pod already has one.
 pub fn start(args: &Args) -> Result<String, String> {
+    // What containerd passed us is not for the daemon we spawn.
+    berth_runtime::process::mark_inherited_fds_cloexec(0).map_err(|e| e.to_string())?;
     let bundle = args
         .bundle
         .clone()
@@ -73,9 +75,10 @@ pub fn start(args: &Args) -> Result<String, String> {
     let _ = std::fs::remove_file(&path);
     std::fs::create_dir_all(socket_dir())
         .map_err(|e| format!("creating {}: {e}", socket_dir().display()))?;
-    let listener =
-        UnixListener::bind(&path).map_err(|e| format!("binding {}: {e}", path.display()))?;
-    let _ = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+    // The socket serves the task API (exec into containers as root): it is
+    // never reachable by other users, not even for a moment.
+    let listener = berth_runtime::util::bind_unix_private(&path)
+        .map_err(|e| format!("binding {}: {e}", path.display()))?;
     let fd: OwnedFd = listener.into();
     // Handed to the daemon by number: cleared close-on-exec, named in the env.
     rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
@@ -148,6 +151,9 @@ pub fn serve(args: &Args) -> Result<(), String> {
     let listener = unsafe { OwnedFd::from_raw_fd(fd) };
     rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC).map_err(|e| e.to_string())?;
     std::env::remove_var(LISTENER_FD_ENV);
+    // Nothing else the shim inherited may reach the runtimes and containers
+    // it starts (runc CVE-2024-21626: a leaked directory fd is a way out).
+    berth_runtime::process::mark_inherited_fds_cloexec(0).map_err(|e| e.to_string())?;
     rustix::process::set_child_subreaper(rustix::process::Pid::from_raw(std::process::id() as i32))
         .map_err(|e| format!("becoming a subreaper: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
