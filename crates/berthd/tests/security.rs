@@ -85,6 +85,44 @@ async fn local_users_cannot_run_setuid_binaries_from_a_container_rootfs() {
         assert!(!listed, "{} is readable by others: {out}", dir.display());
         assert_eq!(mode(dir) & 0o077, 0, "{} is {:o}", dir.display(), mode(dir));
     }
+    // Second layer: even through traversable parents the host's view of
+    // the rootfs is nosuid, while the container's own root is not.
+    let host_view = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let rootfs_line = host_view
+        .lines()
+        .find(|l| l.split(' ').nth(4) == rootfs.to_str())
+        .unwrap_or_else(|| panic!("{} is not a mount", rootfs.display()));
+    assert!(
+        rootfs_line
+            .split(' ')
+            .nth(5)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "nosuid"),
+        "{rootfs_line}"
+    );
+    let dirs = [
+        d.state.clone(),
+        d.state.join("containers"),
+        rootfs.parent().unwrap().to_path_buf(),
+    ];
+    let saved: Vec<u32> = dirs.iter().map(|p| mode(p)).collect();
+    for p in &dirs {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (ran, out) = as_nobody(&[planted.to_str().unwrap(), "-u"]);
+    for (p, m) in dirs.iter().zip(saved) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    assert!(ran, "{out}");
+    assert_eq!(out.trim(), NOBODY, "setuid worked through the host's view");
+    let inside = d
+        .sh(&c, "awk '$5 == \"/\" {print $6}' /proc/self/mountinfo")
+        .await;
+    assert!(
+        !inside.split(',').any(|o| o == "nosuid"),
+        "container root: {inside}"
+    );
     // The container still sees its setuid bit (its view is unchanged).
     assert_eq!(d.sh(&c, "stat -c %a /suid-id").await, "4755");
     d.stop_pod(&pod).await;

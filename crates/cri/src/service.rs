@@ -809,6 +809,10 @@ impl Cri {
         let bundle = record.bundle.clone();
         let rootfs = bundle.join("rootfs");
         let images = Arc::clone(&self.images);
+        // Seen from the host the rootfs is nosuid (no local user may run its
+        // setuid binaries); berth's own runtime restores suid inside the
+        // container. Other runtimes would not, so their rootfs stays as is.
+        let host_nosuid = handler.is_berth_shim() && handler.binary_name.is_none();
         let key = record.rootfs_key.clone();
         let image_id = image.id.clone();
         {
@@ -820,12 +824,15 @@ impl Cri {
                     .map_err(|e| Error::internal(rootfs.display(), e))?;
                 let m = images.prepare_rootfs(&image_id, &key)?;
                 berth_image::mount_overlay(&m, &rootfs)?;
+                if host_nosuid {
+                    util::remount_nosuid(&rootfs)?;
+                }
                 Ok(())
             })
             .await?;
         }
         write_owner(&bundle, &pod.id, &pod.runtime_handler);
-        let built = spec::container_spec(&SpecInput {
+        let mut built = spec::container_spec(&SpecInput {
             id: &record.id,
             pod,
             config: &record.config,
@@ -835,6 +842,9 @@ impl Cri {
             oom_score_adj_floor: self.oom_floor,
             target_pid,
         })?;
+        if host_nosuid {
+            built.spec["annotations"][berth_runtime::spec::ROOTFS_HOST_NOSUID] = json!("true");
+        }
         util::write_private_file(
             &bundle.join("config.json"),
             &serde_json::to_vec(&built.spec).unwrap_or_default(),

@@ -764,9 +764,11 @@ pub fn container_spec(input: &SpecInput) -> Result<BuiltSpec> {
     };
     let meta = config.metadata.clone().unwrap_or_default();
     let pod_meta = pod.config.metadata.clone().unwrap_or_default();
+    // berth's own annotations steer the runtime: only berthd sets them.
     let mut annotations: serde_json::Map<String, Value> = config
         .annotations
         .iter()
+        .filter(|(k, _)| !k.starts_with("io.github.berth."))
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
     for (k, v) in [

@@ -183,3 +183,28 @@ pub fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(data)
 }
+
+/// Makes the mount at `path` nosuid (a bind remount: only this mount's
+/// flags change, not the filesystem's).
+pub fn remount_nosuid(path: &Path) -> Result<()> {
+    use rustix::mount::MountFlags;
+    let flags = rustix::fs::statvfs(path)
+        .map(|st| st.f_flag)
+        .map_err(|e| Error::internal(path.display(), std::io::Error::from(e)))?;
+    let mut keep = MountFlags::NOSUID;
+    for (have, flag) in [
+        (rustix::fs::StatVfsMountFlags::RDONLY, MountFlags::RDONLY),
+        (rustix::fs::StatVfsMountFlags::NODEV, MountFlags::NODEV),
+        (rustix::fs::StatVfsMountFlags::NOEXEC, MountFlags::NOEXEC),
+    ] {
+        if flags.contains(have) {
+            keep |= flag;
+        }
+    }
+    rustix::mount::mount_remount(path, keep | MountFlags::BIND, "").map_err(|e| {
+        Error::internal(
+            format!("remounting {} nosuid", path.display()),
+            std::io::Error::from(e),
+        )
+    })
+}

@@ -91,6 +91,22 @@ impl RootfsSetup<'_> {
             None,
         )
         .ctx(|| format!("bind mounting rootfs {}", self.rootfs.display()))?;
+        if self.rootfs_nosuid_only_on_host() {
+            // The caller mounted the rootfs nosuid so that host users cannot
+            // run its setuid binaries; inside, the image keeps its meaning.
+            let top = rustix::fs::open(
+                self.rootfs,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ctx(|| format!("opening rootfs {}", self.rootfs.display()))?;
+            let attr = sys::MountAttr {
+                attr_clr: mount_opts::attr::NOSUID,
+                ..Default::default()
+            };
+            sys::mount_setattr(top.as_fd(), &attr, false)
+                .ctx(|| format!("clearing nosuid on rootfs {}", self.rootfs.display()))?;
+        }
         let root = rustix::fs::open(
             self.rootfs,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -121,6 +137,19 @@ impl RootfsSetup<'_> {
                 .ctx(|| format!("creating working directory {}", process.cwd().display()))?;
         }
         Ok(root)
+    }
+
+    /// Whether the bundle's rootfs is nosuid on the host only (annotation
+    /// [`crate::spec::ROOTFS_HOST_NOSUID`]). In a user namespace the flag is
+    /// locked and stays.
+    fn rootfs_nosuid_only_on_host(&self) -> bool {
+        !self.userns
+            && self
+                .spec
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(crate::spec::ROOTFS_HOST_NOSUID))
+                .is_some_and(|v| v == "true")
     }
 
     /// pivot_root needs the rootfs's parent mount to be non-shared.
