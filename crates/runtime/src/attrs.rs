@@ -252,12 +252,19 @@ pub fn selinux_enabled() -> bool {
     std::path::Path::new("/sys/fs/selinux/enforce").exists()
 }
 
+/// The container's execution domain: for its init and, as runc does, for
+/// every process `exec` starts in it.
+pub fn apply_personality(spec: &Spec) -> Result<()> {
+    if let Some(p) = spec.linux().as_ref().and_then(|l| l.personality().as_ref()) {
+        sys::personality(personality_value(p)?).ctx(|| "setting linux.personality".into())?;
+    }
+    Ok(())
+}
+
 /// Personality and memory policy of the container (init only).
 pub fn apply_container(spec: &Spec) -> Result<()> {
     let linux = spec.linux().as_ref();
-    if let Some(p) = linux.and_then(|l| l.personality().as_ref()) {
-        sys::personality(personality_value(p)?).ctx(|| "setting linux.personality".into())?;
-    }
+    apply_personality(spec)?;
     if let Some(m) = linux.and_then(|l| l.memory_policy().as_ref()) {
         let (mode, mask) = mempolicy(m)?;
         sys::set_mempolicy(mode, &mask)

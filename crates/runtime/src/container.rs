@@ -588,11 +588,13 @@ impl Runtime {
                 return Err(Error::wrong_state(id, status, Op::Delete))
             }
         }
-        // What is left in the cgroup (the processes of a container without
-        // its own PID namespace, or of one whose init a monitor reaped while
-        // others lived on) is killed: a cgroup holding processes cannot go.
+        // What is left in the cgroup is killed, as runc's destroy does, when
+        // the container has no PID namespace of its own (its processes
+        // outlive its init) or with --force: a cgroup holding processes
+        // cannot be removed. (A container's own PID namespace dies with its
+        // init; what else sits in its cgroup is not the container's.)
         let cgroups = state.cgroups();
-        if cgroups.exists() {
+        if (force || !state.own_pid_ns) && cgroups.exists() {
             if let Err(e) = signal_all(&state, libc::SIGKILL) {
                 log::warn!("killing the processes left in {id}'s cgroup: {e}");
             }
@@ -680,6 +682,7 @@ impl Runtime {
             drop(parent_end);
             let ctx = ExecContext {
                 process,
+                container: &container_spec,
                 plan: &plan,
                 cgroups: &cgroups,
                 in_unified,

@@ -11,8 +11,18 @@ use crate::{Error, Result};
 
 /// Runs `hooks` in order; the first failure stops the list.
 pub fn run_hooks(kind: &'static str, hooks: &[Hook], state: &[u8]) -> Result<()> {
+    run_hooks_with_default_env(kind, hooks, state, &[])
+}
+
+/// As [`run_hooks`]; a hook without an `env` of its own gets `default_env`.
+pub fn run_hooks_with_default_env(
+    kind: &'static str,
+    hooks: &[Hook],
+    state: &[u8],
+    default_env: &[String],
+) -> Result<()> {
     for hook in hooks {
-        run_hook(kind, hook, state)?;
+        run_hook(kind, hook, state, default_env)?;
     }
     Ok(())
 }
@@ -21,13 +31,13 @@ pub fn run_hooks(kind: &'static str, hooks: &[Hook], state: &[u8]) -> Result<()>
 /// and poststop hooks: the spec says the lifecycle continues).
 pub fn run_hooks_warn(kind: &'static str, hooks: &[Hook], state: &[u8]) {
     for hook in hooks {
-        if let Err(e) = run_hook(kind, hook, state) {
+        if let Err(e) = run_hook(kind, hook, state, &[]) {
             log::warn!("{e}");
         }
     }
 }
 
-fn run_hook(kind: &'static str, hook: &Hook, state: &[u8]) -> Result<()> {
+fn run_hook(kind: &'static str, hook: &Hook, state: &[u8], default_env: &[String]) -> Result<()> {
     let fail = |reason: String| Error::Hook {
         hook: kind,
         path: hook.path().clone(),
@@ -40,7 +50,7 @@ fn run_hook(kind: &'static str, hook: &Hook, state: &[u8]) -> Result<()> {
         }
     }
     cmd.env_clear();
-    for var in hook.env().iter().flatten() {
+    for var in hook.env().as_deref().unwrap_or(default_env) {
         if let Some((k, v)) = var.split_once('=') {
             cmd.env(k, v);
         }

@@ -94,6 +94,8 @@ pub struct InitContext<'a> {
 
 pub struct ExecContext<'a> {
     pub process: &'a Process,
+    /// The container's config (personality and other container-wide attributes).
+    pub container: &'a oci_spec::runtime::Spec,
     pub plan: &'a NsPlan,
     pub cgroups: &'a berth_cgroups::Manager,
     pub in_unified: bool,
@@ -293,6 +295,11 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
     }
     let cwd_deferred = enter_cwd(process)?;
     let program = process::prepare_program(process)?;
+    let seccomp_loaded = load_notifying_filter(
+        ctx.seccomp.as_ref(),
+        ctx.preserve_fds,
+        &state(Status::Creating),
+    )?;
     send(ctx.channel, Msg::Ready)?;
 
     match ctx.gate {
@@ -300,14 +307,21 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
         StartGate::Channel => expect(ctx.channel, Msg::Start)?,
     }
     if let Some(list) = hook_lists.and_then(|h| h.start_container().as_deref()) {
-        hooks::run_hooks("startContainer", list, &state(Status::Created))?;
+        // Hooks without an env of their own get the container process's,
+        // as runc runs them from its init.
+        hooks::run_hooks_with_default_env(
+            "startContainer",
+            list,
+            &state(Status::Created),
+            process.env().as_deref().unwrap_or_default(),
+        )?;
     }
     finish(
         process,
         cwd_deferred,
         &program,
         ctx.preserve_fds,
-        ctx.seccomp.as_ref(),
+        ctx.seccomp.as_ref().filter(|_| !seccomp_loaded),
         &state(Status::Running),
     )
 }
@@ -325,6 +339,7 @@ fn run_exec_init(ctx: &ExecContext<'_>) -> Result<Infallible> {
     ctx.plan.enter()?;
     process::apply_oom_score_adj(process)?;
     process::apply_rlimits(process)?;
+    crate::attrs::apply_personality(ctx.container)?;
     crate::attrs::apply_process(process)?;
     sys::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
     if process.terminal() == Some(true) {
@@ -332,6 +347,7 @@ fn run_exec_init(ctx: &ExecContext<'_>) -> Result<Infallible> {
     }
     let cwd_deferred = enter_cwd(process)?;
     let program = process::prepare_program(process)?;
+    let seccomp_loaded = load_notifying_filter(ctx.seccomp.as_ref(), ctx.preserve_fds, &ctx.state)?;
     send(ctx.channel, Msg::Ready)?;
     expect(ctx.channel, Msg::Start)?;
     if let Some(last) = affinity.and_then(|a| a.cpu_affinity_final().as_deref()) {
@@ -342,9 +358,26 @@ fn run_exec_init(ctx: &ExecContext<'_>) -> Result<Infallible> {
         cwd_deferred,
         &program,
         ctx.preserve_fds,
-        ctx.seccomp.as_ref(),
+        ctx.seccomp.as_ref().filter(|_| !seccomp_loaded),
         &ctx.state,
     )
+}
+
+/// A filter that notifies is loaded before the caller hears Ready, so its
+/// listener (a seccomp agent) has the notify fd and the container's state
+/// before `create` or `exec` returns, as with runc. Other filters load in
+/// `finish`, as late as their kind allows. Returns whether it loaded one.
+fn load_notifying_filter(
+    seccomp: Option<&SeccompSetup<'_>>,
+    preserve_fds: u32,
+    state: &[u8],
+) -> Result<bool> {
+    let Some(s) = seccomp.filter(|s| s.listener.is_some()) else {
+        return Ok(false);
+    };
+    process::mark_inherited_fds_cloexec(preserve_fds)?;
+    s.load(state)?;
+    Ok(true)
 }
 
 /// chdir into process.cwd as root; if root may not (root-squashing

@@ -228,16 +228,16 @@ fn validate_linux(spec: &Spec) -> Result<()> {
             validate_sysctl(key, &|t| has(t) && namespaces.iter().any(|n| n.typ() == t))?;
         }
     }
+    // Relative masked and read-only paths are taken from the container's
+    // root, as runc does.
     for path in linux
         .masked_paths()
         .iter()
         .flatten()
         .chain(linux.readonly_paths().iter().flatten())
     {
-        if !path.starts_with('/') {
-            return Err(invalid(format!(
-                "masked/readonly path {path:?} must be absolute"
-            )));
+        if path.is_empty() {
+            return Err(invalid("a masked or read-only path is empty"));
         }
     }
     for dev in linux.devices().iter().flatten() {

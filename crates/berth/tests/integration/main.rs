@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod conformance;
 mod errors;
 mod exec;
 mod hooks;
