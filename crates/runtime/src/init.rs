@@ -261,7 +261,13 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
                 .iter()
                 .any(|(f, _)| *f == libc::CLONE_NEWUSER),
     };
-    let root = setup.prepare()?;
+    let mount_ns = ctx.plan.unshare_flags & libc::CLONE_NEWNS != 0
+        || ctx.plan.joins.iter().any(|(f, _)| *f == libc::CLONE_NEWNS);
+    let root = if mount_ns {
+        Some(setup.prepare()?)
+    } else {
+        None
+    };
 
     let host_pid = own_host_pid();
     let annotations: BTreeMap<String, String> = spec
@@ -285,13 +291,19 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
         hooks::run_hooks("createContainer", list, &state(Status::Creating))?;
     }
 
-    setup.protect_paths(root.as_fd())?;
-    rootfs::enter_root(root.as_fd(), &ctx.bundle.rootfs, ctx.no_pivot)?;
-    drop(root);
-    rootfs::finalize_root(spec)?;
+    match root {
+        Some(root) => {
+            setup.protect_paths(root.as_fd())?;
+            rootfs::enter_root(root.as_fd(), &ctx.bundle.rootfs, ctx.no_pivot)?;
+            drop(root);
+            rootfs::finalize_root(spec)?;
+        }
+        // The host's mount namespace: only a chroot, as runc does.
+        None => rootfs::chroot_into(&ctx.bundle.rootfs)?,
+    }
 
     if process.terminal() == Some(true) {
-        setup_terminal(process, &ctx.console, ctx.channel, true)?;
+        setup_terminal(process, &ctx.console, ctx.channel, mount_ns)?;
     }
     let cwd_deferred = enter_cwd(process)?;
     let program = process::prepare_program(process)?;

@@ -835,6 +835,12 @@ pub fn enter_root(root: BorrowedFd<'_>, rootfs: &Path, no_pivot: bool) -> Result
     Ok(())
 }
 
+/// Without a mount namespace of its own the container only gets a chroot.
+pub fn chroot_into(rootfs: &Path) -> Result<()> {
+    rustix::process::chroot(rootfs).ctx(|| format!("chroot into {}", rootfs.display()))?;
+    rustix::process::chdir("/").ctx(|| "chdir /".into())
+}
+
 /// After the switch: root propagation and read-only root. Propagation is set
 /// on the new "/" only now, so a shared root cannot leak into the host.
 pub fn finalize_root(spec: &Spec) -> Result<()> {

@@ -173,9 +173,38 @@ fn validate_linux(spec: &Spec) -> Result<()> {
             .any(|n| n.typ() == t && n.path().is_none())
     };
     if !has(LinuxNamespaceType::Mount) {
-        return Err(invalid(
-            "linux.namespaces must include a mount namespace: berth will not set up a root filesystem in the host's",
-        ));
+        // As runc: the process is chrooted into the rootfs as it is. Unlike
+        // runc, nothing is mounted in the host's mount namespace (runc
+        // leaves such mounts behind on the host).
+        let refuse = |what: &str| {
+            Err(invalid(format!(
+                "{what} needs a mount namespace: without one berth mounts nothing into the host's"
+            )))
+        };
+        if spec.mounts().as_ref().is_some_and(|m| !m.is_empty()) {
+            return refuse("mounts");
+        }
+        if linux.masked_paths().as_ref().is_some_and(|m| !m.is_empty())
+            || linux
+                .readonly_paths()
+                .as_ref()
+                .is_some_and(|m| !m.is_empty())
+        {
+            return refuse("linux.maskedPaths/readonlyPaths");
+        }
+        if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+            return refuse("linux.devices");
+        }
+        if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+            return refuse("root.readonly");
+        }
+        if linux
+            .rootfs_propagation()
+            .as_ref()
+            .is_some_and(|p| !p.is_empty())
+        {
+            return refuse("linux.rootfsPropagation");
+        }
     }
     let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
         || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());

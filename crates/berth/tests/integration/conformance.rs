@@ -37,19 +37,28 @@ fn seccomp_listener_gets_the_notify_fd_before_create_returns() {
             .stderr(std::fs::File::create(&err_path).unwrap());
         std::thread::spawn(move || {
             let status = cmd.status().unwrap();
-            (status, std::fs::read_to_string(err_path).unwrap_or_default())
+            (
+                status,
+                std::fs::read_to_string(err_path).unwrap_or_default(),
+            )
         })
     };
     let (status, stderr) = create.join().unwrap();
     assert!(status.success(), "create: {stderr}");
     // By now the agent's connection must be waiting with the fd in it.
-    let mut fds = [rustix::event::PollFd::new(&listener, rustix::event::PollFlags::IN)];
+    let mut fds = [rustix::event::PollFd::new(
+        &listener,
+        rustix::event::PollFlags::IN,
+    )];
     let timeout = rustix::event::Timespec {
         tv_sec: 2,
         tv_nsec: 0,
     };
     let ready = rustix::event::poll(&mut fds, Some(&timeout)).unwrap();
-    assert_eq!(ready, 1, "create returned before the listener got the notify fd");
+    assert_eq!(
+        ready, 1,
+        "create returned before the listener got the notify fd"
+    );
     let (state, _fd) = crate::common::receive_console(&listener);
     let state: Value = serde_json::from_str(&state).unwrap();
     assert_eq!(state["fds"], json!(["seccompFd"]));
@@ -127,4 +136,70 @@ fn start_container_hooks_without_env_get_the_process_env() {
         own.contains("OWN=1") && !own.contains("FROM_PROCESS"),
         "{own}"
     );
+}
+
+/// The default config without its mount namespace and what needs one.
+fn without_mount_namespace(c: &mut Value) {
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "mount");
+    c["mounts"] = json!([]);
+    c["linux"]["maskedPaths"] = json!([]);
+    c["linux"]["readonlyPaths"] = json!([]);
+    c["root"]["readonly"] = json!(false);
+}
+
+#[test]
+fn a_container_without_a_mount_namespace_is_chrooted() {
+    let env = Env::new("nomntns");
+    let marker = "only-in-this-rootfs";
+    let bundle = env.bundle(
+        "b",
+        &["sh", "-c", "ls /; readlink /proc/1/ns/mnt 2>&1; true"],
+        |c| {
+            without_mount_namespace(c);
+        },
+    );
+    std::fs::write(bundle.join("rootfs").join(marker), "").unwrap();
+    let before = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    let (code, out, err) = env.run(&bundle, &env.id("b"));
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(
+        out.contains(marker),
+        "the process sees the bundle's rootfs: {out}"
+    );
+    let after = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(before, after, "nothing was mounted in the host's namespace");
+
+    // What would need mounting is refused by name, before anything runs.
+    for (name, field) in [
+        (
+            "mounts",
+            json!({"mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]}),
+        ),
+        ("masked", json!({"linux": {"maskedPaths": ["/proc/kcore"]}})),
+        ("readonly", json!({"root": {"readonly": true}})),
+    ] {
+        let bundle = env.bundle(name, &["true"], |c| {
+            without_mount_namespace(c);
+            if let Some(m) = field.get("mounts") {
+                c["mounts"] = m.clone();
+            }
+            if let Some(m) = field["linux"].get("maskedPaths") {
+                c["linux"]["maskedPaths"] = m.clone();
+            }
+            if field.get("root").is_some() {
+                c["root"]["readonly"] = json!(true);
+            }
+        });
+        let err = env.fails(&["run", "--bundle", bundle.to_str().unwrap(), &env.id(name)]);
+        assert!(err.contains("needs a mount namespace"), "{name}: {err}");
+    }
 }
