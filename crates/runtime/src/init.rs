@@ -90,6 +90,8 @@ pub struct InitContext<'a> {
     pub no_new_keyring: bool,
     pub preserve_fds: u32,
     pub seccomp: Option<SeccompSetup<'a>>,
+    /// Id-mapped trees prepared by berth, by mount index.
+    pub idmapped: &'a [(usize, OwnedFd)],
 }
 
 pub struct ExecContext<'a> {
@@ -260,8 +262,9 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
                 .joins
                 .iter()
                 .any(|(f, _)| *f == libc::CLONE_NEWUSER),
+        idmapped: ctx.idmapped,
     };
-    let mount_ns = ctx.plan.unshare_flags & libc::CLONE_NEWNS != 0
+    let mount_ns = (ctx.plan.clone_flags | ctx.plan.unshare_flags) & libc::CLONE_NEWNS != 0
         || ctx.plan.joins.iter().any(|(f, _)| *f == libc::CLONE_NEWNS);
     let root = if mount_ns {
         Some(setup.prepare()?)
