@@ -296,6 +296,9 @@ impl Runtime {
             seccomp_filter.as_ref(),
         )?;
         let plan = NsPlan::for_container(spec)?;
+        // Id-mapped trees are made here, in berth's user namespace (mapping a
+        // mount needs privilege over its filesystem); the init attaches them.
+        let idmapped = crate::idmap::prepare_trees(spec, &bundle.dir)?;
         let signals = if mode == Launch::RunForeground {
             sys::set_child_subreaper().ctx(|| "becoming a child subreaper".into())?;
             sys::block_all_signals().ctx(|| "blocking signals".into())?;
@@ -337,6 +340,7 @@ impl Runtime {
                 no_new_keyring: opts.no_new_keyring,
                 preserve_fds: opts.preserve_fds,
                 seccomp: seccomp_setup(spec, seccomp_filter.as_ref(), listener.as_ref()),
+                idmapped: &idmapped,
             };
             init::container_init(&ctx);
         };

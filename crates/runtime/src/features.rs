@@ -51,6 +51,9 @@ pub fn features() -> Value {
     if recursive_mount_attrs_supported() {
         mount_options.extend(crate::mount_opts::recursive_option_names());
     }
+    if crate::idmap::supported() {
+        mount_options.extend(["idmap", "ridmap"]);
+    }
     mount_options.sort_unstable();
     let capabilities: Vec<String> = caps::all()
         .iter()
@@ -96,7 +99,7 @@ pub fn features() -> Value {
             "apparmor": { "enabled": crate::attrs::apparmor_enabled() },
             "selinux": { "enabled": crate::attrs::selinux_enabled() },
             "intelRdt": { "enabled": false },
-            "mountExtensions": { "idmap": { "enabled": false } }
+            "mountExtensions": { "idmap": { "enabled": crate::idmap::supported() } }
         },
         "annotations": {
             "org.opencontainers.runtime-spec.features": OCI_VERSION,

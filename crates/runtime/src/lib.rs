@@ -11,6 +11,7 @@ mod error;
 pub mod features;
 pub mod hooks;
 pub mod id;
+pub mod idmap;
 mod init;
 mod io_relay;
 pub mod manage;

@@ -173,6 +173,8 @@ pub fn parse(options: &[String]) -> MountOptions {
                     r.clear |= attr::ATIME_MASK;
                 }
             }
+        } else if opt == "idmap" || opt == "ridmap" {
+            // Handled by crate::idmap from the mount's mappings.
         } else if opt == "tmpcopyup" {
             out.tmpcopyup = true;
         } else if !opt.is_empty() {

@@ -27,6 +27,8 @@ pub struct RootfsSetup<'a> {
     pub cgroupns: bool,
     /// The container has its own user namespace (device nodes cannot be made).
     pub userns: bool,
+    /// Id-mapped trees prepared by berth, by mount index.
+    pub idmapped: &'a [(usize, OwnedFd)],
 }
 
 fn cstr(p: &Path) -> CString {
@@ -115,8 +117,8 @@ impl RootfsSetup<'_> {
         .ctx(|| format!("opening rootfs {}", self.rootfs.display()))?;
 
         let mounts = self.spec.mounts().as_deref().unwrap_or_default();
-        for m in mounts {
-            self.mount_entry(root.as_fd(), m)?;
+        for (index, m) in mounts.iter().enumerate() {
+            self.mount_entry(root.as_fd(), index, m)?;
         }
         let bind_dev = mounts.iter().any(|m| {
             normalize_dest(m.destination()) == Path::new("/dev")
@@ -173,7 +175,7 @@ impl RootfsSetup<'_> {
         Ok(())
     }
 
-    fn mount_entry(&self, root: BorrowedFd<'_>, m: &Mount) -> Result<()> {
+    fn mount_entry(&self, root: BorrowedFd<'_>, index: usize, m: &Mount) -> Result<()> {
         let dest = normalize_dest(m.destination());
         let opts = mount_opts::parse(m.options().as_deref().unwrap_or_default());
         let typ = m.typ().as_deref().unwrap_or("");
@@ -193,7 +195,14 @@ impl RootfsSetup<'_> {
         }
         match typ {
             "cgroup" | "cgroup2" => self.mount_cgroup(root, &dest, &opts)?,
-            _ if is_bind => self.mount_bind(root, m, &dest, &opts, typ)?,
+            _ if is_bind => {
+                let tree = self
+                    .idmapped
+                    .iter()
+                    .find(|(i, _)| *i == index)
+                    .map(|(_, fd)| fd.as_fd());
+                self.mount_bind(root, m, &dest, &opts, typ, tree)?
+            }
             _ => self.mount_filesystem(root, m, &dest, &opts, typ)?,
         }
         apply_recursive_attrs(root, &dest, &opts)?;
@@ -265,6 +274,7 @@ impl RootfsSetup<'_> {
         dest: &Path,
         opts: &MountOptions,
         typ: &str,
+        idmapped_tree: Option<BorrowedFd<'_>>,
     ) -> Result<()> {
         let source = m.source().as_ref().ok_or_else(|| {
             Error::InvalidConfig(format!("bind mount {} has no source", dest.display()))
@@ -284,14 +294,17 @@ impl RootfsSetup<'_> {
         .map_err(|e| mount_err("creating mount point", dest, e))?;
         check_resolved_destination(root, target.as_fd(), dest, typ, true)?;
         let bind_flags = libc::MS_BIND | (opts.flags & libc::MS_REC);
-        sys::mount(
-            Some(&cstr(&source)),
-            &fd_path(target.as_fd()),
-            None,
-            bind_flags,
-            None,
-        )
-        .map_err(|e| mount_err(&format!("bind mounting {} on", source.display()), dest, e))?;
+        match idmapped_tree {
+            Some(tree) => crate::idmap::attach(tree, target.as_fd(), dest)?,
+            None => sys::mount(
+                Some(&cstr(&source)),
+                &fd_path(target.as_fd()),
+                None,
+                bind_flags,
+                None,
+            )
+            .map_err(|e| mount_err(&format!("bind mounting {} on", source.display()), dest, e))?,
+        }
         let extra = opts.flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
         if extra != 0 {
             let top = reopen(root, dest)?;

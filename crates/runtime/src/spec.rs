@@ -321,17 +321,16 @@ fn validate_mounts(spec: &Spec) -> Result<()> {
         if dest.as_os_str().is_empty() {
             return Err(invalid("a mount has an empty destination"));
         }
-        if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
+        let idmapped = m.uid_mappings().is_some()
+            || m.gid_mappings().is_some()
+            || m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "idmap" || o == "ridmap");
+        if idmapped && !crate::idmap::supported() {
             return Err(invalid(format!(
-                "mount {dest:?}: id-mapped mounts are not supported by berth"
+                "mount {dest:?}: id-mapped mounts need mount_setattr(2) (Linux 5.12 or later)"
             )));
-        }
-        for opt in m.options().iter().flatten() {
-            if opt == "idmap" || opt == "ridmap" {
-                return Err(invalid(format!(
-                    "mount {dest:?}: id-mapped mounts are not supported by berth"
-                )));
-            }
         }
     }
     Ok(())

@@ -7,7 +7,7 @@
 use std::os::unix::fs::symlink;
 use std::process::Command;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::common::{Env, BERTH};
 
@@ -135,7 +135,12 @@ fn features_report_the_recursive_options_berth_enforces() {
         .iter()
         .copied()
         .filter(|o| o.starts_with('r') && !o.starts_with("rbind") && !o.ends_with("private"))
-        .filter(|o| !matches!(*o, "rshared" | "rslave" | "runbindable" | "remount"))
+        .filter(|o| {
+            !matches!(
+                *o,
+                "rshared" | "rslave" | "runbindable" | "remount" | "ridmap"
+            )
+        })
         .collect();
     let mut mount_options = vec!["rbind"];
     mount_options.extend(recursive.iter());
@@ -337,4 +342,89 @@ fn restrictive_seccomp_profile_without_close_range_runs() {
         "exec-alive"
     );
     env.ok(&["delete", "--force", &id]);
+}
+
+/// A host directory with a file owned by root and one owned by uid 1000.
+fn owned_files(env: &Env) -> std::path::PathBuf {
+    let dir = env.dir.join("owned");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("by-root"), "r\n").unwrap();
+    std::fs::write(dir.join("by-1000"), "u\n").unwrap();
+    std::os::unix::fs::chown(dir.join("by-1000"), Some(1000), Some(1000)).unwrap();
+    dir
+}
+
+#[test]
+fn idmapped_bind_mounts_show_files_through_their_mapping() {
+    let env = Env::new("idmap");
+    let dir = owned_files(&env);
+    // Its own mapping: on-disk root is shown as 1000, nothing else maps.
+    let out = env.run_ok(
+        "own",
+        &["sh", "-c", "stat -c '%n %u:%g' /data/by-root /data/by-1000"],
+        |c| {
+            c["mounts"].as_array_mut().unwrap().push(json!({
+                "destination": "/data", "type": "bind", "source": dir, "options": ["rbind"],
+                "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
+                "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]
+            }));
+        },
+    );
+    assert!(out.contains("/data/by-root 1000:1000"), "{out}");
+    assert!(out.contains("/data/by-1000 65534:65534"), "{out}");
+
+    // In a user namespace, `idmap` takes the container's mappings: the
+    // host's root-owned files are the container root's, with no chown.
+    let userns = |c: &mut Value, options: &[&str]| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": dir, "options": options
+        }));
+    };
+    let script = "stat -c '%n %u' /data/by-root; echo hi > /data/made && echo wrote; id -u";
+    let bundle = env.bundle("userns", &["sh", "-c", script], |c| {
+        userns(c, &["rbind", "idmap"])
+    });
+    // The mapped root cannot create the mount point in a host-owned rootfs.
+    std::fs::create_dir_all(bundle.join("rootfs/data")).unwrap();
+    let (code, out, err) = env.run(&bundle, &env.id("userns"));
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("/data/by-root 0"), "{out}");
+    assert!(out.contains("wrote"), "{out}");
+    use std::os::unix::fs::MetadataExt;
+    let made = std::fs::metadata(dir.join("made")).unwrap();
+    assert_eq!(
+        made.uid(),
+        0,
+        "written as the container's root, stored as the host's"
+    );
+    // Without the idmap option the same mount shows nobody's files.
+    let bundle = env.bundle("plain", &["stat", "-c", "%u", "/data/by-root"], |c| {
+        userns(c, &["rbind"])
+    });
+    std::fs::create_dir_all(bundle.join("rootfs/data")).unwrap();
+    let (code, out, err) = env.run(&bundle, &env.id("plain"));
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out.trim(), "65534");
+
+    // Only bind mounts can be id-mapped.
+    let bundle = env.bundle("tmpfs", &["true"], |c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "tmpfs", "source": "tmpfs",
+            "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
+            "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]
+        }));
+    });
+    let err = env.fails(&[
+        "run",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        &env.id("tmpfs"),
+    ]);
+    assert!(err.contains("only bind mounts can be id-mapped"), "{err}");
 }
