@@ -137,6 +137,8 @@ fn flag_option(opt: &str) -> Option<(bool, libc::c_ulong)> {
         "loud" => (false, libc::MS_SILENT),
         "bind" => (true, libc::MS_BIND),
         "rbind" => (true, libc::MS_BIND | libc::MS_REC),
+        // mount(8)'s "defaults": no flag of its own (rw, suid, dev, exec, async).
+        "defaults" => (true, 0),
         "nosymfollow" => (true, MS_NOSYMFOLLOW),
         "symfollow" => (false, MS_NOSYMFOLLOW),
         _ => return None,
@@ -160,18 +162,23 @@ pub fn parse(options: &[String]) -> MountOptions {
             }
         } else if let Some((clear, bit)) = recursive_option(opt) {
             let r = &mut out.recursive;
-            if clear {
+            if bit & attr::ATIME_MASK == bit {
+                // The access-time mode is one field: mount_setattr(2) only
+                // takes it cleared whole. Clearing noatime or strictatime
+                // leaves the default, relatime; rnorelatime is strictatime.
+                r.clear |= attr::ATIME_MASK;
+                r.set &= !attr::ATIME_MASK;
+                match (clear, bit) {
+                    (false, b) => r.set |= b,
+                    (true, attr::RELATIME) => r.set |= attr::STRICTATIME,
+                    (true, _) => {}
+                }
+            } else if clear {
                 r.clear |= bit;
                 r.set &= !bit;
             } else {
                 r.set |= bit;
                 r.clear &= !bit;
-                // mount_setattr(2): an access-time mode is set only together
-                // with the whole access-time field cleared.
-                if bit & attr::ATIME_MASK == bit {
-                    r.set &= !attr::ATIME_MASK | bit;
-                    r.clear |= attr::ATIME_MASK;
-                }
             }
         } else if opt == "idmap" || opt == "ridmap" {
             // Handled by crate::idmap from the mount's mappings.
@@ -211,6 +218,10 @@ mod tests {
         let o = opts(&["rro", "rrw", "rrelatime"]);
         assert_eq!(o.recursive.set, attr::RELATIME);
         assert_eq!(o.recursive.clear, attr::RDONLY | attr::ATIME_MASK);
+        let o = opts(&["rnoatime", "ratime"]);
+        assert_eq!((o.recursive.set, o.recursive.clear), (0, attr::ATIME_MASK));
+        let o = opts(&["rnorelatime"]);
+        assert_eq!(o.recursive.set, attr::STRICTATIME);
         let o = opts(&["nosymfollow"]);
         assert_eq!(o.flags, MS_NOSYMFOLLOW);
         assert!(opts(&["ro"]).recursive.is_empty());

@@ -86,8 +86,9 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Filter> {
             LinuxSeccompFilterFlag::SeccompFilterFlagTsync => ctx.set_ctl_tsync(true),
             #[allow(unreachable_patterns)]
             other => {
-                log::warn!("seccomp flag {other:?} is not supported: ignored");
-                Ok(&mut ctx)
+                return Err(invalid(format!(
+                    "seccomp flag {other:?} is not supported by berth"
+                )))
             }
         }
         .map_err(|e| err("setting a filter flag", e))?;
@@ -163,6 +164,41 @@ impl Filter {
 }
 
 /// Whether the host has seccomp at all.
+/// The architectures `berth features` may list: those this host's
+/// libseccomp can add to a filter for the native one (big-endian ABIs
+/// cannot join a little-endian filter, and the other way round).
+pub fn usable_architectures() -> Vec<&'static str> {
+    const ALL: [&str; 17] = [
+        "SCMP_ARCH_AARCH64",
+        "SCMP_ARCH_ARM",
+        "SCMP_ARCH_MIPS",
+        "SCMP_ARCH_MIPS64",
+        "SCMP_ARCH_MIPS64N32",
+        "SCMP_ARCH_MIPSEL",
+        "SCMP_ARCH_MIPSEL64",
+        "SCMP_ARCH_MIPSEL64N32",
+        "SCMP_ARCH_PPC",
+        "SCMP_ARCH_PPC64",
+        "SCMP_ARCH_PPC64LE",
+        "SCMP_ARCH_RISCV64",
+        "SCMP_ARCH_S390",
+        "SCMP_ARCH_S390X",
+        "SCMP_ARCH_X32",
+        "SCMP_ARCH_X86",
+        "SCMP_ARCH_X86_64",
+    ];
+    ALL.into_iter()
+        .filter(|name| {
+            let Ok(arch) = ScmpArch::from_str(name) else {
+                return false;
+            };
+            ScmpFilterContext::new(ScmpAction::Allow)
+                .and_then(|mut ctx| ctx.add_arch(arch).map(drop))
+                .is_ok()
+        })
+        .collect()
+}
+
 pub fn supported() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .is_ok_and(|s| s.lines().any(|l| l.starts_with("Seccomp:")))

@@ -203,3 +203,182 @@ fn a_container_without_a_mount_namespace_is_chrooted() {
         assert!(err.contains("needs a mount namespace"), "{name}: {err}");
     }
 }
+
+/// A mount that exercises one option from `berth features`.
+fn mount_for_option(env: &Env, option: &str) -> Value {
+    let host = env.dir.join("feature-src");
+    std::fs::create_dir_all(&host).unwrap();
+    let bind = |opts: Vec<&str>| json!({"destination": "/probe", "type": "bind", "source": host, "options": opts});
+    match option {
+        "bind" | "rbind" => bind(vec![option]),
+        "idmap" | "ridmap" => json!({
+            "destination": "/probe", "type": "bind", "source": host, "options": ["rbind", option],
+            "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
+            "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]
+        }),
+        o if o.starts_with('r') && !matches!(o, "relatime" | "remount" | "rw" | "ro") => {
+            bind(vec!["rbind", option])
+        }
+        _ => {
+            json!({"destination": "/probe", "type": "tmpfs", "source": "tmpfs", "options": [option]})
+        }
+    }
+}
+
+#[test]
+fn every_feature_berth_reports_is_accepted() {
+    let env = Env::new("features");
+    let features: Value = serde_json::from_str(&env.ok(&["features"])).unwrap();
+    let mut failures = Vec::new();
+    let mut check = |what: String, edit: &dyn Fn(&mut Value)| {
+        let name = format!("f{}", failures.len() + what.len());
+        let bundle = env.bundle(&name, &["true"], |c| edit(c));
+        let (code, out, err) = env.run(&bundle, &env.id(&name));
+        if code != 0 {
+            failures.push(format!("{what}: {out} {err}"));
+        }
+        let _ = std::fs::remove_dir_all(&bundle);
+    };
+    for option in features["mountOptions"].as_array().unwrap() {
+        let option = option.as_str().unwrap();
+        let mount = mount_for_option(&env, option);
+        check(format!("mount option {option}"), &|c| {
+            c["mounts"].as_array_mut().unwrap().push(mount.clone());
+        });
+    }
+    for ns in features["linux"]["namespaces"].as_array().unwrap() {
+        let ns = ns.as_str().unwrap().to_owned();
+        check(format!("namespace {ns}"), &|c| {
+            let list = c["linux"]["namespaces"].as_array_mut().unwrap();
+            if !list.iter().any(|n| n["type"] == ns.as_str()) {
+                list.push(json!({"type": ns}));
+            }
+            if ns == "user" {
+                c["linux"]["uidMappings"] =
+                    json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+                c["linux"]["gidMappings"] =
+                    json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            }
+        });
+    }
+    // Every capability berth knows, within what this host lets root hold
+    // (root here lacks CAP_SYS_RESOURCE).
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let caps: Vec<Value> = features["linux"]["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|name| caps_index(name.as_str().unwrap()).is_some_and(|i| bounding & (1 << i) != 0))
+        .cloned()
+        .collect();
+    assert!(caps.len() > 30, "{caps:?}");
+    check("every capability".into(), &|c| {
+        for set in ["bounding", "effective", "permitted"] {
+            c["process"]["capabilities"][set] = json!(caps);
+        }
+    });
+    for hook in features["hooks"].as_array().unwrap() {
+        let hook = hook.as_str().unwrap().to_owned();
+        check(format!("hook {hook}"), &|c| {
+            c["hooks"] = json!({ hook.as_str(): [{"path": "/bin/true"}] });
+        });
+    }
+    let seccomp = &features["linux"]["seccomp"];
+    for action in seccomp["actions"].as_array().unwrap() {
+        let action = action.as_str().unwrap().to_owned();
+        if action == "SCMP_ACT_NOTIFY" {
+            continue; // needs a listener: seccomp_listener_gets_the_notify_fd_before_create_returns
+        }
+        check(format!("seccomp action {action}"), &|c| {
+            c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["acct"], "action": action}]});
+        });
+    }
+    for op in seccomp["operators"].as_array().unwrap() {
+        let op = op.as_str().unwrap().to_owned();
+        check(format!("seccomp operator {op}"), &|c| {
+            c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["acct"], "action": "SCMP_ACT_ERRNO",
+                              "args": [{"index": 0, "value": 1, "valueTwo": 1, "op": op}]}]});
+        });
+    }
+    for arch in seccomp["archs"].as_array().unwrap() {
+        let arch = arch.as_str().unwrap().to_owned();
+        check(format!("seccomp arch {arch}"), &|c| {
+            c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64", arch],
+                "syscalls": [{"names": ["acct"], "action": "SCMP_ACT_ERRNO"}]});
+        });
+    }
+    for flag in seccomp["supportedFlags"].as_array().unwrap() {
+        let flag = flag.as_str().unwrap().to_owned();
+        check(format!("seccomp flag {flag}"), &|c| {
+            c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "flags": [flag],
+                "syscalls": [{"names": ["acct"], "action": "SCMP_ACT_ERRNO"}]});
+        });
+    }
+    assert!(
+        failures.is_empty(),
+        "advertised but refused:\n{}",
+        failures.join("\n")
+    );
+    // What is not advertised is refused, not ignored.
+    assert!(!features["mountOptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o == "tmpcopyup"));
+}
+
+/// The number of a capability (linux/capability.h order).
+fn caps_index(name: &str) -> Option<u8> {
+    const NAMES: [&str; 41] = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
+    ];
+    NAMES.iter().position(|n| *n == name).map(|i| i as u8)
+}
