@@ -378,9 +378,17 @@ fn exec(rt: &Runtime, p: &Parsed) -> Result<i32> {
             exec_process_from_flags(rt, id, command, p)?
         }
     };
-    if p.get("cgroup").is_some() {
-        log::warn!("exec --cgroup is ignored: the process joins the container's cgroup");
-    }
+    let sub_cgroups = p
+        .all("cgroup")
+        .into_iter()
+        .map(|v| match v.split_once(':') {
+            Some((controllers, path)) => (
+                Some(controllers.split(',').map(str::to_owned).collect()),
+                PathBuf::from(path),
+            ),
+            None => (None, PathBuf::from(&v)),
+        })
+        .collect();
     let opts = ExecOptions {
         process,
         detach: p.is_set("detach"),
@@ -388,6 +396,7 @@ fn exec(rt: &Runtime, p: &Parsed) -> Result<i32> {
         console_socket: p.get("console-socket").map(PathBuf::from),
         preserve_fds: preserve_fds(p)?,
         ignore_paused: p.is_set("ignore-paused"),
+        sub_cgroups,
     };
     Ok(rt.exec(id, &opts)?)
 }

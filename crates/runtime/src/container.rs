@@ -49,6 +49,66 @@ pub struct ExecOptions {
     pub preserve_fds: u32,
     /// Exec into a paused container too (`--ignore-paused`).
     pub ignore_paused: bool,
+    /// Existing sub-cgroups of the container's to run in (`--cgroup
+    /// [CONTROLLER[,CONTROLLER]:]PATH`): controllers (None: all) and path.
+    pub sub_cgroups: Vec<(Option<Vec<String>>, PathBuf)>,
+}
+
+/// The container's cgroups with `subs` applied: each hierarchy a sub-cgroup
+/// names (or all, for one without controllers) is replaced by that existing
+/// sub-directory, as runc's `exec --cgroup`.
+fn sub_cgroups(
+    cgroups: berth_cgroups::Manager,
+    subs: &[(Option<Vec<String>>, PathBuf)],
+) -> Result<berth_cgroups::Manager> {
+    if subs.is_empty() {
+        return Ok(cgroups);
+    }
+    let mut paths = cgroups.paths().to_vec();
+    for (controllers, sub) in subs {
+        if sub.is_absolute()
+            || sub
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "--cgroup {}: must be a relative path below the container's cgroup",
+                sub.display()
+            )));
+        }
+        let mut matched = false;
+        for (key, path) in paths.iter_mut() {
+            let applies = match controllers {
+                None => true,
+                Some(list) => list.iter().any(|c| {
+                    key.split(',')
+                        .any(|k| k == c || k.strip_prefix("name=") == Some(c))
+                        || (key.is_empty() && c == "unified")
+                }),
+            };
+            if !applies {
+                continue;
+            }
+            matched = true;
+            let target = path.join(sub);
+            if !target.is_dir() {
+                return Err(Error::InvalidConfig(format!(
+                    "--cgroup {}: sub-cgroup {} does not exist",
+                    sub.display(),
+                    target.display()
+                )));
+            }
+            *path = target;
+        }
+        if !matched {
+            return Err(Error::InvalidConfig(format!(
+                "--cgroup {}: the container has no cgroup for controllers {:?}",
+                sub.display(),
+                controllers.as_deref().unwrap_or_default()
+            )));
+        }
+    }
+    Ok(berth_cgroups::Manager::from_paths(paths))
 }
 
 /// Where a new process's stdio and terminal go when the caller is a
@@ -677,10 +737,19 @@ impl Runtime {
         };
         let (parent_end, child_end) =
             Channel::pair().ctx(|| "creating the setup channel".into())?;
+        let cgroups = sub_cgroups(state.cgroups(), &opts.sub_cgroups)?;
+        // Into a frozen cgroup the process would freeze mid-setup: it joins
+        // only once it runs its program (`--ignore-paused`), and runs when
+        // the container is resumed.
+        let paused = status == Status::Paused;
+        let setup_cgroups = if paused {
+            berth_cgroups::Manager::from_paths(Vec::new())
+        } else {
+            cgroups.clone()
+        };
         let ns_guard = ChildNsGuard::enter(&plan, None)?;
-        let cgroups = state.cgroups();
-        let (child, in_unified) =
-            clone_into_cgroups(0, &cgroups).ctx(|| "forking the exec process".into())?;
+        let (child, in_unified) = clone_into_cgroups(0, &setup_cgroups)
+            .ctx(|| "forking the exec process".into())?;
         let Some(pid) = child else {
             std::mem::forget(ns_guard);
             drop(parent_end);
@@ -688,7 +757,7 @@ impl Runtime {
                 process,
                 container: &container_spec,
                 plan: &plan,
-                cgroups: &cgroups,
+                cgroups: &setup_cgroups,
                 in_unified,
                 channel: &child_end,
                 console: match (&console_socket, terminal) {
@@ -738,6 +807,9 @@ impl Runtime {
             .send(&Msg::Start)
             .ctx(|| "starting the exec process".into())?;
         await_exec(&parent_end)?;
+        if paused {
+            cgroups.add_process(pid)?;
+        }
         if let Some(pid_file) = &opts.pid_file {
             write_pid_file(pid_file, pid)?;
         }

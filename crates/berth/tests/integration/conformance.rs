@@ -382,3 +382,88 @@ fn caps_index(name: &str) -> Option<u8> {
     ];
     NAMES.iter().position(|n| *n == name).map(|i| i as u8)
 }
+
+#[test]
+fn exec_flags_runc_has() {
+    let env = Env::new("execflags");
+    let bundle = env.bundle("b", &["sleep", "60"], |_| {});
+    let id = env.id("c");
+    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    // --cgroup: an existing sub-cgroup of the container's, per controller.
+    let pids_dir = crate::common::cgroup_dirs_of(&id)
+        .into_iter()
+        .find(|p| p.starts_with("/sys/fs/cgroup/pids"))
+        .unwrap();
+    let sub = pids_dir.join("probe");
+    std::fs::create_dir(&sub).unwrap();
+    let out = env.ok(&[
+        "exec",
+        "--cgroup",
+        "pids:probe",
+        &id,
+        "cat",
+        "/proc/self/cgroup",
+    ]);
+    let pids_line = out.lines().find(|l| l.contains(":pids:")).unwrap();
+    assert!(pids_line.ends_with("/probe"), "{out}");
+    let memory_line = out.lines().find(|l| l.contains(":memory:")).unwrap();
+    assert!(!memory_line.ends_with("/probe"), "{out}");
+    let err = env.fails(&["exec", "--cgroup", "missing", &id, "true"]);
+    assert!(err.contains("does not exist"), "{err}");
+    let err = env.fails(&["exec", "--cgroup", "../escape", &id, "true"]);
+    assert!(err.contains("relative path below"), "{err}");
+    // --cap, --no-new-privs, --additional-gids reach the process.
+    let out = env.ok(&[
+        "exec",
+        "--cap",
+        "CAP_SYS_ADMIN",
+        "--no-new-privs",
+        "--additional-gids",
+        "4242",
+        &id,
+        "sh",
+        "-c",
+        "grep -E 'CapEff|NoNewPrivs|Groups' /proc/self/status",
+    ]);
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("4242"), "{out}");
+    let cap_eff = out
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    assert_ne!(cap_eff & (1 << 21), 0, "CAP_SYS_ADMIN added: {out}");
+    // --process-label and --apparmor are refused on a host without those
+    // LSMs, never ignored.
+    for flag in ["--apparmor", "--process-label"] {
+        let err = env.fails(&["exec", flag, "some-profile", &id, "true"]);
+        assert!(
+            err.to_lowercase().contains("not enabled")
+                || err.contains("not available")
+                || err.contains("SELinux")
+                || err.contains("AppArmor"),
+            "{flag}: {err}"
+        );
+    }
+    // --preserve-fds passes the caller's descriptors.
+    let script = format!(
+        "exec 3</etc/hostname; {} --root {} exec --preserve-fds 1 {id} ls /proc/self/fd",
+        crate::common::BERTH,
+        env.root.display()
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let fds = String::from_utf8_lossy(&out.stdout);
+    assert!(fds.split_whitespace().any(|f| f == "3"), "{fds}");
+    // --ignore-paused: exec into a paused container.
+    env.ok(&["pause", &id]);
+    let err = env.fails(&["exec", &id, "true"]);
+    assert!(err.contains("paused"), "{err}");
+    env.ok(&["exec", "-d", "--ignore-paused", &id, "true"]);
+    env.ok(&["resume", &id]);
+    env.ok(&["delete", "--force", &id]);
+    let _ = std::fs::remove_dir(&sub);
+}
