@@ -113,7 +113,16 @@ pub struct ExecContext<'a> {
 /// Reports `err` to berth (or, if it is gone, to stderr) and exits.
 fn fail(channel: &Channel, err: &Error) -> ! {
     if channel.send(&Msg::Error(err.to_string())).is_err() {
-        let _ = writeln!(std::io::stderr(), "berth init: {err}");
+        // berth has returned (a failure after `start`): the error goes where
+        // runc's init writes it, the --log file in its format, else a logrus
+        // line on stderr.
+        if log::max_level() >= log::Level::Error {
+            log::error!("{err}");
+        } else {
+            let _ = std::io::stderr().write_all(
+                crate::util::logrus_line(log::Level::Error, &err.to_string(), false).as_bytes(),
+            );
+        }
     }
     sys::exit_now(if matches!(err, Error::Init(m) if m.starts_with("exec")) {
         127

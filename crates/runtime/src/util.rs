@@ -104,28 +104,6 @@ pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn formats_times() {
-        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
-        assert_eq!(rfc3339_nano(t), "2023-11-14T22:13:20.000000005Z");
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn reads_own_stat() {
-        let (state, start) = proc_stat(std::process::id() as i32).unwrap();
-        assert!("RSD".contains(state), "{state}");
-        assert!(start > 0);
-    }
-}
-
 /// Binds a unix socket that is root-only from the moment it exists at
 /// `path` (whoever reaches a runtime's socket runs containers as root): it
 /// is bound inside a fresh 0700 directory beside `path`, made 0600, then
@@ -150,4 +128,26 @@ pub fn bind_unix_private(path: &Path) -> std::io::Result<std::os::unix::net::Uni
     let _ = std::fs::remove_file(&inner);
     let _ = std::fs::remove_dir(&private);
     bound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_times() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        assert_eq!(rfc3339_nano(t), "2023-11-14T22:13:20.000000005Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn reads_own_stat() {
+        let (state, start) = proc_stat(std::process::id() as i32).unwrap();
+        assert!("RSD".contains(state), "{state}");
+        assert!(start > 0);
+    }
 }

@@ -467,3 +467,42 @@ fn exec_flags_runc_has() {
     env.ok(&["delete", "--force", &id]);
     let _ = std::fs::remove_dir(&sub);
 }
+
+#[test]
+fn a_failure_after_start_reaches_the_log_in_runcs_format() {
+    let env = Env::new("latefail");
+    let bundle = env.bundle("b", &["true"], |c| {
+        c["hooks"] = json!({"startContainer": [{"path": "/bin/false"}]});
+    });
+    let id = env.id("c");
+    let log = env.dir.join("berth.log");
+    for format in ["text", "json"] {
+        let _ = std::fs::remove_file(&log);
+        let args = |cmd: &str| {
+            let mut v = vec!["--log", log.to_str().unwrap(), "--log-format", format, cmd];
+            if cmd == "create" {
+                v.extend(["--bundle", bundle.to_str().unwrap()]);
+            }
+            v.push(&id);
+            v.into_iter().map(str::to_owned).collect::<Vec<_>>()
+        };
+        let create = args("create");
+        env.ok(&create.iter().map(String::as_str).collect::<Vec<_>>());
+        let start = args("start");
+        let _ = env.berth(&start.iter().map(String::as_str).collect::<Vec<_>>());
+        env.wait_status(&id, "stopped");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.contains("startContainer"))
+            .unwrap_or_else(|| panic!("{format}: no error in the log: {text}"));
+        match format {
+            "text" => assert!(line.contains("level=error"), "{line}"),
+            _ => {
+                let v: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["level"], "error", "{line}");
+            }
+        }
+        env.ok(&["delete", &id]);
+    }
+}
