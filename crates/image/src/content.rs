@@ -2,6 +2,9 @@
 //! A blob is written to `ingest/`, verified (size and digest) and synced,
 //! then renamed into place: a half-written blob is never visible, and a
 //! crash leaves at most a stale ingest file, removed on open.
+//!
+//! Blobs are root-only: the directories are 0700 and blob files 0600
+//! (layers may hold secrets and setuid binaries).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -28,10 +31,12 @@ impl ContentStore {
         let store = ContentStore {
             root: root.to_owned(),
         };
-        fs::create_dir_all(store.blob_dir()).ctx(io_path(&store.blob_dir()))?;
+        for dir in [root.to_owned(), root.join("blobs"), store.blob_dir()] {
+            crate::store::private_dir(&dir)?;
+        }
         // Leftovers of writes interrupted by a crash.
         let _ = fs::remove_dir_all(store.ingest_dir());
-        fs::create_dir_all(store.ingest_dir()).ctx(io_path(&store.ingest_dir()))?;
+        crate::store::private_dir(&store.ingest_dir())?;
         Ok(store)
     }
 
@@ -81,7 +86,16 @@ impl ContentStore {
         let tmp =
             self.ingest_dir()
                 .join(format!("{}-{}-{seq}", expected.hex(), std::process::id()));
-        let file = File::create(&tmp).ctx(io_path(&tmp))?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)
+                .ctx(io_path(&tmp))?
+        };
         Ok(BlobWriter {
             inner: Some(HashWriter::new(file)),
             tmp,

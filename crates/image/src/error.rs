@@ -46,6 +46,32 @@ pub enum Error {
         expected: String,
         actual: String,
     },
+    /// A layer would unpack to more than the store allows (decompression bombs).
+    #[error("layer {layer}: entry {entry:?} would bring the unpacked size to {size} bytes, over the {scope} limit of {limit} bytes ({})", human(*limit))]
+    UnpackLimit {
+        layer: String,
+        entry: String,
+        /// `per-layer` or `per-image`.
+        scope: &'static str,
+        size: u64,
+        limit: u64,
+    },
+    /// Unpacking would leave the store's filesystem with less than its reserve.
+    #[error("layer {layer}: not unpacked: {path} has {available} bytes free, and {needed} more bytes would leave less than the {reserve} bytes ({}) kept free", human(*reserve))]
+    NoSpace {
+        layer: String,
+        path: String,
+        available: u64,
+        needed: u64,
+        reserve: u64,
+    },
+    /// A name in an archive or layout is unsafe or does not resolve inside it.
+    #[error("archive {archive}: entry {entry:?}: {reason}")]
+    UnsafeArchive {
+        archive: String,
+        entry: String,
+        reason: String,
+    },
     #[error("snapshot {0} not found")]
     SnapshotNotFound(String),
     #[error("rootfs {0:?} already exists")]
@@ -60,6 +86,38 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// `64 MiB`, `50 GiB`: sizes in messages.
+pub(crate) fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A JSON parse error of `what` that says where and why in general terms:
+/// never the bytes of the document (it may not be what it claims to be).
+pub(crate) fn json_error(what: impl Into<String>, e: &serde_json::Error) -> Error {
+    use serde_json::error::Category;
+    let why = match e.classify() {
+        Category::Io => "could not be read",
+        Category::Syntax => "is not valid JSON",
+        Category::Eof => "is truncated JSON",
+        Category::Data => "does not have the expected JSON structure",
+    };
+    Error::Parse {
+        what: what.into(),
+        message: format!("{why} (line {}, column {})", e.line(), e.column()),
+    }
+}
 
 pub(crate) trait Context<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;

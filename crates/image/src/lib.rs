@@ -21,3 +21,4 @@ pub use reference::Reference;
 pub use store::{
     mount_overlay, FsUsage, GcStats, Image, ImageConfig, ImageStore, RootfsMount, StoreOptions,
 };
+pub use unpack::UnpackLimits;

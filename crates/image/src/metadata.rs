@@ -115,7 +115,31 @@ macro_rules! table_fns {
 }
 
 impl Metadata {
+    /// Opens (creating) the database, readable by root only (0600, also
+    /// when an older version created it with a wider mode).
     pub fn open(path: &Path) -> Result<Metadata> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |source: std::io::Error| crate::Error::Io {
+            context: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(io(std::io::Error::other("not a regular file")));
+        }
+        if meta.permissions().mode() & 0o7777 != 0o600 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
+        }
+        drop(file);
         let db = Database::create(path)?;
         let tx = db.begin_write()?;
         tx.open_table(IMAGES)?;

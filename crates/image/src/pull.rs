@@ -82,10 +82,8 @@ pub fn media_type_of_doc(bytes: &[u8]) -> Option<String> {
 
 /// The manifest for `platform` in an index (os/arch and, if asked, variant).
 pub fn select_platform(index: &[u8], platform: &str) -> Result<Option<(Digest, String, u64)>> {
-    let v: serde_json::Value = serde_json::from_slice(index).map_err(|e| Error::Parse {
-        what: "image index".into(),
-        message: e.to_string(),
-    })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(index).map_err(|e| crate::error::json_error("image index", &e))?;
     let mut want = platform.split('/');
     let (os, arch, variant) = (
         want.next().unwrap_or("linux"),
@@ -109,11 +107,36 @@ pub fn select_platform(index: &[u8], platform: &str) -> Result<Option<(Digest, S
     };
     let Some(m) = chosen else { return Ok(None) };
     let digest = Digest::parse(m["digest"].as_str().unwrap_or(""))?;
+    let size = descriptor_size(m, "image index", &digest)?;
     Ok(Some((
         digest,
         m["mediaType"].as_str().unwrap_or(OCI_MANIFEST).to_owned(),
-        m["size"].as_u64().unwrap_or(0),
+        size,
     )))
+}
+
+/// The size a descriptor gives (required: sizes are checked like digests).
+pub(crate) fn descriptor_size(
+    desc: &serde_json::Value,
+    what: &str,
+    digest: &Digest,
+) -> Result<u64> {
+    desc["size"].as_u64().ok_or_else(|| Error::Parse {
+        what: what.to_owned(),
+        message: format!("the descriptor of {digest} has no valid size"),
+    })
+}
+
+/// Refuses content whose size is not the one its descriptor gives.
+pub(crate) fn check_size(digest: &Digest, expected: u64, actual: u64) -> Result<()> {
+    if expected != actual {
+        return Err(Error::SizeMismatch {
+            digest: digest.to_string(),
+            expected_size: expected,
+            actual_size: actual,
+        });
+    }
+    Ok(())
 }
 
 /// A layer as a manifest lists it: digest, media type, size.
@@ -121,31 +144,26 @@ pub type LayerDesc = (Digest, String, u64);
 
 /// The config (digest, size) and layers a manifest lists.
 pub fn manifest_parts(bytes: &[u8]) -> Result<((Digest, u64), Vec<LayerDesc>)> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::Parse {
-        what: "image manifest".into(),
-        message: e.to_string(),
-    })?;
+    let v: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| crate::error::json_error("image manifest", &e))?;
     if v["schemaVersion"].as_u64() != Some(2) {
         return Err(Error::UnsupportedMediaType(format!(
             "manifest schemaVersion {}",
             v["schemaVersion"]
         )));
     }
-    let config = (
-        Digest::parse(v["config"]["digest"].as_str().unwrap_or(""))?,
-        v["config"]["size"].as_u64().unwrap_or(0),
-    );
+    let config_digest = Digest::parse(v["config"]["digest"].as_str().unwrap_or(""))?;
+    let config_size = descriptor_size(&v["config"], "image manifest", &config_digest)?;
+    let config = (config_digest, config_size);
     let mut layers = Vec::new();
     for l in v["layers"].as_array().cloned().unwrap_or_default() {
         let mt = l["mediaType"].as_str().unwrap_or("").to_owned();
         if crate::unpack::Compression::from_media_type(&mt).is_none() {
             return Err(Error::UnsupportedMediaType(mt));
         }
-        layers.push((
-            Digest::parse(l["digest"].as_str().unwrap_or(""))?,
-            mt,
-            l["size"].as_u64().unwrap_or(0),
-        ));
+        let digest = Digest::parse(l["digest"].as_str().unwrap_or(""))?;
+        let size = descriptor_size(&l, "image manifest", &digest)?;
+        layers.push((digest, mt, size));
     }
     Ok((config, layers))
 }
@@ -337,7 +355,7 @@ impl ImageStore {
                 .platform
                 .clone()
                 .unwrap_or_else(|| self.options().platform.clone());
-            let (d, mt, _) =
+            let (d, mt, size) =
                 select_platform(&bytes, &platform)?.ok_or_else(|| Error::NoPlatform {
                     platform: platform.clone(),
                     reference: r.full(),
@@ -355,6 +373,7 @@ impl ImageStore {
                     actual: got.to_string(),
                 });
             }
+            check_size(&d, size, b.len() as u64)?;
             bytes = b;
             manifest_digest = got;
             media_type = media_type_of_doc(&bytes).unwrap_or(mt);
@@ -364,8 +383,15 @@ impl ImageStore {
         }
         self.content.write_bytes(&bytes)?;
         let ((config, config_size), layers) = manifest_parts(&bytes)?;
-        if !self.content.exists(&config) {
-            self.fetch_blob(&remote, &config, config_size, None).await?;
+        match self.content.size(&config) {
+            Some(actual) => check_size(&config, config_size, actual)?,
+            None => self.fetch_blob(&remote, &config, config_size, None).await?,
+        }
+        // A blob already here must have the size this manifest gives it.
+        for (digest, _, size) in &layers {
+            if let Some(actual) = self.content.size(digest) {
+                check_size(digest, *size, actual)?;
+            }
         }
         // Downloads run in parallel; each layer is unpacked as soon as it and
         // the layers below it are in.
@@ -411,6 +437,9 @@ impl ImageStore {
             }));
         }
         let names = vec![r.full()];
+        let compressed = layers
+            .iter()
+            .fold(0u64, |sum, (_, _, s)| sum.saturating_add(*s));
         let records = self.prepare_records(
             &names,
             &manifest_digest,
@@ -438,6 +467,7 @@ impl ImageStore {
                     &Digest::parse(&l.diff_id)?,
                     &Digest::parse(&l.chain_id)?,
                     parent.as_ref(),
+                    compressed,
                 )
             })
             .await
@@ -483,13 +513,22 @@ impl ImageStore {
     ) -> Result<()> {
         self.retry(&format!("blob {digest}"), || async {
             let mut resp = remote.blob(digest).await?;
-            let mut writer = self.content.writer(digest, (size > 0).then_some(size))?;
+            let mut writer = self.content.writer(digest, Some(size))?;
             let mut last_report = 0u64;
             while let Some(chunk) = resp
                 .chunk()
                 .await
                 .map_err(|e| Error::Registry(format!("reading blob {digest}: {e}")))?
             {
+                // More than the manifest says: refused now, not when the
+                // disk is full.
+                if writer.written() + chunk.len() as u64 > size {
+                    return Err(Error::SizeMismatch {
+                        digest: digest.to_string(),
+                        expected_size: size,
+                        actual_size: writer.written() + chunk.len() as u64,
+                    });
+                }
                 writer.write_all(&chunk).map_err(|e| Error::Io {
                     context: format!("writing blob {digest}"),
                     source: e,

@@ -15,7 +15,7 @@ use crate::error::{io_path, Context};
 use crate::metadata::{ActiveRecord, ImageRecord, LayerRecord, Metadata, SnapshotRecord};
 use crate::pull::LayerDesc;
 use crate::reference::Reference;
-use crate::unpack::{self, Compression};
+use crate::unpack::{self, Bounds, Compression, UnpackLimits};
 use crate::{Error, Result};
 
 /// What the image config says about how to run the image.
@@ -104,6 +104,9 @@ pub struct StoreOptions {
     pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
     /// A docker config.json with credentials.
     pub docker_config: Option<PathBuf>,
+    /// Bounds on unpacked sizes and the free space kept (decompression
+    /// bombs); [`ImageStore::set_unpack_limits`] changes them later.
+    pub unpack_limits: UnpackLimits,
 }
 
 impl StoreOptions {
@@ -126,6 +129,7 @@ impl Default for StoreOptions {
             hosts_dir: None,
             mirrors: Default::default(),
             docker_config: None,
+            unpack_limits: UnpackLimits::default(),
         }
     }
 }
@@ -138,6 +142,33 @@ pub struct ImageStore {
     /// Serialises snapshot creation, so two pulls of images sharing layers
     /// unpack each chain once.
     pub(crate) unpack_lock: Mutex<()>,
+    unpack_limits: Mutex<UnpackLimits>,
+}
+
+/// Creates `dir` (its parents as usual) readable by root only, and makes
+/// an existing one (from an older version) so: image contents hold setuid
+/// binaries and secrets, which no other user may reach.
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).ctx(io_path(parent))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).ctx(io_path(dir)),
+    }
+    let meta = fs::metadata(dir).ctx(io_path(dir))?;
+    if !meta.is_dir() {
+        return Err(Error::Io {
+            context: dir.display().to_string(),
+            source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
+        });
+    }
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).ctx(io_path(dir))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn now() -> u64 {
@@ -149,14 +180,19 @@ pub(crate) fn now() -> u64 {
 
 impl ImageStore {
     /// Opens (creating) a store under `root`, cleaning up what a crash left.
+    /// The root, `snapshots/`, `tmp/`, the content store and the metadata
+    /// db are root-only (0700 directories, 0600 files).
     pub fn open(root: &Path, options: StoreOptions) -> Result<ImageStore> {
-        fs::create_dir_all(root.join("snapshots")).ctx(io_path(root))?;
+        private_dir(root)?;
+        private_dir(&root.join("snapshots"))?;
+        private_dir(&root.join("tmp"))?;
         let content = ContentStore::open(&root.join("content"))?;
         let meta = Metadata::open(&root.join("metadata.redb"))?;
         let store = ImageStore {
             root: root.to_owned(),
             content,
             meta,
+            unpack_limits: Mutex::new(options.unpack_limits),
             options,
             unpack_lock: Mutex::new(()),
         };
@@ -166,6 +202,36 @@ impl ImageStore {
 
     pub fn options(&self) -> &StoreOptions {
         &self.options
+    }
+
+    /// The bounds unpacking works within now.
+    pub fn unpack_limits(&self) -> UnpackLimits {
+        *self.unpack_limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the bounds on unpacked sizes and the free space kept, for
+    /// the unpacks that start from now on.
+    pub fn set_unpack_limits(&self, limits: UnpackLimits) {
+        *self.unpack_limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    /// A new snapshot directory (0700) with the given subdirectories.
+    fn create_snapshot_dir(&self, id: u64, subdirs: &[&str]) -> Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.snapshot_dir(id);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .ctx(io_path(&dir))?;
+        for sub in subdirs {
+            let mode = if *sub == "work" { 0o700 } else { 0o755 };
+            let path = dir.join(sub);
+            if let Err(e) = fs::DirBuilder::new().mode(mode).create(&path) {
+                let _ = remove_all(&dir);
+                return Err(e).ctx(io_path(&path));
+            }
+        }
+        Ok(dir)
     }
 
     fn snapshot_dir(&self, id: u64) -> PathBuf {
@@ -195,7 +261,13 @@ impl ImageStore {
 
     /// The fs directories of a chain, top first.
     fn lower_dirs(&self, chain: &str) -> Result<Vec<PathBuf>> {
+        Ok(self.chain(chain)?.0)
+    }
+
+    /// The fs directories of a chain, top first, and the bytes they hold.
+    fn chain(&self, chain: &str) -> Result<(Vec<PathBuf>, u64)> {
         let mut out = Vec::new();
+        let mut size = 0u64;
         let mut next = Some(chain.to_owned());
         while let Some(c) = next {
             let rec = self
@@ -203,13 +275,16 @@ impl ImageStore {
                 .snapshot(&c)?
                 .ok_or_else(|| Error::SnapshotNotFound(c.clone()))?;
             out.push(self.snapshot_dir(rec.id).join("fs"));
+            size = size.saturating_add(rec.size);
             next = rec.parent;
         }
-        Ok(out)
+        Ok((out, size))
     }
 
     /// Unpacks one layer blob on top of `parent` (a chain id) unless the
-    /// chain is already there. Returns the diff id.
+    /// chain is already there, within the store's [`UnpackLimits`]
+    /// (`image_compressed`: the bytes of all the image's layer blobs). A
+    /// refused layer leaves no snapshot directory and no record.
     pub(crate) fn unpack_layer(
         &self,
         layer: &Digest,
@@ -217,19 +292,41 @@ impl ImageStore {
         expected_diff: &Digest,
         chain: &Digest,
         parent: Option<&Digest>,
+        image_compressed: u64,
     ) -> Result<()> {
         let _guard = self.unpack_lock.lock().unwrap_or_else(|e| e.into_inner());
         if self.meta.snapshot(chain.as_str())?.is_some() {
             return Ok(());
         }
-        let lowers = match parent {
-            Some(p) => self.lower_dirs(p.as_str())?,
-            None => Vec::new(),
+        let (lowers, image_used) = match parent {
+            Some(p) => self.chain(p.as_str())?,
+            None => (Vec::new(), 0),
         };
+        let limits = self.unpack_limits();
+        let compressed = self
+            .content
+            .size(layer)
+            .ok_or_else(|| Error::BlobNotFound(layer.to_string()))?;
+        let bounds = Bounds {
+            layer_limit: limits.layer_limit(compressed),
+            image_limit: limits.image_limit(image_compressed.max(compressed)),
+            image_used,
+            limits,
+        };
+        // Nothing is created when the filesystem is already at its reserve.
+        let snapshots = self.root.join("snapshots");
+        let snapshots_fd = fs::File::open(&snapshots).ctx(io_path(&snapshots))?;
+        unpack::check_space(
+            std::os::fd::AsFd::as_fd(&snapshots_fd),
+            &snapshots,
+            layer.as_str(),
+            &limits,
+            0,
+        )?;
+        drop(snapshots_fd);
         let id = self.meta.next_id()?;
-        let dir = self.snapshot_dir(id);
+        let dir = self.create_snapshot_dir(id, &["fs"])?;
         let fs_dir = dir.join("fs");
-        fs::create_dir_all(&fs_dir).ctx(io_path(&fs_dir))?;
         let result = (|| {
             let mut blob = self.content.open_blob(layer)?;
             let mut head = [0u8; 4];
@@ -243,7 +340,8 @@ impl ImageStore {
             let reader = compression
                 .decoder(std::io::BufReader::with_capacity(256 * 1024, blob))
                 .ctx(|| format!("decompressing layer {layer}"))?;
-            let applied = unpack::apply_layer(reader, layer.as_str(), &fs_dir, &lowers)?;
+            let applied =
+                unpack::apply_layer_with(reader, layer.as_str(), &fs_dir, &lowers, &bounds)?;
             if &applied.diff_id != expected_diff {
                 return Err(Error::DiffIdMismatch {
                     layer: layer.to_string(),
@@ -282,6 +380,10 @@ impl ImageStore {
     ) -> Result<()> {
         let records =
             self.prepare_records(names, manifest, manifest_media_type, index, config, layers)?;
+        let compressed = records[0]
+            .layers
+            .iter()
+            .fold(0u64, |sum, l| sum.saturating_add(l.size));
         for (i, l) in records[0].layers.iter().enumerate() {
             let parent = (i > 0)
                 .then(|| Digest::parse(&records[0].layers[i - 1].chain_id))
@@ -292,6 +394,7 @@ impl ImageStore {
                 &Digest::parse(&l.diff_id)?,
                 &Digest::parse(&l.chain_id)?,
                 parent.as_ref(),
+                compressed,
             )?;
         }
         self.meta.put_images(&records)
@@ -550,10 +653,7 @@ impl ImageStore {
         })?;
         let lowerdirs = self.lower_dirs(&top.chain_id)?;
         let id = self.meta.next_id()?;
-        let dir = self.snapshot_dir(id);
-        for sub in ["fs", "work"] {
-            fs::create_dir_all(dir.join(sub)).ctx(io_path(&dir))?;
-        }
+        let dir = self.create_snapshot_dir(id, &["fs", "work"])?;
         self.meta.put_active(
             key,
             &ActiveRecord {
@@ -640,10 +740,8 @@ pub(crate) fn remove_all(path: &Path) -> Result<()> {
 
 /// The diff ids from an image config.
 pub(crate) fn diff_ids(config: &[u8]) -> Result<Vec<Digest>> {
-    let v: serde_json::Value = serde_json::from_slice(config).map_err(|e| Error::Parse {
-        what: "image config".into(),
-        message: e.to_string(),
-    })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(config).map_err(|e| crate::error::json_error("image config", &e))?;
     v["rootfs"]["diff_ids"]
         .as_array()
         .ok_or_else(|| Error::Parse {
@@ -656,10 +754,8 @@ pub(crate) fn diff_ids(config: &[u8]) -> Result<Vec<Digest>> {
 }
 
 pub(crate) fn parse_config(bytes: &[u8]) -> Result<ImageConfig> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::Parse {
-        what: "image config".into(),
-        message: e.to_string(),
-    })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| crate::error::json_error("image config", &e))?;
     let c = &v["config"];
     let strings = |x: &serde_json::Value| -> Vec<String> {
         x.as_array()

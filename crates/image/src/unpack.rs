@@ -7,6 +7,12 @@
 //! an entry with `..`, an absolute path, a path through a symlink (planted
 //! by this layer or a lower one) or a hardlink leaving the layer is refused
 //! with an error naming it, before anything is written for it.
+//!
+//! What a layer writes is bounded (decompression bombs): the bytes of its
+//! files (the sizes their headers declare, sparse files at their apparent
+//! size) are counted against a per-layer and a per-image limit before each
+//! file is written, and the filesystem's free space is checked (statvfs)
+//! before and while unpacking, so a layer never takes it below a reserve.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -23,6 +29,132 @@ use crate::{Error, Result};
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// The smallest default unpacked-size limit, per layer and per image.
+pub const DEFAULT_MIN_UNPACK_LIMIT: u64 = 50 << 30;
+/// The default limit is this many times the compressed size, when larger.
+pub const DEFAULT_EXPANSION_FACTOR: u64 = 8;
+/// The default reserve is this share of the filesystem (1/20), at most
+/// [`DEFAULT_MAX_RESERVE`].
+const DEFAULT_RESERVE_DIVISOR: u64 = 20;
+pub const DEFAULT_MAX_RESERVE: u64 = 1 << 30;
+
+/// Bounds on unpacking, set on the image store. `None` means the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Bytes of file contents one layer may unpack to. Default:
+    /// max(8 × the layer's compressed size, 50 GiB).
+    pub layer_bytes: Option<u64>,
+    /// Bytes of file contents all the layers of one image may unpack to.
+    /// Default: max(8 × the image's compressed size, 50 GiB).
+    pub image_bytes: Option<u64>,
+    /// Bytes unpacking leaves free on the store's filesystem. Default:
+    /// 5% of the filesystem, at most 1 GiB.
+    pub reserve_bytes: Option<u64>,
+}
+
+fn default_limit(compressed: u64) -> u64 {
+    compressed
+        .saturating_mul(DEFAULT_EXPANSION_FACTOR)
+        .max(DEFAULT_MIN_UNPACK_LIMIT)
+}
+
+impl UnpackLimits {
+    /// The limit for one layer of `compressed` bytes.
+    pub fn layer_limit(&self, compressed: u64) -> u64 {
+        self.layer_bytes
+            .unwrap_or_else(|| default_limit(compressed))
+    }
+
+    /// The limit for an image of `compressed` bytes of layers.
+    pub fn image_limit(&self, compressed: u64) -> u64 {
+        self.image_bytes
+            .unwrap_or_else(|| default_limit(compressed))
+    }
+
+    /// The free bytes to keep on a filesystem of `fs_bytes`.
+    pub fn reserve(&self, fs_bytes: u64) -> u64 {
+        self.reserve_bytes
+            .unwrap_or_else(|| (fs_bytes / DEFAULT_RESERVE_DIVISOR).min(DEFAULT_MAX_RESERVE))
+    }
+}
+
+/// What one layer may write, as [`apply_layer_with`] enforces it.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    /// Bytes of file contents this layer may write.
+    pub layer_limit: u64,
+    /// Bytes of file contents the whole image may hold.
+    pub image_limit: u64,
+    /// Bytes the layers below this one already hold.
+    pub image_used: u64,
+    /// How much free space to keep (the reserve of [`UnpackLimits`]).
+    pub limits: UnpackLimits,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            layer_limit: DEFAULT_MIN_UNPACK_LIMIT,
+            image_limit: DEFAULT_MIN_UNPACK_LIMIT,
+            image_used: 0,
+            limits: UnpackLimits::default(),
+        }
+    }
+}
+
+/// Free and total bytes of the filesystem holding `fd` (for unprivileged
+/// users: root may dip into the blocks reserved for it, unpacking may not).
+pub(crate) fn fs_space(fd: BorrowedFd<'_>) -> rustix::io::Result<(u64, u64)> {
+    let st = rustix::fs::fstatvfs(fd)?;
+    let frsize = st.f_frsize.max(1);
+    Ok((
+        st.f_bavail.saturating_mul(frsize),
+        st.f_blocks.saturating_mul(frsize),
+    ))
+}
+
+/// Refuses to go on when the filesystem of `fd` has less than the reserve
+/// plus `needed` bytes free.
+pub(crate) fn check_space(
+    fd: BorrowedFd<'_>,
+    path: &Path,
+    layer: &str,
+    limits: &UnpackLimits,
+    needed: u64,
+) -> Result<(u64, u64)> {
+    let (free, total) = fs_space(fd).map_err(|e| Error::Io {
+        context: format!("statvfs of {}", path.display()),
+        source: e.into(),
+    })?;
+    let reserve = limits.reserve(total);
+    if free < reserve.saturating_add(needed) {
+        return Err(Error::NoSpace {
+            layer: layer.to_owned(),
+            path: path.display().to_string(),
+            available: free,
+            needed,
+            reserve,
+        });
+    }
+    Ok((free, reserve))
+}
+
+/// Free space is looked at again after this many bytes were written, or
+/// this close to the reserve.
+const SPACE_RECHECK_BYTES: u64 = 64 << 20;
+/// ... or after this many entries (directories and inodes take space too).
+const SPACE_RECHECK_ENTRIES: u64 = 4096;
+
+/// The free space of the snapshot's filesystem, as last seen and since.
+struct Space {
+    upper: PathBuf,
+    reserve: u64,
+    /// Free bytes at the last statvfs, minus what was charged since.
+    free: u64,
+    bytes_since: u64,
+    entries_since: u64,
+}
 
 /// What applying a layer produced.
 #[derive(Debug, Clone)]
@@ -81,14 +213,14 @@ impl Compression {
 /// One path inside the snapshot, as clean components.
 type Components = Vec<OsString>;
 
-fn beneath() -> ResolveFlags {
+pub(crate) fn beneath() -> ResolveFlags {
     ResolveFlags::BENEATH
         | ResolveFlags::NO_SYMLINKS
         | ResolveFlags::NO_MAGICLINKS
         | ResolveFlags::NO_XDEV
 }
 
-fn rel_path(components: &[OsString]) -> PathBuf {
+pub(crate) fn rel_path(components: &[OsString]) -> PathBuf {
     if components.is_empty() {
         PathBuf::from(".")
     } else {
@@ -97,7 +229,7 @@ fn rel_path(components: &[OsString]) -> PathBuf {
 }
 
 /// A tar entry name to clean components; refuses absolute paths and `..`.
-fn clean(raw: &[u8]) -> std::result::Result<Components, &'static str> {
+pub(crate) fn clean(raw: &[u8]) -> std::result::Result<Components, &'static str> {
     // "/" alone is the layer root (umoci writes it); any other absolute
     // name tries to reach outside the snapshot.
     if raw.first() == Some(&b'/') && raw.iter().any(|b| *b != b'/') {
@@ -134,6 +266,8 @@ struct Applier<'a> {
     dir_times: Vec<(Components, i64)>,
     size: u64,
     inodes: u64,
+    bounds: Bounds,
+    space: Space,
 }
 
 fn is_whiteout(st: &rustix::fs::Stat) -> bool {
@@ -158,6 +292,66 @@ impl Applier<'_> {
             ),
             source: e.into(),
         }
+    }
+
+    /// Counts `bytes` of file contents against the limits and the free
+    /// space, before they are written.
+    fn charge(&mut self, entry: &[u8], bytes: u64) -> Result<()> {
+        let entry_name = || String::from_utf8_lossy(entry).into_owned();
+        let size = self.size.saturating_add(bytes);
+        if size > self.bounds.layer_limit {
+            return Err(Error::UnpackLimit {
+                layer: self.layer.clone(),
+                entry: entry_name(),
+                scope: "per-layer",
+                size,
+                limit: self.bounds.layer_limit,
+            });
+        }
+        let image = self.bounds.image_used.saturating_add(size);
+        if image > self.bounds.image_limit {
+            return Err(Error::UnpackLimit {
+                layer: self.layer.clone(),
+                entry: entry_name(),
+                scope: "per-image",
+                size: image,
+                limit: self.bounds.image_limit,
+            });
+        }
+        self.reserve_space(bytes)
+    }
+
+    /// Checks that `bytes` more leave the reserve free; statvfs is called
+    /// again every so many bytes or entries, and whenever the estimate
+    /// comes close to the reserve (others write to the filesystem too).
+    fn reserve_space(&mut self, bytes: u64) -> Result<()> {
+        let s = &mut self.space;
+        s.entries_since += 1;
+        let near = s.free.saturating_sub(bytes) < s.reserve.saturating_add(SPACE_RECHECK_BYTES);
+        if near
+            || s.bytes_since.saturating_add(bytes) >= SPACE_RECHECK_BYTES
+            || s.entries_since >= SPACE_RECHECK_ENTRIES
+        {
+            let (free, _) = fs_space(self.root.as_fd()).map_err(|e| Error::Io {
+                context: format!("statvfs of {}", s.upper.display()),
+                source: e.into(),
+            })?;
+            s.free = free;
+            s.bytes_since = 0;
+            s.entries_since = 0;
+        }
+        if s.free < s.reserve.saturating_add(bytes) {
+            return Err(Error::NoSpace {
+                layer: self.layer.clone(),
+                path: s.upper.display().to_string(),
+                available: s.free,
+                needed: bytes,
+                reserve: s.reserve,
+            });
+        }
+        s.free -= bytes;
+        s.bytes_since += bytes;
+        Ok(())
     }
 
     /// The merged lower view of `path` (top layer first), honouring
@@ -358,6 +552,16 @@ impl Applier<'_> {
         let uid = header.uid().unwrap_or(0) as u32;
         let gid = header.gid().unwrap_or(0) as u32;
         let mtime = header.mtime().unwrap_or(0) as i64;
+        // File contents are counted at the size the header declares (the
+        // apparent size of a sparse file) before anything is written.
+        if matches!(
+            kind,
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse
+        ) {
+            self.charge(&raw, e.size())?;
+        } else {
+            self.reserve_space(0)?;
+        }
         let xattrs = pax_xattrs(&mut e);
 
         let Some((name, parents)) = components.split_last() else {
@@ -580,6 +784,7 @@ impl Applier<'_> {
         let mut src =
             File::open(&path).map_err(|e| self.io(entry, "opening a lower file to copy up", e))?;
         let meta = src.metadata().map_err(|e| self.io(entry, "stat", e))?;
+        self.charge(entry, meta.len())?;
         let fd = rustix::fs::openat(
             &parent,
             name.as_os_str(),
@@ -704,7 +909,7 @@ fn pax_xattrs<R: Read>(e: &mut tar::Entry<'_, R>) -> Vec<(String, Vec<u8>)> {
 }
 
 /// rm -rf of a directory's contents, without following symlinks.
-fn remove_tree(dir: OwnedFd) -> rustix::io::Result<()> {
+pub(crate) fn remove_tree(dir: OwnedFd) -> rustix::io::Result<()> {
     let mut entries = Vec::new();
     for entry in rustix::fs::Dir::read_from(&dir)? {
         let entry = entry?;
@@ -758,12 +963,26 @@ impl<R: Read> Read for PadAtEof<R> {
 }
 
 /// Applies the tar stream `reader` (already decompressed) into the empty
-/// directory `upper`, with `lowers` (top first) as the layers below.
+/// directory `upper`, with `lowers` (top first) as the layers below, with
+/// the default [`Bounds`].
 pub fn apply_layer(
     reader: impl Read,
     layer: &str,
     upper: &Path,
     lowers: &[PathBuf],
+) -> Result<Applied> {
+    apply_layer_with(reader, layer, upper, lowers, &Bounds::default())
+}
+
+/// [`apply_layer`] within `bounds`: a layer that would unpack to more, or
+/// take the filesystem below its reserve, is refused with an error naming
+/// it (what it wrote is left for the caller to remove).
+pub fn apply_layer_with(
+    reader: impl Read,
+    layer: &str,
+    upper: &Path,
+    lowers: &[PathBuf],
+    bounds: &Bounds,
 ) -> Result<Applied> {
     let root = rustix::fs::open(
         upper,
@@ -774,6 +993,7 @@ pub fn apply_layer(
         context: format!("opening snapshot {}", upper.display()),
         source: e.into(),
     })?;
+    let (free, reserve) = check_space(root.as_fd(), upper, layer, &bounds.limits, 0)?;
     let mut hashed = HashReader::new(reader);
     let mut applier = Applier {
         layer: layer.to_owned(),
@@ -783,6 +1003,14 @@ pub fn apply_layer(
         dir_times: Vec::new(),
         size: 0,
         inodes: 0,
+        bounds: bounds.clone(),
+        space: Space {
+            upper: upper.to_owned(),
+            reserve,
+            free,
+            bytes_since: 0,
+            entries_since: 0,
+        },
     };
     {
         let padded = PadAtEof {
