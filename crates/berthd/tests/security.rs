@@ -435,3 +435,43 @@ async fn recursive_read_only_is_enforced_or_refused() {
     d.remove_pod(&pod).await;
     let _ = host(&["umount", tree.join("sub").to_str().unwrap()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpack_limits_from_berth_toml_stop_a_pull() {
+    let d = Berthd::start_with("unpack", "[unpack]\nmax_layer_bytes = 4096\n");
+    let err = d
+        .image_client()
+        .await
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: images().busybox.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a layer above max_layer_bytes was unpacked");
+    assert!(err.message().contains("4096"), "{err}");
+    // Nothing of the refused image stays: no image, no snapshot.
+    let listed = d
+        .image_client()
+        .await
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(listed.is_empty(), "{listed:?}");
+    let snapshots = d.root.join("images/snapshots");
+    assert!(
+        snapshots.is_dir(),
+        "{} is not the store's",
+        snapshots.display()
+    );
+    let left: Vec<_> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -39,6 +39,19 @@ pub struct Config {
     /// Where shims find the shim binaries, in front of PATH.
     pub shim_dirs: Vec<PathBuf>,
     pub registry: RegistryConfig,
+    /// Bounds on what a pulled image may unpack to (decompression bombs).
+    pub unpack: UnpackConfig,
+}
+
+/// `[unpack]` in berth.toml: absent values take the image store's defaults
+/// (per layer and per image max(8 × compressed size, 50 GiB); 5% of the
+/// filesystem, at most 1 GiB, left free).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnpackConfig {
+    pub max_layer_bytes: Option<u64>,
+    pub max_image_bytes: Option<u64>,
+    pub reserve_bytes: Option<u64>,
 }
 
 /// Registry hosts and credentials, as containerd's CRI plugin configures
@@ -215,6 +228,7 @@ impl Default for Config {
             shm_size: 64 * 1024 * 1024,
             shim_dirs: Vec::new(),
             registry: RegistryConfig::default(),
+            unpack: UnpackConfig::default(),
         }
     }
 }

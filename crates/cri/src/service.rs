@@ -110,6 +110,11 @@ impl Cri {
                 .map(|(k, m)| (k.clone(), m.endpoint.clone()))
                 .collect(),
             docker_config: config.registry.docker_config.clone(),
+            unpack_limits: berth_image::UnpackLimits {
+                layer_bytes: config.unpack.max_layer_bytes,
+                image_bytes: config.unpack.max_image_bytes,
+                reserve_bytes: config.unpack.reserve_bytes,
+            },
             ..Default::default()
         };
         // Broken hosts files are reported now and on the pulls they affect;
