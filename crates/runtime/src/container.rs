@@ -748,8 +748,8 @@ impl Runtime {
             cgroups.clone()
         };
         let ns_guard = ChildNsGuard::enter(&plan, None)?;
-        let (child, in_unified) = clone_into_cgroups(0, &setup_cgroups)
-            .ctx(|| "forking the exec process".into())?;
+        let (child, in_unified) =
+            clone_into_cgroups(0, &setup_cgroups).ctx(|| "forking the exec process".into())?;
         let Some(pid) = child else {
             std::mem::forget(ns_guard);
             drop(parent_end);
