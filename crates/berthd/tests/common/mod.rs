@@ -139,11 +139,8 @@ impl Berthd {
     /// its arguments (berthd's path and flags follow the wrapper's words).
     pub fn start_wrapped(name: &str, extra_config: &str, wrapper: &[&str]) -> Berthd {
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "berthd tests run real pods and need root"
-        );
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "berthd tests run real pods and need root");
         shim_binary();
         let name = unique(name);
         let dir = PathBuf::from("/tmp").join(format!("bd-{name}"));
