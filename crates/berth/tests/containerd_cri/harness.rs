@@ -472,6 +472,28 @@ impl Client {
         .map(drop)
     }
 
+    /// The container's state, exit code and reason (OOMKilled, Completed, Error).
+    pub fn container_exit(&self, id: &str) -> Result<(cri::ContainerState, i32, String), RpcError> {
+        let mut rs = self.rs.clone();
+        let req = cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        };
+        self.call(
+            "ContainerStatus",
+            async move { rs.container_status(req).await },
+        )
+        .map(|r| {
+            let s = r.status.unwrap_or_default();
+            (
+                cri::ContainerState::try_from(s.state)
+                    .unwrap_or(cri::ContainerState::ContainerUnknown),
+                s.exit_code,
+                s.reason,
+            )
+        })
+    }
+
     pub fn container_state(&self, id: &str) -> Result<(cri::ContainerState, i32), RpcError> {
         let mut rs = self.rs.clone();
         let req = cri::ContainerStatusRequest {

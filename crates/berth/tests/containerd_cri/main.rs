@@ -3,7 +3,8 @@
 //! a node swaps runc for berth. A pod's whole life through the CRI, as the
 //! kubelet drives it: RunPodSandbox (host network; the sandbox process is a
 //! busybox sleep from an image built here), a container that runs, one
-//! that exits at once, ExecSync, StopPodSandbox, RemovePodSandbox. Each
+//! that exits at once, one OOM-killed by its memory limit (OOMKilled, 137),
+//! ExecSync, one stopped by SIGTERM, StopPodSandbox, RemovePodSandbox. Each
 //! request must answer within a few seconds, and afterwards nothing of the
 //! pod may be left: no shim, no sandbox or container process, no mount, no
 //! cgroup, no runtime state. The same life runs with runc as `BinaryName`
@@ -116,6 +117,31 @@ fn lifecycle(cri: &Cri, handler: &str, round: usize) -> Vec<(&'static str, Durat
     );
     if code != 3 {
         fail("ExecSync", &format!("exit {code}, want 3"));
+    }
+
+    // One that outgrows its memory limit: the kernel kills it, containerd
+    // reports OOMKilled with exit code 137.
+    let mut oom_config = cri.container_config("oom", &["tail", "/dev/zero"]);
+    if let Some(linux) = oom_config.linux.as_mut() {
+        linux.resources = Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            memory_swap_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        });
+    }
+    let oom = timed!(
+        "CreateContainer (oom)",
+        client.create_container(&pod, &oom_config, &pod_config)
+    );
+    timed!("StartContainer (oom)", client.start_container(&oom));
+    if let Some(e) = wait_for(LIMIT, || match client.container_exit(&oom) {
+        Ok((cri::ContainerState::ContainerExited, 137, reason)) if reason == "OOMKilled" => None,
+        other => Some(format!("{other:?}")),
+    }) {
+        fail(
+            "the container over its memory limit",
+            &format!("not OOMKilled: {e}"),
+        );
     }
 
     // A container stopped on its own first, as the kubelet does: SIGTERM,
