@@ -592,6 +592,10 @@ async fn resources_land_in_the_cgroup_and_update() {
         r.cpu_period = 100_000;
         r.cpu_quota = 50_000;
         r.cpuset_cpus = "0".into();
+        r.hugepage_limits = vec![cri::HugepageLimit {
+            page_size: "2MB".into(),
+            limit: 4 << 20,
+        }];
     }
     let c = d.run_container(&pod, &pod_cfg, &cfg).await;
     let cg = d.container_cgroup(&c);
@@ -614,6 +618,8 @@ async fn resources_land_in_the_cgroup_and_update() {
     assert_eq!(file("cpu", "cpu.cfs_period_us"), "100000");
     assert_eq!(file("cpu", "cpu.cfs_quota_us"), "50000");
     assert_eq!(file("cpuset", "cpuset.cpus"), "0");
+    // This host's hugetlb controller is in the cgroup2 part of its layout.
+    assert_eq!(file("unified", "hugetlb.2MB.max"), (4u64 << 20).to_string());
 
     let mut rt = d.runtime().await;
     let update = cri::LinuxContainerResources {
@@ -622,6 +628,10 @@ async fn resources_land_in_the_cgroup_and_update() {
         cpu_shares: 1024,
         cpu_period: 100_000,
         cpu_quota: 20_000,
+        hugepage_limits: vec![cri::HugepageLimit {
+            page_size: "2MB".into(),
+            limit: 8 << 20,
+        }],
         ..Default::default()
     };
     rt.update_container_resources(cri::UpdateContainerResourcesRequest {
@@ -641,6 +651,8 @@ async fn resources_land_in_the_cgroup_and_update() {
     );
     assert_eq!(file("cpu", "cpu.shares"), "1024");
     assert_eq!(file("cpu", "cpu.cfs_quota_us"), "20000");
+    // UpdateContainerResources dropped hugepage limits once.
+    assert_eq!(file("unified", "hugetlb.2MB.max"), (8u64 << 20).to_string());
     let s = d.status(&c).await;
     let r = s.resources.unwrap().linux.unwrap();
     assert_eq!(

@@ -1372,39 +1372,8 @@ impl Cri {
         let Some(r) = req.linux else {
             return Ok(());
         };
-        let mut res = serde_json::Map::new();
-        let mut memory = serde_json::Map::new();
-        if r.memory_limit_in_bytes > 0 {
-            memory.insert("limit".into(), json!(r.memory_limit_in_bytes));
-        }
-        if r.memory_swap_limit_in_bytes > 0 {
-            memory.insert("swap".into(), json!(r.memory_swap_limit_in_bytes));
-        }
-        if !memory.is_empty() {
-            res.insert("memory".into(), json!(memory));
-        }
-        let mut cpu = serde_json::Map::new();
-        if r.cpu_shares > 0 {
-            cpu.insert("shares".into(), json!(r.cpu_shares));
-        }
-        if r.cpu_quota != 0 {
-            cpu.insert("quota".into(), json!(r.cpu_quota));
-        }
-        if r.cpu_period > 0 {
-            cpu.insert("period".into(), json!(r.cpu_period));
-        }
-        if !r.cpuset_cpus.is_empty() {
-            cpu.insert("cpus".into(), json!(r.cpuset_cpus));
-        }
-        if !r.cpuset_mems.is_empty() {
-            cpu.insert("mems".into(), json!(r.cpuset_mems));
-        }
-        if !cpu.is_empty() {
-            res.insert("cpu".into(), json!(cpu));
-        }
-        if !r.unified.is_empty() {
-            res.insert("unified".into(), json!(r.unified));
-        }
+        // The same mapping as at creation (hugepage limits included).
+        let res = spec::oci_resources(&r);
         if c.state == ContainerState::Running || c.state == ContainerState::Created {
             let address = self.shim_address_of(&c)?;
             let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();

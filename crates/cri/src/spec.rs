@@ -480,6 +480,55 @@ pub struct BuiltSpec {
     pub user: (u32, u32, Vec<u32>),
 }
 
+/// The OCI `linux.resources` (without devices) for CRI container
+/// resources: one mapping for CreateContainer and UpdateContainerResources.
+pub fn oci_resources(r: &cri::LinuxContainerResources) -> serde_json::Map<String, Value> {
+    let mut res = serde_json::Map::new();
+    let mut memory = serde_json::Map::new();
+    if r.memory_limit_in_bytes > 0 {
+        memory.insert("limit".into(), json!(r.memory_limit_in_bytes));
+    }
+    if r.memory_swap_limit_in_bytes > 0 {
+        memory.insert("swap".into(), json!(r.memory_swap_limit_in_bytes));
+    }
+    if !memory.is_empty() {
+        res.insert("memory".into(), Value::Object(memory));
+    }
+    let mut cpu = serde_json::Map::new();
+    if r.cpu_shares > 0 {
+        cpu.insert("shares".into(), json!(r.cpu_shares));
+    }
+    if r.cpu_quota != 0 {
+        cpu.insert("quota".into(), json!(r.cpu_quota));
+    }
+    if r.cpu_period > 0 {
+        cpu.insert("period".into(), json!(r.cpu_period));
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(r.cpuset_mems));
+    }
+    if !cpu.is_empty() {
+        res.insert("cpu".into(), Value::Object(cpu));
+    }
+    if !r.hugepage_limits.is_empty() {
+        res.insert(
+            "hugepageLimits".into(),
+            json!(r
+                .hugepage_limits
+                .iter()
+                .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
+                .collect::<Vec<_>>()),
+        );
+    }
+    if !r.unified.is_empty() {
+        res.insert("unified".into(), json!(r.unified));
+    }
+    res
+}
+
 /// Builds config.json for a container.
 pub fn container_spec(input: &SpecInput) -> Result<BuiltSpec> {
     let config = input.config;
@@ -716,46 +765,9 @@ pub fn container_spec(input: &SpecInput) -> Result<BuiltSpec> {
     }
 
     // Resources.
-    let mut res = json!({"devices": device_rules});
-    let mut memory = serde_json::Map::new();
-    if resources.memory_limit_in_bytes > 0 {
-        memory.insert("limit".into(), json!(resources.memory_limit_in_bytes));
-    }
-    if resources.memory_swap_limit_in_bytes > 0 {
-        memory.insert("swap".into(), json!(resources.memory_swap_limit_in_bytes));
-    }
-    if !memory.is_empty() {
-        res["memory"] = Value::Object(memory);
-    }
-    let mut cpu = serde_json::Map::new();
-    if resources.cpu_shares > 0 {
-        cpu.insert("shares".into(), json!(resources.cpu_shares));
-    }
-    if resources.cpu_quota != 0 {
-        cpu.insert("quota".into(), json!(resources.cpu_quota));
-    }
-    if resources.cpu_period > 0 {
-        cpu.insert("period".into(), json!(resources.cpu_period));
-    }
-    if !resources.cpuset_cpus.is_empty() {
-        cpu.insert("cpus".into(), json!(resources.cpuset_cpus));
-    }
-    if !resources.cpuset_mems.is_empty() {
-        cpu.insert("mems".into(), json!(resources.cpuset_mems));
-    }
-    if !cpu.is_empty() {
-        res["cpu"] = Value::Object(cpu);
-    }
-    if !resources.hugepage_limits.is_empty() {
-        res["hugepageLimits"] = json!(resources
-            .hugepage_limits
-            .iter()
-            .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
-            .collect::<Vec<_>>());
-    }
-    if !resources.unified.is_empty() {
-        res["unified"] = json!(resources.unified);
-    }
+    let mut res = oci_resources(&resources);
+    res.insert("devices".into(), json!(device_rules));
+    let res = Value::Object(res);
 
     let cgroup_parent = if pod.cgroup_parent.is_empty() {
         "/berth".to_owned()
