@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    berth_runtime::spec::check_config_bytes(data);
+    berth_runtime::check_config_bytes(data);
 });

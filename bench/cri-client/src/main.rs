@@ -1,4 +1,5 @@
-//! berth-cri-bench: the CRI v1 client of `bench/cri-pod-start`.
+//! berth-cri-bench: the CRI v1 client of `bench/cri-pod-start` and
+//! `bench/cri-stream-net`.
 //!
 //! One client for every daemon measured, so that both sides see exactly the
 //! same requests, the same gRPC stack (tonic over one HTTP/2 connection on
@@ -8,8 +9,12 @@
 //! berth-cri-bench --socket PATH version
 //! berth-cri-bench --socket PATH pull IMAGE...
 //! berth-cri-bench --socket PATH run --pods N --image REF --tag TAG
-//!     --cgroup-parent CG --log-dir DIR [--ids-file FILE] [--hold]
+//!     --cgroup-parent CG --log-dir DIR [--ids-file FILE] [--hold] [--pod-network]
 //! berth-cri-bench --socket PATH cleanup --tag TAG
+//! berth-cri-bench --socket PATH up --name NAME --image REF --tag TAG
+//!     --cgroup-parent CG --log-dir DIR [--ids-file FILE] [--port PORT]
+//! berth-cri-bench --socket PATH stream --pod ID --container ID [--port PORT]
+//!     [--order KIND,...] [--rtts N] [--payload BYTES] [--check]
 //! ```
 //!
 //! `run` starts N pods at once, each RunPodSandbox -> CreateContainer ->
@@ -30,11 +35,21 @@
 //! removes whatever carries it (for the caller's cleanup after a failure).
 //! `--ids-file` gets a line `pod ID` / `container ID` as soon as one is
 //! created, so the caller can find the runtime's leftovers by id.
+//!
+//! `--pod-network` gives the pods of `run` the pod network (namespace mode
+//! POD, i.e. CNI, and the pod's name as hostname, as kubelet does for a pod
+//! without hostNetwork) instead of the host's, and its check also wants an
+//! IP in PodSandboxStatus. `up` and `stream` are the streaming benchmark's
+//! (see the `stream` module).
+
+mod opts;
+mod stream;
+mod transport;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,97 +61,12 @@ use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-const USAGE: &str = "usage: berth-cri-bench --socket PATH [--rpc-timeout SECONDS] \
-(version | pull IMAGE... | run --pods N --image REF --tag TAG --cgroup-parent CG \
---log-dir DIR [--ids-file FILE] [--hold] | cleanup --tag TAG)";
+use opts::{parse, Opts, USAGE};
 
 const LABEL: &str = "berth-bench";
 const CONTAINER_NAME: &str = "sleep";
 
 type Runtime = RuntimeServiceClient<Channel>;
-
-struct Opts {
-    socket: PathBuf,
-    rpc_timeout: Duration,
-    command: String,
-    args: Vec<String>,
-    pods: usize,
-    image: String,
-    tag: String,
-    cgroup_parent: String,
-    log_dir: PathBuf,
-    ids_file: Option<PathBuf>,
-    hold: bool,
-}
-
-fn parse() -> Result<Opts, String> {
-    let mut o = Opts {
-        socket: PathBuf::new(),
-        rpc_timeout: Duration::from_secs(120),
-        command: String::new(),
-        args: Vec::new(),
-        pods: 1,
-        image: String::new(),
-        tag: String::new(),
-        cgroup_parent: String::new(),
-        log_dir: PathBuf::new(),
-        ids_file: None,
-        hold: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match a.as_str() {
-            "--socket" => o.socket = value("--socket")?.into(),
-            "--rpc-timeout" => {
-                let s: u64 = value("--rpc-timeout")?
-                    .parse()
-                    .map_err(|e| format!("--rpc-timeout: {e}"))?;
-                o.rpc_timeout = Duration::from_secs(s);
-            }
-            "--pods" => {
-                o.pods = value("--pods")?
-                    .parse()
-                    .map_err(|e| format!("--pods: {e}"))?
-            }
-            "--image" => o.image = value("--image")?,
-            "--tag" => o.tag = value("--tag")?,
-            "--cgroup-parent" => o.cgroup_parent = value("--cgroup-parent")?,
-            "--log-dir" => o.log_dir = value("--log-dir")?.into(),
-            "--ids-file" => o.ids_file = Some(value("--ids-file")?.into()),
-            "--hold" => o.hold = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            s if s.starts_with('-') => return Err(format!("unknown flag {s}")),
-            _ if o.command.is_empty() => o.command = a,
-            _ => o.args.push(a),
-        }
-    }
-    if o.socket.as_os_str().is_empty() || o.command.is_empty() {
-        return Err("--socket and a command are required".into());
-    }
-    match o.command.as_str() {
-        "run" => {
-            if o.pods == 0
-                || o.image.is_empty()
-                || o.tag.is_empty()
-                || o.cgroup_parent.is_empty()
-                || o.log_dir.as_os_str().is_empty()
-            {
-                return Err(
-                    "run needs --pods >= 1, --image, --tag, --cgroup-parent, --log-dir".into(),
-                );
-            }
-        }
-        "cleanup" if o.tag.is_empty() => return Err("cleanup needs --tag".into()),
-        "pull" if o.args.is_empty() => return Err("pull needs an image".into()),
-        "version" | "pull" | "cleanup" => {}
-        c => return Err(format!("unknown command {c}")),
-    }
-    Ok(o)
-}
 
 async fn connect(socket: &Path) -> Result<Channel, String> {
     let path = socket.to_path_buf();
@@ -154,7 +84,7 @@ async fn connect(socket: &Path) -> Result<Channel, String> {
 }
 
 /// One RPC with a client-side deadline; Err is "RPC: code: message".
-async fn rpc<T>(
+pub(crate) async fn rpc<T>(
     name: &str,
     limit: Duration,
     f: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -169,13 +99,21 @@ async fn rpc<T>(
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn namespaces() -> cri::NamespaceOption {
+/// kubelet's namespaces for a pod: the host's network for a hostNetwork
+/// pod, else the pod's own (CNI); a PID namespace per container; one IPC
+/// namespace per pod.
+fn namespaces(pod_network: bool) -> cri::NamespaceOption {
+    let network = if pod_network {
+        cri::NamespaceMode::Pod
+    } else {
+        cri::NamespaceMode::Node
+    };
     cri::NamespaceOption {
-        network: cri::NamespaceMode::Node as i32,
+        network: network as i32,
         pid: cri::NamespaceMode::Container as i32,
         ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
@@ -186,11 +124,13 @@ fn labels(tag: &str) -> HashMap<String, String> {
     HashMap::from([(LABEL.to_owned(), tag.to_owned())])
 }
 
-/// What kubelet would send for a host-network pod (minus DNS and ports).
-fn pod_config(o: &Opts, index: usize) -> cri::PodSandboxConfig {
-    let name = format!("{}-{index}", o.tag);
+/// What kubelet would send for a pod (minus DNS and ports): on the host's
+/// network, or with `pod_network` on the pod network (the pod's name as
+/// its hostname).
+pub(crate) fn pod_config(o: &Opts, suffix: &str, pod_network: bool) -> cri::PodSandboxConfig {
+    let name = format!("{}-{suffix}", o.tag);
     let namespace = o.tag.clone();
-    let uid = format!("{}-uid-{index}", o.tag);
+    let uid = format!("{}-uid-{suffix}", o.tag);
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.clone(),
@@ -198,7 +138,11 @@ fn pod_config(o: &Opts, index: usize) -> cri::PodSandboxConfig {
             uid: uid.clone(),
             attempt: 0,
         }),
-        hostname: String::new(),
+        hostname: if pod_network {
+            name.clone()
+        } else {
+            String::new()
+        },
         // kubelet's /var/log/pods/<namespace>_<name>_<uid>
         log_directory: o
             .log_dir
@@ -209,7 +153,7 @@ fn pod_config(o: &Opts, index: usize) -> cri::PodSandboxConfig {
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: o.cgroup_parent.clone(),
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(namespaces()),
+                namespace_options: Some(namespaces(pod_network)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -218,22 +162,28 @@ fn pod_config(o: &Opts, index: usize) -> cri::PodSandboxConfig {
     }
 }
 
-fn container_config(o: &Opts) -> cri::ContainerConfig {
+/// A busybox container `name` running `command` (log `<name>/0.log`).
+pub(crate) fn container_config(
+    o: &Opts,
+    name: &str,
+    command: &[&str],
+    pod_network: bool,
+) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
-            name: CONTAINER_NAME.into(),
+            name: name.into(),
             attempt: 0,
         }),
         image: Some(cri::ImageSpec {
             image: o.image.clone(),
             ..Default::default()
         }),
-        command: vec!["sleep".into(), "3600".into()],
-        log_path: format!("{CONTAINER_NAME}/0.log"),
+        command: command.iter().map(|c| c.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
         labels: labels(&o.tag),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(namespaces()),
+                namespace_options: Some(namespaces(pod_network)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -242,10 +192,10 @@ fn container_config(o: &Opts) -> cri::ContainerConfig {
     }
 }
 
-struct IdsFile(Option<Mutex<std::fs::File>>);
+pub(crate) struct IdsFile(Option<Mutex<std::fs::File>>);
 
 impl IdsFile {
-    fn open(path: Option<&Path>) -> Result<IdsFile, String> {
+    pub(crate) fn open(path: Option<&Path>) -> Result<IdsFile, String> {
         let Some(p) = path else {
             return Ok(IdsFile(None));
         };
@@ -257,7 +207,7 @@ impl IdsFile {
         Ok(IdsFile(Some(Mutex::new(f))))
     }
 
-    fn record(&self, kind: &str, id: &str) {
+    pub(crate) fn record(&self, kind: &str, id: &str) {
         if let Some(f) = &self.0 {
             let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
             let _ = writeln!(f, "{kind} {id}");
@@ -272,6 +222,8 @@ struct PodRun {
     sandbox_id: Option<String>,
     container_id: Option<String>,
     started: bool,
+    /// The pod's IP (PodSandboxStatus), once checked.
+    ip: String,
     times: serde_json::Map<String, Value>,
     errors: Vec<String>,
 }
@@ -284,7 +236,7 @@ async fn start_pod(
     index: usize,
     t0: Instant,
 ) -> PodRun {
-    let config = pod_config(&o, index);
+    let config = pod_config(&o, &index.to_string(), o.pod_network);
     let mut run = PodRun {
         name: config.metadata.as_ref().unwrap().name.clone(),
         ..Default::default()
@@ -297,7 +249,7 @@ async fn start_pod(
             .push(format!("creating {}: {e}", log_dir.display()));
         return run;
     }
-    let cconfig = container_config(&o);
+    let cconfig = container_config(&o, CONTAINER_NAME, &["sleep", "3600"], o.pod_network);
     let begin = Instant::now();
     run.times
         .insert("spawn_delay_ms".into(), json!(ms(begin - t0)));
@@ -371,10 +323,16 @@ async fn start_pod(
     run
 }
 
-/// Untimed: the pod is ready and its container running.
-async fn check_pod(mut rt: Runtime, limit: Duration, run: &PodRun) -> Result<(), String> {
+/// Untimed: the pod is ready (with an IP if `want_ip`) and its container
+/// running; the pod's IP ("" for none).
+async fn check_pod(
+    mut rt: Runtime,
+    limit: Duration,
+    run: &PodRun,
+    want_ip: bool,
+) -> Result<String, String> {
     let (Some(sid), Some(cid)) = (&run.sandbox_id, &run.container_id) else {
-        return Ok(());
+        return Ok(String::new());
     };
     let s = rpc(
         "PodSandboxStatus",
@@ -391,11 +349,37 @@ async fn check_pod(mut rt: Runtime, limit: Duration, run: &PodRun) -> Result<(),
             "PodSandboxStatus of {sid}: state {state}, not SANDBOX_READY"
         ));
     }
+    let ip = pod_ip(&s);
+    if want_ip && ip.is_empty() {
+        return Err(format!(
+            "PodSandboxStatus of {sid}: no IP (network {:?})",
+            s.status.and_then(|s| s.network)
+        ));
+    }
+    check_container(&mut rt, limit, cid).await?;
+    Ok(ip)
+}
+
+/// The pod's IP in a PodSandboxStatus ("" for none).
+pub(crate) fn pod_ip(s: &cri::PodSandboxStatusResponse) -> String {
+    s.status
+        .as_ref()
+        .and_then(|s| s.network.as_ref())
+        .map(|n| n.ip.clone())
+        .unwrap_or_default()
+}
+
+/// Untimed: the container is CONTAINER_RUNNING.
+pub(crate) async fn check_container(
+    rt: &mut Runtime,
+    limit: Duration,
+    cid: &str,
+) -> Result<(), String> {
     let c = rpc(
         "ContainerStatus",
         limit,
         rt.container_status(cri::ContainerStatusRequest {
-            container_id: cid.clone(),
+            container_id: cid.to_owned(),
             verbose: false,
         }),
     )
@@ -413,7 +397,7 @@ async fn check_pod(mut rt: Runtime, limit: Duration, run: &PodRun) -> Result<(),
 
 /// StopContainer -> RemoveContainer -> StopPodSandbox -> RemovePodSandbox,
 /// each step tried even when an earlier one failed.
-async fn teardown_pod(
+pub(crate) async fn teardown_pod(
     mut rt: Runtime,
     limit: Duration,
     sandbox_id: Option<String>,
@@ -522,12 +506,13 @@ async fn cmd_run(o: Opts, channel: Channel) -> Result<bool, String> {
                     container_id: r.container_id.clone(),
                     ..Default::default()
                 };
-                tokio::spawn(async move { check_pod(rt, limit, &r).await })
+                let want_ip = o.pod_network;
+                tokio::spawn(async move { check_pod(rt, limit, &r, want_ip).await })
             })
             .collect();
         for (run, c) in runs.iter_mut().zip(checks) {
             match c.await {
-                Ok(Ok(())) => {}
+                Ok(Ok(ip)) => run.ip = ip,
                 Ok(Err(e)) => run.errors.push(e),
                 Err(e) => run.errors.push(format!("check task panicked: {e}")),
             }
@@ -584,6 +569,7 @@ async fn cmd_run(o: Opts, channel: Channel) -> Result<bool, String> {
             m.insert("sandbox_id".into(), json!(r.sandbox_id));
             m.insert("container_id".into(), json!(r.container_id));
             m.insert("started".into(), json!(r.started));
+            m.insert("ip".into(), json!(r.ip));
             Value::Object(m)
         })
         .collect();
@@ -743,6 +729,21 @@ async fn cmd_cleanup(channel: Channel, limit: Duration, tag: &str) -> Result<boo
     Ok(errors.is_empty())
 }
 
+/// A first RPC on the connection, untimed: HTTP/2 is up and the daemon
+/// answers before the clock starts.
+async fn warm_up(channel: &Channel, limit: Duration) -> Result<(), String> {
+    let mut rt = RuntimeServiceClient::new(channel.clone());
+    rpc(
+        "Version",
+        limit,
+        rt.version(cri::VersionRequest {
+            version: "v1".into(),
+        }),
+    )
+    .await
+    .map(|_| ())
+}
+
 #[tokio::main]
 async fn main() {
     let o = match parse() {
@@ -766,18 +767,13 @@ async fn main() {
                 let tag = o.tag.clone();
                 cmd_cleanup(channel, limit, &tag).await
             }
+            "up" => stream::cmd_up(&o, channel).await,
+            "stream" => {
+                warm_up(&channel, limit).await?;
+                stream::cmd_stream(&o, channel).await
+            }
             _ => {
-                // a first RPC on the connection, untimed: HTTP/2 is up and
-                // the daemon answers before the clock starts
-                let mut rt = RuntimeServiceClient::new(channel.clone());
-                rpc(
-                    "Version",
-                    limit,
-                    rt.version(cri::VersionRequest {
-                        version: "v1".into(),
-                    }),
-                )
-                .await?;
+                warm_up(&channel, limit).await?;
                 cmd_run(o, channel).await
             }
         }

@@ -205,7 +205,7 @@ pub fn dispatch(rt: &Runtime, command: &str, args: &[String]) -> Result<i32> {
             // takes 0 (an existence check).
             let signal = match sig {
                 "0" => 0,
-                other => match berth_runtime::signal::parse_signal(other) {
+                other => match berth_common::signal::parse_signal(other) {
                     Ok(n) => n,
                     Err(e) => {
                         rt.state(id)?;

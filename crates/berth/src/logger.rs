@@ -3,7 +3,7 @@
 //! why a runtime command failed; tools reading stderr look for
 //! `level=error`.
 
-use berth_runtime::util::logrus_line;
+use berth_common::logrus::logrus_line;
 use std::fs::File;
 use std::io::Write;
 use std::sync::Mutex;

@@ -10,16 +10,14 @@
 //!
 //! Run: `cargo test -p berth --test dropin -- --nocapture`
 
-mod support;
-
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::containerd::*;
-use support::*;
+use berth_testkit::containerd::*;
+use berth_testkit::prelude::*;
 
 /// The berth binary cargo built for this test run.
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");

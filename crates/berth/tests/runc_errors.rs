@@ -22,12 +22,12 @@
 #[allow(dead_code)]
 #[path = "integration/common.rs"]
 mod common;
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use berth_testkit::prelude as support;
 use serde_json::{json, Value};
 use support::{find_tool, remove_cgroup_tree, require_root, run_in, unique, Outcome, TempDir};
 

@@ -119,6 +119,11 @@ pub enum Command {
     Logs(LogsArgs),
     /// Run a command in a running container
     Exec(ExecArgs),
+    /// Attach to a running container
+    Attach(AttachArgs),
+    /// Forward local ports to a pod
+    #[command(name = "port-forward")]
+    PortForward(PortForwardArgs),
     /// List container(s) resource usage statistics
     Stats(StatsArgs),
     /// List pod statistics
@@ -360,22 +365,41 @@ pub struct LogsArgs {
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
-    /// Run the command synchronously (ExecSync); the only mode until streaming lands
+    /// Run the command synchronously (ExecSync) instead of streaming
     #[arg(short, long)]
     pub sync: bool,
     /// Timeout in seconds (0: none)
     #[arg(long, default_value_t = 0)]
     pub timeout: i64,
-    /// Allocate a pseudo-TTY (needs streaming)
+    /// Allocate a pseudo-TTY
     #[arg(short, long)]
     pub tty: bool,
-    /// Keep STDIN open (needs streaming)
+    /// Keep STDIN open
     #[arg(short, long)]
     pub interactive: bool,
     pub id: String,
     /// The command and its arguments
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub cmd: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Allocate a pseudo-TTY (the container must have one)
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Keep STDIN open
+    #[arg(short, long)]
+    pub interactive: bool,
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PortForwardArgs {
+    pub pod: String,
+    /// [LOCAL_PORT:]REMOTE_PORT, one or more
+    #[arg(required = true)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Args, Debug)]

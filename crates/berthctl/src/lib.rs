@@ -12,6 +12,7 @@ pub mod logs;
 pub mod output;
 pub mod progress;
 pub mod proto;
+pub mod stream;
 
 use std::time::Instant;
 

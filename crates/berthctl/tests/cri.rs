@@ -5,16 +5,13 @@
 //!
 //! Run: `cargo test -p berthctl --test cri`
 
-#[path = "../../berth/tests/support/mod.rs"]
-mod support;
-
 mod harness;
 
 use std::time::{Duration, Instant};
 
+use berth_testkit::prelude::*;
 use harness::*;
 use serde_json::Value;
-use support::*;
 
 fn json(out: &Outcome) -> Value {
     serde_json::from_str(&out.stdout)
@@ -447,8 +444,64 @@ fn container_lifecycle_logs_exec() {
     assert_eq!(out.stderr, "err\n");
     let out = cri.ok(&["exec", "--sync", "--timeout", "5", &id, "cat", "/etc/group"]);
     assert!(out.stdout.starts_with("root:x:0:"), "{}", out.describe());
-    let out = cri.berthctl(&["exec", &id, "ls"]);
-    assert!(fatal(&out).contains("-s (--sync)"), "{}", out.describe());
+    // Without -s the command streams (containerd's streaming server,
+    // WebSocket): output on the right streams, the exit code passed on.
+    let out = cri.berthctl(&["exec", &id, "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(out.code, Some(3), "{}", out.describe());
+    assert_eq!(out.stdout, "out\n", "{}", out.describe());
+    assert_eq!(out.stderr, "err\n", "{}", out.describe());
+    let out = cri.ok(&["exec", &id, "cat", "/etc/group"]);
+    assert!(out.stdout.starts_with("root:x:0:"), "{}", out.describe());
+
+    // port-forward: a listener in the (host network) pod, reached through
+    // a local port.
+    let remote = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    cri.run_container(
+        &pod,
+        "app",
+        "listener",
+        &format!("while true; do echo forwarded-hello | nc -l -p {remote}; done"),
+    );
+    let mut pf = cri
+        .berthctl_cmd(&["port-forward", &pod, &format!("0:{remote}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    // Kept open: berthctl goes on reporting connections there.
+    let mut pf_out = std::io::BufReader::new(pf.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut pf_out, &mut first).unwrap();
+    let local: u16 = first
+        .split(':')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("port-forward said {first:?}"));
+    let mut got = String::new();
+    for _ in 0..50 {
+        got.clear();
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", local)) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = std::io::Read::read_to_string(&mut s, &mut got);
+            if got.contains("forwarded-hello") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = pf.kill();
+    let mut pf_err = String::new();
+    let _ = std::io::Read::read_to_string(&mut pf.stderr.take().unwrap(), &mut pf_err);
+    let _ = pf.wait();
+    drop(pf_out);
+    assert!(
+        got.contains("forwarded-hello"),
+        "through port-forward: {got:?}; berthctl said: {pf_err}"
+    );
 
     // stats and update.
     let out = cri.ok(&["stats", "-s", "1"]);

@@ -22,12 +22,25 @@ fn berthctl_binary() -> PathBuf {
 }
 
 fn ctl(d: &Berthd, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(berthctl_binary())
+    ctl_with_input(d, args, b"")
+}
+
+/// berthctl with `input` on its stdin (then closed).
+fn ctl_with_input(d: &Berthd, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(berthctl_binary())
         .arg("-r")
         .arg(format!("unix://{}", d.socket.display()))
         .args(args)
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("running berthctl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().expect("running berthctl");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -139,6 +152,58 @@ async fn a_pod_through_berthctl() {
         &["exec", "-s", &ctr, "sh", "-c", "echo in-exec; exit 6"],
     );
     assert_eq!((code, out.as_str()), (6, "in-exec\n"));
+    // Without -s: through the streaming server, stdin included.
+    let (code, out, err) = ctl_with_input(
+        &d,
+        &[
+            "exec",
+            "-i",
+            &ctr,
+            "sh",
+            "-c",
+            "read l; echo streamed:$l; exit 7",
+        ],
+        b"through-stdin\n",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (7, "streamed:through-stdin\n"),
+        "{err}"
+    );
+    // attach -i to a container created with stdin (stdin_once): its input
+    // and its output through the session, its stdin closed with ours.
+    let reader_json = d.dir.join("reader.json");
+    std::fs::write(
+        &reader_json,
+        serde_json::json!({
+            "metadata": {"name": "reader"},
+            "image": {"image": image},
+            "command": ["sh", "-c", "read l; echo attached:$l; cat; echo eof"],
+            "stdin": true,
+            "stdin_once": true,
+            "log_path": "reader.log"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let reader = ok(
+        &d,
+        &[
+            "create",
+            &pod,
+            reader_json.to_str().unwrap(),
+            pod_json.to_str().unwrap(),
+        ],
+    )
+    .trim()
+    .to_owned();
+    ok(&d, &["start", &reader]);
+    let (code, out, err) = ctl_with_input(&d, &["attach", "-i", &reader], b"line-one\nline-two\n");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "attached:line-one\nline-two\neof\n", "{err}");
+    let inspect: serde_json::Value = serde_json::from_str(&ok(&d, &["inspect", &reader])).unwrap();
+    assert_eq!(inspect["status"]["state"], "CONTAINER_EXITED", "{inspect}");
+    ok(&d, &["rm", &reader]);
     let inspect: serde_json::Value = serde_json::from_str(&ok(&d, &["inspect", &ctr])).unwrap();
     assert_eq!(inspect["status"]["state"], "CONTAINER_RUNNING", "{inspect}");
     let stats = ok(&d, &["stats", "--id", &ctr]);

@@ -41,6 +41,199 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Bounds on what a pulled image may unpack to (decompression bombs).
     pub unpack: UnpackConfig,
+    /// Pod networking through CNI plugins.
+    pub cni: CniConfig,
+    /// The streaming server for Exec, Attach and PortForward.
+    pub stream: StreamConfig,
+    /// berthd's own Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// NRI plugins (off by default).
+    pub nri: NriConfig,
+}
+
+/// `[nri]` in berth.toml: the Node Resource Interface, with containerd's
+/// names and defaults (`[plugins."io.containerd.nri.v1.nri"]`). Off unless
+/// `enable`; then plugins connect to `socket_path` (root-only) and may
+/// adjust containers being created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NriConfig {
+    pub enable: bool,
+    pub socket_path: PathBuf,
+    /// How long a connected plugin has to register, a Go duration ("5s").
+    pub plugin_registration_timeout: String,
+    /// How long a plugin has to answer one request before it is
+    /// disconnected and the request goes on without it ("2s").
+    pub plugin_request_timeout: String,
+}
+
+impl Default for NriConfig {
+    fn default() -> Self {
+        NriConfig {
+            enable: false,
+            socket_path: PathBuf::from(berth_nri::DEFAULT_SOCKET_PATH),
+            plugin_registration_timeout: "5s".into(),
+            plugin_request_timeout: "2s".into(),
+        }
+    }
+}
+
+impl NriConfig {
+    /// berth-nri's settings, checked (timeouts parsed, above zero).
+    pub fn nri_config(&self) -> Result<berth_nri::NriConfig> {
+        let timeout = |name: &str, text: &str| {
+            parse_go_duration(text)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "nri.{name} {text:?} is not a positive duration such as \"2s\" or \"500ms\""
+                    ))
+                })
+        };
+        Ok(berth_nri::NriConfig {
+            enable: self.enable,
+            socket_path: self.socket_path.clone(),
+            plugin_registration_timeout: timeout(
+                "plugin_registration_timeout",
+                &self.plugin_registration_timeout,
+            )?,
+            plugin_request_timeout: timeout(
+                "plugin_request_timeout",
+                &self.plugin_request_timeout,
+            )?,
+            ..Default::default()
+        })
+    }
+}
+
+/// A duration as Go's `time.ParseDuration` writes it, which containerd's
+/// configuration uses: decimal numbers, each with a unit (ns, us, µs, ms,
+/// s, m, h), e.g. "1m30s", "1.5s"; a bare "0" is zero. None if malformed.
+fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
+    match text {
+        "" => return None,
+        "0" => return Some(std::time::Duration::ZERO),
+        _ => {}
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * seconds;
+    }
+    std::time::Duration::try_from_secs_f64(total).ok()
+}
+
+/// `[metrics]` in berth.toml: where berthd serves its own metrics
+/// (`GET /metrics`, Prometheus text), as containerd's `[metrics] address`.
+/// Absent: no listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `ip:port`, e.g. "127.0.0.1:1338".
+    pub address: Option<String>,
+}
+
+impl MetricsConfig {
+    /// The address to listen on, checked; None when off.
+    pub fn socket_addr(&self) -> Result<Option<std::net::SocketAddr>> {
+        self.address
+            .as_deref()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    Error::Config(format!("metrics.address {a:?} is not an ip:port address"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// `[stream]` in berth.toml: where the kubelet's exec, attach and
+/// port-forward URLs point (containerd's defaults: loopback, a free port).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    pub address: String,
+    /// 0: a free port, chosen at start.
+    pub port: u16,
+    /// PEM certificate chain and key: the URLs are https.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            address: "127.0.0.1".into(),
+            port: 0,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl StreamConfig {
+    /// The address to bind and the TLS files, checked.
+    pub fn server_config(&self) -> Result<berth_stream::Config> {
+        let ip: std::net::IpAddr = self.address.parse().map_err(|_| {
+            Error::Config(format!(
+                "stream.address {:?} is not an IP address",
+                self.address
+            ))
+        })?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "stream: tls_cert and tls_key go together".into(),
+                ))
+            }
+        };
+        Ok(berth_stream::Config {
+            address: std::net::SocketAddr::new(ip, self.port),
+            tls,
+        })
+    }
+}
+
+/// `[cni]` in berth.toml, with containerd's defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// Where network configuration lists are found (the first by name).
+    pub conf_dir: PathBuf,
+    /// Where plugin binaries are looked for, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// How long one plugin may take before it is killed.
+    pub plugin_timeout_seconds: u64,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            plugin_timeout_seconds: 60,
+        }
+    }
 }
 
 /// `[unpack]` in berth.toml: absent values take the image store's defaults
@@ -160,6 +353,14 @@ impl RuntimeHandler {
         self.shim_binary().is_ok_and(|b| b.ends_with(BERTH_SHIM))
     }
 
+    /// Whether pods of this handler can have a user namespace of their own
+    /// (hostUsers: false).
+    pub fn supports_user_namespaces(&self) -> bool {
+        // Not until containers join the pod's user namespace with their
+        // rootfs and volumes id-mapped.
+        false
+    }
+
     /// Whether containers of this handler really get recursively read-only
     /// mounts (CRI `recursive_read_only`): berth's runtime where the kernel
     /// has mount_setattr(2), an OCI runtime whose `features` lists `rro`,
@@ -169,7 +370,7 @@ impl RuntimeHandler {
             return false;
         }
         match &self.binary_name {
-            None => berth_runtime::features::recursive_mount_attrs_supported(),
+            None => berth_common::kernel::has_mount_setattr(),
             Some(binary) => oci_runtime_mount_options(binary).contains("rro"),
         }
     }
@@ -229,6 +430,10 @@ impl Default for Config {
             shim_dirs: Vec::new(),
             registry: RegistryConfig::default(),
             unpack: UnpackConfig::default(),
+            cni: CniConfig::default(),
+            stream: StreamConfig::default(),
+            metrics: MetricsConfig::default(),
+            nri: NriConfig::default(),
         }
     }
 }
@@ -295,6 +500,9 @@ impl Config {
             h.shim_binary()
                 .map_err(|e| Error::Config(format!("runtimes.{name}: {e}")))?;
         }
+        self.stream.server_config()?;
+        self.metrics.socket_addr()?;
+        self.nri.nri_config()?;
         if self.handler(&self.default_runtime).is_none() {
             return Err(Error::Config(format!(
                 "default_runtime {:?} is not a runtime handler",
@@ -347,6 +555,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -359,6 +569,46 @@ mod tests {
             Some("crun")
         );
         assert!(c.handler("nope").is_none());
+    }
+
+    #[test]
+    fn metrics_address_is_off_by_default_and_checked() {
+        let mut c = Config::default();
+        assert_eq!(c.metrics.socket_addr().unwrap(), None);
+        c.metrics.address = Some("127.0.0.1:1338".into());
+        assert_eq!(
+            c.metrics.socket_addr().unwrap(),
+            Some("127.0.0.1:1338".parse().unwrap())
+        );
+        c.validate().unwrap();
+        c.metrics.address = Some("localhost".into());
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("metrics.address"), "{err}");
+    }
+
+    #[test]
+    fn nri_is_off_by_default_and_its_timeouts_are_go_durations() {
+        let mut c = Config::default();
+        let nri = c.nri.nri_config().unwrap();
+        assert!(!nri.enable);
+        assert_eq!(nri.socket_path, PathBuf::from("/var/run/nri/nri.sock"));
+        assert_eq!(nri.plugin_registration_timeout, Duration::from_secs(5));
+        assert_eq!(nri.plugin_request_timeout, Duration::from_secs(2));
+        c.nri.plugin_request_timeout = "1m1.5s".into();
+        assert_eq!(
+            c.nri.nri_config().unwrap().plugin_request_timeout,
+            Duration::from_millis(61_500)
+        );
+        for bad in ["", "2", "0", "0s", "2 s", "-1s", "1d", "s"] {
+            c.nri.plugin_request_timeout = bad.into();
+            let err = c.validate().unwrap_err();
+            assert!(
+                err.to_string().contains("nri.plugin_request_timeout"),
+                "{bad:?}: {err}"
+            );
+        }
+        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("1h"), Some(Duration::from_secs(3600)));
     }
 
     #[test]

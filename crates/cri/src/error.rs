@@ -16,6 +16,8 @@ pub enum Error {
     Unimplemented(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("configuration: {0}")]
     Config(String),
     #[error("{0}")]
@@ -26,6 +28,10 @@ pub enum Error {
     Store(String),
     #[error("shim: {0}")]
     Shim(String),
+    /// An NRI plugin refused (or plugins conflicted over) what the request
+    /// does; the message names the plugin.
+    #[error(transparent)]
+    Nri(#[from] berth_nri::NriError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -64,6 +70,7 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists(_) => tonic::Status::already_exists(msg),
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
             Error::Unimplemented(_) => tonic::Status::unimplemented(msg),
+            Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(msg),
             Error::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(msg),
             Error::Image(I::ImageNotFound(_))
             | Error::Image(I::SnapshotNotFound(_))

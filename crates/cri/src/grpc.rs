@@ -73,11 +73,15 @@ where
     })
 }
 
+/// The "kubelet runtime API" version of VersionResponse.version: a
+/// constant of CRI (containerd and CRI-O answer the same), not berth's.
+const KUBELET_API_VERSION: &str = "0.1.0";
+
 #[tonic::async_trait]
 impl RuntimeService for Server {
     async fn version(&self, _r: Request<cri::VersionRequest>) -> R<cri::VersionResponse> {
         ok(cri::VersionResponse {
-            version: "0.1.0".into(),
+            version: KUBELET_API_VERSION.into(),
             runtime_name: RUNTIME_NAME.into(),
             runtime_version: env!("CARGO_PKG_VERSION").into(),
             runtime_api_version: CRI_VERSION.into(),
@@ -242,19 +246,22 @@ impl RuntimeService for Server {
         ok(complete("ExecSync", async move { cri.exec_sync(req).await }).await?)
     }
 
-    async fn exec(&self, _r: Request<cri::ExecRequest>) -> R<cri::ExecResponse> {
-        Err(unimplemented("Exec (streaming)"))
+    async fn exec(&self, r: Request<cri::ExecRequest>) -> R<cri::ExecResponse> {
+        let url = self.0.exec_url(r.into_inner())?;
+        ok(cri::ExecResponse { url })
     }
 
-    async fn attach(&self, _r: Request<cri::AttachRequest>) -> R<cri::AttachResponse> {
-        Err(unimplemented("Attach"))
+    async fn attach(&self, r: Request<cri::AttachRequest>) -> R<cri::AttachResponse> {
+        let url = self.0.attach_url(r.into_inner())?;
+        ok(cri::AttachResponse { url })
     }
 
     async fn port_forward(
         &self,
-        _r: Request<cri::PortForwardRequest>,
+        r: Request<cri::PortForwardRequest>,
     ) -> R<cri::PortForwardResponse> {
-        Err(unimplemented("PortForward"))
+        let url = self.0.port_forward_url(r.into_inner())?;
+        ok(cri::PortForwardResponse { url })
     }
 
     async fn container_stats(
@@ -318,11 +325,19 @@ impl RuntimeService for Server {
                 reason: String::new(),
                 message: String::new(),
             },
-            cri::RuntimeCondition {
-                r#type: "NetworkReady".into(),
-                status: true,
-                reason: String::new(),
-                message: "pods get the host network or a namespace with loopback only".into(),
+            match self.0.network.config_list() {
+                Ok(list) => cri::RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: true,
+                    reason: String::new(),
+                    message: format!("CNI network {:?} from {}", list.name, list.file.display()),
+                },
+                Err(why) => cri::RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: false,
+                    reason: "NetworkPluginNotReady".into(),
+                    message: format!("cni config not loaded: {why}"),
+                },
             },
         ];
         let mut info = HashMap::new();
@@ -338,16 +353,18 @@ impl RuntimeService for Server {
             .handler_names()
             .into_iter()
             .map(|name| {
-                let recursive_read_only_mounts = self
-                    .0
-                    .config
-                    .handler(&name)
+                let handler = self.0.config.handler(&name);
+                let recursive_read_only_mounts = handler
+                    .as_ref()
                     .is_some_and(|h| h.supports_recursive_read_only());
+                let user_namespaces = handler
+                    .as_ref()
+                    .is_some_and(|h| h.supports_user_namespaces());
                 cri::RuntimeHandler {
                     name,
                     features: Some(cri::RuntimeHandlerFeatures {
                         recursive_read_only_mounts,
-                        user_namespaces: false,
+                        user_namespaces,
                     }),
                 }
             })
@@ -390,7 +407,7 @@ impl RuntimeService for Server {
         _r: Request<cri::ListMetricDescriptorsRequest>,
     ) -> R<cri::ListMetricDescriptorsResponse> {
         ok(cri::ListMetricDescriptorsResponse {
-            descriptors: vec![],
+            descriptors: self.0.metric_descriptors(),
         })
     }
 
@@ -399,7 +416,7 @@ impl RuntimeService for Server {
         _r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> R<cri::ListPodSandboxMetricsResponse> {
         ok(cri::ListPodSandboxMetricsResponse {
-            pod_metrics: vec![],
+            pod_metrics: self.0.list_pod_sandbox_metrics().await,
         })
     }
 

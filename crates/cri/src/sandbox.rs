@@ -1,10 +1,11 @@
 //! A pod's shared pieces, made without a pause process: network, IPC and
 //! UTS namespaces created by a short-lived thread and pinned by bind mounts
-//! under the pod's directory, its /dev/shm, and its hostname, hosts and
-//! resolv.conf files.
+//! under the pod's directory (with a user namespace of its own: created
+//! with them by a short-lived process, so that they belong to it), its
+//! /dev/shm, and its hostname, hosts and resolv.conf files.
 
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
@@ -21,6 +22,18 @@ pub struct NamespaceRequest {
     pub uts: bool,
     pub hostname: String,
     pub sysctls: Vec<(String, String)>,
+    /// A user namespace of its own (hostUsers: false): the host ids that
+    /// container ids 0.. map to, for uids and gids.
+    pub user: Option<UserMapping>,
+}
+
+/// A pod's user namespace: container ids `0..length` are host ids
+/// `host_uid..` and `host_gid..` (the kubelet gives one range per pod).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserMapping {
+    pub host_uid: u32,
+    pub host_gid: u32,
+    pub length: u32,
 }
 
 /// The sysctls a pod may set, and the namespace each needs (as runc
@@ -92,18 +105,19 @@ fn bring_up_loopback() -> std::io::Result<()> {
     Ok(())
 }
 
-fn pin(kind: &str, target: &Path) -> std::io::Result<()> {
+fn pin(proc: &str, kind: &str, target: &Path) -> std::io::Result<()> {
     std::fs::write(target, b"")?;
-    let source = format!("/proc/thread-self/ns/{kind}");
+    let source = format!("{proc}/ns/{kind}");
     rustix::mount::mount_bind(source.as_str(), target).map_err(std::io::Error::from)
+}
+
+fn setup_failed(message: String) -> Error {
+    Error::Internal(format!("creating the pod's namespaces: {message}"))
 }
 
 /// Runs on a thread of its own: the namespaces it unshares are the
 /// thread's alone, and die with it unless pinned.
-fn make_namespaces(
-    dir: &Path,
-    req: &NamespaceRequest,
-) -> std::result::Result<PodNamespaces, String> {
+fn make_namespaces(dir: &Path, req: &NamespaceRequest) -> Result<PodNamespaces> {
     let mut flags = rustix::thread::UnshareFlags::empty();
     if req.net {
         flags |= rustix::thread::UnshareFlags::NEWNET;
@@ -115,38 +129,163 @@ fn make_namespaces(
         flags |= rustix::thread::UnshareFlags::NEWUTS;
     }
     // SAFETY: no FILES flag: the fd table stays shared with every thread.
-    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(|e| format!("unshare: {e}"))?;
+    unsafe { rustix::thread::unshare_unsafe(flags) }
+        .map_err(|e| setup_failed(format!("unshare: {e}")))?;
+    configure_namespaces(req)?;
+    pin_namespaces(dir, req, "/proc/thread-self")
+}
+
+/// Sets the hostname, brings up loopback and writes the sysctls in the
+/// calling thread's namespaces.
+fn configure_namespaces(req: &NamespaceRequest) -> Result<()> {
     if req.uts && !req.hostname.is_empty() {
         rustix::system::sethostname(req.hostname.as_bytes())
-            .map_err(|e| format!("setting hostname {:?}: {e}", req.hostname))?;
+            .map_err(|e| setup_failed(format!("setting hostname {:?}: {e}", req.hostname)))?;
     }
     if req.net {
-        bring_up_loopback().map_err(|e| format!("bringing up lo: {e}"))?;
+        bring_up_loopback().map_err(|e| setup_failed(format!("bringing up lo: {e}")))?;
     }
     for (k, v) in &req.sysctls {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&path, v).map_err(|e| format!("sysctl {k}={v}: {e}"))?;
+        // The kernel refusing a value is the request's fault, as with runc.
+        std::fs::write(&path, v)
+            .map_err(|e| Error::InvalidArgument(format!("sysctl {k}={v}: {e}")))?;
     }
+    Ok(())
+}
+
+/// Pins the namespaces of `proc` (a /proc/<task> directory) the request
+/// asked for under the pod's directory.
+fn pin_namespaces(dir: &Path, req: &NamespaceRequest, proc: &str) -> Result<PodNamespaces> {
     let ns_dir = dir.join("ns");
-    std::fs::create_dir_all(&ns_dir).map_err(|e| format!("{}: {e}", ns_dir.display()))?;
+    std::fs::create_dir_all(&ns_dir)
+        .map_err(|e| setup_failed(format!("{}: {e}", ns_dir.display())))?;
     let mut pinned = PodNamespaces::default();
     for (want, kind, slot) in [
+        (req.user.is_some(), "user", &mut pinned.user),
         (req.net, "net", &mut pinned.net),
         (req.ipc, "ipc", &mut pinned.ipc),
         (req.uts, "uts", &mut pinned.uts),
     ] {
         if want {
             let target = ns_dir.join(kind);
-            pin(kind, &target).map_err(|e| format!("pinning the {kind} namespace: {e}"))?;
+            pin(proc, kind, &target)
+                .map_err(|e| setup_failed(format!("pinning the {kind} namespace: {e}")))?;
             *slot = Some(target);
         }
     }
     Ok(pinned)
 }
 
-/// Creates and pins the namespaces a pod asks for.
-pub fn create_namespaces(dir: &Path, req: &NamespaceRequest) -> Result<PodNamespaces> {
+/// The namespaces of a pod with a user namespace of its own. A thread of
+/// a multi-threaded process cannot unshare a user namespace, so a
+/// short-lived process (`holder`: berth-pause) unshares it together with
+/// the others, which then belong to it: the pod's root can administer its
+/// network. Its maps are written and everything is pinned from here; a
+/// thread then joins the new network, UTS and IPC namespaces (allowed to
+/// the host's root, an ancestor of their owner) to configure them.
+fn make_user_namespaces(
+    dir: &Path,
+    req: &NamespaceRequest,
+    user: UserMapping,
+    holder: &Path,
+) -> Result<PodNamespaces> {
+    use std::os::unix::process::CommandExt;
+    let mut flags = libc::CLONE_NEWUSER;
+    for (want, flag) in [
+        (req.net, libc::CLONE_NEWNET),
+        (req.ipc, libc::CLONE_NEWIPC),
+        (req.uts, libc::CLONE_NEWUTS),
+    ] {
+        if want {
+            flags |= flag;
+        }
+    }
+    let mut cmd = std::process::Command::new(holder);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: between fork and exec the child only calls unshare(2), which
+    // is async-signal-safe, and reads errno.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(flags) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| setup_failed(format!("starting the user namespace holder: {e}")))?;
+    let proc = format!("/proc/{}", child.id());
+    let result = (|| {
+        for (file, host) in [("uid_map", user.host_uid), ("gid_map", user.host_gid)] {
+            std::fs::write(
+                format!("{proc}/{file}"),
+                format!("0 {host} {}\n", user.length),
+            )
+            .map_err(|e| setup_failed(format!("writing {file}: {e}")))?;
+        }
+        let pinned = pin_namespaces(dir, req, &proc)?;
+        let joined: Vec<(std::fs::File, rustix::thread::LinkNameSpaceType)> = [
+            (&pinned.net, rustix::thread::LinkNameSpaceType::Network),
+            (
+                &pinned.uts,
+                rustix::thread::LinkNameSpaceType::HostNameAndNISDomainName,
+            ),
+            (
+                &pinned.ipc,
+                rustix::thread::LinkNameSpaceType::InterProcessCommunication,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(p, kind)| p.as_ref().map(|p| (p, kind)))
+        .map(|(p, kind)| {
+            std::fs::File::open(p)
+                .map(|f| (f, kind))
+                .map_err(|e| setup_failed(format!("opening {}: {e}", p.display())))
+        })
+        .collect::<Result<_>>()?;
+        let req = req.clone();
+        // A thread of its own: setns changes only the calling thread, and
+        // this one ends right after.
+        std::thread::Builder::new()
+            .name("berth-podns".into())
+            .spawn(move || -> Result<()> {
+                for (f, kind) in &joined {
+                    rustix::thread::move_into_link_name_space(f.as_fd(), Some(*kind)).map_err(
+                        |e| setup_failed(format!("joining the pod's {kind:?} namespace: {e}")),
+                    )?;
+                }
+                configure_namespaces(&req)
+            })
+            .map_err(|e| Error::internal("starting the namespace thread", e))?
+            .join()
+            .map_err(|_| Error::Internal("the namespace thread panicked".into()))??;
+        Ok(pinned)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// Creates and pins the namespaces a pod asks for. `holder`: a program
+/// that waits for a signal (berth-pause), run briefly for a user namespace.
+pub fn create_namespaces(
+    dir: &Path,
+    req: &NamespaceRequest,
+    holder: &Path,
+) -> Result<PodNamespaces> {
     check_sysctls(req)?;
+    if let Some(user) = req.user {
+        let result = make_user_namespaces(dir, req, user, holder);
+        if result.is_err() {
+            release_namespaces(dir);
+        }
+        return result;
+    }
     if !(req.net || req.ipc || req.uts) {
         return Ok(PodNamespaces::default());
     }
@@ -158,24 +297,15 @@ pub fn create_namespaces(dir: &Path, req: &NamespaceRequest) -> Result<PodNamesp
         .map_err(|e| Error::internal("starting the namespace thread", e))?
         .join()
         .map_err(|_| Error::Internal("the namespace thread panicked".into()))?;
-    match result {
-        Ok(ns) => Ok(ns),
-        Err(e) => {
-            release_namespaces(dir);
-            if e.starts_with("sysctl") {
-                Err(Error::InvalidArgument(e))
-            } else {
-                Err(Error::Internal(format!(
-                    "creating the pod's namespaces: {e}"
-                )))
-            }
-        }
+    if result.is_err() {
+        release_namespaces(dir);
     }
+    result
 }
 
 /// Unpins whatever namespaces a pod directory holds. Idempotent.
 pub fn release_namespaces(dir: &Path) {
-    for kind in ["net", "ipc", "uts"] {
+    for kind in ["net", "ipc", "uts", "user"] {
         let p = dir.join("ns").join(kind);
         while rustix::mount::unmount(&p, UnmountFlags::DETACH).is_ok() {}
         let _ = std::fs::remove_file(&p);
@@ -283,6 +413,66 @@ mod tests {
         assert!(check_sysctls(&req).is_err(), "not namespaced");
         req.sysctls = vec![("net/../../x".into(), "1".into())];
         assert!(check_sysctls(&req).is_err());
+    }
+
+    /// A pod user namespace owns the pod's network, IPC and UTS
+    /// namespaces, maps container root to the given host range, and the
+    /// hostname and sysctls are set in them. Needs root.
+    #[test]
+    fn namespaces_owned_by_a_pod_user_namespace() {
+        let dir = std::env::temp_dir().join(format!("berth-podns-user-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let holder = dir.join("holder");
+        std::fs::write(&holder, crate::service::PAUSE).unwrap();
+        std::fs::set_permissions(&holder, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let req = NamespaceRequest {
+            net: true,
+            ipc: true,
+            uts: true,
+            hostname: "userns-pod".into(),
+            sysctls: vec![("net.ipv4.ip_unprivileged_port_start".into(), "80".into())],
+            user: Some(UserMapping {
+                host_uid: 3_100_000,
+                host_gid: 3_200_000,
+                length: 65536,
+            }),
+        };
+        let ns = create_namespaces(&dir, &req, &holder).unwrap();
+        let user = ns.user.clone().unwrap();
+        // Enter them in a child and look: nsenter reads the maps and names.
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--user={}", user.display()))
+            .arg(format!("--net={}", ns.net.as_ref().unwrap().display()))
+            .arg(format!("--uts={}", ns.uts.as_ref().unwrap().display()))
+            .args([
+                "sh",
+                "-c",
+                "cat /proc/self/uid_map /proc/self/gid_map; hostname; \
+                 cat /proc/sys/net/ipv4/ip_unprivileged_port_start; ip -o link show lo",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        release_namespaces(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let words: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(
+            &words[..6],
+            ["0", "3100000", "65536", "0", "3200000", "65536"],
+            "{text}"
+        );
+        assert!(text.contains("userns-pod\n80\n"), "{text}");
+        assert!(
+            text.contains("UP") || text.contains("UNKNOWN"),
+            "lo is down: {text}"
+        );
+        assert!(!dir.exists());
     }
 
     #[test]

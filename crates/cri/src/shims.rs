@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_shim::client::ShimClient;
+use berth_shim_client::ShimClient;
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
@@ -202,36 +202,21 @@ impl Shims {
             .remove(address);
     }
 
-    /// Calls a task method; a broken connection is dropped so that the
-    /// next call reconnects.
-    pub async fn call<Req: Message, Resp: Message>(
-        &self,
-        address: &str,
-        method: &str,
-        req: &Req,
-        timeout_ns: i64,
-    ) -> Result<Resp> {
-        let client = self.client(address).await?;
-        match client.call(method, req, timeout_ns).await {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                if !matches!(e, ttrpc::Error::RpcStatus(_)) {
-                    self.forget(address);
-                }
-                Err(Error::from_ttrpc(method, e))
+    /// A call's outcome: a broken connection is dropped so that the next
+    /// call reconnects; the shim's status code is kept.
+    fn settle<T>(&self, address: &str, what: &str, r: ttrpc::Result<T>) -> Result<T> {
+        r.map_err(|e| {
+            if !matches!(e, ttrpc::Error::RpcStatus(_)) {
+                self.forget(address);
             }
-        }
+            Error::from_ttrpc(what, e)
+        })
     }
 
     /// Asks a shim to exit (it does once it holds no container).
     pub async fn shutdown(&self, address: &str) {
         if let Err(e) = self
-            .call::<_, Empty>(
-                address,
-                "Shutdown",
-                &api::ShutdownRequest::new(),
-                5 * SECOND,
-            )
+            .shutdown_task(address, &api::ShutdownRequest::new(), 5 * SECOND)
             .await
         {
             tracing::debug!(address, "shim shutdown: {e}");
@@ -245,7 +230,7 @@ impl Shims {
 pub fn runtime_options(handler: &RuntimeHandler) -> Any {
     let mut any = Any::new();
     if handler.is_berth_shim() {
-        any.type_url = berth_shim::task::BERTH_OPTIONS_TYPE.into();
+        any.type_url = berth_shim_client::BERTH_OPTIONS_TYPE.into();
         any.value = serde_json::to_vec(&serde_json::json!({
             "binary_name": handler.binary_name.clone().unwrap_or_default(),
             "root": handler.root.clone().unwrap_or_default(),
@@ -286,4 +271,34 @@ pub fn forget_all(shims: &Arc<Shims>) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clear();
+}
+
+/// The task calls berthd makes, typed, by shim address.
+macro_rules! shim_calls {
+    ($($name:ident => $client:ident: $req:ty => $resp:ty;)*) => {
+        impl Shims {
+            $(
+                pub async fn $name(&self, address: &str, req: &$req, timeout_ns: i64) -> Result<$resp> {
+                    let client = self.client(address).await?;
+                    let r = client.$client(req, timeout_ns).await;
+                    self.settle(address, stringify!($client), r)
+                }
+            )*
+        }
+    };
+}
+
+shim_calls! {
+    create_task => create: api::CreateTaskRequest => api::CreateTaskResponse;
+    start_task => start: api::StartRequest => api::StartResponse;
+    kill => kill: api::KillRequest => Empty;
+    wait => wait: api::WaitRequest => api::WaitResponse;
+    delete_task => delete: api::DeleteRequest => api::DeleteResponse;
+    state => state: api::StateRequest => api::StateResponse;
+    exec => exec: api::ExecProcessRequest => Empty;
+    update => update: api::UpdateTaskRequest => Empty;
+    stats => stats: api::StatsRequest => api::StatsResponse;
+    resize_pty => resize_pty: api::ResizePtyRequest => Empty;
+    close_io => close_io: api::CloseIORequest => Empty;
+    shutdown_task => shutdown: api::ShutdownRequest => Empty;
 }

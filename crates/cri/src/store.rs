@@ -39,6 +39,10 @@ pub struct PodNamespaces {
     pub uts: Option<PathBuf>,
     /// The pod's PID namespace, held by its pause container.
     pub pid: Option<PathBuf>,
+    /// Its user namespace (hostUsers: false), owner of its network, IPC
+    /// and UTS namespaces.
+    #[serde(default)]
+    pub user: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +99,19 @@ pub struct ContainerRecord {
     /// The process user the spec was given: uid, gid, supplemental groups.
     #[serde(default)]
     pub user: Option<(u32, u32, Vec<u32>)>,
+    /// Its image volumes (CRI Mount.image): which mount, which image.
+    #[serde(default)]
+    pub image_volumes: Vec<ImageVolume>,
+}
+
+/// An image mounted as a volume: `config.mounts[mount]`, the image's
+/// rootfs key in the image store, and its digest (what ContainerStatus
+/// reports).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ImageVolume {
+    pub mount: usize,
+    pub rootfs_key: String,
+    pub image_ref: String,
 }
 
 impl ContainerRecord {

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 const MAX_DB_SIZE: u64 = 4 << 20;
 
 fn read_in_root(root: &OwnedFd, path: &str) -> Option<String> {
-    let fd = berth_runtime::safe_path::open_in_root(
+    let fd = berth_common::safe_path::open_in_root(
         root.as_fd(),
         Path::new(path),
         OFlags::RDONLY | OFlags::NOFOLLOW,

@@ -208,3 +208,15 @@ pub fn remount_nosuid(path: &Path) -> Result<()> {
         )
     })
 }
+
+/// Makes a FIFO (0600) at `path`.
+pub fn mkfifo(path: &Path) -> Result<()> {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .map_err(|e| Error::internal(format!("mkfifo {}", path.display()), e))
+}

@@ -533,6 +533,8 @@ impl ImageStore {
                     context: format!("writing blob {digest}"),
                     source: e,
                 })?;
+                self.downloaded
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 let done = writer.written();
                 if let Some(p) = progress {
                     if done - last_report >= 1 << 20 || done == size {

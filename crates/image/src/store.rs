@@ -1,4 +1,8 @@
 //! The image store: content, snapshots and metadata under one root.
+//!
+//! Over 800 lines: the image store's one type: open, pull, import, unpack and
+//! GC share its locks and metadata tables; per-layer unpacking lives in
+//! unpack/.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -143,6 +147,8 @@ pub struct ImageStore {
     /// unpack each chain once.
     pub(crate) unpack_lock: Mutex<()>,
     unpack_limits: Mutex<UnpackLimits>,
+    /// Bytes received from registries for blobs, retries included.
+    pub(crate) downloaded: std::sync::atomic::AtomicU64,
 }
 
 /// Creates `dir` (its parents as usual) readable by root only, and makes
@@ -179,6 +185,12 @@ pub(crate) fn now() -> u64 {
 }
 
 impl ImageStore {
+    /// Bytes this store has received from registries (blob bodies, retries
+    /// included; blobs already present cost nothing) since it was opened.
+    pub fn downloaded_bytes(&self) -> u64 {
+        self.downloaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Opens (creating) a store under `root`, cleaning up what a crash left.
     /// The root, `snapshots/`, `tmp/`, the content store and the metadata
     /// db are root-only (0700 directories, 0600 files).
@@ -195,6 +207,7 @@ impl ImageStore {
             unpack_limits: Mutex::new(options.unpack_limits),
             options,
             unpack_lock: Mutex::new(()),
+            downloaded: Default::default(),
         };
         store.remove_orphan_snapshots()?;
         Ok(store)
@@ -702,6 +715,25 @@ impl ImageStore {
 /// Mounts an overlay rootfs, with paths relative to the snapshots directory
 /// when the options would not fit in a page (many layers).
 pub fn mount_overlay(m: &RootfsMount, target: &Path) -> Result<()> {
+    mount_overlay_with(m, target, rustix::mount::MountFlags::empty())
+}
+
+/// Mounts a rootfs as an image volume: read-only, and nothing in it runs
+/// or elevates (noexec, nosuid, nodev), as Kubernetes defines them.
+pub fn mount_overlay_volume(m: &RootfsMount, target: &Path) -> Result<()> {
+    use rustix::mount::MountFlags;
+    mount_overlay_with(
+        m,
+        target,
+        MountFlags::RDONLY | MountFlags::NOEXEC | MountFlags::NOSUID | MountFlags::NODEV,
+    )
+}
+
+fn mount_overlay_with(
+    m: &RootfsMount,
+    target: &Path,
+    flags: rustix::mount::MountFlags,
+) -> Result<()> {
     let options = m.options();
     let c = |s: &str| {
         std::ffi::CString::new(s).map_err(|_| Error::Parse {
@@ -716,7 +748,7 @@ pub fn mount_overlay(m: &RootfsMount, target: &Path) -> Result<()> {
             c"overlay",
             target_c.as_c_str(),
             c"overlay",
-            rustix::mount::MountFlags::empty(),
+            flags,
             Some(data.as_c_str()),
         )
         .ctx(|| format!("mounting the rootfs on {}", target.display()));

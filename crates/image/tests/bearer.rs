@@ -11,8 +11,12 @@
 //!
 //! The registry is filled without auth first (the support `Registry`), then
 //! its storage is copied and served by a second registry that demands tokens.
+//!
+//! Over 800 lines: registry token auth against a real registry and token
+//! server: each flow (anonymous, basic, bearer, refresh, errors) needs the same
+//! TLS and server setup.
 
-mod support;
+use berth_testkit::images as support;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};

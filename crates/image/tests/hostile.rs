@@ -2,8 +2,11 @@
 //! real: archives naming host files, decompression bombs, a full disk,
 //! descriptors lying about sizes, and local users reaching setuid binaries
 //! in unpacked snapshots. Runs as root.
+//!
+//! Over 800 lines: one test per attack class on layer unpacking (path escapes,
+//! links, bombs, devices, metadata), each building its own hostile archive.
 
-mod support;
+use berth_testkit::images as support;
 
 use std::fs;
 use std::io::Write;

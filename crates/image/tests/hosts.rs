@@ -10,8 +10,11 @@
 //!
 //! The last test pulls the same image through the same hosts.toml files with
 //! Debian's containerd 1.6 (`ctr images pull --hosts-dir`) and with berth.
+//!
+//! Over 800 lines: containerd's hosts.toml semantics case by case (mirrors,
+//! capabilities, TLS, headers, fallbacks) against real registries.
 
-mod support;
+use berth_testkit::images as support;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::fd::OwnedFd;

@@ -2,7 +2,7 @@
 //! 127.0.0.1) and real overlay mounts: pulls of every image shape, auth,
 //! platforms, digests, hostile layers, interrupted pulls, import/export, GC.
 
-mod support;
+use berth_testkit::images as support;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant, SystemTime};
 use oci_spec::runtime::Process;
 use rustix::fs::{Mode, OFlags};
 
-use crate::channel::{Channel, Msg};
 use crate::error::Context;
 use crate::error::Op;
-use crate::init::{self, ConsoleTarget, ExecContext, InitContext, StartGate};
-use crate::namespaces::{self, ChildNsGuard, NsPlan};
+use crate::handshake::{
+    connect_console, foreground_signals, Child, Cleanup, Forked, Handshake, Kind, Seccomp,
+};
+use crate::init::{self, ExecContext, InitContext, StartGate};
+use crate::namespaces::NsPlan;
 use crate::spec::Bundle;
 use crate::state::{hook_state, OciState, State, StateDir, Status};
 use crate::{hooks, id, io_relay, sys, util, Error, Result};
@@ -138,55 +140,10 @@ enum Launch {
     RunForeground,
 }
 
-/// Undoes a half-made container if creation fails.
-struct Cleanup {
-    state_dir: Option<PathBuf>,
-    cgroups: Option<berth_cgroups::Manager>,
-    children: Vec<i32>,
-}
-
-impl Cleanup {
-    fn disarm(&mut self) {
-        self.state_dir = None;
-        self.cgroups = None;
-        self.children.clear();
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for pid in self.children.drain(..) {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            let _ = rustix::process::waitpid(
-                rustix::process::Pid::from_raw(pid),
-                rustix::process::WaitOptions::empty(),
-            );
-        }
-        if let Some(cg) = self.cgroups.take() {
-            kill_cgroup(&cg);
-            if let Err(e) = cg.remove() {
-                log::warn!("cleaning up: {e}");
-            }
-        }
-        if let Some(dir) = self.state_dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-fn kill_cgroup(cg: &berth_cgroups::Manager) {
-    if let Ok(pids) = cg.procs() {
-        for pid in pids {
-            let _ = sys::kill(pid, libc::SIGKILL);
-        }
-    }
-}
-
 /// What a launched container init gives back to `run`.
 struct Launched {
     state: State,
-    channel: Channel,
-    pty: Option<OwnedFd>,
+    init: Child,
     signals: Option<OwnedFd>,
 }
 
@@ -234,7 +191,7 @@ impl Runtime {
         let code = io_relay::wait_foreground(
             launched.state.init_pid,
             launched.signals.as_ref().map(|s| s.as_fd()),
-            launched.pty.as_ref().map(|p| p.as_fd()),
+            launched.init.pty.as_ref().map(|p| p.as_fd()),
             true,
         );
         let deleted = self.delete(&opts.id, true);
@@ -245,11 +202,7 @@ impl Runtime {
 
     /// Tells the init to exec the user program and runs poststart hooks.
     fn release(&self, launched: &Launched) -> Result<()> {
-        launched
-            .channel
-            .send(&Msg::Start)
-            .ctx(|| "starting the container".into())?;
-        await_exec(&launched.channel)?;
+        launched.init.start()?;
         let state = hook_state(
             &launched.state.id,
             Status::Running,
@@ -268,12 +221,7 @@ impl Runtime {
         let spec = &bundle.spec;
         let process = spec.process().as_ref().expect("validated");
         crate::attrs::validate(spec)?;
-        let seccomp_filter = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().as_ref())
-            .map(crate::seccomp::compile)
-            .transpose()?;
+        let mut seccomp = Seccomp::compile(spec)?;
         let terminal = process.terminal() == Some(true);
         let has_console = opts.console_socket.is_some() || console.is_some();
         if terminal && !has_console && mode != Launch::RunForeground {
@@ -322,14 +270,7 @@ impl Runtime {
             cgroups.apply(resources)?;
         }
 
-        let console_socket = match (&opts.console_socket, console) {
-            (_, Some(sock)) => Some(sock),
-            (Some(path), None) => Some(
-                UnixStream::connect(path)
-                    .ctx(|| format!("connecting to console socket {}", path.display()))?,
-            ),
-            (None, None) => None,
-        };
+        let console_socket = connect_console(opts.console_socket.as_deref(), console)?;
         let state_dir_fd = if mode == Launch::Create {
             rustix::fs::mknodat(
                 rustix::fs::CWD,
@@ -351,138 +292,77 @@ impl Runtime {
             None
         };
 
-        let listener = connect_listener(
-            spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()),
-            seccomp_filter.as_ref(),
-        )?;
+        seccomp.connect_listener()?;
         let plan = NsPlan::for_container(spec)?;
         // Id-mapped trees are made here, in berth's user namespace (mapping a
         // mount needs privilege over its filesystem); the init attaches them.
         let idmapped = crate::idmap::prepare_trees(spec, &bundle.dir)?;
-        let signals = if mode == Launch::RunForeground {
-            sys::set_child_subreaper().ctx(|| "becoming a child subreaper".into())?;
-            sys::block_all_signals().ctx(|| "blocking signals".into())?;
-            Some(sys::signalfd_all().ctx(|| "creating a signalfd".into())?)
-        } else {
-            None
-        };
-        let offsets = namespaces::time_offsets_text(spec);
-        let (parent_end, child_end) =
-            Channel::pair().ctx(|| "creating the setup channel".into())?;
-
-        let ns_guard = ChildNsGuard::enter(&plan, offsets.as_deref())?;
-        let (child, in_unified) = clone_into_cgroups(plan.clone_flags, &cgroups)
-            .ctx(|| "creating the container init (clone)".into())?;
-        let Some(first_pid) = child else {
-            // The guard restores the parent's namespaces; the child must keep its own.
-            std::mem::forget(ns_guard);
-            drop(parent_end);
-            let ctx = InitContext {
-                id: &opts.id,
-                bundle: &bundle,
-                plan: &plan,
-                cgroups: &cgroups,
-                in_unified,
-                channel: &child_end,
-                console: match (&console_socket, terminal) {
-                    (Some(sock), _) => ConsoleTarget::Socket(sock),
-                    (None, true) => ConsoleTarget::Parent,
-                    (None, false) => ConsoleTarget::None,
-                },
-                state_dir: state_dir_fd.as_ref(),
-                stdio: stdio.as_ref(),
-                gate: if mode == Launch::Create {
-                    StartGate::Fifo
-                } else {
-                    StartGate::Channel
-                },
-                no_pivot: opts.no_pivot,
-                no_new_keyring: opts.no_new_keyring,
-                preserve_fds: opts.preserve_fds,
-                seccomp: seccomp_setup(spec, seccomp_filter.as_ref(), listener.as_ref()),
-                idmapped: &idmapped,
-            };
-            init::container_init(&ctx);
-        };
-        drop(ns_guard);
-        drop(child_end);
-        cleanup.children.push(first_pid);
-        let mut init_pid = first_pid;
-
-        if plan.new_user {
-            let maps = |m: &Option<Vec<_>>| m.clone().unwrap_or_default();
-            namespaces::write_id_map(first_pid, "uid_map", &maps(linux.uid_mappings()))?;
-            namespaces::write_id_map(first_pid, "gid_map", &maps(linux.gid_mappings()))?;
-        }
-        parent_end
-            .send(&Msg::Go)
-            .ctx(|| "starting the container init".into())?;
-
+        let signals = (mode == Launch::RunForeground)
+            .then(|| foreground_signals(true))
+            .transpose()?;
         let annotations: BTreeMap<String, String> = spec
             .annotations()
             .clone()
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let mut pty = None;
-        loop {
-            match parent_end
-                .recv()
-                .ctx(|| "reading from the container init".into())?
-            {
-                Some((Msg::Pid(pid), _)) => {
-                    // Two-stage setup: the intermediate child exits, its child is the init.
-                    let _ = rustix::process::waitpid(
-                        rustix::process::Pid::from_raw(first_pid),
-                        rustix::process::WaitOptions::empty(),
-                    );
-                    cleanup.children.retain(|p| *p != first_pid);
-                    cleanup.children.push(pid);
-                    init_pid = pid;
-                }
-                Some((Msg::RunHooks, _)) => {
-                    let state = hook_state(
-                        &opts.id,
-                        Status::Creating,
-                        init_pid,
-                        &bundle.dir,
-                        &annotations,
-                    );
-                    let hooks = spec.hooks().as_ref().expect("hooks were announced");
-                    #[allow(deprecated)]
-                    init::run_parent_hooks("prestart", hooks.prestart().as_ref(), &state)?;
-                    init::run_parent_hooks(
-                        "createRuntime",
-                        hooks.create_runtime().as_ref(),
-                        &state,
-                    )?;
-                    parent_end
-                        .send(&Msg::HooksDone)
-                        .ctx(|| "resuming the container init".into())?;
-                }
-                Some((Msg::Console, fd)) => pty = fd,
-                Some((Msg::Ready, _)) => break,
-                Some((Msg::Error(text), _)) => return Err(Error::Init(text)),
-                Some((other, _)) => {
-                    return Err(Error::Init(format!(
-                        "unexpected message from init: {other:?}"
-                    )))
-                }
-                None => return Err(Error::Init(describe_death(first_pid, init_pid))),
-            }
-        }
+        let run_hooks = |init_pid| {
+            let state = hook_state(
+                &opts.id,
+                Status::Creating,
+                init_pid,
+                &bundle.dir,
+                &annotations,
+            );
+            let hooks = spec.hooks().as_ref().expect("hooks were announced");
+            #[allow(deprecated)]
+            init::run_parent_hooks("prestart", hooks.prestart().as_ref(), &state)?;
+            init::run_parent_hooks("createRuntime", hooks.create_runtime().as_ref(), &state)
+        };
+        let handshake = Handshake {
+            kind: Kind::Init,
+            spec,
+            plan: &plan,
+            cgroups: &cgroups,
+            terminal,
+            console: console_socket.as_ref(),
+            stdio: stdio.as_ref(),
+            preserve_fds: opts.preserve_fds,
+            seccomp: &seccomp,
+            run_hooks: Some(&run_hooks),
+        };
+        let init = match handshake.run(&mut cleanup)? {
+            Forked::Parent(init) => init,
+            Forked::Child(side) => init::container_init(
+                &side,
+                &InitContext {
+                    id: &opts.id,
+                    bundle: &bundle,
+                    annotations: &annotations,
+                    state_dir: state_dir_fd.as_ref(),
+                    gate: if mode == Launch::Create {
+                        StartGate::Fifo
+                    } else {
+                        StartGate::Channel
+                    },
+                    no_pivot: opts.no_pivot,
+                    no_new_keyring: opts.no_new_keyring,
+                    idmapped: &idmapped,
+                },
+            ),
+        };
 
-        let start_time = util::proc_stat(init_pid)
+        let start_time = util::proc_stat(init.pid)
             .map(|(_, t)| t)
             .ok_or_else(|| Error::Init("the container init exited during setup".into()))?;
         let hooks = spec.hooks().as_ref();
         let state = State {
             id: opts.id.clone(),
-            init_pid,
+            init_pid: init.pid,
             init_start_time: start_time,
             bundle: bundle.dir.clone(),
             rootfs: bundle.rootfs.clone(),
-            created: util::rfc3339_nano(SystemTime::now()),
+            created: berth_common::time::rfc3339_nano_padded(SystemTime::now()),
             owner: owner_name(),
             annotations,
             cgroup_paths: cgroups.paths().to_vec(),
@@ -497,13 +377,12 @@ impl Runtime {
             .ctx(|| format!("writing {}", dir.config_path().display()))?;
         dir.save(&state)?;
         if let Some(pid_file) = &opts.pid_file {
-            write_pid_file(pid_file, init_pid)?;
+            write_pid_file(pid_file, init.pid)?;
         }
         cleanup.disarm();
         Ok(Launched {
             state,
-            channel: parent_end,
-            pty,
+            init,
             signals,
         })
     }
@@ -701,42 +580,19 @@ impl Runtime {
                 "a detached exec with a terminal needs --console-socket".into(),
             ));
         }
-        let console_socket = match (&opts.console_socket, console) {
-            (_, Some(sock)) => Some(sock),
-            (Some(path), None) => Some(
-                UnixStream::connect(path)
-                    .ctx(|| format!("connecting to console socket {}", path.display()))?,
-            ),
-            (None, None) => None,
-        };
+        let console_socket = connect_console(opts.console_socket.as_deref(), console)?;
         crate::attrs::validate_process(process)?;
         // Exec'd processes get the container's seccomp profile, as with runc.
         let container_spec = self.container_config(id)?;
-        let seccomp_filter = container_spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().as_ref())
-            .map(crate::seccomp::compile)
-            .transpose()?;
-        let listener = connect_listener(
-            container_spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.seccomp().as_ref()),
-            seccomp_filter.as_ref(),
-        )?;
+        let mut seccomp = Seccomp::compile(&container_spec)?;
+        seccomp.connect_listener()?;
         let plan = NsPlan::for_exec(state.init_pid)?;
         if !state.init_alive() {
             return Err(Error::wrong_state(id, Status::Stopped, Op::Exec));
         }
-        let signals = if opts.detach {
-            None
-        } else {
-            sys::block_all_signals().ctx(|| "blocking signals".into())?;
-            Some(sys::signalfd_all().ctx(|| "creating a signalfd".into())?)
-        };
-        let (parent_end, child_end) =
-            Channel::pair().ctx(|| "creating the setup channel".into())?;
+        let signals = (!opts.detach)
+            .then(|| foreground_signals(false))
+            .transpose()?;
         let cgroups = sub_cgroups(state.cgroups(), &opts.sub_cgroups)?;
         // Into a frozen cgroup the process would freeze mid-setup: it joins
         // only once it runs its program (`--ignore-paused`), and runs when
@@ -747,66 +603,38 @@ impl Runtime {
         } else {
             cgroups.clone()
         };
-        let ns_guard = ChildNsGuard::enter(&plan, None)?;
-        let (child, in_unified) =
-            clone_into_cgroups(0, &setup_cgroups).ctx(|| "forking the exec process".into())?;
-        let Some(pid) = child else {
-            std::mem::forget(ns_guard);
-            drop(parent_end);
-            let ctx = ExecContext {
-                process,
-                container: &container_spec,
-                plan: &plan,
-                cgroups: &setup_cgroups,
-                in_unified,
-                channel: &child_end,
-                console: match (&console_socket, terminal) {
-                    (Some(sock), _) => ConsoleTarget::Socket(sock),
-                    (None, true) => ConsoleTarget::Parent,
-                    (None, false) => ConsoleTarget::None,
+        let mut cleanup = Cleanup::default();
+        let handshake = Handshake {
+            kind: Kind::Exec,
+            spec: &container_spec,
+            plan: &plan,
+            cgroups: &setup_cgroups,
+            terminal,
+            console: console_socket.as_ref(),
+            stdio: stdio.as_ref(),
+            preserve_fds: opts.preserve_fds,
+            seccomp: &seccomp,
+            run_hooks: None,
+        };
+        let child = match handshake.run(&mut cleanup)? {
+            Forked::Parent(child) => child,
+            Forked::Child(side) => init::exec_init(
+                &side,
+                &ExecContext {
+                    process,
+                    container: &container_spec,
+                    state: hook_state(
+                        id,
+                        Status::Running,
+                        state.init_pid,
+                        &state.bundle,
+                        &state.annotations,
+                    ),
                 },
-                preserve_fds: opts.preserve_fds,
-                stdio: stdio.as_ref(),
-                seccomp: seccomp_setup(&container_spec, seccomp_filter.as_ref(), listener.as_ref()),
-                state: hook_state(
-                    id,
-                    Status::Running,
-                    state.init_pid,
-                    &state.bundle,
-                    &state.annotations,
-                ),
-            };
-            init::exec_init(&ctx);
+            ),
         };
-        drop(ns_guard);
-        drop(child_end);
-        let mut cleanup = Cleanup {
-            state_dir: None,
-            cgroups: None,
-            children: vec![pid],
-        };
-        parent_end
-            .send(&Msg::Go)
-            .ctx(|| "starting the exec process".into())?;
-        let mut pty = None;
-        loop {
-            match parent_end
-                .recv()
-                .ctx(|| "reading from the exec process".into())?
-            {
-                Some((Msg::Console, fd)) => pty = fd,
-                Some((Msg::Ready, _)) => break,
-                Some((Msg::Error(text), _)) => return Err(Error::Init(text)),
-                Some((other, _)) => {
-                    return Err(Error::Init(format!("unexpected message: {other:?}")))
-                }
-                None => return Err(Error::Init(describe_death(pid, pid))),
-            }
-        }
-        parent_end
-            .send(&Msg::Start)
-            .ctx(|| "starting the exec process".into())?;
-        await_exec(&parent_end)?;
+        child.start()?;
+        let pid = child.pid;
         if paused {
             cgroups.add_process(pid)?;
         }
@@ -823,7 +651,7 @@ impl Runtime {
         let code = io_relay::wait_foreground(
             pid,
             signals.as_ref().map(|s| s.as_fd()),
-            pty.as_ref().map(|p| p.as_fd()),
+            child.pty.as_ref().map(|p| p.as_fd()),
             false,
         )?;
         Ok(ExecResult {
@@ -842,97 +670,6 @@ impl Runtime {
         })?;
         crate::spec::parse_spec(&raw).map_err(|message| Error::ParseConfig { path, message })
     }
-}
-
-/// Connects to linux.seccomp.listenerPath when the filter has notify rules.
-fn connect_listener(
-    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
-    filter: Option<&crate::seccomp::Filter>,
-) -> Result<Option<UnixStream>> {
-    let (Some(seccomp), Some(filter)) = (seccomp, filter) else {
-        return Ok(None);
-    };
-    if !filter.notify {
-        return Ok(None);
-    }
-    let path = seccomp.listener_path().as_ref().ok_or_else(|| {
-        Error::InvalidConfig("seccomp: SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath".into())
-    })?;
-    UnixStream::connect(path)
-        .map(Some)
-        .ctx(|| format!("connecting to the seccomp listener {}", path.display()))
-}
-
-fn seccomp_setup<'a>(
-    spec: &oci_spec::runtime::Spec,
-    filter: Option<&'a crate::seccomp::Filter>,
-    listener: Option<&'a UnixStream>,
-) -> Option<init::SeccompSetup<'a>> {
-    filter.map(|filter| init::SeccompSetup {
-        filter,
-        listener,
-        metadata: spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().as_ref())
-            .and_then(|s| s.listener_metadata().clone())
-            .unwrap_or_default(),
-    })
-}
-
-/// Clones a child that is born in the container's cgroup v2 directory when
-/// the host has one (CLONE_INTO_CGROUP: no migration, no global lock); the
-/// child joins the v1 hierarchies itself. Returns whether the unified
-/// hierarchy is taken care of.
-fn clone_into_cgroups(
-    flags: libc::c_int,
-    cgroups: &berth_cgroups::Manager,
-) -> std::io::Result<(Option<i32>, bool)> {
-    if let Some(dir) = cgroups.unified_path() {
-        if let Ok(fd) = rustix::fs::open(
-            dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            match sys::clone3_fork(flags, Some(fd.as_fd())) {
-                Ok(child) => return Ok((child, true)),
-                // Kernels before 5.7: fall back to clone and a write.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::E2BIG)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    sys::clone_fork(flags).map(|child| (child, false))
-}
-
-/// Waits until the child execs (channel closed) or reports why it could not.
-fn await_exec(channel: &Channel) -> Result<()> {
-    match channel
-        .recv()
-        .ctx(|| "waiting for the container process to start".into())?
-    {
-        None => Ok(()),
-        Some((Msg::Error(text), _)) => Err(Error::Init(text)),
-        Some((other, _)) => Err(Error::Init(format!("unexpected message: {other:?}"))),
-    }
-}
-
-/// Why a child closed the channel without a word.
-fn describe_death(first_pid: i32, init_pid: i32) -> String {
-    for pid in [init_pid, first_pid] {
-        if let Ok(Some((_, status))) = rustix::process::waitpid(
-            rustix::process::Pid::from_raw(pid),
-            rustix::process::WaitOptions::NOHANG,
-        ) {
-            if let Some(sig) = status.terminating_signal() {
-                return format!("the container init was killed by signal {sig} during setup");
-            }
-            if let Some(code) = status.exit_status() {
-                return format!("the container init exited with status {code} during setup");
-            }
-        }
-    }
-    "the container init exited during setup".into()
 }
 
 /// Signals the init through a pidfd, after checking it is still our init.

@@ -106,7 +106,7 @@ pub fn features() -> Value {
 /// Whether this kernel applies the recursive mount options (`rro`, ...):
 /// they need mount_setattr(2), Linux 5.12.
 pub fn recursive_mount_attrs_supported() -> bool {
-    crate::sys::has_mount_setattr()
+    berth_common::kernel::has_mount_setattr()
 }
 
 /// The config.json `berth spec` writes, like `runc spec`'s.

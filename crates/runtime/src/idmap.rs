@@ -208,5 +208,5 @@ pub fn attach(tree: BorrowedFd<'_>, target: BorrowedFd<'_>, dest: &Path) -> Resu
 
 /// Whether this kernel can id-map bind mounts (Linux 5.12: mount_setattr).
 pub fn supported() -> bool {
-    sys::has_mount_setattr()
+    berth_common::kernel::has_mount_setattr()
 }

@@ -73,23 +73,30 @@ impl SeccompSetup<'_> {
     }
 }
 
-pub struct InitContext<'a> {
-    pub id: &'a str,
-    pub bundle: &'a Bundle,
+/// What both kinds of child get from the parent's handshake
+/// (`crate::handshake`).
+pub struct ChildSide<'a> {
+    pub channel: Channel,
     pub plan: &'a NsPlan,
     pub cgroups: &'a berth_cgroups::Manager,
     /// Born in the cgroup v2 directory already (CLONE_INTO_CGROUP).
     pub in_unified: bool,
-    pub channel: &'a Channel,
     pub console: ConsoleTarget<'a>,
-    pub state_dir: Option<&'a OwnedFd>,
     /// Replaces the inherited stdio when set.
     pub stdio: Option<&'a [OwnedFd; 3]>,
+    pub preserve_fds: u32,
+    pub seccomp: Option<SeccompSetup<'a>>,
+}
+
+pub struct InitContext<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Bundle,
+    /// The config's annotations, for the hooks' state.
+    pub annotations: &'a BTreeMap<String, String>,
+    pub state_dir: Option<&'a OwnedFd>,
     pub gate: StartGate,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
-    pub preserve_fds: u32,
-    pub seccomp: Option<SeccompSetup<'a>>,
     /// Id-mapped trees prepared by berth, by mount index.
     pub idmapped: &'a [(usize, OwnedFd)],
 }
@@ -98,14 +105,6 @@ pub struct ExecContext<'a> {
     pub process: &'a Process,
     /// The container's config (personality and other container-wide attributes).
     pub container: &'a oci_spec::runtime::Spec,
-    pub plan: &'a NsPlan,
-    pub cgroups: &'a berth_cgroups::Manager,
-    pub in_unified: bool,
-    pub channel: &'a Channel,
-    pub console: ConsoleTarget<'a>,
-    pub preserve_fds: u32,
-    pub stdio: Option<&'a [OwnedFd; 3]>,
-    pub seccomp: Option<SeccompSetup<'a>>,
     /// The container's state, for a seccomp listener.
     pub state: Vec<u8>,
 }
@@ -120,7 +119,8 @@ fn fail(channel: &Channel, err: &Error) -> ! {
             log::error!("{err}");
         } else {
             let _ = std::io::stderr().write_all(
-                crate::util::logrus_line(log::Level::Error, &err.to_string(), false).as_bytes(),
+                berth_common::logrus::logrus_line(log::Level::Error, &err.to_string(), false)
+                    .as_bytes(),
             );
         }
     }
@@ -131,17 +131,17 @@ fn fail(channel: &Channel, err: &Error) -> ! {
     })
 }
 
-pub fn container_init(ctx: &InitContext<'_>) -> ! {
-    match run_container_init(ctx) {
+pub fn container_init(side: &ChildSide<'_>, ctx: &InitContext<'_>) -> ! {
+    match run_container_init(side, ctx) {
         Ok(never) => match never {},
-        Err(e) => fail(ctx.channel, &e),
+        Err(e) => fail(&side.channel, &e),
     }
 }
 
-pub fn exec_init(ctx: &ExecContext<'_>) -> ! {
-    match run_exec_init(ctx) {
+pub fn exec_init(side: &ChildSide<'_>, ctx: &ExecContext<'_>) -> ! {
+    match run_exec_init(side, ctx) {
         Ok(never) => match never {},
-        Err(e) => fail(ctx.channel, &e),
+        Err(e) => fail(&side.channel, &e),
     }
 }
 
@@ -155,30 +155,74 @@ fn send(channel: &Channel, msg: Msg) -> Result<()> {
     channel.send(&msg).ctx(|| "talking to berth".into())
 }
 
-/// Puts the caller's chosen fds on 0, 1 and 2.
-fn install_stdio(stdio: Option<&[OwnedFd; 3]>) -> Result<()> {
-    if let Some(fds) = stdio {
-        for (target, fd) in fds.iter().enumerate() {
-            sys::dup2(fd.as_raw_fd(), target as i32).ctx(|| "setting up stdio".into())?;
+impl ChildSide<'_> {
+    /// First thing in the child: the caller's chosen fds on 0, 1 and 2, and
+    /// no other inherited fd past exec but the preserved ones.
+    fn adopt_fds(&self) -> Result<()> {
+        if let Some(fds) = self.stdio {
+            for (target, fd) in fds.iter().enumerate() {
+                sys::dup2(fd.as_raw_fd(), target as i32).ctx(|| "setting up stdio".into())?;
+            }
         }
+        process::mark_inherited_fds_cloexec(self.preserve_fds)
     }
-    Ok(())
+
+    /// Waits for berth's Go (uid maps written), then joins the cgroups and
+    /// enters the namespaces.
+    fn enter(&self) -> Result<()> {
+        expect(&self.channel, Msg::Go)?;
+        self.cgroups.join_self(self.in_unified)?;
+        self.plan.enter()
+    }
+
+    /// Whether the process has a namespace of this type other than berth's
+    /// (created or joined).
+    fn has_ns(&self, flag: libc::c_int) -> bool {
+        (self.plan.clone_flags | self.plan.unshare_flags) & flag != 0
+            || self.plan.joins.iter().any(|(f, _)| *f == flag)
+    }
+
+    /// The end of setup, the same for both kinds of child: terminal, cwd,
+    /// program, a notifying seccomp filter (with `notify_state`), Ready;
+    /// then, once `gate` lets it through, `finish` (with `state`).
+    fn release(
+        &self,
+        process: &Process,
+        mount_console: bool,
+        notify_state: &[u8],
+        gate: impl FnOnce() -> Result<()>,
+        state: &[u8],
+    ) -> Result<Infallible> {
+        if process.terminal() == Some(true) {
+            setup_terminal(process, &self.console, &self.channel, mount_console)?;
+        }
+        let cwd_deferred = enter_cwd(process)?;
+        let program = process::prepare_program(process)?;
+        let seccomp_loaded =
+            load_notifying_filter(self.seccomp.as_ref(), self.preserve_fds, notify_state)?;
+        send(&self.channel, Msg::Ready)?;
+        gate()?;
+        finish(
+            process,
+            cwd_deferred,
+            &program,
+            self.preserve_fds,
+            self.seccomp.as_ref().filter(|_| !seccomp_loaded),
+            state,
+        )
+    }
 }
 
-fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
-    install_stdio(ctx.stdio)?;
-    process::mark_inherited_fds_cloexec(ctx.preserve_fds)?;
+fn run_container_init(side: &ChildSide<'_>, ctx: &InitContext<'_>) -> Result<Infallible> {
+    side.adopt_fds()?;
     let spec = &ctx.bundle.spec;
     let process = spec
         .process()
         .as_ref()
         .ok_or_else(|| Error::InvalidConfig("process is missing".into()))?;
     rustix::process::umask(rustix::fs::Mode::empty());
-    expect(ctx.channel, Msg::Go)?;
-    ctx.cgroups.join_self(ctx.in_unified)?;
-
-    ctx.plan.enter()?;
-    if ctx.plan.two_stage {
+    side.enter()?;
+    if side.plan.two_stage {
         // The new PID namespace (and the others) belong to the joined user
         // namespace; the init must be a child to live in the PID namespace.
         // The init waits until berth knows its pid: its own messages
@@ -187,7 +231,7 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
         let (told, tell) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .ctx(|| "creating the init's start pipe".into())?;
         if let Some(pid) = sys::fork().ctx(|| "forking the container init".into())? {
-            send(ctx.channel, Msg::Pid(pid))?;
+            send(&side.channel, Msg::Pid(pid))?;
             let _ = rustix::io::write(&tell, &[1]);
             sys::exit_now(0);
         }
@@ -207,12 +251,7 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
         }
         drop(told);
     }
-    let userns = ctx.plan.new_user
-        || ctx
-            .plan
-            .joins
-            .iter()
-            .any(|(f, _)| *f == libc::CLONE_NEWUSER);
+    let userns = side.has_ns(libc::CLONE_NEWUSER);
     if userns {
         // Become the user namespace's root (when it is mapped) so files we
         // create belong to the container's root, not to nobody.
@@ -253,28 +292,16 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
     // into this one's /proc files (its fds reach outside the container).
     sys::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
 
-    let cgroupns = ctx.plan.unshare_flags & libc::CLONE_NEWCGROUP != 0
-        || ctx
-            .plan
-            .joins
-            .iter()
-            .any(|(f, _)| *f == libc::CLONE_NEWCGROUP);
     let setup = RootfsSetup {
         spec,
         bundle: &ctx.bundle.dir,
         rootfs: &ctx.bundle.rootfs,
-        cgroups: ctx.cgroups,
-        cgroupns,
-        userns: ctx.plan.new_user
-            || ctx
-                .plan
-                .joins
-                .iter()
-                .any(|(f, _)| *f == libc::CLONE_NEWUSER),
+        cgroups: side.cgroups,
+        cgroupns: side.has_ns(libc::CLONE_NEWCGROUP),
+        userns,
         idmapped: ctx.idmapped,
     };
-    let mount_ns = (ctx.plan.clone_flags | ctx.plan.unshare_flags) & libc::CLONE_NEWNS != 0
-        || ctx.plan.joins.iter().any(|(f, _)| *f == libc::CLONE_NEWNS);
+    let mount_ns = side.has_ns(libc::CLONE_NEWNS);
     let root = if mount_ns {
         Some(setup.prepare()?)
     } else {
@@ -282,12 +309,6 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
     };
 
     let host_pid = own_host_pid();
-    let annotations: BTreeMap<String, String> = spec
-        .annotations()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
     let hook_lists = spec.hooks().as_ref();
     #[allow(deprecated)]
     let runtime_hooks = hook_lists.is_some_and(|h| {
@@ -295,10 +316,10 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
             || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
     });
     if runtime_hooks {
-        send(ctx.channel, Msg::RunHooks)?;
-        expect(ctx.channel, Msg::HooksDone)?;
+        send(&side.channel, Msg::RunHooks)?;
+        expect(&side.channel, Msg::HooksDone)?;
     }
-    let state = |status| hook_state(ctx.id, status, host_pid, &ctx.bundle.dir, &annotations);
+    let state = |status| hook_state(ctx.id, status, host_pid, &ctx.bundle.dir, ctx.annotations);
     if let Some(list) = hook_lists.and_then(|h| h.create_container().as_deref()) {
         hooks::run_hooks("createContainer", list, &state(Status::Creating))?;
     }
@@ -314,77 +335,54 @@ fn run_container_init(ctx: &InitContext<'_>) -> Result<Infallible> {
         None => rootfs::chroot_into(&ctx.bundle.rootfs)?,
     }
 
-    if process.terminal() == Some(true) {
-        setup_terminal(process, &ctx.console, ctx.channel, mount_ns)?;
-    }
-    let cwd_deferred = enter_cwd(process)?;
-    let program = process::prepare_program(process)?;
-    let seccomp_loaded = load_notifying_filter(
-        ctx.seccomp.as_ref(),
-        ctx.preserve_fds,
-        &state(Status::Creating),
-    )?;
-    send(ctx.channel, Msg::Ready)?;
-
-    match ctx.gate {
-        StartGate::Fifo => wait_for_start_fifo(ctx.state_dir)?,
-        StartGate::Channel => expect(ctx.channel, Msg::Start)?,
-    }
-    if let Some(list) = hook_lists.and_then(|h| h.start_container().as_deref()) {
-        // Hooks without an env of their own get the container process's,
-        // as runc runs them from its init.
-        hooks::run_hooks_with_default_env(
-            "startContainer",
-            list,
-            &state(Status::Created),
-            process.env().as_deref().unwrap_or_default(),
-        )?;
-    }
-    finish(
+    let gate = || {
+        match ctx.gate {
+            StartGate::Fifo => wait_for_start_fifo(ctx.state_dir)?,
+            StartGate::Channel => expect(&side.channel, Msg::Start)?,
+        }
+        if let Some(list) = hook_lists.and_then(|h| h.start_container().as_deref()) {
+            // Hooks without an env of their own get the container process's,
+            // as runc runs them from its init.
+            hooks::run_hooks_with_default_env(
+                "startContainer",
+                list,
+                &state(Status::Created),
+                process.env().as_deref().unwrap_or_default(),
+            )?;
+        }
+        Ok(())
+    };
+    let notify_state = state(Status::Creating);
+    side.release(
         process,
-        cwd_deferred,
-        &program,
-        ctx.preserve_fds,
-        ctx.seccomp.as_ref().filter(|_| !seccomp_loaded),
+        mount_ns,
+        &notify_state,
+        gate,
         &state(Status::Running),
     )
 }
 
-fn run_exec_init(ctx: &ExecContext<'_>) -> Result<Infallible> {
-    install_stdio(ctx.stdio)?;
-    process::mark_inherited_fds_cloexec(ctx.preserve_fds)?;
+fn run_exec_init(side: &ChildSide<'_>, ctx: &ExecContext<'_>) -> Result<Infallible> {
+    side.adopt_fds()?;
     let process = ctx.process;
     let affinity = process.exec_cpu_affinity().as_ref();
     if let Some(initial) = affinity.and_then(|a| a.initial().as_deref()) {
         crate::attrs::set_affinity(initial)?;
     }
-    expect(ctx.channel, Msg::Go)?;
-    ctx.cgroups.join_self(ctx.in_unified)?;
-    ctx.plan.enter()?;
+    side.enter()?;
     process::apply_oom_score_adj(process)?;
     process::apply_rlimits(process)?;
     crate::attrs::apply_personality(ctx.container)?;
     crate::attrs::apply_process(process)?;
     sys::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
-    if process.terminal() == Some(true) {
-        setup_terminal(process, &ctx.console, ctx.channel, false)?;
-    }
-    let cwd_deferred = enter_cwd(process)?;
-    let program = process::prepare_program(process)?;
-    let seccomp_loaded = load_notifying_filter(ctx.seccomp.as_ref(), ctx.preserve_fds, &ctx.state)?;
-    send(ctx.channel, Msg::Ready)?;
-    expect(ctx.channel, Msg::Start)?;
-    if let Some(last) = affinity.and_then(|a| a.cpu_affinity_final().as_deref()) {
-        crate::attrs::set_affinity(last)?;
-    }
-    finish(
-        process,
-        cwd_deferred,
-        &program,
-        ctx.preserve_fds,
-        ctx.seccomp.as_ref().filter(|_| !seccomp_loaded),
-        &ctx.state,
-    )
+    let gate = || {
+        expect(&side.channel, Msg::Start)?;
+        if let Some(last) = affinity.and_then(|a| a.cpu_affinity_final().as_deref()) {
+            crate::attrs::set_affinity(last)?;
+        }
+        Ok(())
+    };
+    side.release(process, false, &ctx.state, gate, &ctx.state)
 }
 
 /// A filter that notifies is loaded before the caller hears Ready, so its

@@ -3,31 +3,33 @@
 //! process setup, hooks and cgroup placement. It is synchronous and forks;
 //! it knows nothing of CRI, pods or images.
 
-pub mod attrs;
+mod attrs;
 mod channel;
 pub mod cloned_exe;
 mod container;
 mod error;
 pub mod features;
-pub mod hooks;
-pub mod id;
-pub mod idmap;
+mod handshake;
+mod hooks;
+mod id;
+mod idmap;
 mod init;
 mod io_relay;
-pub mod manage;
-pub mod mount_opts;
+mod manage;
+mod mount_opts;
 mod namespaces;
-pub mod process;
+mod process;
 mod rootfs;
-pub mod safe_path;
-pub mod seccomp;
-pub mod signal;
-pub mod spec;
-pub mod state;
+mod seccomp;
+mod spec;
+mod state;
 mod sys;
-pub mod util;
+mod util;
+
+/// Resolution inside untrusted roots, shared with the daemon side.
+pub(crate) use berth_common::safe_path;
 
 pub use container::{CreateOptions, ExecOptions, ExecResult, ProcessIo, Runtime};
 pub use error::{Error, Result};
-pub use spec::Bundle;
+pub use spec::{check_config_bytes, Bundle};
 pub use state::{OciState, Status, OCI_VERSION};

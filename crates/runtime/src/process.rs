@@ -271,27 +271,8 @@ pub fn prepare_exec(preserve_fds: u32) -> Result<()> {
 /// close-on-exec: with close_range(2), or one by one over /proc/self/fd
 /// where the kernel or a seccomp profile refuses it (as runc does).
 pub fn mark_inherited_fds_cloexec(preserve_fds: u32) -> Result<()> {
-    let first = 3 + preserve_fds;
-    let err = match sys::close_range(first, u32::MAX, true) {
-        Ok(()) => return Ok(()),
-        Err(e) => e,
-    };
-    if !matches!(
-        err.raw_os_error(),
-        Some(libc::EPERM) | Some(libc::ENOSYS) | Some(libc::EINVAL)
-    ) {
-        return Err(err).ctx(|| "marking descriptors close-on-exec".into());
-    }
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .ctx(|| "listing /proc/self/fd".into())?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .filter(|fd| *fd >= first as i32)
-        .collect();
-    for fd in fds {
-        sys::set_cloexec(fd).ctx(|| format!("marking descriptor {fd} close-on-exec"))?;
-    }
-    Ok(())
+    berth_common::fd::mark_inherited_fds_cloexec(preserve_fds)
+        .ctx(|| "inherited descriptors".into())
 }
 
 /// execve; returns only on failure.

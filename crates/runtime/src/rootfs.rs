@@ -1,12 +1,12 @@
 //! The container's root filesystem: mounts, /dev, masked and read-only
 //! paths, and the switch into it (pivot_root or chroot).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
+use oci_spec::runtime::{Mount, Spec};
 use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::error::Context;
@@ -16,6 +16,8 @@ use crate::safe_path::{
     parent_in_root, stat_fd,
 };
 use crate::{sys, Error, Result};
+
+mod devices;
 
 /// Everything rootfs setup needs to know.
 pub struct RootfsSetup<'a> {
@@ -41,16 +43,6 @@ fn mount_err(what: &str, dest: &Path, e: std::io::Error) -> Error {
         source: e,
     }
 }
-
-/// Default device nodes every container gets (runtime-spec "Default Devices").
-const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
-    ("/dev/null", 1, 3),
-    ("/dev/zero", 1, 5),
-    ("/dev/full", 1, 7),
-    ("/dev/random", 1, 8),
-    ("/dev/urandom", 1, 9),
-    ("/dev/tty", 5, 0),
-];
 
 /// /proc files a bind mount may cover (lxcfs and friends), as runc allows.
 const PROC_BIND_ALLOWED: [&str; 10] = [
@@ -85,36 +77,20 @@ impl RootfsSetup<'_> {
             self.make_parent_mount_private()?;
         }
         let rootfs = cstr(self.rootfs);
-        sys::mount(
-            Some(&rootfs),
-            &rootfs,
-            None,
-            libc::MS_BIND | libc::MS_REC,
-            None,
-        )
-        .ctx(|| format!("bind mounting rootfs {}", self.rootfs.display()))?;
+        rbind(&rootfs, &rootfs)
+            .ctx(|| format!("bind mounting rootfs {}", self.rootfs.display()))?;
+        let root =
+            open_dir(self.rootfs).ctx(|| format!("opening rootfs {}", self.rootfs.display()))?;
         if self.rootfs_nosuid_only_on_host() {
             // The caller mounted the rootfs nosuid so that host users cannot
             // run its setuid binaries; inside, the image keeps its meaning.
-            let top = rustix::fs::open(
-                self.rootfs,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .ctx(|| format!("opening rootfs {}", self.rootfs.display()))?;
             let attr = sys::MountAttr {
                 attr_clr: mount_opts::attr::NOSUID,
                 ..Default::default()
             };
-            sys::mount_setattr(top.as_fd(), &attr, false)
+            sys::mount_setattr(root.as_fd(), &attr, false)
                 .ctx(|| format!("clearing nosuid on rootfs {}", self.rootfs.display()))?;
         }
-        let root = rustix::fs::open(
-            self.rootfs,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .ctx(|| format!("opening rootfs {}", self.rootfs.display()))?;
 
         let mounts = self.spec.mounts().as_deref().unwrap_or_default();
         for (index, m) in mounts.iter().enumerate() {
@@ -217,8 +193,7 @@ impl RootfsSetup<'_> {
         opts: &MountOptions,
         typ: &str,
     ) -> Result<()> {
-        let target = mkdir_all_in_root(root, dest, 0o755)
-            .map_err(|e| mount_err("creating mount point", dest, e))?;
+        let target = mount_point(root, dest)?;
         check_resolved_destination(root, target.as_fd(), dest, typ, false)?;
         let source = m
             .source()
@@ -240,21 +215,10 @@ impl RootfsSetup<'_> {
             // sysfs cannot be mounted in a user namespace that does not own
             // the network namespace: fall back to the host's, as runc does.
             Err(e) if typ == "sysfs" && e.raw_os_error() == Some(libc::EPERM) => {
-                sys::mount(
-                    Some(c"/sys"),
-                    &fd_path(target.as_fd()),
-                    None,
-                    libc::MS_BIND | libc::MS_REC,
-                    None,
-                )
-                .map_err(|e| mount_err("bind mounting /sys on", dest, e))?;
-                let top = reopen(root, dest)?;
-                remount(
-                    top.as_fd(),
-                    dest,
-                    (flags | libc::MS_BIND | libc::MS_REC) & !libc::MS_REMOUNT,
-                    true,
-                )?;
+                rbind(c"/sys", &fd_path(target.as_fd()))
+                    .map_err(|e| mount_err("bind mounting /sys on", dest, e))?;
+                let flags = (flags | libc::MS_BIND | libc::MS_REC) & !libc::MS_REMOUNT;
+                remount(root, dest, flags, true)?;
             }
             Err(e) => return Err(mount_err(&format!("mounting {typ} on"), dest, e)),
         }
@@ -307,8 +271,7 @@ impl RootfsSetup<'_> {
         }
         let extra = opts.flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
         if extra != 0 {
-            let top = reopen(root, dest)?;
-            remount(top.as_fd(), dest, extra | libc::MS_BIND, self.userns)?;
+            remount(root, dest, extra | libc::MS_BIND, self.userns)?;
         }
         Ok(())
     }
@@ -337,8 +300,7 @@ impl RootfsSetup<'_> {
             opts.flags & !(libc::MS_RDONLY | libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
         let paths = self.cgroups.paths();
         let unified_only = paths.len() == 1 && paths[0].0.is_empty();
-        let target = mkdir_all_in_root(root, dest, 0o755)
-            .map_err(|e| mount_err("creating mount point", dest, e))?;
+        let target = mount_point(root, dest)?;
         if unified_only {
             return self.mount_one_cgroup(root, dest, "", &paths[0].1, opts.flags & !libc::MS_BIND);
         }
@@ -393,8 +355,7 @@ impl RootfsSetup<'_> {
         host_path: &Path,
         flags: libc::c_ulong,
     ) -> Result<()> {
-        let target = mkdir_all_in_root(root, dest, 0o755)
-            .map_err(|e| mount_err("creating mount point", dest, e))?;
+        let target = mount_point(root, dest)?;
         if self.cgroupns {
             let (fstype, data) = if key.is_empty() {
                 (c"cgroup2", None)
@@ -414,14 +375,7 @@ impl RootfsSetup<'_> {
                 Err(e) => return Err(mount_err("mounting cgroup on", dest, e)),
             }
         }
-        sys::mount(
-            Some(&cstr(host_path)),
-            &fd_path(target.as_fd()),
-            None,
-            libc::MS_BIND | libc::MS_REC,
-            None,
-        )
-        .map_err(|e| {
+        rbind(&cstr(host_path), &fd_path(target.as_fd())).map_err(|e| {
             mount_err(
                 &format!("bind mounting {} on", host_path.display()),
                 dest,
@@ -430,126 +384,8 @@ impl RootfsSetup<'_> {
         })?;
         let extra = flags & !(libc::MS_REC | libc::MS_REMOUNT);
         if extra != 0 {
-            let top = reopen(root, dest)?;
-            remount(top.as_fd(), dest, extra | libc::MS_BIND, self.userns)?;
+            remount(root, dest, extra | libc::MS_BIND, self.userns)?;
         }
-        Ok(())
-    }
-
-    fn create_default_devices(&self, root: BorrowedFd<'_>) -> Result<()> {
-        let dev =
-            mkdir_all_in_root(root, Path::new("/dev"), 0o755).ctx(|| "creating /dev".into())?;
-        for (path, major, minor) in DEFAULT_DEVICES {
-            self.make_device_node(
-                root,
-                Path::new(path),
-                LinuxDeviceType::C,
-                major,
-                minor,
-                0o666,
-                0,
-                0,
-            )?;
-        }
-        let mut links: Vec<(&str, &str)> = vec![
-            ("/proc/self/fd", "fd"),
-            ("/proc/self/fd/0", "stdin"),
-            ("/proc/self/fd/1", "stdout"),
-            ("/proc/self/fd/2", "stderr"),
-        ];
-        if Path::new("/proc/kcore").exists() {
-            links.push(("/proc/kcore", "core"));
-        }
-        for (target, name) in links {
-            match rustix::fs::symlinkat(target, &dev, name) {
-                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                Err(e) => return Err(e).ctx(|| format!("creating /dev/{name}")),
-            }
-        }
-        match rustix::fs::unlinkat(&dev, "ptmx", rustix::fs::AtFlags::empty()) {
-            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(e).ctx(|| "removing /dev/ptmx".into()),
-        }
-        rustix::fs::symlinkat("pts/ptmx", &dev, "ptmx").ctx(|| "creating /dev/ptmx".into())?;
-        Ok(())
-    }
-
-    fn create_device(&self, root: BorrowedFd<'_>, dev: &LinuxDevice) -> Result<()> {
-        let mode = dev.file_mode().unwrap_or(0o666) & 0o7777;
-        self.make_device_node(
-            root,
-            dev.path(),
-            dev.typ(),
-            dev.major() as u64,
-            dev.minor() as u64,
-            mode,
-            dev.uid().unwrap_or(0),
-            dev.gid().unwrap_or(0),
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn make_device_node(
-        &self,
-        root: BorrowedFd<'_>,
-        path: &Path,
-        typ: LinuxDeviceType,
-        major: u64,
-        minor: u64,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    ) -> Result<()> {
-        let (dir, name) = parent_in_root(root, path)
-            .ctx(|| format!("creating parent of device {}", path.display()))?;
-        let kind = match typ {
-            LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
-            LinuxDeviceType::B => libc::S_IFBLK,
-            LinuxDeviceType::P => libc::S_IFIFO,
-            LinuxDeviceType::A => {
-                return Err(Error::InvalidConfig(format!(
-                    "device {}: type \"a\" is only valid in device cgroup rules",
-                    path.display()
-                )))
-            }
-        };
-        // Whatever the image left at this path is replaced (a directory is an error).
-        match rustix::fs::unlinkat(&dir, name.as_os_str(), rustix::fs::AtFlags::empty()) {
-            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(e).ctx(|| format!("replacing {}", path.display())),
-        }
-        let cname = CString::new(name.as_bytes()).unwrap_or_default();
-        if self.userns && kind != libc::S_IFIFO {
-            // Device nodes cannot be created in a user namespace: bind the host's.
-            let file =
-                create_file_in_root(root, path).ctx(|| format!("creating {}", path.display()))?;
-            let host = device_host_path(kind, major, minor, path)?;
-            sys::mount(
-                Some(&cstr(&host)),
-                &fd_path(file.as_fd()),
-                None,
-                libc::MS_BIND,
-                None,
-            )
-            .map_err(|e| {
-                mount_err(
-                    &format!("bind mounting device {} on", host.display()),
-                    path,
-                    e,
-                )
-            })?;
-            return Ok(());
-        }
-        sys::mknodat(dir.as_fd(), &cname, kind | mode, sys::makedev(major, minor))
-            .ctx(|| format!("creating device node {}", path.display()))?;
-        rustix::fs::chownat(
-            &dir,
-            name.as_os_str(),
-            Some(rustix::fs::Uid::from_raw(uid)),
-            Some(rustix::fs::Gid::from_raw(gid)),
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .ctx(|| format!("chown of device {}", path.display()))?;
         Ok(())
     }
 
@@ -565,21 +401,10 @@ impl RootfsSetup<'_> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(mount_err("opening read-only path", path, e)),
             };
-            sys::mount(
-                Some(&fd_path(fd.as_fd())),
-                &fd_path(fd.as_fd()),
-                None,
-                libc::MS_BIND | libc::MS_REC,
-                None,
-            )
-            .map_err(|e| mount_err("bind mounting read-only path", path, e))?;
-            let top = reopen(root, path)?;
-            remount(
-                top.as_fd(),
-                path,
-                libc::MS_BIND | libc::MS_RDONLY | libc::MS_REC,
-                true,
-            )?;
+            let here = fd_path(fd.as_fd());
+            rbind(&here, &here).map_err(|e| mount_err("bind mounting read-only path", path, e))?;
+            let flags = libc::MS_BIND | libc::MS_RDONLY | libc::MS_REC;
+            remount(root, path, flags, true)?;
         }
         // Mask with the container's own /dev/null where it has one: the host's
         // sits on a mount that rootfsPropagation "runbindable" made unbindable.
@@ -628,22 +453,49 @@ impl RootfsSetup<'_> {
     }
 }
 
+/// An O_PATH fd of the directory `path`.
+fn open_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Creates the directory `dest` to mount on.
+fn mount_point(root: BorrowedFd<'_>, dest: &Path) -> Result<OwnedFd> {
+    mkdir_all_in_root(root, dest, 0o755).map_err(|e| mount_err("creating mount point", dest, e))
+}
+
 /// Re-resolves `path` so that a mount just made on it is what we act on.
 fn reopen(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
     open_in_root(root, path, OFlags::PATH).map_err(|e| mount_err("reopening", path, e))
 }
 
-/// Remounts a bind mount with `flags`, keeping the flags the kernel locks in a
-/// user namespace (nosuid, nodev, noexec, atime) when `keep_locked`.
+/// Binds `source` on `target` with the mounts below it.
+fn rbind(source: &CStr, target: &CStr) -> std::io::Result<()> {
+    sys::mount(
+        Some(source),
+        target,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+}
+
+/// Remounts the bind mount just made at `dest` (re-resolved) with `flags`,
+/// keeping the flags the kernel locks in a user namespace (nosuid, nodev,
+/// noexec, atime) when `keep_locked`.
 fn remount(
-    target: BorrowedFd<'_>,
+    root: BorrowedFd<'_>,
     dest: &Path,
     flags: libc::c_ulong,
     keep_locked: bool,
 ) -> Result<()> {
+    let target = reopen(root, dest)?;
     let mut flags = flags | libc::MS_REMOUNT;
     if keep_locked {
-        if let Ok(st) = rustix::fs::fstatvfs(target) {
+        if let Ok(st) = rustix::fs::fstatvfs(&target) {
             let f = st.f_flag;
             for (st_flag, ms_flag) in [
                 (rustix::fs::StatVfsMountFlags::NOSUID, libc::MS_NOSUID),
@@ -662,7 +514,7 @@ fn remount(
             }
         }
     }
-    sys::mount(None, &fd_path(target), None, flags, None)
+    sys::mount(None, &fd_path(target.as_fd()), None, flags, None)
         .map_err(|e| mount_err("remounting", dest, e))
 }
 
@@ -782,53 +634,6 @@ fn apply_recursive_attrs(root: BorrowedFd<'_>, dest: &Path, opts: &MountOptions)
     })
 }
 
-/// Where the host has a device, for bind-mounting it in a user namespace:
-/// /dev/{char,block}/M:m, the same path on the host, or any node with that
-/// number under /dev (two levels deep).
-fn device_host_path(kind: u32, major: u64, minor: u64, container_path: &Path) -> Result<PathBuf> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let wanted = sys::makedev(major, minor);
-    // Not following symlinks: /dev/stdin and friends point anywhere.
-    let matches = |p: &Path| {
-        std::fs::symlink_metadata(p).is_ok_and(|m| {
-            let is_kind = if kind == libc::S_IFBLK {
-                m.file_type().is_block_device()
-            } else {
-                m.file_type().is_char_device()
-            };
-            is_kind && m.rdev() == wanted
-        })
-    };
-    let sys_kind = if kind == libc::S_IFBLK {
-        "block"
-    } else {
-        "char"
-    };
-    let mut candidates = vec![
-        PathBuf::from(format!("/dev/{sys_kind}/{major}:{minor}")),
-        container_path.to_path_buf(),
-    ];
-    if let Ok(entries) = std::fs::read_dir("/dev") {
-        for e in entries.flatten() {
-            let path = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                if let Ok(sub) = std::fs::read_dir(&path) {
-                    candidates.extend(sub.flatten().map(|s| s.path()));
-                }
-            } else {
-                candidates.push(path);
-            }
-        }
-    }
-    candidates.into_iter().find(|p| matches(p)).ok_or_else(|| {
-        Error::InvalidConfig(format!(
-            "device {}: a user namespace cannot create device nodes and the host has no {} device {major}:{minor} to bind",
-            container_path.display(),
-            sys_kind
-        ))
-    })
-}
-
 /// Switches the process root into the prepared rootfs.
 pub fn enter_root(root: BorrowedFd<'_>, rootfs: &Path, no_pivot: bool) -> Result<()> {
     rustix::process::fchdir(root).ctx(|| format!("chdir to rootfs {}", rootfs.display()))?;
@@ -837,9 +642,22 @@ pub fn enter_root(root: BorrowedFd<'_>, rootfs: &Path, no_pivot: bool) -> Result
             .ctx(|| "moving rootfs to / (--no-pivot)".into())?;
         rustix::process::chroot(".").ctx(|| "chroot into rootfs".into())?;
     } else {
+        // Opened before the switch: after pivot_root(".", ".") the old root
+        // is stacked on the new one, and only a directory of the old root
+        // names it for certain (as runc does). Making "." a slave while "."
+        // is the new root would make every mount of the container a slave,
+        // and rshared (bidirectional) mounts would stop propagating out.
+        let old_root = rustix::fs::open(
+            "/",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(|| "opening the old root".into())?;
         sys::pivot_root(c".", c".").ctx(|| format!("pivot_root into {}", rootfs.display()))?;
-        // The old root is now stacked on "."; detach it without letting the
-        // unmount propagate back to the host.
+        rustix::process::fchdir(&old_root).ctx(|| "chdir to the old root".into())?;
+        drop(old_root);
+        // Detach the old root without letting the unmount propagate back
+        // to the host.
         sys::mount(None, c".", None, libc::MS_SLAVE | libc::MS_REC, None)
             .ctx(|| "making the old root a slave".into())?;
         sys::umount2(c".", libc::MNT_DETACH).ctx(|| "unmounting the old root".into())?;
@@ -872,12 +690,7 @@ pub fn finalize_root(spec: &Spec) -> Result<()> {
         .and_then(|r| r.readonly())
         .unwrap_or(false);
     if readonly {
-        let root = rustix::fs::open(
-            "/",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .ctx(|| "opening /".into())?;
+        let root = open_dir(Path::new("/")).ctx(|| "opening /".into())?;
         remount_path_readonly(root.as_fd())?;
     }
     Ok(())
@@ -901,12 +714,7 @@ fn remount_path_readonly(root: BorrowedFd<'_>) -> Result<()> {
 
 /// Binds the terminal's slave side onto /dev/console.
 pub fn mount_console(slave_path: &Path) -> Result<()> {
-    let root = rustix::fs::open(
-        "/",
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ctx(|| "opening /".into())?;
+    let root = open_dir(Path::new("/")).ctx(|| "opening /".into())?;
     let console = create_file_in_root(root.as_fd(), Path::new("/dev/console"))
         .ctx(|| "creating /dev/console".into())?;
     sys::mount(

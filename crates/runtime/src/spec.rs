@@ -7,10 +7,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::{Error, Result};
 
-/// Annotation a CRI daemon sets when it mounted the bundle's rootfs nosuid
-/// only to keep host users from its setuid binaries (containerd
-/// CVE-2021-41103 class): berth clears nosuid on the container's own view.
-pub const ROOTFS_HOST_NOSUID: &str = "io.github.berth.rootfs.host-nosuid";
+pub(crate) use berth_common::annotations::ROOTFS_HOST_NOSUID;
 
 /// A parsed and validated bundle configuration.
 #[derive(Debug, Clone)]

@@ -78,10 +78,6 @@ impl StateDir {
         }
     }
 
-    pub fn exists(&self) -> bool {
-        self.path.join(STATE_FILE).exists()
-    }
-
     pub fn load(&self, id: &str) -> Result<State> {
         let file = self.path.join(STATE_FILE);
         let bytes = match std::fs::read(&file) {

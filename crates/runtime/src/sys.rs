@@ -6,16 +6,9 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn check_long(ret: libc::c_long) -> io::Result<libc::c_long> {
-    if ret < 0 {
+/// A system call's result: errno when it returned a negative value.
+fn check<T: Copy + Default + PartialOrd>(ret: T) -> io::Result<T> {
+    if ret < T::default() {
         Err(io::Error::last_os_error())
     } else {
         Ok(ret)
@@ -42,7 +35,7 @@ pub fn clone_fork(flags: libc::c_int) -> io::Result<Option<i32>> {
             0 as libc::c_ulong,
         )
     };
-    let pid = check_long(ret)? as i32;
+    let pid = check(ret)? as i32;
     Ok(if pid == 0 { None } else { Some(pid) })
 }
 
@@ -84,7 +77,7 @@ pub fn clone3_fork(flags: libc::c_int, cgroup: Option<BorrowedFd<'_>>) -> io::Re
             std::mem::size_of::<CloneArgs>(),
         )
     };
-    let pid = check_long(ret)? as i32;
+    let pid = check(ret)? as i32;
     Ok(if pid == 0 { None } else { Some(pid) })
 }
 
@@ -133,7 +126,7 @@ pub fn umount2(target: &CStr, flags: libc::c_int) -> io::Result<()> {
 
 pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
     // SAFETY: both are valid NUL-terminated strings.
-    check_long(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })
+    check(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })
         .map(drop)
 }
 
@@ -145,17 +138,6 @@ pub fn sethostname(name: &str) -> io::Result<()> {
 pub fn setdomainname(name: &str) -> io::Result<()> {
     // SAFETY: pointer and length describe the bytes of `name`.
     check(unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) }).map(drop)
-}
-
-/// close_range(2): with `cloexec`, marks the range close-on-exec instead of closing.
-pub fn close_range(first: u32, last: u32, cloexec: bool) -> io::Result<()> {
-    let flags: libc::c_uint = if cloexec {
-        libc::CLOSE_RANGE_CLOEXEC
-    } else {
-        0
-    };
-    // SAFETY: close_range takes plain integers.
-    check_long(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }).map(drop)
 }
 
 /// `struct mount_attr` of mount_setattr(2) (MOUNT_ATTR_SIZE_VER0).
@@ -177,7 +159,7 @@ pub fn mount_setattr(fd: BorrowedFd<'_>, attr: &MountAttr, recursive: bool) -> i
     }
     // SAFETY: the path is an empty NUL-terminated string, `attr` points to a
     // live struct whose size is passed along.
-    check_long(unsafe {
+    check(unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
@@ -190,48 +172,14 @@ pub fn mount_setattr(fd: BorrowedFd<'_>, attr: &MountAttr, recursive: bool) -> i
     .map(drop)
 }
 
-/// Whether the kernel has mount_setattr(2) (Linux 5.12): an invalid fd gives
-/// EBADF where it exists, ENOSYS where it does not.
-pub fn has_mount_setattr() -> bool {
-    let attr = MountAttr::default();
-    // SAFETY: as above; fd -1 makes the call fail before touching any mount.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            -1,
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    !(ret < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
-}
-
 /// getcwd(2) as the kernel reports it: a directory unreachable from the
 /// current root comes back starting with "(unreachable)", not "/".
 pub fn getcwd_raw() -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: buf is writable for its whole length.
-    let n = check_long(unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) })?;
+    let n = check(unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) })?;
     buf.truncate((n as usize).saturating_sub(1));
     Ok(buf)
-}
-
-/// Sets FD_CLOEXEC on `fd`; a descriptor closed meanwhile is not an error.
-pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an integer descriptor; F_GETFD/F_SETFD take no pointers.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::EBADF) {
-            Ok(())
-        } else {
-            Err(e)
-        };
-    }
-    // SAFETY: as above.
-    check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) }).map(drop)
 }
 
 fn to_ptr_array(items: &[CString]) -> Vec<*const libc::c_char> {
@@ -402,34 +350,44 @@ pub fn makedev(major: u64, minor: u64) -> u64 {
     libc::makedev(major as u32, minor as u32) as u64
 }
 
+/// Calls `f` with a message header whose one buffer is `iov` and whose
+/// control data has room for one fd (SCM_RIGHTS).
+fn with_fd_msghdr<R>(mut iov: libc::iovec, f: impl FnOnce(&mut libc::msghdr) -> R) -> R {
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data, for which all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    f(&mut msg)
+}
+
 /// Sends `fd` over the unix socket `sock` with `payload` as the message body
 /// (the format runc uses for console sockets: the payload names the fd).
 pub fn send_fd(sock: BorrowedFd<'_>, payload: &[u8], fd: RawFd) -> io::Result<()> {
-    // SAFETY: msghdr/cmsghdr are plain data; the control buffer is sized with
-    // CMSG_SPACE for one fd and every pointer refers to live local buffers.
-    unsafe {
-        let mut iov = libc::iovec {
-            iov_base: payload.as_ptr() as *mut libc::c_void,
-            iov_len: payload.len(),
-        };
-        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
-        let mut control = vec![0u8; space];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
-        let n = libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+    let iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    with_fd_msghdr(iov, |msg| {
+        // SAFETY: the control buffer is sized with CMSG_SPACE for one fd, so
+        // the first header and its data lie inside it; every pointer of msg
+        // refers to live local buffers.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+            if libc::sendmsg(sock.as_raw_fd(), msg, libc::MSG_NOSIGNAL) < 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Receives a message and at most one fd from `sock`.
@@ -437,34 +395,31 @@ pub fn recv_fd(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<(usize, Option<std::os::fd::OwnedFd>)> {
-    // SAFETY: as in send_fd; a received fd is owned by us from here on.
-    unsafe {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
-        let mut control = vec![0u8; space];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    with_fd_msghdr(iov, |msg| {
+        // SAFETY: every pointer of msg refers to live buffers (buf and the
+        // control buffer); the kernel fills at most what they can hold, and a
+        // received fd is owned by us from here on.
+        unsafe {
+            let n = libc::recvmsg(sock.as_raw_fd(), msg, libc::MSG_CMSG_CLOEXEC);
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut fd = None;
+            let cmsg = libc::CMSG_FIRSTHDR(msg);
+            if !cmsg.is_null()
+                && (*cmsg).cmsg_level == libc::SOL_SOCKET
+                && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+            {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+                fd = Some(std::os::fd::FromRawFd::from_raw_fd(raw));
+            }
+            Ok((n as usize, fd))
         }
-        let mut fd = None;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if !cmsg.is_null()
-            && (*cmsg).cmsg_level == libc::SOL_SOCKET
-            && (*cmsg).cmsg_type == libc::SCM_RIGHTS
-        {
-            let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
-            fd = Some(std::os::fd::FromRawFd::from_raw_fd(raw));
-        }
-        Ok((n as usize, fd))
-    }
+    })
 }
 
 /// An ioctl that takes no argument and returns an integer.
@@ -506,7 +461,7 @@ pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()
         },
     ];
     // SAFETY: header and data match the kernel's v3 layout (two data words).
-    check_long(unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) })
+    check(unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) })
         .map(drop)
 }
 
@@ -551,10 +506,8 @@ pub fn set_ambient_caps(caps: &[u32]) -> io::Result<Vec<u32>> {
 pub fn join_session_keyring(name: &CStr) -> io::Result<()> {
     const KEYCTL_JOIN_SESSION_KEYRING: libc::c_int = 1;
     // SAFETY: name is a valid NUL-terminated string.
-    check_long(unsafe {
-        libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr())
-    })
-    .map(drop)
+    check(unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) })
+        .map(drop)
 }
 
 pub fn dup2(old: RawFd, new: RawFd) -> io::Result<()> {
@@ -587,15 +540,14 @@ pub fn sched_setattr(attr: &SchedAttr) -> io::Result<()> {
     let mut attr = *attr;
     attr.size = std::mem::size_of::<SchedAttr>() as u32;
     // SAFETY: attr is a valid sched_attr of the size it declares.
-    check_long(unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) })
+    check(unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) })
         .map(drop)
 }
 
 pub fn ioprio_set(value: i32) -> io::Result<()> {
     const IOPRIO_WHO_PROCESS: libc::c_int = 1;
     // SAFETY: integer arguments only.
-    check_long(unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, value) })
-        .map(drop)
+    check(unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, value) }).map(drop)
 }
 
 /// set_mempolicy(2) with a node bitmask (64 nodes per word).
@@ -607,7 +559,7 @@ pub fn set_mempolicy(mode: i32, nodes: &[u64]) -> io::Result<()> {
         nodes.as_ptr()
     };
     // SAFETY: ptr is null or points to nodes.len() words, matching maxnode.
-    check_long(unsafe {
+    check(unsafe {
         libc::syscall(
             libc::SYS_set_mempolicy,
             mode,

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::error::{Result, ShimError};
+
 #[derive(Debug, Clone, Default)]
 pub struct Args {
     pub namespace: String,
@@ -17,7 +19,7 @@ pub struct Args {
 }
 
 impl Args {
-    pub fn parse(argv: &[String]) -> Result<Args, String> {
+    pub fn parse(argv: &[String]) -> Result<Args> {
         let mut a = Args::default();
         let mut i = 0;
         while i < argv.len() {
@@ -32,14 +34,14 @@ impl Args {
                 i += 1;
                 continue;
             }
-            let mut value = || -> Result<String, String> {
+            let mut value = || -> Result<String> {
                 if let Some(v) = &inline {
                     return Ok(v.clone());
                 }
                 i += 1;
-                argv.get(i)
-                    .cloned()
-                    .ok_or_else(|| format!("flag -{name} needs a value"))
+                argv.get(i).cloned().ok_or_else(|| {
+                    ShimError::InvalidArgument(format!("flag -{name} needs a value"))
+                })
             };
             match name {
                 "namespace" => a.namespace = value()?,
@@ -50,7 +52,7 @@ impl Args {
                 "debug" => a.debug = inline.as_deref() != Some("false"),
                 // Accepted for compatibility with what containerd may pass.
                 "socket" | "version" | "v" => {}
-                other => return Err(format!("unknown flag -{other}")),
+                other => return Err(ShimError::InvalidArgument(format!("unknown flag -{other}"))),
             }
             i += 1;
         }

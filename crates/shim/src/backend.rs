@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use berth_runtime::{CreateOptions, ExecOptions, ProcessIo, Runtime};
 use oci_spec::runtime::{LinuxResources, Process};
 
-pub type Result<T> = std::result::Result<T, String>;
+use crate::error::{Context, Result, ShimError};
 
 /// Blocks until a container ends: (its exit status, the pid of a helper
 /// process whose exit the shim's reaper may have recorded).
@@ -76,7 +76,7 @@ impl Backend {
                     no_new_keyring,
                     ..Default::default()
                 };
-                rt.create_with_io(&opts, io).map_err(|e| e.to_string())
+                Ok(rt.create_with_io(&opts, io)?)
             }
             Backend::Cli(cli) => {
                 let pid_file = bundle.join("init.pid");
@@ -94,7 +94,10 @@ impl Backend {
                     args.push("--no-new-keyring".into());
                 }
                 if let Some([i, o, e]) = &io.stdio {
-                    let dup = |f: &std::os::fd::OwnedFd| f.try_clone().map_err(|e| e.to_string());
+                    let dup = |f: &std::os::fd::OwnedFd| {
+                        f.try_clone()
+                            .context(|| format!("duplicating the stdio of {id}"))
+                    };
                     *cli.init_stdio.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some([dup(i)?, dup(o)?, dup(e)?]);
                 }
@@ -106,7 +109,7 @@ impl Backend {
 
     pub fn start(&self, id: &str, bundle: &Path) -> Result<()> {
         match self {
-            Backend::InProcess(rt) => rt.start(id).map_err(|e| e.to_string()),
+            Backend::InProcess(rt) => Ok(rt.start(id)?),
             Backend::Cli(cli) => {
                 let stdio = cli
                     .init_stdio
@@ -141,18 +144,14 @@ impl Backend {
                     detach: true,
                     ..Default::default()
                 };
-                rt.exec_with_io(id, &opts, io)
-                    .map(|r| r.pid)
-                    .map_err(|e| e.to_string())
+                Ok(rt.exec_with_io(id, &opts, io).map(|r| r.pid)?)
             }
             Backend::Cli(cli) => {
                 let spec_file = bundle.join(format!("exec-{exec_id}.json"));
                 let pid_file = bundle.join(format!("exec-{exec_id}.pid"));
-                std::fs::write(
-                    &spec_file,
-                    serde_json::to_vec(process).map_err(|e| e.to_string())?,
-                )
-                .map_err(|e| e.to_string())?;
+                let json = serde_json::to_vec(process).map_err(std::io::Error::from);
+                json.and_then(|json| std::fs::write(&spec_file, json))
+                    .context(|| format!("writing {}", spec_file.display()))?;
                 let args: Vec<String> = vec![
                     "exec".into(),
                     "--process".into(),
@@ -173,7 +172,7 @@ impl Backend {
 
     pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
         match self {
-            Backend::InProcess(rt) => rt.kill(id, signal, all).map_err(|e| e.to_string()),
+            Backend::InProcess(rt) => Ok(rt.kill(id, signal, all)?),
             Backend::Cli(cli) => {
                 let sig = signal.to_string();
                 let mut args = vec!["kill"];
@@ -188,7 +187,7 @@ impl Backend {
 
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         match self {
-            Backend::InProcess(rt) => rt.delete(id, force).map_err(|e| e.to_string()),
+            Backend::InProcess(rt) => Ok(rt.delete(id, force)?),
             Backend::Cli(cli) => {
                 let mut args = vec!["delete"];
                 if force {
@@ -202,23 +201,24 @@ impl Backend {
 
     pub fn pause(&self, id: &str) -> Result<()> {
         match self {
-            Backend::InProcess(rt) => rt.pause(id).map_err(|e| e.to_string()),
+            Backend::InProcess(rt) => Ok(rt.pause(id)?),
             Backend::Cli(cli) => cli.run(&["pause", id], None).map(drop),
         }
     }
 
     pub fn resume(&self, id: &str) -> Result<()> {
         match self {
-            Backend::InProcess(rt) => rt.resume(id).map_err(|e| e.to_string()),
+            Backend::InProcess(rt) => Ok(rt.resume(id)?),
             Backend::Cli(cli) => cli.run(&["resume", id], None).map(drop),
         }
     }
 
     pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
         match self {
-            Backend::InProcess(rt) => rt.update(id, resources).map_err(|e| e.to_string()),
+            Backend::InProcess(rt) => Ok(rt.update(id, resources)?),
             Backend::Cli(cli) => {
-                let json = serde_json::to_vec(resources).map_err(|e| e.to_string())?;
+                let json = serde_json::to_vec(resources)
+                    .map_err(|e| ShimError::InvalidArgument(format!("resources: {e}")))?;
                 cli.run(&["update", "--resources", "-", id], Some(&json))
                     .map(drop)
             }
@@ -227,32 +227,30 @@ impl Backend {
 
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
         match self {
-            Backend::InProcess(rt) => rt.pids(id).map_err(|e| e.to_string()),
+            Backend::InProcess(rt) => Ok(rt.pids(id)?),
             Backend::Cli(cli) => {
                 let out = cli.run(&["ps", "--format", "json", id], None)?;
                 serde_json::from_slice::<Option<Vec<i32>>>(&out)
                     .map(Option::unwrap_or_default)
-                    .map_err(|e| format!("parsing ps output: {e}"))
+                    .map_err(|e| ShimError::RuntimeBinary(format!("parsing ps output: {e}")))
             }
         }
     }
 
     pub fn cgroups(&self, id: &str, init_pid: i32) -> Result<berth_cgroups::Manager> {
         match self {
-            Backend::InProcess(rt) => rt.cgroups(id).map_err(|e| e.to_string()),
-            Backend::Cli(_) => {
-                berth_cgroups::Manager::of_process(init_pid).map_err(|e| e.to_string())
-            }
+            Backend::InProcess(rt) => Ok(rt.cgroups(id)?),
+            Backend::Cli(_) => Ok(berth_cgroups::Manager::of_process(init_pid)?),
         }
     }
 }
 
 fn read_pid(path: &Path) -> Result<i32> {
     std::fs::read_to_string(path)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?
+        .context(|| format!("reading {}", path.display()))?
         .trim()
         .parse()
-        .map_err(|_| format!("{} holds no pid", path.display()))
+        .map_err(|_| ShimError::RuntimeBinary(format!("{} holds no pid", path.display())))
 }
 
 impl Cli {
@@ -279,18 +277,20 @@ impl Cli {
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("running {}: {e}", self.binary.display()))?;
+            .context(|| format!("running {}", self.binary.display()))?;
         if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
             let _ = w.write_all(data);
         }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let out = child
+            .wait_with_output()
+            .context(|| format!("running {}", self.binary.display()))?;
         if !out.status.success() {
-            return Err(format!(
+            return Err(ShimError::RuntimeBinary(format!(
                 "{} {}: {}",
                 self.binary.display(),
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            )));
         }
         Ok(out.stdout)
     }
@@ -306,8 +306,7 @@ impl Cli {
         let sock_path = bundle.join(format!("console-{}.sock", std::process::id()));
         if io.console.is_some() {
             let _ = std::fs::remove_file(&sock_path);
-            listener =
-                Some(UnixListener::bind(&sock_path).map_err(|e| format!("console socket: {e}"))?);
+            listener = Some(UnixListener::bind(&sock_path).context(|| "console socket".into())?);
             cmd.arg("--console-socket").arg(&sock_path);
         }
         cmd.arg(id);
@@ -325,7 +324,7 @@ impl Cli {
         }
         let status = cmd
             .status()
-            .map_err(|e| format!("running {}: {e}", self.binary.display()));
+            .context(|| format!("running {}", self.binary.display()));
         let relay = match (listener, io.console) {
             (Some(l), Some(to)) => relay_console(&l, &to),
             _ => Ok(()),
@@ -333,13 +332,15 @@ impl Cli {
         let _ = std::fs::remove_file(&sock_path);
         let status = status?;
         if !status.success() {
-            return Err(last_error(&log).unwrap_or_else(|| {
-                format!(
-                    "{} {} failed: {status}",
-                    self.binary.display(),
-                    args.join(" ")
-                )
-            }));
+            return Err(ShimError::RuntimeBinary(last_error(&log).unwrap_or_else(
+                || {
+                    format!(
+                        "{} {} failed: {status}",
+                        self.binary.display(),
+                        args.join(" ")
+                    )
+                },
+            )));
         }
         relay
     }
@@ -385,11 +386,14 @@ fn relay_console(listener: &UnixListener, to: &UnixStream) -> Result<()> {
         RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
         SendAncillaryMessage, SendFlags,
     };
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    listener
+        .set_nonblocking(true)
+        .context(|| "console socket".into())?;
     let (conn, _) = listener
         .accept()
-        .map_err(|e| format!("no terminal from the runtime: {e}"))?;
-    conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+        .context(|| "no terminal from the runtime".into())?;
+    conn.set_nonblocking(false)
+        .context(|| "console socket".into())?;
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut buf = [0u8; 256];
@@ -399,14 +403,15 @@ fn relay_console(listener: &UnixListener, to: &UnixStream) -> Result<()> {
         &mut control,
         RecvFlags::CMSG_CLOEXEC,
     )
-    .map_err(|e| e.to_string())?;
+    .context(|| "receiving the terminal from the runtime".into())?;
     let mut master = None;
     for m in control.drain() {
         if let RecvAncillaryMessage::ScmRights(mut fds) = m {
             master = fds.next();
         }
     }
-    let master = master.ok_or("the runtime sent no terminal")?;
+    let master =
+        master.ok_or_else(|| ShimError::RuntimeBinary("the runtime sent no terminal".into()))?;
     let fds = [std::os::fd::AsFd::as_fd(&master)];
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -417,7 +422,7 @@ fn relay_console(listener: &UnixListener, to: &UnixStream) -> Result<()> {
         &mut control,
         SendFlags::empty(),
     )
-    .map_err(|e| e.to_string())?;
+    .context(|| "passing on the terminal".into())?;
     Ok(())
 }
 

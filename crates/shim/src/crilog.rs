@@ -7,8 +7,9 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
+use crate::attach::Tap;
 use tokio::io::AsyncReadExt;
 
 /// containerd's limit on one log line before it is split.
@@ -47,36 +48,7 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// Go's time.RFC3339Nano in UTC: fractional seconds without trailing zeros.
-pub fn rfc3339_nano(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut s = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
-    let nanos = d.subsec_nanos();
-    if nanos > 0 {
-        let frac = format!("{nanos:09}");
-        s.push('.');
-        s.push_str(frac.trim_end_matches('0'));
-    }
-    s.push('Z');
-    s
-}
+pub use berth_common::time::rfc3339_nano;
 
 impl CriLog {
     pub fn open(path: &Path) -> std::io::Result<CriLog> {
@@ -150,8 +122,9 @@ impl Splitter {
     }
 }
 
-/// Copies a process's output pipe into the log until EOF.
-pub async fn pump(fd: OwnedFd, stream: Stream, log: Arc<CriLog>) {
+/// Copies a process's output pipe into the log (if any) and to the attach
+/// sessions until EOF.
+pub async fn pump(fd: OwnedFd, stream: Stream, log: Option<Arc<CriLog>>, tap: Arc<Tap>) {
     let _ = rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK);
     let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd) else {
         return;
@@ -161,34 +134,27 @@ pub async fn pump(fd: OwnedFd, stream: Stream, log: Arc<CriLog>) {
     loop {
         match r.read(&mut buf).await {
             Ok(0) => break,
-            Ok(n) => split.feed(&buf[..n], MAX_LINE, |partial, msg| {
-                log.write_record(stream, partial, msg)
-            }),
+            Ok(n) => {
+                if let Some(log) = &log {
+                    split.feed(&buf[..n], MAX_LINE, |partial, msg| {
+                        log.write_record(stream, partial, msg)
+                    });
+                }
+                tap.send(&buf[..n]);
+            }
             // A terminal's master reports EIO once the slave side is gone.
             Err(_) => break,
         }
     }
-    split.finish(|partial, msg| log.write_record(stream, partial, msg));
+    if let Some(log) = &log {
+        split.finish(|partial, msg| log.write_record(stream, partial, msg));
+    }
+    tap.end();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn go_rfc3339_nano() {
-        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 120_000_000);
-        assert_eq!(rfc3339_nano(t), "2023-11-14T22:13:20.12Z");
-        assert_eq!(
-            rfc3339_nano(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
-            "2023-11-14T22:13:20Z"
-        );
-        assert_eq!(
-            rfc3339_nano(UNIX_EPOCH + Duration::new(0, 5)),
-            "1970-01-01T00:00:00.000000005Z"
-        );
-    }
 
     #[test]
     fn splitting() {

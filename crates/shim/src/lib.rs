@@ -9,10 +9,14 @@
 //! a fork of a multi-threaded process may only call async-signal-safe code.
 
 pub mod args;
+mod attach;
 pub mod backend;
-pub mod client;
+/// The shim's client, kept here under its old path for the shim's tests.
+pub use berth_shim_client as client;
 pub mod crilog;
+pub mod error;
 mod events;
+pub mod extension;
 pub mod logger;
 pub mod metrics;
 mod reaper;
@@ -22,10 +26,10 @@ mod sys;
 pub mod task;
 
 pub use args::Args;
+pub use error::{Result, ShimError};
 
 /// containerd's names for the task service.
-pub const TASK_SERVICE_V2: &str = "containerd.task.v2.Task";
-pub const TASK_SERVICE_V3: &str = "containerd.task.v3.Task";
+pub use berth_shim_client::{TASK_SERVICE_V2, TASK_SERVICE_V3};
 
 /// The annotation CRI daemons put on every container of a pod.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";

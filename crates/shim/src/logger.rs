@@ -16,7 +16,7 @@ impl log::Log for Stderr {
             return;
         }
         let line =
-            berth_runtime::util::logrus_line(record.level(), &record.args().to_string(), false);
+            berth_common::logrus::logrus_line(record.level(), &record.args().to_string(), false);
         // One write per line, so lines of concurrent writers do not mix.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }

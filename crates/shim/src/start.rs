@@ -12,6 +12,7 @@ use containerd_shim_protos::protobuf::{Message, MessageField};
 use sha2::{Digest, Sha256};
 
 use crate::args::Args;
+use crate::error::{Context, Result, ShimError};
 use crate::events::Publisher;
 use crate::task::{Service, TaskHandler};
 use crate::{SANDBOX_ID_ANNOTATION, TASK_SERVICE_V2, TASK_SERVICE_V3};
@@ -53,15 +54,25 @@ pub fn socket_path(address: &str, namespace: &str, group: &str) -> PathBuf {
     socket_dir().join(hex::encode(&digest[..16]))
 }
 
+/// The bundle containerd named, else the directory it started us in.
+fn bundle_of(args: &Args) -> PathBuf {
+    args.bundle
+        .clone()
+        .unwrap_or_else(|| std::env::current_dir().unwrap_or_default())
+}
+
+/// Marks every fd the shim inherited close-on-exec.
+fn close_inherited_fds() -> Result<()> {
+    berth_common::fd::mark_inherited_fds_cloexec(0)
+        .context(|| "marking inherited fds close-on-exec".into())
+}
+
 /// `start`: prints the address of the shim that serves this container,
 /// spawning it unless the pod already has one.
-pub fn start(args: &Args) -> Result<String, String> {
+pub fn start(args: &Args) -> Result<String> {
     // What containerd passed us is not for the daemon we spawn.
-    berth_runtime::process::mark_inherited_fds_cloexec(0).map_err(|e| e.to_string())?;
-    let bundle = args
-        .bundle
-        .clone()
-        .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+    close_inherited_fds()?;
+    let bundle = bundle_of(args);
     // containerd sends the runtime options on stdin; they are used by Create.
     let mut _options = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut _options);
@@ -74,15 +85,16 @@ pub fn start(args: &Args) -> Result<String, String> {
     }
     let _ = std::fs::remove_file(&path);
     std::fs::create_dir_all(socket_dir())
-        .map_err(|e| format!("creating {}: {e}", socket_dir().display()))?;
+        .context(|| format!("creating {}", socket_dir().display()))?;
     // The socket serves the task API (exec into containers as root): it is
     // never reachable by other users, not even for a moment.
-    let listener = berth_runtime::util::bind_unix_private(&path)
-        .map_err(|e| format!("binding {}: {e}", path.display()))?;
+    let listener = berth_common::socket::bind_unix_private(&path)
+        .context(|| format!("binding {}", path.display()))?;
     let fd: OwnedFd = listener.into();
     // Handed to the daemon by number: cleared close-on-exec, named in the env.
-    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
-    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| e.to_string())?;
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty())
+        .context(|| "passing the listener on".into())?;
+    let exe = std::fs::read_link("/proc/self/exe").context(|| "reading /proc/self/exe".into())?;
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     argv.retain(|a| a != "start");
     let stderr: std::process::Stdio = match std::fs::OpenOptions::new()
@@ -102,7 +114,7 @@ pub fn start(args: &Args) -> Result<String, String> {
         .stderr(stderr)
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("spawning the shim daemon: {e}"))?;
+        .context(|| "spawning the shim daemon".into())?;
     drop(fd);
     let _ = std::fs::write(bundle.join("address"), &address);
     let _ = std::fs::write(bundle.join("shim.pid"), child.id().to_string());
@@ -111,11 +123,8 @@ pub fn start(args: &Args) -> Result<String, String> {
 
 /// `delete`: the shim is gone; make sure the container is too, and report
 /// how it ended (containerd expects a DeleteResponse on stdout).
-pub fn delete(args: &Args) -> Result<(), String> {
-    let bundle = args
-        .bundle
-        .clone()
-        .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+pub fn delete(args: &Args) -> Result<()> {
+    let bundle = bundle_of(args);
     let backend = crate::backend::Backend::in_process(&state_root().join(&args.namespace), false);
     if let Err(e) = backend.delete(&args.id, true) {
         log::warn!("deleting {}: {e}", args.id);
@@ -131,35 +140,42 @@ pub fn delete(args: &Args) -> Result<(), String> {
         .and_then(|v| v["exit_status"].as_u64())
         .unwrap_or(137) as u32;
     r.exited_at = MessageField::some(crate::events::timestamp(std::time::SystemTime::now()));
-    let bytes = r.write_to_bytes().map_err(|e| e.to_string())?;
+    let bytes = r
+        .write_to_bytes()
+        .map_err(|e| ShimError::Other(format!("encoding the DeleteResponse: {e}")))?;
     std::io::stdout()
         .write_all(&bytes)
-        .map_err(|e| e.to_string())
+        .context(|| "writing the DeleteResponse".into())
 }
 
 /// The daemon: serves the task API on the listener `start` passed down,
 /// reaps children, and exits when asked to once it holds no container.
-pub fn serve(args: &Args) -> Result<(), String> {
+pub fn serve(args: &Args) -> Result<()> {
     // A container's processes start as forks of this process: run from a
     // sealed copy so none of them can reach the binary on disk.
-    berth_runtime::cloned_exe::ensure_sealed().map_err(|e| e.to_string())?;
+    berth_runtime::cloned_exe::ensure_sealed()?;
     let fd: i32 = std::env::var(LISTENER_FD_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
-        .ok_or("the shim daemon is started by `start`, with its listener")?;
+        .ok_or_else(|| {
+            ShimError::FailedPrecondition(
+                "the shim daemon is started by `start`, with its listener".into(),
+            )
+        })?;
     // SAFETY: `start` created this listening socket and passed us its number.
     let listener = unsafe { OwnedFd::from_raw_fd(fd) };
-    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC).map_err(|e| e.to_string())?;
+    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC)
+        .context(|| "taking the listener".into())?;
     std::env::remove_var(LISTENER_FD_ENV);
     // Nothing else the shim inherited may reach the runtimes and containers
     // it starts (runc CVE-2024-21626: a leaked directory fd is a way out).
-    berth_runtime::process::mark_inherited_fds_cloexec(0).map_err(|e| e.to_string())?;
+    close_inherited_fds()?;
     rustix::process::set_child_subreaper(rustix::process::Pid::from_raw(std::process::id() as i32))
-        .map_err(|e| format!("becoming a subreaper: {e}"))?;
+        .context(|| "becoming a subreaper".into())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .context(|| "starting the async runtime".into())?;
     runtime.block_on(async {
         let publisher = Publisher::start(args.ttrpc_address(), args.namespace.clone());
         let service = Service::new(publisher, args.namespace.clone(), state_root());
@@ -170,13 +186,13 @@ pub fn serve(args: &Args) -> Result<(), String> {
         let mut map = std::collections::HashMap::new();
         map.insert(TASK_SERVICE_V3.to_owned(), v3);
         map.insert(TASK_SERVICE_V2.to_owned(), v2);
-        map.extend(crate::client::extra_services(Arc::clone(&service)));
+        map.extend(crate::extension::extra_services(Arc::clone(&service)));
         // SAFETY: the fd is our listening socket, owned by the server from here.
-        let server = unsafe { ttrpc::r#async::Server::new().add_unix_listener(listener.into_raw_fd()) }.map_err(|e| e.to_string())?;
+        let server = unsafe { ttrpc::r#async::Server::new().add_unix_listener(listener.into_raw_fd()) }.map_err(ttrpc_failed)?;
         let mut server = server.register_service(map);
-        server.start().await.map_err(|e| e.to_string())?;
-        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).map_err(|e| e.to_string())?;
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+        server.start().await.map_err(ttrpc_failed)?;
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).context(|| "handling SIGCHLD".into())?;
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context(|| "handling SIGTERM".into())?;
         loop {
             tokio::select! {
                 _ = sigchld.recv() => crate::reaper::reap_all(|pid, code| service.on_exit(pid, code)),
@@ -194,10 +210,14 @@ pub fn serve(args: &Args) -> Result<(), String> {
         // Let the reply to Shutdown go out.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let _ = server.shutdown().await;
-        Ok::<(), String>(())
+        Ok::<(), ShimError>(())
     })?;
     if let Some(path) = std::env::var_os("BERTH_SHIM_SOCKET") {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+fn ttrpc_failed(e: ttrpc::Error) -> ShimError {
+    ShimError::Other(format!("ttrpc server: {e}"))
 }

@@ -1,8 +1,10 @@
 //! A process's stdio as the client names it: FIFO paths (containerd),
-//! `file://` paths, `crilog://` log files (berthd; see crilog), or nothing.
-//! Output FIFOs and files go straight to the process; stdin goes through a
-//! pipe the shim feeds, so CloseIO can end it; a terminal's master side is
-//! relayed by the shim.
+//! `file://` paths, `crilog://` log files (berthd; see crilog), `attach://`
+//! (berthd: only attach sessions read or feed it), or nothing.
+//! Output FIFOs and files go straight to the process; logs and `attach://`
+//! outputs are relayed by the shim, which copies them to attach sessions
+//! too (see attach); stdin goes through a pipe the shim feeds, so CloseIO
+//! can end it; a terminal's master side is relayed by the shim.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -13,7 +15,10 @@ use berth_runtime::ProcessIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+use crate::attach::{AttachableStdin, Tap};
 use crate::crilog::{CriLog, Stream};
+
+pub use berth_shim_client::ATTACH_URI;
 
 /// What the client asked for.
 #[derive(Debug, Clone, Default)]
@@ -28,21 +33,25 @@ enum Sink {
     None,
     /// An open FIFO or file the process writes to directly.
     Fd(OwnedFd),
-    Log(Arc<CriLog>),
+    /// Relayed by the shim: into the log if any, and to attach sessions.
+    Relay(Option<Arc<CriLog>>),
 }
 
 fn open_output(uri: &str, logs: &mut Vec<(PathBuf, Arc<CriLog>)>) -> std::io::Result<Sink> {
     if uri.is_empty() {
         return Ok(Sink::None);
     }
+    if uri == ATTACH_URI {
+        return Ok(Sink::Relay(None));
+    }
     if let Some(path) = uri.strip_prefix("crilog://") {
         let path = PathBuf::from(path);
         if let Some((_, log)) = logs.iter().find(|(p, _)| *p == path) {
-            return Ok(Sink::Log(Arc::clone(log)));
+            return Ok(Sink::Relay(Some(Arc::clone(log))));
         }
         let log = Arc::new(CriLog::open(&path)?);
         logs.push((path, Arc::clone(&log)));
-        return Ok(Sink::Log(log));
+        return Ok(Sink::Relay(Some(log)));
     }
     if let Some(path) = uri.strip_prefix("file://") {
         let f = std::fs::OpenOptions::new()
@@ -80,8 +89,17 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// The shim's side of a process's IO, started once the process exists.
 pub struct Pending {
     stdin: Option<(PathBuf, OwnedFd)>,
-    logs: Vec<(Stream, OwnedFd, Arc<CriLog>)>,
-    terminal: Option<(UnixStream, Option<PathBuf>, Sink)>,
+    /// The write end of an `attach://` stdin pipe.
+    attachable_stdin: Option<OwnedFd>,
+    relays: Vec<(Stream, OwnedFd, Option<Arc<CriLog>>)>,
+    terminal: Option<(UnixStream, TerminalInput, Sink)>,
+}
+
+/// Where a terminal's input comes from.
+enum TerminalInput {
+    None,
+    Fifo(PathBuf),
+    Attach,
 }
 
 /// Running IO: what CloseIO, ResizePty and log reopening act on.
@@ -90,6 +108,11 @@ pub struct IoHandle {
     stdin_close: Option<oneshot::Sender<()>>,
     pub master: Option<Arc<OwnedFd>>,
     pub logs: Vec<Arc<CriLog>>,
+    /// What attach sessions receive, for relayed outputs.
+    pub stdout_tap: Option<Arc<Tap>>,
+    pub stderr_tap: Option<Arc<Tap>>,
+    /// What attach sessions feed, for an `attach://` stdin.
+    pub attachable_stdin: Option<Arc<AttachableStdin>>,
     /// Resolves when every output stream reached EOF.
     pub drained: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -98,6 +121,9 @@ impl IoHandle {
     pub fn close_stdin(&mut self) {
         if let Some(tx) = self.stdin_close.take() {
             let _ = tx.send(());
+        }
+        if let Some(stdin) = self.attachable_stdin.take() {
+            stdin.close();
         }
     }
 
@@ -120,14 +146,19 @@ impl IoHandle {
 pub fn prepare(spec: &StdioSpec) -> std::io::Result<(ProcessIo, Pending)> {
     let mut pending = Pending {
         stdin: None,
-        logs: Vec::new(),
+        attachable_stdin: None,
+        relays: Vec::new(),
         terminal: None,
     };
     let mut logs = Vec::new();
     if spec.terminal {
         let (shim_end, child_end) = UnixStream::pair()?;
         let stdout = open_output(&spec.stdout, &mut logs)?;
-        let stdin = (!spec.stdin.is_empty()).then(|| PathBuf::from(&spec.stdin));
+        let stdin = match spec.stdin.as_str() {
+            "" => TerminalInput::None,
+            ATTACH_URI => TerminalInput::Attach,
+            path => TerminalInput::Fifo(PathBuf::from(path)),
+        };
         pending.terminal = Some((shim_end, stdin, stdout));
         return Ok((
             ProcessIo {
@@ -139,6 +170,10 @@ pub fn prepare(spec: &StdioSpec) -> std::io::Result<(ProcessIo, Pending)> {
     }
     let stdin = if spec.stdin.is_empty() {
         devnull(false)?
+    } else if spec.stdin == ATTACH_URI {
+        let (r, w) = pipe()?;
+        pending.attachable_stdin = Some(w);
+        r
     } else {
         let (r, w) = pipe()?;
         pending.stdin = Some((PathBuf::from(&spec.stdin), w));
@@ -152,9 +187,9 @@ pub fn prepare(spec: &StdioSpec) -> std::io::Result<(ProcessIo, Pending)> {
         let fd = match open_output(uri, &mut logs)? {
             Sink::None => devnull(true)?,
             Sink::Fd(fd) => fd,
-            Sink::Log(log) => {
+            Sink::Relay(log) => {
                 let (r, w) = pipe()?;
-                pending.logs.push((stream, r, log));
+                pending.relays.push((stream, r, log));
                 w
             }
         };
@@ -223,11 +258,13 @@ impl Pending {
                 tokio::spawn(copy_fd_to_fd(f.into(), pipe_w, Some(rx)));
             }
         }
-        for (stream, pipe_r, log) in self.logs {
-            handle.logs.push(Arc::clone(&log));
-            handle
-                .drained
-                .push(tokio::spawn(crate::crilog::pump(pipe_r, stream, log)));
+        if let Some(w) = self.attachable_stdin {
+            handle.attachable_stdin = AttachableStdin::new(w, false)
+                .inspect_err(|e| log::warn!("stdin for attach sessions: {e}"))
+                .ok();
+        }
+        for (stream, pipe_r, log) in self.relays {
+            handle.relay(pipe_r, stream, log);
         }
         if let Some((sock, stdin, stdout)) = self.terminal {
             // The terminal's master arrives once the process set it up.
@@ -235,7 +272,14 @@ impl Pending {
             if let Ok((_, Some(master))) = recv_fd(&sock, &mut buf) {
                 let master = Arc::new(master);
                 handle.master = Some(Arc::clone(&master));
-                if let Some(path) = stdin {
+                if let TerminalInput::Attach = stdin {
+                    handle.attachable_stdin = rustix::io::dup(master.as_fd())
+                        .map_err(std::io::Error::from)
+                        .and_then(|m| AttachableStdin::new(m, true))
+                        .inspect_err(|e| log::warn!("terminal input for attach sessions: {e}"))
+                        .ok();
+                }
+                if let TerminalInput::Fifo(path) = stdin {
                     let (tx, rx) = oneshot::channel();
                     handle.stdin_close = Some(tx);
                     if let (Ok(f), Ok(m)) = (
@@ -252,19 +296,30 @@ impl Pending {
                     (Sink::Fd(out), Ok(m)) => handle
                         .drained
                         .push(tokio::spawn(copy_fd_to_fd(m, out, None))),
-                    (Sink::Log(log), Ok(m)) => {
-                        handle.logs.push(Arc::clone(&log));
-                        handle.drained.push(tokio::spawn(crate::crilog::pump(
-                            m,
-                            Stream::Stdout,
-                            log,
-                        )));
-                    }
+                    (Sink::Relay(log), Ok(m)) => handle.relay(m, Stream::Stdout, log),
                     _ => {}
                 }
             }
         }
         handle
+    }
+}
+
+impl IoHandle {
+    /// Relays an output into its log (if any) and to attach sessions.
+    fn relay(&mut self, fd: OwnedFd, stream: Stream, log: Option<Arc<CriLog>>) {
+        let tap = Arc::new(Tap::default());
+        match stream {
+            Stream::Stdout => self.stdout_tap = Some(Arc::clone(&tap)),
+            Stream::Stderr => self.stderr_tap = Some(Arc::clone(&tap)),
+        }
+        if let Some(log) = &log {
+            if !self.logs.iter().any(|l| Arc::ptr_eq(l, log)) {
+                self.logs.push(Arc::clone(log));
+            }
+        }
+        self.drained
+            .push(tokio::spawn(crate::crilog::pump(fd, stream, log, tap)));
     }
 }
 

@@ -1,6 +1,9 @@
 //! containerd-shim-berth-v2 driven through its ttrpc API with the client
 //! berthd uses (`berth_shim::client::ShimClient`): real containers, real
 //! cgroups, an events server standing in for containerd's. Needs root.
+//!
+//! Over 800 lines: the task API method by method against the real shim, sharing
+//! one set of bundle and client helpers.
 
 mod common;
 
@@ -62,6 +65,23 @@ fn exec_req(id: &str, exec_id: &str, args: &[&str], terminal: bool) -> api::Exec
         r.terminal = terminal;
         r.spec = process_spec(args, terminal);
     })
+}
+
+/// Creates and starts a container (stdout and stderr as URIs, or ""):
+/// its init's pid.
+async fn create_and_start(
+    c: &berth_shim::client::ShimClient,
+    id: &str,
+    bundle: &std::path::Path,
+    stdout: &str,
+    stderr: &str,
+) -> u32 {
+    let r: api::CreateTaskResponse = c
+        .call("Create", &create_request(id, bundle, stdout, stderr), T)
+        .await
+        .unwrap();
+    let _: api::StartResponse = c.call("Start", &start_req(id, ""), T).await.unwrap();
+    r.pid
 }
 
 async fn state(c: &berth_shim::client::ShimClient, id: &str, exec_id: &str) -> api::StateResponse {
@@ -194,11 +214,7 @@ async fn exec_with_and_without_tty_pids_and_stopped_container() {
     let w = World::new("exec").await;
     let b = w.bundle("c", &["sleep", "1000"], |_| {});
     let shim = w.shim_for("c", &b).await;
-    let init: api::CreateTaskResponse = shim
-        .call("Create", &create_request("c", &b, "", ""), T)
-        .await
-        .unwrap();
-    let _: api::StartResponse = shim.call("Start", &start_req("c", ""), T).await.unwrap();
+    let init_pid = create_and_start(&shim, "c", &b, "", "").await;
 
     // Without a terminal: separate stdout and stderr FIFOs.
     let out_fifo = w.dir.join("e1.out");
@@ -218,7 +234,7 @@ async fn exec_with_and_without_tty_pids_and_stopped_container() {
     let st = state(&shim, "c", "e1").await;
     assert_eq!(st.status.enum_value(), Ok(Status::CREATED));
     let started: api::StartResponse = shim.call("Start", &start_req("c", "e1"), T).await.unwrap();
-    assert!(started.pid > 0 && started.pid != init.pid);
+    assert!(started.pid > 0 && started.pid != init_pid);
     assert_eq!(wait_exit(&shim, "c", "e1").await, 3);
     assert!(
         read_fifo_until(&mut out_r, "exec-out\n", Duration::from_secs(5)).contains("exec-out\n")
@@ -302,7 +318,7 @@ async fn exec_with_and_without_tty_pids_and_stopped_container() {
         .unwrap();
     let listed: Vec<u32> = pids.processes.iter().map(|p| p.pid).collect();
     assert!(
-        listed.contains(&init.pid) && listed.contains(&e3.pid),
+        listed.contains(&init_pid) && listed.contains(&e3.pid),
         "{listed:?}"
     );
     let e3_info = pids.processes.iter().find(|p| p.pid == e3.pid).unwrap();
@@ -323,7 +339,7 @@ async fn exec_with_and_without_tty_pids_and_stopped_container() {
         .unwrap();
     assert_eq!(wait_exit(&shim, "c", "e3").await, 137);
     assert!(
-        alive(init.pid as i32),
+        alive(init_pid as i32),
         "killing an exec must spare the init"
     );
 
@@ -341,7 +357,7 @@ async fn exec_with_and_without_tty_pids_and_stopped_container() {
         )
         .await
         .expect("the shim must not leave while it holds a container");
-    assert_eq!(conn.task_pid, init.pid);
+    assert_eq!(conn.task_pid, init_pid);
 
     let _: containerd_shim_protos::protobuf::well_known_types::empty::Empty = shim
         .call("Kill", &kill_req("c", "", 9, false), T)
@@ -376,11 +392,7 @@ async fn kill_all_pause_resume_update_and_stats() {
         |c| c["root"]["readonly"] = json!(false),
     );
     let shim = w.shim_for("c", &b).await;
-    let _: api::CreateTaskResponse = shim
-        .call("Create", &create_request("c", &b, "", ""), T)
-        .await
-        .unwrap();
-    let _: api::StartResponse = shim.call("Start", &start_req("c", ""), T).await.unwrap();
+    create_and_start(&shim, "c", &b, "", "").await;
     let count = || -> u64 {
         std::fs::read_to_string(b.join("rootfs/tmp/count"))
             .ok()
@@ -480,16 +492,12 @@ async fn kill_all_pause_resume_update_and_stats() {
     // SIGTERM to the init alone: a pid-namespace init without a handler
     // ignores it. With --all every process gets it and the sleep dies.
     let b2 = w.bundle("k", &["sh", "-c", "sleep 1000 & wait $!"], |_| {});
-    let _: api::CreateTaskResponse = shim
-        .call("Create", &create_request("k", &b2, "", ""), T)
-        .await
-        .unwrap();
-    let k: api::StartResponse = shim.call("Start", &start_req("k", ""), T).await.unwrap();
+    let k_pid = create_and_start(&shim, "k", &b2, "", "").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     empty(shim.call("Kill", &kill_req("k", "", 15, false), T).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        alive(k.pid as i32),
+        alive(k_pid as i32),
         "SIGTERM without --all reaches only the init"
     );
     empty(shim.call("Kill", &kill_req("k", "", 15, true), T).await);
@@ -539,12 +547,8 @@ async fn client_leaves_and_reconnects_exits_and_oom_kept() {
     {
         let shim = w.connect(&address).await;
         for (id, b) in [("a", &ba), ("b", &bb), ("c", &bc)] {
-            let r: api::CreateTaskResponse = shim
-                .call("Create", &create_request(id, b, "", ""), T)
-                .await
-                .unwrap();
-            let _: api::StartResponse = shim.call("Start", &start_req(id, ""), T).await.unwrap();
-            pids.insert(id, r.pid as i32);
+            let r_pid = create_and_start(&shim, id, b, "", "").await;
+            pids.insert(id, r_pid as i32);
         }
         // The client dies here, with the containers running.
     }
@@ -606,7 +610,11 @@ async fn one_shim_per_pod() {
     let a3 = w.start_shim("solo", &b3);
     assert_eq!(a1, a2);
     assert_ne!(a1, a3);
-    assert_eq!(w.shim_pids().len(), 2);
+    // `start` answers once the shim listens; its process may still be
+    // re-executing itself from the sealed binary for a moment.
+    wait_until("two shims", Duration::from_secs(5), || {
+        w.shim_pids().len() == 2
+    });
     let c1 = w.connect(&a1).await;
     let c3 = w.connect(&a3).await;
     let r1: api::ConnectResponse = c1
@@ -700,11 +708,7 @@ async fn cri_log_format_byte_for_byte() {
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     let uri = format!("crilog://{}", log.display());
     let shim = w.shim_for("c", &b).await;
-    let _: api::CreateTaskResponse = shim
-        .call("Create", &create_request("c", &b, &uri, &uri), T)
-        .await
-        .unwrap();
-    let _: api::StartResponse = shim.call("Start", &start_req("c", ""), T).await.unwrap();
+    create_and_start(&shim, "c", &b, &uri, &uri).await;
     assert_eq!(wait_exit(&shim, "c", "").await, 0);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.ends_with('\n'), "every record ends its line");
@@ -751,11 +755,7 @@ async fn cri_log_reopen_while_writing() {
     let rotated = w.dir.join("c.log.1");
     let uri = format!("crilog://{}", log.display());
     let shim = w.shim_for("c", &b).await;
-    let _: api::CreateTaskResponse = shim
-        .call("Create", &create_request("c", &b, &uri, &uri), T)
-        .await
-        .unwrap();
-    let _: api::StartResponse = shim.call("Start", &start_req("c", ""), T).await.unwrap();
+    create_and_start(&shim, "c", &b, &uri, &uri).await;
     wait_until("some records", Duration::from_secs(10), || {
         std::fs::read_to_string(&log)
             .map(|t| t.lines().count() >= 15)
@@ -793,11 +793,7 @@ async fn exec_time_limit_kills_and_reports() {
     let w = World::new("probe").await;
     let b = w.bundle("c", &["sleep", "1000"], |_| {});
     let shim = w.shim_for("c", &b).await;
-    let _: api::CreateTaskResponse = shim
-        .call("Create", &create_request("c", &b, "", ""), T)
-        .await
-        .unwrap();
-    let _: api::StartResponse = shim.call("Start", &start_req("c", ""), T).await.unwrap();
+    create_and_start(&shim, "c", &b, "", "").await;
 
     let _: containerd_shim_protos::protobuf::well_known_types::empty::Empty = shim
         .call("Exec", &exec_req("c", "slow", &["sleep", "100"], false), T)
@@ -899,7 +895,7 @@ async fn bad_input_clear_errors_and_a_healthy_shim() {
         b"{\"ociVersion\": \"1.0.2\", \"process\": ",
     )
     .unwrap();
-    let (_, msg) = rpc_error(
+    let (code, msg) = rpc_error(
         shim.call::<_, api::CreateTaskResponse>(
             "Create",
             &create_request("broken", &broken, "", ""),
@@ -911,11 +907,35 @@ async fn bad_input_clear_errors_and_a_healthy_shim() {
         msg.contains("config.json"),
         "the error must name the file: {msg}"
     );
+    assert_eq!(
+        code,
+        ttrpc::Code::INVALID_ARGUMENT,
+        "the runtime's kind: {msg}"
+    );
     assert!(
         !w.state_dir("broken").exists(),
         "state left by a failed Create"
     );
     assert!(cgroup_dirs(&format!("{}/broken", w.cgroup_parent)).is_empty());
+    // A sysctl the runtime refuses (not namespaced) is the request's fault,
+    // said by the code rather than the text.
+    let sysctl = w.bundle("sysctl", &["true"], |c| {
+        c["linux"]["sysctl"] = json!({"vm.swappiness": "10"})
+    });
+    let (code, msg) = rpc_error(
+        shim.call::<_, api::CreateTaskResponse>(
+            "Create",
+            &create_request("sysctl", &sysctl, "", ""),
+            T,
+        )
+        .await,
+    );
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("vm.swappiness"), "{msg}");
+    assert!(
+        !w.state_dir("sysctl").exists(),
+        "state left by a refused Create"
+    );
 
     let (code, _) = rpc_error(
         shim.call::<_, E>("Kill", &kill_req("ghost", "", 9, false), T)
@@ -1046,11 +1066,7 @@ async fn dead_shim_cleaned_up_by_delete() {
     let w = World::new("dead").await;
     let b = w.bundle("c", &["sleep", "1000"], |_| {});
     let shim = w.shim_for("c", &b).await;
-    let created: api::CreateTaskResponse = shim
-        .call("Create", &create_request("c", &b, "", ""), T)
-        .await
-        .unwrap();
-    let _: api::StartResponse = shim.call("Start", &start_req("c", ""), T).await.unwrap();
+    let created_pid = create_and_start(&shim, "c", &b, "", "").await;
     for pid in w.shim_pids() {
         // SAFETY: plain kill(2) of the test's shim.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -1061,7 +1077,7 @@ async fn dead_shim_cleaned_up_by_delete() {
     let r = w.delete_shim("c", &b);
     assert_eq!(r.exit_status, 137);
     wait_until("the container to be gone", Duration::from_secs(5), || {
-        !alive(created.pid as i32)
+        !alive(created_pid as i32)
     });
     assert!(!w.state_dir("c").exists());
     assert!(cgroup_dirs(&format!("{}/c", w.cgroup_parent)).is_empty());

@@ -4,23 +4,20 @@
 //! kernel, real daemon, an OCI image built by the test itself from
 //! /bin/busybox. Needs root.
 //!
-//! Each test owns a private containerd (berth's drop-in harness,
-//! `crates/berth/tests/support/containerd.rs`) whose PATH starts with the
+//! Each test owns a private containerd (the testkit's harness,
+//! `crates/testkit/src/containerd/mod.rs`) whose PATH starts with the
 //! directory of the shim cargo built, so that containerd finds it there.
 //! Its guard tears down whatever the test left: tasks, shims, the shim's
 //! runtime state (/run/containerd/berth/<namespace>), cgroups, mounts.
 //!
 //! Run: `cargo test -p berth-shim --test containerd -- --test-threads=1`
 
-#[path = "../../berth/tests/support/mod.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::containerd::*;
-use support::*;
+use berth_testkit::containerd::*;
+use berth_testkit::prelude::*;
 
 /// The shim cargo built for this test run.
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-berth-v2");

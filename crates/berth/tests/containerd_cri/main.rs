@@ -13,16 +13,13 @@
 //! Needs root, containerd, runc and umoci.
 //! Run: `cargo test -p berth --test containerd_cri -- --nocapture`
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod harness;
 
 use std::time::{Duration, Instant};
 
+use berth_testkit::prelude::*;
 use harness::*;
 use k8s_cri::v1 as cri;
-use support::*;
 
 /// "A few seconds at most" for any one request.
 const LIMIT: Duration = Duration::from_secs(5);

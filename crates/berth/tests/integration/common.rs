@@ -1,11 +1,16 @@
 //! Shared test support: temporary runtime roots, busybox bundles, and
 //! running the real berth binary as root.
 
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use serde_json::{json, Value};
+/// Whether a process exists (and is not a zombie).
+pub use berth_testkit::procs::alive;
+use berth_testkit::rootfs::busybox_bundle;
+/// A root filesystem with busybox and its applets, /etc/passwd and /etc/group.
+#[allow(unused_imports)] // for runc_errors.rs, which includes this module
+pub use berth_testkit::rootfs::make_busybox_rootfs;
+use serde_json::Value;
 
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -39,18 +44,8 @@ impl Env {
     pub fn bundle(&self, name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> PathBuf {
         let bundle = self.dir.join(name);
         let _ = std::fs::remove_dir_all(&bundle);
-        let rootfs = bundle.join("rootfs");
-        make_busybox_rootfs(&rootfs);
-        let mut config = berth_runtime::features::default_spec(false);
-        config["process"]["terminal"] = json!(false);
-        config["process"]["args"] = json!(args);
-        edit(&mut config);
-        std::fs::write(
-            bundle.join("config.json"),
-            serde_json::to_vec_pretty(&config).unwrap(),
-        )
-        .unwrap();
-        bundle
+        let config = berth_runtime::features::default_spec(false);
+        busybox_bundle(&bundle, config, args, edit)
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
@@ -171,49 +166,6 @@ impl Drop for Env {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A root filesystem with busybox and its applets, /etc/passwd and /etc/group.
-pub fn make_busybox_rootfs(rootfs: &Path) {
-    for d in [
-        "bin",
-        "etc",
-        "proc",
-        "sys",
-        "dev",
-        "tmp",
-        "root",
-        "home/user",
-    ] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    // A copy, never a hard link: a container writing its busybox must not
-    // reach the host's.
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(
-        rootfs.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(
-        rootfs.join("etc/group"),
-        "root:x:0:\nuser:x:1000:\nextra:x:2000:\n",
-    )
-    .unwrap();
-}
-
-/// Whether a process exists.
-pub fn alive(pid: i64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z")
 }
 
 /// The container's cgroup directories on the host, from its state.

@@ -506,3 +506,56 @@ fn a_failure_after_start_reaches_the_log_in_runcs_format() {
         env.ok(&["delete", &id]);
     }
 }
+
+/// An rshared bind mount of a shared host directory (a CRI
+/// "bidirectional" mount) stays in the host's peer group: a mount made
+/// inside the container appears on the host. After pivot_root the old
+/// root, not the new one, is made a slave before it is detached.
+#[test]
+fn rshared_bind_mounts_propagate_to_the_host() {
+    let env = Env::new("rshared");
+    let source = env.dir.join("shared-source");
+    std::fs::create_dir_all(&source).unwrap();
+    let s = source.to_str().unwrap().to_owned();
+    let host = |args: &[&str]| {
+        assert!(std::process::Command::new("mount")
+            .args(args)
+            .status()
+            .unwrap()
+            .success())
+    };
+    host(&["--bind", &s, &s]);
+    host(&["--make-shared", &s]);
+    let out = env.run_ok(
+        &env.id("c"),
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /bidi/inner && mount -t tmpfs tmpfs /bidi/inner && echo from-inside > /bidi/inner/f && grep ' /bidi ' /proc/self/mountinfo",
+        ],
+        |c| {
+            c["mounts"].as_array_mut().unwrap().push(
+                json!({"destination": "/bidi", "type": "bind", "source": s, "options": ["rbind", "rshared"]}),
+            );
+            c["linux"]["rootfsPropagation"] = json!("rshared");
+            c["process"]["capabilities"]["bounding"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_SYS_ADMIN"));
+            c["process"]["capabilities"]["effective"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_SYS_ADMIN"));
+            c["process"]["capabilities"]["permitted"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_SYS_ADMIN"));
+        },
+    );
+    assert!(!out.contains("master:"), "/bidi became a slave: {out}");
+    let inner = source.join("inner");
+    let seen = std::fs::read_to_string(inner.join("f"));
+    let _ = rustix::mount::unmount(&inner, rustix::mount::UnmountFlags::DETACH);
+    let _ = rustix::mount::unmount(&source, rustix::mount::UnmountFlags::DETACH);
+    assert_eq!(seen.unwrap().trim(), "from-inside");
+}

@@ -305,7 +305,8 @@ fn init_cwd_through_a_leaked_descriptor_is_refused() {
 /// An old-style profile: everything refused unless listed, and close_range
 /// (added to Docker's list in 2021) not listed.
 fn errno_default_profile_without_close_range() -> serde_json::Value {
-    let mut profile = serde_json::to_value(berth_runtime::seccomp::runtime_default(&[])).unwrap();
+    let mut profile =
+        serde_json::to_value(berth_common::seccomp_profile::runtime_default(&[])).unwrap();
     profile["defaultAction"] = json!("SCMP_ACT_ERRNO");
     for group in profile["syscalls"].as_array_mut().unwrap() {
         if let Some(names) = group["names"].as_array_mut() {

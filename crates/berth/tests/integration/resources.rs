@@ -272,8 +272,8 @@ fn seccomp_profile_sets_the_errno() {
         "mkdir must fail with errno 40 (ELOOP): {out}"
     );
     // The RuntimeDefault profile: user namespaces cannot be created without CAP_SYS_ADMIN.
-    let profile = serde_json::to_value(berth_runtime::seccomp::runtime_default(&[
-        "CAP_CHOWN".into()
+    let profile = serde_json::to_value(berth_common::seccomp_profile::runtime_default(&[
+        "CAP_CHOWN".into(),
     ]))
     .unwrap();
     let out = env.run_ok(

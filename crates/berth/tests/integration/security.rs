@@ -5,18 +5,61 @@ use serde_json::json;
 
 use crate::common::{Env, BERTH};
 
+/// How the init's executable is protected: "overlay" (a read-only
+/// overlayfs view nobody can reach) or "memfd" (a sealed copy).
+fn exe_protection(pid: i64) -> &'static str {
+    let exe = std::fs::File::open(format!("/proc/{pid}/exe")).unwrap();
+    let seals = rustix::fs::fcntl_get_seals(&exe);
+    if seals.is_ok_and(|s| s.contains(rustix::fs::SealFlags::WRITE | rustix::fs::SealFlags::SEAL)) {
+        return "memfd";
+    }
+    let fs = rustix::fs::fstatfs(&exe).unwrap();
+    let ro = rustix::fs::fstatvfs(&exe)
+        .unwrap()
+        .f_flag
+        .contains(rustix::fs::StatVfsMountFlags::RDONLY);
+    assert!(
+        fs.f_type as u64 == 0x794c_7630 && ro,
+        "init exe is neither sealed nor read-only overlayfs"
+    );
+    "overlay"
+}
+
 #[test]
 fn init_runs_from_a_sealed_copy_and_cannot_touch_the_binary() {
-    let env = Env::new("sealed");
+    // Root with fsopen: the overlayfs view; forced: the memfd copy.
+    for (seal, expected) in [(None, "overlay"), (Some("memfd"), "memfd")] {
+        sealed_copy_protects_the_binary(seal, expected);
+    }
+}
+
+fn sealed_copy_protects_the_binary(seal: Option<&str>, expected: &str) {
+    let env = Env::new(&format!("sealed-{expected}"));
     let before = std::fs::read(BERTH).unwrap();
     let bundle = env.bundle("b", &["sleep", "60"], |_| {});
     let id = env.id("c");
-    env.ok(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
-    let pid = env.state(&id)["pid"].as_i64().unwrap();
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let mut create = env.cmd(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    if let Some(seal) = seal {
+        create.env("BERTH_EXE_SEAL", seal);
+    }
+    // Files, not pipes: the created init keeps berth's stdio open.
+    let err_path = env.dir.join("create.err");
+    create
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let status = create.status().unwrap();
     assert!(
-        exe.to_string_lossy().starts_with("/memfd:berth"),
-        "init exe is {exe:?}"
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&err_path).unwrap_or_default()
+    );
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    assert_eq!(exe_protection(pid), expected);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_ne!(
+        exe,
+        std::path::Path::new(BERTH),
+        "init exe is the host binary"
     );
     // The waiting init is not dumpable: nothing in the container can open its /proc files.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

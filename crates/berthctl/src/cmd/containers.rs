@@ -15,8 +15,8 @@ use super::{
     parse_labels, print_list, print_map, print_status_data, remove_logs, StatusData,
 };
 use crate::cli::{
-    CheckpointArgs, CreateArgs, ExecArgs, IdsArgs, InspectArgs, LogsArgs, PsArgs, PullFlags,
-    RmArgs, RunArgs, StatsArgs, StatusFormat, StopArgs, UpdateArgs,
+    AttachArgs, CheckpointArgs, CreateArgs, ExecArgs, IdsArgs, InspectArgs, LogsArgs, PsArgs,
+    PullFlags, RmArgs, RunArgs, StatsArgs, StatusFormat, StopArgs, UpdateArgs,
 };
 use crate::client::Clients;
 use crate::logs;
@@ -529,15 +529,23 @@ pub async fn logs(c: &mut Clients, a: LogsArgs) -> Result<()> {
     logs::follow(path, &opts, &mut sink, check).await
 }
 
-/// What `exec` says until the streaming server exists.
-pub const EXEC_STREAMING_UNSUPPORTED: &str =
-    "berthctl exec supports only synchronous commands for now: \
-     add -s (--sync) to run the command with ExecSync and print its output; \
-     interactive and streaming exec (-i, -t, attach) come with the streaming server";
-
 pub async fn exec(c: &mut Clients, a: ExecArgs) -> Result<i32> {
-    if !a.sync || a.tty || a.interactive {
-        bail!(EXEC_STREAMING_UNSUPPORTED);
+    if !a.sync {
+        let mut rt = c.runtime().await?;
+        let req = cri::ExecRequest {
+            container_id: a.id.clone(),
+            cmd: a.cmd.clone(),
+            tty: a.tty,
+            stdin: a.interactive,
+            stdout: true,
+            stderr: !a.tty,
+        };
+        let url = c
+            .call("Exec", None, req, |r| rt.exec(r))
+            .await
+            .with_context(|| format!("execing command in container {}", a.id))?
+            .url;
+        return crate::stream::remotecommand(&url, a.interactive, a.tty).await;
     }
     let mut rt = c.runtime().await?;
     let req = cri::ExecSyncRequest {
@@ -559,6 +567,23 @@ pub async fn exec(c: &mut Clients, a: ExecArgs) -> Result<i32> {
     err.write_all(&r.stderr)?;
     err.flush()?;
     Ok(r.exit_code)
+}
+
+pub async fn attach(c: &mut Clients, a: AttachArgs) -> Result<i32> {
+    let mut rt = c.runtime().await?;
+    let req = cri::AttachRequest {
+        container_id: a.id.clone(),
+        tty: a.tty,
+        stdin: a.interactive,
+        stdout: true,
+        stderr: !a.tty,
+    };
+    let url = c
+        .call("Attach", None, req, |r| rt.attach(r))
+        .await
+        .with_context(|| format!("attaching to container {}", a.id))?
+        .url;
+    crate::stream::remotecommand(&url, a.interactive, a.tty).await
 }
 
 pub async fn stats(c: &mut Clients, a: StatsArgs) -> Result<()> {

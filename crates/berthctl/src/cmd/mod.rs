@@ -42,6 +42,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Inspect(a) => containers::inspect(&mut c, a).await?,
         Command::Logs(a) => containers::logs(&mut c, a).await?,
         Command::Exec(a) => return containers::exec(&mut c, a).await,
+        Command::Attach(a) => return containers::attach(&mut c, a).await,
+        Command::PortForward(a) => pods::port_forward(&mut c, a).await?,
         Command::Stats(a) => containers::stats(&mut c, a).await?,
         Command::Statsp(a) => pods::statsp(&mut c, a).await?,
         Command::Update(a) => containers::update(&mut c, a).await?,

@@ -1,15 +1,18 @@
 //! runp, stopp, rmp, pods, inspectp, statsp.
 
+use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use k8s_cri::v1 as cri;
 
 use super::{
-    aggregate, go_map, info, limit, load_pod_config, matches_regex, parse_labels, print_list,
-    print_map, print_status_data, StatusData,
+    aggregate, error, go_map, info, limit, load_pod_config, matches_regex, parse_labels,
+    print_list, print_map, print_status_data, StatusData,
 };
-use crate::cli::{IdsArgs, InspectArgs, PodsArgs, RmpArgs, RunpArgs, StatspArgs, StatusFormat};
+use crate::cli::{
+    IdsArgs, InspectArgs, PodsArgs, PortForwardArgs, RmpArgs, RunpArgs, StatspArgs, StatusFormat,
+};
 use crate::client::Clients;
 use crate::output::{ago, go_time_string, human_size, rfc3339_nano, truncate_id, Table};
 use crate::proto::{to_json, Json, JsonStyle};
@@ -416,4 +419,84 @@ async fn list_pod_stats(
         id(x).cmp(&id(y))
     });
     Ok(stats)
+}
+
+/// `[LOCAL:]REMOTE` as crictl reads it (LOCAL 0: any free port).
+fn port_pair(spec: &str) -> Result<(u16, u16)> {
+    let parse = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| anyhow!("invalid port {p:?} in {spec:?}"))
+    };
+    let (local, remote) = match spec.split_once(':') {
+        Some((l, r)) => (parse(l)?, parse(r)?),
+        None => (parse(spec)?, parse(spec)?),
+    };
+    if remote == 0 {
+        bail!("invalid remote port 0 in {spec:?}");
+    }
+    Ok((local, remote))
+}
+
+/// Listens on 127.0.0.1 for each pair and forwards every connection to
+/// the pod's port through the streaming server, until interrupted.
+pub async fn port_forward(c: &mut Clients, a: PortForwardArgs) -> Result<()> {
+    let pairs = a
+        .ports
+        .iter()
+        .map(|p| port_pair(p))
+        .collect::<Result<Vec<_>>>()?;
+    let mut tasks = Vec::new();
+    for (local, remote) in pairs {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", local))
+            .await
+            .with_context(|| format!("listening on 127.0.0.1:{local}"))?;
+        let bound = listener.local_addr()?.port();
+        println!("Forwarding from 127.0.0.1:{bound} -> {remote}");
+        let mut c = Clients::new(
+            c.runtime_endpoint.clone(),
+            Some(c.image_endpoint.clone()),
+            c.timeout,
+            c.debug,
+        );
+        let pod = a.pod.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    continue;
+                };
+                // As kubectl; a closed stdout must not end the forwarding.
+                let _ = writeln!(std::io::stdout(), "Handling connection for {bound}");
+                // One URL per connection: each is single use.
+                let url = match port_forward_url(&mut c, &pod, remote).await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        error(format!("{e:#}"));
+                        continue;
+                    }
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = crate::stream::forward_connection(&url, remote, conn).await {
+                        error(format!("forwarding to port {remote}: {e:#}"));
+                    }
+                });
+            }
+        }));
+    }
+    tokio::signal::ctrl_c().await?;
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+async fn port_forward_url(c: &mut Clients, pod: &str, port: u16) -> Result<String> {
+    let mut rt = c.runtime().await?;
+    let req = cri::PortForwardRequest {
+        pod_sandbox_id: pod.to_owned(),
+        port: vec![port.into()],
+    };
+    Ok(c.call("PortForward", None, req, |r| rt.port_forward(r))
+        .await
+        .with_context(|| format!("port-forward to pod {pod}"))?
+        .url)
 }

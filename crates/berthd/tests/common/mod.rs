@@ -8,34 +8,36 @@
 //! berthd's log, `leftovers()` naming what is left (processes with their
 //! command lines, cgroups with theirs, mounts as berthd sees them), and
 //! small helpers for security contexts, resources and cgroup files.
+//!
+//! Over 800 lines: the one harness every berthd test binary includes (daemon
+//! start/stop, CRI helpers, leftover checks); generic helpers live in
+//! berth-testkit.
 
-#![allow(dead_code)]
-
-pub mod support;
+// Each test binary uses a different subset of these helpers and re-exports.
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
+
+pub use berth_testkit::cgroups::{cgroup_dirs, remove_cgroup_tree};
+use berth_testkit::containerd::cri::unix_channel;
+/// The registry and images of berth-image's tests.
+pub use berth_testkit::images as support;
+use berth_testkit::mounts::unmount_under;
+pub use berth_testkit::names::unique;
+/// The live processes' pids.
+pub use berth_testkit::procs::pids_mentioning as processes_mentioning;
+pub use berth_testkit::procs::{alive, cmdline};
+use berth_testkit::procs::{kill_processes_mentioning, terminate};
 
 pub const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
 
 /// The shim berthd starts: built beside berthd by `cargo build`.
 pub fn shim_binary() -> PathBuf {
@@ -147,6 +149,16 @@ impl Berthd {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("berth.toml");
+        // Pods get loopback only unless a test brings its own [cni]: the
+        // host's /etc/cni/net.d is not the tests' business.
+        let extra_config = if extra_config.contains("[cni]") {
+            extra_config.to_owned()
+        } else {
+            format!(
+                "{extra_config}\n[cni]\nconf_dir = \"{}\"\n",
+                dir.join("net.d").display()
+            )
+        };
         std::fs::write(&config, extra_config).unwrap();
         let mut d = Berthd {
             root: dir.join("root"),
@@ -228,14 +240,7 @@ impl Berthd {
 
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: plain kill(2) of our child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            terminate(&mut c, Duration::from_secs(10));
         }
     }
 
@@ -246,17 +251,7 @@ impl Berthd {
     }
 
     pub async fn channel(&self) -> Channel {
-        let socket = self.socket.clone();
-        Endpoint::try_from("http://[::]:50051")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
+        unix_channel(&self.socket)
             .await
             .expect("connecting to berthd")
     }
@@ -433,119 +428,12 @@ impl Drop for Berthd {
             }
         }
         self.stop();
-        for pid in processes_mentioning(self.socket.to_str().unwrap()) {
-            // SAFETY: plain kill(2) of a shim this test's berthd started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+        // The shims this test's berthd started name its socket.
+        kill_processes_mentioning(self.socket.to_str().unwrap());
         remove_cgroup_tree(&self.cgroup_parent);
         forget_oci_runtime_state(&self.dir);
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|p| p.starts_with(self.dir.to_str().unwrap()))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for p in points {
-            let _ = rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH);
-        }
+        unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A process's command line, spaces for NULs.
-pub fn cmdline(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .replace('\0', " ")
-                .trim()
-                .to_owned()
-        })
-        .unwrap_or_default()
-}
-
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|r| !r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-pub fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&raw).contains(needle) && alive(pid as u32) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut roots: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            let fs = f.get(sep + 1)?;
-            (*fs == "cgroup" || *fs == "cgroup2").then(|| PathBuf::from(f[4]))
-        })
-        .collect();
-    roots.sort();
-    roots.dedup();
-    roots
-        .into_iter()
-        .map(|r| r.join(rel.trim_start_matches('/')))
-        .filter(|d| d.is_dir())
-        .collect()
-}
-
-pub fn remove_cgroup_tree(rel: &str) {
-    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                walk(&e.path(), out);
-            }
-        }
-        out.push(d.to_path_buf());
-    }
-    let mut dirs = Vec::new();
-    for top in cgroup_dirs(rel) {
-        walk(&top, &mut dirs);
-    }
-    for d in &dirs {
-        let _ = std::fs::write(d.join("freezer.state"), "THAWED");
-        for pid in std::fs::read_to_string(d.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-        {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // SAFETY: plain kill(2) of a process in the test's cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while dirs.iter().any(|d| d.exists()) && Instant::now() < deadline {
-        for d in &dirs {
-            let _ = std::fs::remove_dir(d);
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -13,7 +13,9 @@ fn main() {
     let result = match args.action.as_deref() {
         Some("start") => berth_shim::start::start(&args).map(|address| print!("{address}")),
         Some("delete") => berth_shim::start::delete(&args),
-        Some(other) => Err(format!("unknown action {other:?}")),
+        Some(other) => Err(berth_shim::ShimError::InvalidArgument(format!(
+            "unknown action {other:?}"
+        ))),
         None => berth_shim::start::serve(&args),
     };
     if let Err(e) = result {

@@ -3,12 +3,11 @@
 //! server standing in for containerd's, busybox bundles, and a Drop that
 //! removes every shim, container, cgroup and file the test made.
 
-#![allow(dead_code)]
+// Each test binary uses a different subset of these helpers and re-exports.
+#![allow(dead_code, unused_imports)]
 
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,27 +22,18 @@ use containerd_shim_protos::shim_async::{create_events, Events};
 use serde_json::{json, Value};
 use ttrpc::r#async::{Server, TtrpcContext};
 
+pub use berth_testkit::cgroups::{cgroup_dirs, remove_cgroup_tree};
+pub use berth_testkit::mounts::unmount_under;
+pub use berth_testkit::names::unique;
+pub use berth_testkit::procs::alive;
+use berth_testkit::procs::kill_processes_mentioning;
+/// The live processes' pids.
+pub use berth_testkit::procs::pids_mentioning as processes_mentioning;
+pub use berth_testkit::rootfs::{busybox_bundle, make_busybox_rootfs};
+pub use berth_testkit::tools::require_root;
+
 pub const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-berth-v2");
 pub const SECOND: i64 = 1_000_000_000;
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the shim tests create real containers and must run as root"
-    );
-}
 
 /// A recorded event: topic and decoded payload type.
 #[derive(Clone, Debug)]
@@ -158,20 +148,12 @@ impl World {
 
     /// A bundle with a busybox rootfs running `args`, its config changed by `edit`.
     pub fn bundle(&self, name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> PathBuf {
-        let bundle = self.dir.join(name);
-        let rootfs = bundle.join("rootfs");
-        make_busybox_rootfs(&rootfs);
-        let mut config = berth_runtime::features::default_spec(false);
-        config["process"]["terminal"] = json!(false);
-        config["process"]["args"] = json!(args);
-        config["linux"]["cgroupsPath"] = json!(format!("{}/{name}", self.cgroup_parent));
-        edit(&mut config);
-        std::fs::write(
-            bundle.join("config.json"),
-            serde_json::to_vec_pretty(&config).unwrap(),
-        )
-        .unwrap();
-        bundle
+        let config = berth_runtime::features::default_spec(false);
+        let cgroups_path = format!("{}/{name}", self.cgroup_parent);
+        busybox_bundle(&self.dir.join(name), config, args, |config| {
+            config["linux"]["cgroupsPath"] = json!(cgroups_path);
+            edit(config);
+        })
     }
 
     fn shim_command(&self, id: &str, bundle: &Path, action: &str) -> Command {
@@ -256,10 +238,8 @@ impl Drop for World {
             // Best effort: the runtime may already be shutting down.
             drop(server);
         }
-        for pid in processes_mentioning(&self.address) {
-            // SAFETY: plain kill(2) of a shim this test started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+        // The shims this test started name its address.
+        kill_processes_mentioning(&self.address);
         remove_cgroup_tree(&self.cgroup_parent);
         unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -315,130 +295,12 @@ pub fn rpc_error<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> (ttrpc::Code, Strin
     }
 }
 
-pub fn make_busybox_rootfs(rootfs: &Path) {
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    // A copy, never a hard link: a container writing its busybox must not
-    // reach the host's.
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
-}
-
-pub fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 /// Waits until `cond` holds, polling; panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-pub fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if pid != me && String::from_utf8_lossy(&raw).contains(needle) && alive(pid) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-fn mount_points() -> Vec<(PathBuf, String)> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            Some((PathBuf::from(f.get(4)?), f.get(sep + 1)?.to_string()))
-        })
-        .collect()
-}
-
-pub fn unmount_under(dir: &Path) {
-    let mut targets: Vec<PathBuf> = mount_points()
-        .into_iter()
-        .map(|(p, _)| p)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    targets.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for t in targets {
-        let _ = rustix::mount::unmount(&t, rustix::mount::UnmountFlags::DETACH);
-    }
-}
-
-pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
-    let mut roots: Vec<PathBuf> = mount_points()
-        .into_iter()
-        .filter(|(_, fs)| fs == "cgroup" || fs == "cgroup2")
-        .map(|(p, _)| p)
-        .collect();
-    roots.sort();
-    roots.dedup();
-    roots
-        .into_iter()
-        .map(|r| r.join(rel.trim_start_matches('/')))
-        .filter(|d| d.is_dir())
-        .collect()
-}
-
-fn subdirs_deepest_first(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            subdirs_deepest_first(&e.path(), out);
-        }
-    }
-    out.push(dir.to_path_buf());
-}
-
-/// Kills what is left in cgroup `rel` and removes it in every hierarchy.
-pub fn remove_cgroup_tree(rel: &str) {
-    let mut dirs = Vec::new();
-    for top in cgroup_dirs(rel) {
-        subdirs_deepest_first(&top, &mut dirs);
-    }
-    for d in &dirs {
-        let _ = std::fs::write(d.join("freezer.state"), "THAWED");
-        for pid in std::fs::read_to_string(d.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-        {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // SAFETY: plain kill(2) of a process in the test's cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while dirs.iter().any(|d| d.exists()) && Instant::now() < deadline {
-        for d in &dirs {
-            let _ = std::fs::remove_dir(d);
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

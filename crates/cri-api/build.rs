@@ -1,0 +1,12 @@
+//! Generates CRI v1 (proto/api.proto) with protox (pure Rust: no protoc):
+//! messages, the gRPC servers and the clients, with serde derives (berthd
+//! keeps pod and container configs in its store as JSON).
+
+fn main() {
+    println!("cargo:rerun-if-changed=proto/api.proto");
+    let fds = protox::compile(["api.proto"], ["proto"]).expect("compiling proto/api.proto");
+    tonic_prost_build::configure()
+        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .compile_fds(fds)
+        .expect("generating runtime.v1");
+}

@@ -1,0 +1,32 @@
+//! Kubernetes CRI v1 (`runtime.v1`) for berthd, berthctl and the tests:
+//! messages, servers and clients generated from `proto/api.proto`.
+//!
+//! The proto is the one of kubernetes/cri-api that the `k8s-cri` crate
+//! (0.11) is generated from, plus the fields kubelets send that it lacks
+//! (`Mount.image_sub_path`, Kubernetes 1.33): prost drops unknown fields,
+//! so without them a newer kubelet's request would be silently half read.
+//! Workspace crates depend on this crate under the name `k8s-cri`, so code
+//! reads `k8s_cri::v1` as before.
+
+#[allow(clippy::doc_lazy_continuation, clippy::large_enum_variant)]
+pub mod v1 {
+    tonic::include_proto!("runtime.v1");
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    /// What a Kubernetes 1.33 kubelet sends for an image volume with a
+    /// sub path (field 10 of Mount) is read, not dropped.
+    #[test]
+    fn an_image_sub_path_is_read() {
+        // Mount{container_path: "/v" (1), image_sub_path: "dir" (10)}.
+        let wire = [0x0a, 0x02, b'/', b'v', 0x52, 0x03, b'd', b'i', b'r'];
+        let m = super::v1::Mount::decode(&wire[..]).unwrap();
+        assert_eq!(
+            (m.container_path.as_str(), m.image_sub_path.as_str()),
+            ("/v", "dir")
+        );
+    }
+}

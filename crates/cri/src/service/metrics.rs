@@ -1,0 +1,893 @@
+//! ListMetricDescriptors and ListPodSandboxMetrics: container metrics under
+//! cAdvisor's names, for a kubelet that takes /metrics/cadvisor from the
+//! runtime (PodAndContainerStatsFromCRI) instead of running cAdvisor.
+//!
+//! Label keys are those of containerd's CRI plugin (which kubelet's own
+//! tests use too): `pod, namespace, container, id, image`, then the
+//! metric's own (`interface`, `device`, ...). Container metrics carry the
+//! container's name, id and image; pod metrics (the network) an empty
+//! container and image and the pod's id. Values come from the container's
+//! cgroup (berth-cgroups, v1, v2 or hybrid), its CRI resources, its
+//! writable layer and the pod's network namespace. CRI values are
+//! integers: seconds are whole seconds, as containerd and CRI-O report
+//! them. Only ready pods and running containers are reported.
+//!
+//! Over 800 lines: the cAdvisor descriptor table (about 40 metrics with help
+//! texts and labels) sits beside the code that fills it, so a name cannot drift
+//! from its values.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_cgroups::stats::Stats;
+use berth_image::ImageStore;
+use k8s_cri::v1 as cri;
+
+use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState};
+use crate::util::now_ns;
+
+use super::stats::dir_usage;
+use super::{blocking, Cri};
+
+/// One metric's descriptor: its name, help, type and the label keys it
+/// has after [`BASE`].
+pub(super) struct Desc {
+    name: &'static str,
+    help: &'static str,
+    kind: cri::MetricType,
+    extra: &'static [&'static str],
+}
+
+/// The label keys every metric starts with.
+const BASE: [&str; 5] = ["pod", "namespace", "container", "id", "image"];
+
+const COUNTER: cri::MetricType = cri::MetricType::Counter;
+const GAUGE: cri::MetricType = cri::MetricType::Gauge;
+
+const fn desc(
+    name: &'static str,
+    help: &'static str,
+    kind: cri::MetricType,
+    extra: &'static [&'static str],
+) -> Desc {
+    Desc {
+        name,
+        help,
+        kind,
+        extra,
+    }
+}
+
+const INTERFACE: &[&str] = &["interface"];
+const DEVICE: &[&str] = &["device"];
+
+const CPU_USAGE: Desc = desc(
+    "container_cpu_usage_seconds_total",
+    "Cumulative cpu time consumed in seconds.",
+    COUNTER,
+    &[],
+);
+const CPU_USER: Desc = desc(
+    "container_cpu_user_seconds_total",
+    "Cumulative user cpu time consumed in seconds.",
+    COUNTER,
+    &[],
+);
+const CPU_SYSTEM: Desc = desc(
+    "container_cpu_system_seconds_total",
+    "Cumulative system cpu time consumed in seconds.",
+    COUNTER,
+    &[],
+);
+const CFS_PERIODS: Desc = desc(
+    "container_cpu_cfs_periods_total",
+    "Number of elapsed enforcement period intervals.",
+    COUNTER,
+    &[],
+);
+const CFS_THROTTLED_PERIODS: Desc = desc(
+    "container_cpu_cfs_throttled_periods_total",
+    "Number of throttled period intervals.",
+    COUNTER,
+    &[],
+);
+const CFS_THROTTLED_SECONDS: Desc = desc(
+    "container_cpu_cfs_throttled_seconds_total",
+    "Total time duration the container has been throttled.",
+    COUNTER,
+    &[],
+);
+const MEMORY_USAGE: Desc = desc(
+    "container_memory_usage_bytes",
+    "Current memory usage in bytes, including all memory regardless of when it was accessed",
+    GAUGE,
+    &[],
+);
+const MEMORY_WORKING_SET: Desc = desc(
+    "container_memory_working_set_bytes",
+    "Current working set in bytes.",
+    GAUGE,
+    &[],
+);
+const MEMORY_RSS: Desc = desc("container_memory_rss", "Size of RSS in bytes.", GAUGE, &[]);
+const MEMORY_CACHE: Desc = desc(
+    "container_memory_cache",
+    "Number of bytes of page cache memory.",
+    GAUGE,
+    &[],
+);
+const MEMORY_SWAP: Desc = desc(
+    "container_memory_swap",
+    "Container swap usage in bytes.",
+    GAUGE,
+    &[],
+);
+const MEMORY_MAPPED_FILE: Desc = desc(
+    "container_memory_mapped_file",
+    "Size of memory mapped files in bytes.",
+    GAUGE,
+    &[],
+);
+const MEMORY_MAX_USAGE: Desc = desc(
+    "container_memory_max_usage_bytes",
+    "Maximum memory usage recorded in bytes",
+    GAUGE,
+    &[],
+);
+const MEMORY_FAILCNT: Desc = desc(
+    "container_memory_failcnt",
+    "Number of memory usage hits limits",
+    COUNTER,
+    &[],
+);
+const MEMORY_FAILURES: Desc = desc(
+    "container_memory_failures_total",
+    "Cumulative count of memory allocation failures.",
+    COUNTER,
+    &["failure_type", "scope"],
+);
+const OOM_EVENTS: Desc = desc(
+    "container_oom_events_total",
+    "Count of out of memory events observed for the container",
+    COUNTER,
+    &[],
+);
+const PROCESSES: Desc = desc(
+    "container_processes",
+    "Number of processes running inside the container.",
+    GAUGE,
+    &[],
+);
+const THREADS: Desc = desc(
+    "container_threads",
+    "Number of threads running inside the container",
+    GAUGE,
+    &[],
+);
+const THREADS_MAX: Desc = desc(
+    "container_threads_max",
+    "Maximum number of threads allowed inside the container, infinity if value is zero",
+    GAUGE,
+    &[],
+);
+const FS_USAGE: Desc = desc(
+    "container_fs_usage_bytes",
+    "Number of bytes that are consumed by the container on this filesystem.",
+    GAUGE,
+    DEVICE,
+);
+const FS_READS_BYTES: Desc = desc(
+    "container_fs_reads_bytes_total",
+    "Cumulative count of bytes read",
+    COUNTER,
+    DEVICE,
+);
+const FS_WRITES_BYTES: Desc = desc(
+    "container_fs_writes_bytes_total",
+    "Cumulative count of bytes written",
+    COUNTER,
+    DEVICE,
+);
+const FS_READS: Desc = desc(
+    "container_fs_reads_total",
+    "Cumulative count of reads completed",
+    COUNTER,
+    DEVICE,
+);
+const FS_WRITES: Desc = desc(
+    "container_fs_writes_total",
+    "Cumulative count of writes completed",
+    COUNTER,
+    DEVICE,
+);
+const BLKIO_DEVICE_USAGE: Desc = desc(
+    "container_blkio_device_usage_total",
+    "Blkio Device bytes usage",
+    COUNTER,
+    &["device", "major", "minor", "operation"],
+);
+const NET_RX_BYTES: Desc = desc(
+    "container_network_receive_bytes_total",
+    "Cumulative count of bytes received",
+    COUNTER,
+    INTERFACE,
+);
+const NET_RX_PACKETS: Desc = desc(
+    "container_network_receive_packets_total",
+    "Cumulative count of packets received",
+    COUNTER,
+    INTERFACE,
+);
+const NET_RX_DROPPED: Desc = desc(
+    "container_network_receive_packets_dropped_total",
+    "Cumulative count of packets dropped while receiving",
+    COUNTER,
+    INTERFACE,
+);
+const NET_RX_ERRORS: Desc = desc(
+    "container_network_receive_errors_total",
+    "Cumulative count of errors encountered while receiving",
+    COUNTER,
+    INTERFACE,
+);
+const NET_TX_BYTES: Desc = desc(
+    "container_network_transmit_bytes_total",
+    "Cumulative count of bytes transmitted",
+    COUNTER,
+    INTERFACE,
+);
+const NET_TX_PACKETS: Desc = desc(
+    "container_network_transmit_packets_total",
+    "Cumulative count of packets transmitted",
+    COUNTER,
+    INTERFACE,
+);
+const NET_TX_DROPPED: Desc = desc(
+    "container_network_transmit_packets_dropped_total",
+    "Cumulative count of packets dropped while transmitting",
+    COUNTER,
+    INTERFACE,
+);
+const NET_TX_ERRORS: Desc = desc(
+    "container_network_transmit_errors_total",
+    "Cumulative count of errors encountered while transmitting",
+    COUNTER,
+    INTERFACE,
+);
+const START_TIME: Desc = desc(
+    "container_start_time_seconds",
+    "Start time of the container since unix epoch in seconds.",
+    GAUGE,
+    &[],
+);
+const LAST_SEEN: Desc = desc(
+    "container_last_seen",
+    "Last time a container was seen by the exporter",
+    GAUGE,
+    &[],
+);
+const SPEC_CPU_PERIOD: Desc = desc(
+    "container_spec_cpu_period",
+    "CPU period of the container.",
+    GAUGE,
+    &[],
+);
+const SPEC_CPU_QUOTA: Desc = desc(
+    "container_spec_cpu_quota",
+    "CPU quota of the container.",
+    GAUGE,
+    &[],
+);
+const SPEC_CPU_SHARES: Desc = desc(
+    "container_spec_cpu_shares",
+    "CPU share of the container.",
+    GAUGE,
+    &[],
+);
+const SPEC_MEMORY_LIMIT: Desc = desc(
+    "container_spec_memory_limit_bytes",
+    "Memory limit for the container.",
+    GAUGE,
+    &[],
+);
+const SPEC_MEMORY_SWAP_LIMIT: Desc = desc(
+    "container_spec_memory_swap_limit_bytes",
+    "Memory swap limit for the container.",
+    GAUGE,
+    &[],
+);
+
+/// Every metric berthd reports, in ListMetricDescriptors' order.
+pub(super) const DESCRIPTORS: &[&Desc] = &[
+    &CPU_USAGE,
+    &CPU_USER,
+    &CPU_SYSTEM,
+    &CFS_PERIODS,
+    &CFS_THROTTLED_PERIODS,
+    &CFS_THROTTLED_SECONDS,
+    &MEMORY_USAGE,
+    &MEMORY_WORKING_SET,
+    &MEMORY_RSS,
+    &MEMORY_CACHE,
+    &MEMORY_SWAP,
+    &MEMORY_MAPPED_FILE,
+    &MEMORY_MAX_USAGE,
+    &MEMORY_FAILCNT,
+    &MEMORY_FAILURES,
+    &OOM_EVENTS,
+    &PROCESSES,
+    &THREADS,
+    &THREADS_MAX,
+    &FS_USAGE,
+    &FS_READS_BYTES,
+    &FS_WRITES_BYTES,
+    &FS_READS,
+    &FS_WRITES,
+    &BLKIO_DEVICE_USAGE,
+    &NET_RX_BYTES,
+    &NET_RX_PACKETS,
+    &NET_RX_DROPPED,
+    &NET_RX_ERRORS,
+    &NET_TX_BYTES,
+    &NET_TX_PACKETS,
+    &NET_TX_DROPPED,
+    &NET_TX_ERRORS,
+    &START_TIME,
+    &LAST_SEEN,
+    &SPEC_CPU_PERIOD,
+    &SPEC_CPU_QUOTA,
+    &SPEC_CPU_SHARES,
+    &SPEC_MEMORY_LIMIT,
+    &SPEC_MEMORY_SWAP_LIMIT,
+];
+
+const NS_PER_SECOND: u64 = 1_000_000_000;
+
+/// The metrics of one object (a container or a pod), with its base label
+/// values.
+struct Out {
+    labels: Vec<String>,
+    timestamp: i64,
+    metrics: Vec<cri::Metric>,
+}
+
+impl Out {
+    fn new(labels: Vec<String>, timestamp: i64) -> Out {
+        debug_assert_eq!(labels.len(), BASE.len());
+        Out {
+            labels,
+            timestamp,
+            metrics: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, d: &Desc, value: u64) {
+        self.push_with(d, &[], value)
+    }
+
+    /// A metric with the values of the descriptor's own label keys.
+    fn push_with(&mut self, d: &Desc, extra: &[&str], value: u64) {
+        debug_assert_eq!(extra.len(), d.extra.len(), "{}", d.name);
+        let mut label_values = self.labels.clone();
+        label_values.extend(extra.iter().map(|v| v.to_string()));
+        self.metrics.push(cri::Metric {
+            name: d.name.to_owned(),
+            timestamp: self.timestamp,
+            metric_type: d.kind as i32,
+            label_values,
+            value: Some(cri::UInt64Value { value }),
+        });
+    }
+}
+
+impl Cri {
+    /// ListMetricDescriptors: every metric ListPodSandboxMetrics may report.
+    pub fn metric_descriptors(&self) -> Vec<cri::MetricDescriptor> {
+        descriptors()
+    }
+
+    /// ListPodSandboxMetrics: the ready pods, oldest first, each with its
+    /// network counters and its running containers' metrics.
+    pub async fn list_pod_sandbox_metrics(&self) -> Vec<cri::PodSandboxMetrics> {
+        let mut pods: Vec<PodRecord> = self
+            .store
+            .pods()
+            .into_iter()
+            .filter(|p| p.state == PodState::Ready)
+            .collect();
+        pods.sort_by_key(|p| p.created_at);
+        let work: Vec<(PodRecord, Vec<ContainerRecord>)> = pods
+            .into_iter()
+            .map(|p| {
+                let mut cs = self.store.containers_of(&p.id);
+                cs.retain(|c| c.state == ContainerState::Running && c.pid > 0);
+                cs.sort_by_key(|c| c.created_at);
+                (p, cs)
+            })
+            .collect();
+        let images = Arc::clone(&self.images);
+        // The writable layers' filesystem, named as ContainerStats names it.
+        let fs_device = self.config.root.join("images").display().to_string();
+        blocking(move || {
+            let mut devices = HashMap::new();
+            Ok(work
+                .iter()
+                .map(|(p, cs)| pod_metrics(p, cs, &images, &fs_device, &mut devices))
+                .collect())
+        })
+        .await
+        .unwrap_or_default()
+    }
+}
+
+fn descriptors() -> Vec<cri::MetricDescriptor> {
+    DESCRIPTORS
+        .iter()
+        .map(|d| cri::MetricDescriptor {
+            name: d.name.to_owned(),
+            help: d.help.to_owned(),
+            label_keys: BASE.iter().chain(d.extra).map(|k| k.to_string()).collect(),
+        })
+        .collect()
+}
+
+fn pod_metrics(
+    p: &PodRecord,
+    containers: &[ContainerRecord],
+    images: &ImageStore,
+    fs_device: &str,
+    devices: &mut HashMap<(u64, u64), String>,
+) -> cri::PodSandboxMetrics {
+    let meta = p.config.metadata.clone().unwrap_or_default();
+    let mut pod = Out::new(
+        vec![
+            meta.name.clone(),
+            meta.namespace.clone(),
+            String::new(),
+            p.id.clone(),
+            String::new(),
+        ],
+        now_ns(),
+    );
+    // A host-network pod has no interfaces of its own.
+    if let Some(dev) = p.namespaces.net.as_deref().and_then(netns_dev) {
+        network_metrics(&mut pod, &dev);
+    }
+    let container_metrics = containers
+        .iter()
+        .filter_map(|c| {
+            let image = c
+                .config
+                .image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| c.image_ref.clone());
+            let labels = vec![
+                meta.name.clone(),
+                meta.namespace.clone(),
+                c.config.metadata.clone().unwrap_or_default().name,
+                c.id.clone(),
+                image,
+            ];
+            let metrics = container_metrics(c, labels, images, fs_device, devices)?;
+            Some(cri::ContainerMetrics {
+                container_id: c.id.clone(),
+                metrics,
+            })
+        })
+        .collect();
+    cri::PodSandboxMetrics {
+        pod_sandbox_id: p.id.clone(),
+        metrics: pod.metrics,
+        container_metrics,
+    }
+}
+
+/// A running container's metrics; None when its cgroup cannot be read (it
+/// has just exited).
+fn container_metrics(
+    c: &ContainerRecord,
+    labels: Vec<String>,
+    images: &ImageStore,
+    fs_device: &str,
+    devices: &mut HashMap<(u64, u64), String>,
+) -> Option<Vec<cri::Metric>> {
+    let cgroup = berth_cgroups::Manager::of_process(c.pid as i32).ok()?;
+    let stats = cgroup.stats().ok()?;
+    let procs = cgroup.procs().unwrap_or_default();
+    let threads = if stats.pids.current > 0 {
+        stats.pids.current
+    } else {
+        procs.iter().map(|p| count_threads(*p)).sum()
+    };
+    let now = now_ns();
+    let mut out = Out::new(labels, now);
+    cgroup_metrics(
+        &mut out,
+        &stats,
+        procs.len() as u64,
+        threads,
+        &mut |major, minor| {
+            devices
+                .entry((major, minor))
+                .or_insert_with(|| device_name(major, minor))
+                .clone()
+        },
+    );
+    if let Some(upper) = images
+        .rootfs(&c.rootfs_key)
+        .ok()
+        .flatten()
+        .map(|m| m.upperdir)
+    {
+        out.push_with(&FS_USAGE, &[fs_device], dir_usage(&upper).0);
+    }
+    out.push(&START_TIME, c.started_at.max(0) as u64 / NS_PER_SECOND);
+    out.push(&LAST_SEEN, now.max(0) as u64 / NS_PER_SECOND);
+    spec_metrics(&mut out, c);
+    Some(out.metrics)
+}
+
+/// CPU, memory, process and block I/O metrics from a cgroup's stats.
+fn cgroup_metrics(
+    out: &mut Out,
+    s: &Stats,
+    processes: u64,
+    threads: u64,
+    device: &mut dyn FnMut(u64, u64) -> String,
+) {
+    let cpu = &s.cpu;
+    out.push(&CPU_USAGE, cpu.usage.total / NS_PER_SECOND);
+    out.push(&CPU_USER, cpu.usage.user / NS_PER_SECOND);
+    out.push(&CPU_SYSTEM, cpu.usage.kernel / NS_PER_SECOND);
+    out.push(&CFS_PERIODS, cpu.throttling.periods);
+    out.push(&CFS_THROTTLED_PERIODS, cpu.throttling.throttled_periods);
+    out.push(
+        &CFS_THROTTLED_SECONDS,
+        cpu.throttling.throttled_time / NS_PER_SECOND,
+    );
+
+    let m = &s.memory;
+    // No memory controller: nothing to say rather than zeros.
+    if !m.raw.is_empty() || m.usage.usage > 0 {
+        // memory.stat's keys: cgroup v2 has `anon`, v1 `rss` and (with
+        // hierarchy) `total_*` over the subtree.
+        let v2 = m.raw.contains_key("anon");
+        let stat = |v1_keys: &[&str], v2_key: &str| -> u64 {
+            if v2 {
+                m.raw.get(v2_key).copied().unwrap_or(0)
+            } else {
+                v1_keys
+                    .iter()
+                    .find_map(|k| m.raw.get(*k).copied())
+                    .unwrap_or(0)
+            }
+        };
+        let usage = m.usage.usage;
+        let inactive_file = stat(&["total_inactive_file", "inactive_file"], "inactive_file");
+        out.push(&MEMORY_USAGE, usage);
+        // cAdvisor's working set: usage less what reclaim takes first.
+        out.push(&MEMORY_WORKING_SET, usage.saturating_sub(inactive_file));
+        out.push(&MEMORY_RSS, stat(&["total_rss", "rss"], "anon"));
+        out.push(&MEMORY_CACHE, m.cache);
+        let swap = if v2 {
+            m.swap.usage
+        } else {
+            stat(&["total_swap", "swap"], "")
+        };
+        out.push(&MEMORY_SWAP, swap);
+        out.push(
+            &MEMORY_MAPPED_FILE,
+            stat(&["total_mapped_file", "mapped_file"], "file_mapped"),
+        );
+        if m.usage.max > 0 && m.usage.max != u64::MAX {
+            out.push(&MEMORY_MAX_USAGE, m.usage.max);
+        }
+        out.push(&MEMORY_FAILCNT, m.usage.failcnt);
+        for (kind, v1_total) in [
+            ("pgfault", "total_pgfault"),
+            ("pgmajfault", "total_pgmajfault"),
+        ] {
+            out.push_with(&MEMORY_FAILURES, &[kind, "container"], stat(&[kind], kind));
+            out.push_with(
+                &MEMORY_FAILURES,
+                &[kind, "hierarchy"],
+                stat(&[v1_total, kind], kind),
+            );
+        }
+        out.push(&OOM_EVENTS, m.oom_kill);
+    }
+
+    out.push(&PROCESSES, processes);
+    out.push(&THREADS, threads);
+    out.push(&THREADS_MAX, s.pids.limit);
+
+    for e in &s.blkio.io_service_bytes_recursive {
+        let dev = device(e.major, e.minor);
+        out.push_with(
+            &BLKIO_DEVICE_USAGE,
+            &[&dev, &e.major.to_string(), &e.minor.to_string(), &e.op],
+            e.value,
+        );
+        match e.op.to_ascii_lowercase().as_str() {
+            "read" => out.push_with(&FS_READS_BYTES, &[&dev], e.value),
+            "write" => out.push_with(&FS_WRITES_BYTES, &[&dev], e.value),
+            _ => {}
+        }
+    }
+    for e in &s.blkio.io_serviced_recursive {
+        let d = match e.op.to_ascii_lowercase().as_str() {
+            "read" => &FS_READS,
+            "write" => &FS_WRITES,
+            _ => continue,
+        };
+        out.push_with(d, &[&device(e.major, e.minor)], e.value);
+    }
+}
+
+/// What the container asked for (CRI resources, as updated since).
+fn spec_metrics(out: &mut Out, c: &ContainerRecord) {
+    let r = c
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources.clone())
+        .unwrap_or_default();
+    if r.cpu_period > 0 {
+        out.push(&SPEC_CPU_PERIOD, r.cpu_period as u64);
+    }
+    if r.cpu_quota > 0 {
+        out.push(&SPEC_CPU_QUOTA, r.cpu_quota as u64);
+    }
+    if r.cpu_shares > 0 {
+        out.push(&SPEC_CPU_SHARES, r.cpu_shares as u64);
+    }
+    // 0: no limit, as cAdvisor reports it.
+    out.push(&SPEC_MEMORY_LIMIT, r.memory_limit_in_bytes.max(0) as u64);
+    if r.memory_swap_limit_in_bytes > 0 {
+        out.push(&SPEC_MEMORY_SWAP_LIMIT, r.memory_swap_limit_in_bytes as u64);
+    }
+}
+
+/// Counters of the interfaces in /proc/net/dev text, loopback left out
+/// (as cAdvisor does).
+fn network_metrics(out: &mut Out, dev: &str) {
+    for (name, f) in parse_net_dev(dev) {
+        if name == "lo" {
+            continue;
+        }
+        let name = [name.as_str()];
+        out.push_with(&NET_RX_BYTES, &name, f[0]);
+        out.push_with(&NET_RX_PACKETS, &name, f[1]);
+        out.push_with(&NET_RX_ERRORS, &name, f[2]);
+        out.push_with(&NET_RX_DROPPED, &name, f[3]);
+        out.push_with(&NET_TX_BYTES, &name, f[8]);
+        out.push_with(&NET_TX_PACKETS, &name, f[9]);
+        out.push_with(&NET_TX_ERRORS, &name, f[10]);
+        out.push_with(&NET_TX_DROPPED, &name, f[11]);
+    }
+}
+
+/// (interface, its 16 counters) from /proc/net/dev text.
+fn parse_net_dev(text: &str) -> Vec<(String, [u64; 16])> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let mut f = [0u64; 16];
+            let mut n = 0;
+            for (slot, v) in f.iter_mut().zip(rest.split_whitespace()) {
+                *slot = v.parse().ok()?;
+                n += 1;
+            }
+            (n == 16).then(|| (name.trim().to_owned(), f))
+        })
+        .collect()
+}
+
+/// /proc/net/dev as seen from inside a network namespace (a pinned one),
+/// read from a thread of its own: setns moves only the calling thread,
+/// and this one ends after the read.
+fn netns_dev(netns: &Path) -> Option<String> {
+    let ns = std::fs::File::open(netns).ok()?;
+    std::thread::spawn(move || {
+        rustix::thread::move_into_link_name_space(
+            ns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .ok()?;
+        // thread-self: /proc/self/net is the main thread's namespace.
+        std::fs::read_to_string("/proc/thread-self/net/dev").ok()
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+fn count_threads(pid: i32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count() as u64)
+}
+
+/// `/dev/<name>` of a block device, else `major:minor`.
+fn device_name(major: u64, minor: u64) -> String {
+    std::fs::read_link(format!("/sys/dev/block/{major}:{minor}"))
+        .ok()
+        .and_then(|p| {
+            p.file_name()
+                .map(|n| format!("/dev/{}", n.to_string_lossy()))
+        })
+        .unwrap_or_else(|| format!("{major}:{minor}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn keys_of(name: &str) -> Vec<String> {
+        descriptors()
+            .into_iter()
+            .find(|d| d.name == name)
+            .unwrap_or_else(|| panic!("no descriptor {name}"))
+            .label_keys
+    }
+
+    /// Every metric has a descriptor, and as many label values as its
+    /// descriptor has keys (kubelet drops the metric otherwise).
+    fn check(metrics: &[cri::Metric]) {
+        for m in metrics {
+            assert_eq!(
+                m.label_values.len(),
+                keys_of(&m.name).len(),
+                "{}: {:?}",
+                m.name,
+                m.label_values
+            );
+            let d = DESCRIPTORS.iter().find(|d| d.name == m.name).unwrap();
+            assert_eq!(m.metric_type, d.kind as i32, "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn descriptors_are_unique_described_and_start_with_the_base_keys() {
+        let ds = descriptors();
+        let names: HashSet<&str> = ds.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names.len(), ds.len());
+        for d in &ds {
+            assert!(!d.help.is_empty(), "{}", d.name);
+            assert_eq!(d.label_keys[..5], BASE.map(String::from), "{}", d.name);
+            let keys: HashSet<&String> = d.label_keys.iter().collect();
+            assert_eq!(keys.len(), d.label_keys.len(), "{}", d.name);
+            // Counters end in _total, as Prometheus names them.
+            let total = d.name.ends_with("_total");
+            let counter = DESCRIPTORS.iter().find(|x| x.name == d.name).unwrap().kind == COUNTER;
+            assert!(
+                total == counter || d.name == "container_memory_failcnt",
+                "{}",
+                d.name
+            );
+        }
+    }
+
+    #[test]
+    fn net_dev_counters_by_interface() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+             face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+             lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0\n  \
+             eth0:  123456     789    1    2    0     0          0         0    65432     321    3    4    0     0       0          0\n";
+        let parsed = parse_net_dev(text);
+        assert_eq!(parsed.len(), 2);
+        let mut out = Out::new(
+            vec!["p".into(), "ns".into(), "".into(), "id".into(), "".into()],
+            1,
+        );
+        network_metrics(&mut out, text);
+        check(&out.metrics);
+        let get = |name: &str| {
+            let m = out.metrics.iter().find(|m| m.name == name).unwrap();
+            assert_eq!(m.label_values[5], "eth0");
+            m.value.as_ref().unwrap().value
+        };
+        assert_eq!(get("container_network_receive_bytes_total"), 123456);
+        assert_eq!(get("container_network_receive_packets_total"), 789);
+        assert_eq!(get("container_network_receive_errors_total"), 1);
+        assert_eq!(get("container_network_receive_packets_dropped_total"), 2);
+        assert_eq!(get("container_network_transmit_bytes_total"), 65432);
+        assert_eq!(get("container_network_transmit_packets_total"), 321);
+        assert_eq!(get("container_network_transmit_errors_total"), 3);
+        assert_eq!(get("container_network_transmit_packets_dropped_total"), 4);
+        // Loopback left out.
+        assert_eq!(out.metrics.len(), 8);
+    }
+
+    #[test]
+    fn cgroup_stats_become_cadvisor_metrics() {
+        use berth_cgroups::stats::BlkioEntry;
+        let mut s = Stats::default();
+        s.cpu.usage.total = 3_500_000_000;
+        s.cpu.usage.user = 2_000_000_000;
+        s.cpu.usage.kernel = 1_500_000_000;
+        s.memory.usage.usage = 100 << 20;
+        s.memory.cache = 30 << 20;
+        for (k, v) in [
+            ("anon", 60u64 << 20),
+            ("file", 30 << 20),
+            ("inactive_file", 20 << 20),
+            ("file_mapped", 1 << 20),
+            ("pgfault", 7),
+            ("pgmajfault", 1),
+        ] {
+            s.memory.raw.insert(k.into(), v);
+        }
+        s.pids.limit = 100;
+        s.blkio.io_service_bytes_recursive.push(BlkioEntry {
+            major: 7,
+            minor: 0,
+            op: "Read".into(),
+            value: 4096,
+        });
+        let mut out = Out::new(
+            vec![
+                "p".into(),
+                "ns".into(),
+                "c".into(),
+                "id".into(),
+                "img".into(),
+            ],
+            1,
+        );
+        cgroup_metrics(&mut out, &s, 2, 3, &mut |ma, mi| format!("{ma}:{mi}"));
+        check(&out.metrics);
+        let get = |name: &str| {
+            out.metrics
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("no {name}"))
+                .value
+                .as_ref()
+                .unwrap()
+                .value
+        };
+        assert_eq!(get("container_cpu_usage_seconds_total"), 3);
+        assert_eq!(get("container_cpu_user_seconds_total"), 2);
+        assert_eq!(get("container_cpu_system_seconds_total"), 1);
+        assert_eq!(get("container_memory_usage_bytes"), 100 << 20);
+        assert_eq!(get("container_memory_working_set_bytes"), 80 << 20);
+        assert_eq!(get("container_memory_rss"), 60 << 20);
+        assert_eq!(get("container_memory_cache"), 30 << 20);
+        assert_eq!(get("container_memory_mapped_file"), 1 << 20);
+        assert_eq!(get("container_processes"), 2);
+        assert_eq!(get("container_threads"), 3);
+        assert_eq!(get("container_threads_max"), 100);
+        assert_eq!(get("container_blkio_device_usage_total"), 4096);
+        assert_eq!(get("container_fs_reads_bytes_total"), 4096);
+        let blkio = out
+            .metrics
+            .iter()
+            .find(|m| m.name == "container_blkio_device_usage_total")
+            .unwrap();
+        assert_eq!(blkio.label_values[5..], ["7:0", "7", "0", "Read"]);
+        // No peak known: no max usage rather than a zero.
+        assert!(!out
+            .metrics
+            .iter()
+            .any(|m| m.name == "container_memory_max_usage_bytes"));
+    }
+
+    /// This test process's own cgroup, on whatever layout the host has.
+    #[test]
+    fn reads_a_live_cgroup() {
+        let cgroup = berth_cgroups::Manager::of_process(std::process::id() as i32).unwrap();
+        let s = cgroup.stats().unwrap();
+        let mut out = Out::new(vec![String::new(); 5], 1);
+        cgroup_metrics(&mut out, &s, 1, 1, &mut |ma, mi| device_name(ma, mi));
+        check(&out.metrics);
+        assert!(out
+            .metrics
+            .iter()
+            .any(|m| m.name == "container_cpu_usage_seconds_total"));
+    }
+}

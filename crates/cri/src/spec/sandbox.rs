@@ -1,0 +1,127 @@
+//! The pause container's spec: berth-pause as nobody (65535), without
+//! capabilities, in the pod's namespaces (a PID namespace of its own).
+
+use std::path::Path;
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use super::mounts::{mount, options};
+use super::namespaces::namespace;
+use super::process::{bare_process, oci_user, DEFAULT_PATH};
+use super::resources::cgroups_path;
+use super::security::{linux_capabilities, DEFAULT_MASKED, DEFAULT_READONLY};
+use super::{bare_linux, bare_spec, devices::device_rule, root};
+use crate::error::Result;
+use crate::store::PodRecord;
+
+/// The pause container's OOM score: -998 (as containerd's), or berthd's
+/// floor where it cannot lower scores that far.
+fn pause_oom_score_adj(floor: Option<i64>) -> i32 {
+    floor.unwrap_or(-998).max(-998).clamp(-1000, 1000) as i32
+}
+
+/// config.json of the pod's pause container, whose rootfs (holding
+/// /pause) is `rootfs`.
+pub fn pause_spec(
+    pod: &PodRecord,
+    rootfs: &Path,
+    oom_score_adj_floor: Option<i64>,
+) -> Result<Spec> {
+    let mut process = bare_process(
+        oci_user(65535, 65535, None),
+        vec!["/pause".into()],
+        vec![DEFAULT_PATH.into()],
+        "/",
+    );
+    process
+        .set_no_new_privileges(Some(true))
+        .set_capabilities(Some(linux_capabilities(&[], None, None)?))
+        .set_oom_score_adj(Some(pause_oom_score_adj(oom_score_adj_floor)));
+
+    // What containerd's sandbox spec mounts: runtimes other than berth
+    // expect /proc and /dev in every container.
+    let mounts = vec![
+        mount(
+            "/proc",
+            "proc",
+            "proc",
+            options(&["nosuid", "noexec", "nodev"]),
+        ),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            options(&["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            options(&[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ]),
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            options(&["nosuid", "noexec", "nodev"]),
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            options(&["nosuid", "noexec", "nodev", "ro"]),
+        ),
+    ];
+
+    let mut namespaces = vec![
+        namespace(LinuxNamespaceType::Pid, None),
+        namespace(LinuxNamespaceType::Mount, None),
+    ];
+    for (typ, path) in [
+        (LinuxNamespaceType::Network, &pod.namespaces.net),
+        (LinuxNamespaceType::Ipc, &pod.namespaces.ipc),
+        (LinuxNamespaceType::Uts, &pod.namespaces.uts),
+    ] {
+        if let Some(p) = path {
+            namespaces.push(namespace(typ, Some(p.clone())));
+        }
+    }
+    let mut resources = oci_spec::runtime::LinuxResources::default();
+    resources.set_devices(Some(vec![device_rule(false, None, None, None, "rwm")]));
+    let mut linux = bare_linux();
+    linux
+        .set_cgroups_path(Some(cgroups_path(pod, &pod.id).into()))
+        .set_namespaces(Some(namespaces))
+        .set_resources(Some(resources))
+        .set_masked_paths(Some(options(DEFAULT_MASKED)))
+        .set_readonly_paths(Some(options(DEFAULT_READONLY)));
+
+    let annotations = [
+        ("io.kubernetes.cri.container-type", "sandbox"),
+        ("io.kubernetes.cri.sandbox-id", pod.id.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+
+    let mut spec = bare_spec();
+    spec.set_process(Some(process))
+        .set_root(Some(root(rootfs, true)))
+        .set_mounts(Some(mounts))
+        .set_annotations(Some(annotations))
+        .set_linux(Some(linux));
+    if pod.namespaces.uts.is_some() {
+        // Sandboxed runtimes (gVisor) take the pod's hostname from here,
+        // not from the UTS namespace they are given.
+        if let Ok(h) = std::fs::read_to_string(pod.dir.join("hostname")) {
+            spec.set_hostname(Some(h.trim().to_owned()));
+        }
+    }
+    Ok(spec)
+}

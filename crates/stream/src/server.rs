@@ -1,0 +1,351 @@
+//! The HTTP side: single-use URLs, routing and the protocol upgrade.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full as FullBody;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::backend::{AttachRequest, Backend, ExecRequest, PortForwardRequest};
+use crate::token::{Full, TokenCache};
+use crate::{spdy, websocket, Operation};
+
+/// How long a URL stays valid, and how many may wait (the kubelet's own
+/// streaming server uses the same bounds).
+const TOKEN_TTL: Duration = Duration::from_secs(60);
+const MAX_IN_FLIGHT: usize = 1000;
+
+/// Where the server listens.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to bind; port 0 picks a free one.
+    pub address: SocketAddr,
+    /// PEM certificate chain and private key: serve https.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// A TLS acceptor from PEM files; the error names the file at fault.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: {e}", what.display()),
+        )
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| invalid(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(cert, &e))?;
+    if certs.is_empty() {
+        return Err(invalid(cert, &"no certificate in the file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(key, &e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| invalid(cert, &e))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key_der)
+    .map_err(|e| invalid(key, &e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves one connection (plain or TLS) with upgrades.
+async fn serve_connection<S>(server: Arc<Server>, io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let server = Arc::clone(&server);
+        async move { Ok::<_, std::convert::Infallible>(server.handle(req)) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await;
+}
+
+pub struct Server {
+    pending: TokenCache<Operation>,
+    base_url: String,
+    backend: Arc<dyn Backend>,
+}
+
+type Body = FullBody<Bytes>;
+
+fn plain(status: StatusCode, text: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(FullBody::new(Bytes::from(text.into())));
+    *r.status_mut() = status;
+    r
+}
+
+impl Server {
+    /// Binds and starts serving; the server lives as long as the
+    /// returned handle's clones.
+    pub async fn start(config: Config, backend: Arc<dyn Backend>) -> std::io::Result<Arc<Server>> {
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(config.address).await?;
+        let local = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = Arc::new(Server {
+            pending: TokenCache::new(TOKEN_TTL, MAX_IN_FLIGHT),
+            base_url: format!("{scheme}://{local}"),
+            backend,
+        });
+        let weak = Arc::downgrade(&server);
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    continue;
+                };
+                // Frames are small and answer each other (SYN_STREAM, its
+                // reply): Nagle would hold one back for the peer's delayed
+                // ACK, 40 ms. Go's servers (containerd's) set it too.
+                let _ = conn.set_nodelay(true);
+                let Some(server) = weak.upgrade() else { break };
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls {
+                        Some(acceptor) => match acceptor.accept(conn).await {
+                            Ok(stream) => serve_connection(server, stream).await,
+                            Err(e) => tracing::debug!("streaming TLS handshake: {e}"),
+                        },
+                        None => serve_connection(server, conn).await,
+                    }
+                });
+            }
+        });
+        tracing::info!(url = %server.base_url, "streaming server listening");
+        Ok(server)
+    }
+
+    /// `http://host:port` of the server.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn exec_url(&self, req: ExecRequest) -> Result<String, Full> {
+        self.url("exec", Operation::Exec(req))
+    }
+
+    pub fn attach_url(&self, req: AttachRequest) -> Result<String, Full> {
+        self.url("attach", Operation::Attach(req))
+    }
+
+    pub fn port_forward_url(&self, req: PortForwardRequest) -> Result<String, Full> {
+        self.url("portforward", Operation::PortForward(req))
+    }
+
+    fn url(&self, kind: &str, op: Operation) -> Result<String, Full> {
+        let token = self.pending.insert(op)?;
+        Ok(format!("{}/{kind}/{token}", self.base_url))
+    }
+
+    fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if !matches!(kind, "exec" | "attach" | "portforward") {
+            return plain(StatusCode::NOT_FOUND, "not found");
+        }
+        let Some(op) = self.pending.take(token) else {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "unknown, used or expired streaming token",
+            );
+        };
+        let matches_kind = matches!(
+            (&op, kind),
+            (Operation::Exec(_), "exec")
+                | (Operation::Attach(_), "attach")
+                | (Operation::PortForward(_), "portforward")
+        );
+        if !matches_kind {
+            return plain(StatusCode::NOT_FOUND, "the token is for another operation");
+        }
+        let upgrade = header(&req, UPGRADE.as_str()).to_ascii_lowercase();
+        if upgrade.split(',').any(|u| u.trim() == "websocket") {
+            return self.websocket(req, op);
+        }
+        if upgrade.split(',').any(|u| u.trim() == "spdy/3.1") {
+            return self.spdy(req, op);
+        }
+        plain(
+            StatusCode::BAD_REQUEST,
+            "an upgrade to SPDY/3.1 or WebSocket is required",
+        )
+    }
+
+    fn spdy(&self, req: Request<Incoming>, op: Operation) -> Response<Body> {
+        let supported = match op {
+            Operation::PortForward(_) => spdy::PORTFORWARD_PROTOCOLS,
+            _ => spdy::REMOTECOMMAND_PROTOCOLS,
+        };
+        let offered = header(&req, "x-stream-protocol-version");
+        let offered: Vec<&str> = offered
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        let Some(protocol) = offered
+            .iter()
+            .find(|p| supported.contains(p))
+            .map(|p| p.to_string())
+        else {
+            return plain(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "none of the offered stream protocols {offered:?} is supported (supported: {})",
+                    supported.join(", ")
+                ),
+            );
+        };
+        let backend = Arc::clone(&self.backend);
+        let chosen = protocol.clone();
+        tokio::spawn(async move {
+            let upgraded = match hyper::upgrade::on(req).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!("SPDY upgrade: {e}");
+                    return;
+                }
+            };
+            let io = TokioIo::new(upgraded);
+            match op {
+                Operation::PortForward(req) => spdy::portforward(io, req, backend).await,
+                op => spdy::remotecommand(io, &chosen, op, backend).await,
+            }
+        });
+        let mut r = plain(StatusCode::SWITCHING_PROTOCOLS, "");
+        let h = r.headers_mut();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        if let Ok(v) = HeaderValue::from_str(&protocol) {
+            h.insert("x-stream-protocol-version", v);
+        }
+        r
+    }
+
+    fn websocket(&self, req: Request<Incoming>, op: Operation) -> Response<Body> {
+        let key = header(&req, "sec-websocket-key");
+        if key.is_empty() {
+            return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing");
+        }
+        let supported = match op {
+            Operation::PortForward(_) => websocket::PORTFORWARD_PROTOCOLS,
+            _ => websocket::REMOTECOMMAND_PROTOCOLS,
+        };
+        let offered = header(&req, "sec-websocket-protocol");
+        let offered: Vec<&str> = offered
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        let protocol = match offered.iter().find(|p| supported.contains(p)) {
+            Some(p) => p.to_string(),
+            None if offered.is_empty() => String::new(),
+            None => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "none of the offered protocols {offered:?} is supported (supported: {})",
+                        supported.join(", ")
+                    ),
+                )
+            }
+        };
+        let ports = query_ports(req.uri().query().unwrap_or(""));
+        if let Operation::PortForward(_) = &op {
+            match &ports {
+                Ok(p) if !p.is_empty() => {}
+                Ok(_) => return plain(StatusCode::BAD_REQUEST, "no port given (?port=N)"),
+                Err(e) => return plain(StatusCode::BAD_REQUEST, e.clone()),
+            }
+        }
+        let accept = derive_accept_key(key.as_bytes());
+        let backend = Arc::clone(&self.backend);
+        let chosen = protocol.clone();
+        tokio::spawn(async move {
+            let upgraded = match hyper::upgrade::on(req).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!("websocket upgrade: {e}");
+                    return;
+                }
+            };
+            let ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            match op {
+                Operation::PortForward(req) => {
+                    websocket::portforward(ws, &chosen, req, ports.unwrap_or_default(), backend)
+                        .await
+                }
+                op => websocket::remotecommand(ws, &chosen, op, backend).await,
+            }
+        });
+        let mut r = plain(StatusCode::SWITCHING_PROTOCOLS, "");
+        let h = r.headers_mut();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            h.insert("sec-websocket-accept", v);
+        }
+        if !protocol.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&protocol) {
+                h.insert("sec-websocket-protocol", v);
+            }
+        }
+        r
+    }
+}
+
+fn header(req: &Request<Incoming>, name: &str) -> String {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The `port` parameters of a port-forward URL.
+fn query_ports(query: &str) -> Result<Vec<u16>, String> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == "port")
+        .map(|(_, v)| {
+            v.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("invalid port {v:?}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ports_from_the_query() {
+        assert_eq!(super::query_ports("port=80&port=8080"), Ok(vec![80, 8080]));
+        assert_eq!(super::query_ports(""), Ok(vec![]));
+        assert!(super::query_ports("port=0").is_err());
+        assert!(super::query_ports("port=99999").is_err());
+    }
+}
