@@ -461,3 +461,97 @@ echo $$ > {pid}; touch {marker}; exec sleep 60"#,
     net.assert_clean(host_port);
     d.remove_all_and_check().await;
 }
+
+/// A 1.1.0 list: NetworkReady follows the plugins' STATUS answers (asked
+/// with no pod variables), and after a restart each ready pod's attachment
+/// is CHECKed with its ADD result: a pod whose CHECK fails is reported not
+/// ready (kubelet then recreates it), the other stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_gates_network_ready_and_check_runs_after_a_restart() {
+    let _serial = SERIAL.lock().await;
+    let net = TestNet::new("status");
+    let dir = net.dir.display().to_string();
+    net.fake_plugin(
+        "statusful",
+        &format!(
+            r#"input=$(cat)
+echo "$CNI_COMMAND ${{CNI_CONTAINERID:-none}}" >> {dir}/calls
+case "$CNI_COMMAND" in
+STATUS) if [ -e {dir}/down ]; then echo '{{"cniVersion":"1.1.0","code":50,"msg":"the test network is down"}}'; exit 1; fi ;;
+ADD) echo '{{"cniVersion":"1.1.0","interfaces":[{{"name":"eth0","sandbox":"'$CNI_NETNS'"}}],"ips":[{{"address":"10.214.0.5/24","interface":0}}]}}' ;;
+CHECK)
+  case "$input" in *prevResult*10.214.0.5*) ;; *) echo '{{"cniVersion":"1.1.0","code":999,"msg":"CHECK without prevResult"}}'; exit 1 ;; esac
+  if [ -e {dir}/broken-$CNI_CONTAINERID ]; then echo '{{"cniVersion":"1.1.0","code":999,"msg":"eth0 is gone"}}'; exit 1; fi ;;
+esac"#
+        ),
+    );
+    net.write_config(
+        "10-test.conflist",
+        &format!(
+            r#"{{"cniVersion": "1.1.0", "name": "{}", "plugins": [{{"type": "statusful"}}]}}"#,
+            net.name
+        ),
+    );
+    let mut d = Berthd::start_with("net-status", &net.berth_toml(10));
+    let c = network_condition(&d).await;
+    assert!(c.status, "{c:?}");
+
+    let wait_for = |ready: bool| {
+        let d = &d;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let c = network_condition(d).await;
+                if c.status == ready {
+                    return c;
+                }
+                assert!(Instant::now() < deadline, "NetworkReady stays {c:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    std::fs::write(net.dir.join("down"), "").unwrap();
+    let c = wait_for(false).await;
+    assert_eq!(c.reason, "NetworkPluginNotReady");
+    assert!(c.message.contains("the test network is down"), "{c:?}");
+    std::fs::remove_file(net.dir.join("down")).unwrap();
+    wait_for(true).await;
+    let calls = std::fs::read_to_string(net.dir.join("calls")).unwrap();
+    assert!(calls.lines().any(|l| l == "STATUS none"), "{calls}");
+
+    let broken = d.run_pod(&d.pod_config("broken", false), "").await;
+    let healthy = d.run_pod(&d.pod_config("healthy", false), "").await;
+    let ip = d
+        .pod_status(&broken, false)
+        .await
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    assert_eq!(ip, "10.214.0.5");
+
+    d.kill();
+    std::fs::write(net.dir.join(format!("broken-{broken}")), "").unwrap();
+    d.spawn();
+    let state = |s: cri::PodSandboxStatusResponse| s.status.unwrap().state;
+    assert_eq!(
+        state(d.pod_status(&broken, false).await),
+        cri::PodSandboxState::SandboxNotready as i32,
+        "{}",
+        d.log_tail()
+    );
+    assert_eq!(
+        state(d.pod_status(&healthy, false).await),
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    let calls = std::fs::read_to_string(net.dir.join("calls")).unwrap();
+    for pod in [&broken, &healthy] {
+        assert!(calls.contains(&format!("CHECK {pod}")), "{calls}");
+    }
+    for pod in [broken, healthy] {
+        d.stop_pod(&pod).await;
+        d.remove_pod(&pod).await;
+    }
+    d.remove_all_and_check().await;
+}

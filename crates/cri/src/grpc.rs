@@ -325,7 +325,7 @@ impl RuntimeService for Server {
                 reason: String::new(),
                 message: String::new(),
             },
-            match self.0.network.config_list() {
+            match self.0.network.ready().await {
                 Ok(list) => cri::RuntimeCondition {
                     r#type: "NetworkReady".into(),
                     status: true,
@@ -336,7 +336,12 @@ impl RuntimeService for Server {
                     r#type: "NetworkReady".into(),
                     status: false,
                     reason: "NetworkPluginNotReady".into(),
-                    message: format!("cni config not loaded: {why}"),
+                    message: match why {
+                        crate::network::NotReady::PluginNotReady(e) => {
+                            format!("cni plugin not ready: {e}")
+                        }
+                        why => format!("cni config not loaded: {why}"),
+                    },
                 },
             },
         ];

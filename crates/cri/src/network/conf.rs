@@ -15,6 +15,9 @@ pub enum NotReady {
     /// Candidates exist, and none is usable: each named with its fault.
     #[error("{0}")]
     Broken(String),
+    /// The list is usable, and a plugin answered STATUS with an error.
+    #[error("{0}")]
+    PluginNotReady(String),
 }
 
 /// CNI spec versions berth speaks to plugins.
@@ -83,10 +86,32 @@ impl ConfList {
         })
     }
 
+    /// Whether CHECK may be run on pods of this list: the spec added it in
+    /// 0.4.0 and lets a list turn it off with `disableCheck`.
+    pub fn has_check(&self) -> bool {
+        version_at_least(&self.cni_version, (0, 4, 0))
+            && self.raw["disableCheck"].as_bool() != Some(true)
+    }
+
+    /// Whether STATUS may be asked of this list's plugins (1.1.0 on).
+    pub fn has_status(&self) -> bool {
+        version_at_least(&self.cni_version, (1, 1, 0))
+    }
+
     /// The list a pod's record kept.
     pub fn from_record(raw: &Value) -> Result<ConfList, String> {
         ConfList::parse(Path::new("record.conflist"), raw.to_string().as_bytes())
     }
+}
+
+fn version_at_least(version: &str, min: (u32, u32, u32)) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let v = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    v >= min
 }
 
 /// The configuration files of `dir` in the order they are tried.
@@ -181,5 +206,23 @@ mod tests {
             let e = ConfList::parse(Path::new(file), bad).unwrap_err();
             assert!(e.contains(why), "{e}");
         }
+    }
+
+    #[test]
+    fn check_and_status_follow_the_spec_version() {
+        let list = |v: &str, extra: &str| {
+            ConfList::parse(
+                Path::new("a.conflist"),
+                format!(r#"{{"cniVersion":"{v}","name":"n"{extra},"plugins":[{{"type":"x"}}]}}"#)
+                    .as_bytes(),
+            )
+            .unwrap()
+        };
+        assert!(!list("0.3.1", "").has_check());
+        assert!(list("0.4.0", "").has_check());
+        assert!(list("1.0.0", "").has_check());
+        assert!(!list("1.0.0", r#","disableCheck":true"#).has_check());
+        assert!(!list("1.0.0", "").has_status());
+        assert!(list("1.1.0", "").has_status());
     }
 }

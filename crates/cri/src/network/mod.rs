@@ -1,5 +1,7 @@
 //! Pod networking through CNI plugins (spec 0.3.0 to 1.1.0): ADD when a
-//! pod's network namespace is made, DEL when it is stopped or removed.
+//! pod's network namespace is made, DEL when it is stopped or removed,
+//! CHECK of the pods found ready after a restart (0.4.0+), STATUS of the
+//! plugins behind the NetworkReady condition (1.1.0+).
 //!
 //! Before ADD runs, a record of the attachment (the configuration list,
 //! the namespace, the arguments) is written under berthd's root, so that
@@ -13,7 +15,7 @@ mod result;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_cri::v1 as cri;
 use serde::{Deserialize, Serialize};
@@ -58,10 +60,22 @@ struct Loaded {
     list: std::result::Result<ConfList, NotReady>,
 }
 
+/// How long a STATUS answer stands: kubelet asks for the runtime's status
+/// every few seconds, and each STATUS is a fork and exec per plugin.
+const STATUS_TTL: Duration = Duration::from_secs(5);
+
+/// The last STATUS answer and the list it was asked of.
+struct StatusAnswer {
+    list: Value,
+    at: Instant,
+    answer: std::result::Result<(), String>,
+}
+
 pub struct Network {
     config: CniConfig,
     records: PathBuf,
     loaded: Mutex<Option<Loaded>>,
+    status: tokio::sync::Mutex<Option<StatusAnswer>>,
     /// One plugin list runs at a time: the portmap plugin creates its
     /// top-level iptables chains without a lock, so concurrent first ADDs
     /// fail with "chain already exists".
@@ -74,6 +88,7 @@ impl Network {
             config,
             records,
             loaded: Mutex::new(None),
+            status: tokio::sync::Mutex::new(None),
             serial: tokio::sync::Mutex::new(()),
         }
     }
@@ -127,6 +142,88 @@ impl Network {
         list
     }
 
+    /// The configuration list, once its plugins said they are ready: for
+    /// 1.1.0 lists every plugin is asked STATUS (answers are kept a few
+    /// seconds); older lists are ready when they load.
+    pub async fn ready(&self) -> std::result::Result<ConfList, NotReady> {
+        let list = self.config_list()?;
+        if !list.has_status() {
+            return Ok(list);
+        }
+        let mut cached = self.status.lock().await;
+        if let Some(c) = cached
+            .as_ref()
+            .filter(|c| c.list == list.raw && c.at.elapsed() < STATUS_TTL)
+        {
+            return c
+                .answer
+                .clone()
+                .map(|_| list)
+                .map_err(NotReady::PluginNotReady);
+        }
+        let answer = self.plugin_status(&list).await;
+        if let Err(e) = &answer {
+            tracing::info!(network = %list.name, "CNI STATUS: {e}");
+        }
+        *cached = Some(StatusAnswer {
+            list: list.raw.clone(),
+            at: Instant::now(),
+            answer: answer.clone(),
+        });
+        answer.map(|_| list).map_err(NotReady::PluginNotReady)
+    }
+
+    async fn plugin_status(&self, list: &ConfList) -> std::result::Result<(), String> {
+        let inv = Invocation {
+            command: Command::Status,
+            container_id: "",
+            netns: "",
+            ifname: "",
+            args: "",
+            bin_dirs: &self.config.bin_dirs,
+            timeout: Duration::from_secs(self.config.plugin_timeout_seconds.max(1)),
+        };
+        for p in &list.plugins {
+            let input = plugin_input(list, p, &Value::Null, None);
+            let kind = p["type"].as_str().unwrap_or_default();
+            plugin::run(&inv, kind, &list.name, &input)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// CHECK: whether a pod's attachment is still what its ADD made, asked
+    /// of every plugin of the list its ADD used, with the ADD's result.
+    /// Pods without an attachment, or whose list predates CHECK or turns
+    /// it off, pass.
+    pub async fn check(&self, pod_id: &str) -> Result<()> {
+        let Some(record) = self.read_record(pod_id) else {
+            return Ok(());
+        };
+        let list = ConfList::from_record(&record.conflist).map_err(|e| {
+            Error::Internal(format!("the CNI record of pod {pod_id} is unusable: {e}"))
+        })?;
+        let Some(result) = record.result.as_ref().filter(|_| list.has_check()) else {
+            return Ok(());
+        };
+        if !record.netns.exists() {
+            return Err(Error::FailedPrecondition(format!(
+                "the network namespace {} of pod {pod_id} is gone",
+                record.netns.display()
+            )));
+        }
+        let netns = record.netns.to_string_lossy();
+        let _serial = self.serial.lock().await;
+        let inv = self.invocation(Command::Check, &record, &netns);
+        for p in &list.plugins {
+            let input = plugin_input(&list, p, &record.runtime_config, Some(result));
+            let kind = p["type"].as_str().unwrap_or_default();
+            plugin::run(&inv, kind, &list.name, &input).await?;
+        }
+        Ok(())
+    }
+
     /// ADD: attaches the pod's namespace to the network; its IPs. With no
     /// configuration at all the pod keeps a loopback-only namespace (the
     /// NetworkReady condition tells kubelet so) and gets no IP; a broken
@@ -138,7 +235,7 @@ impl Network {
                 tracing::warn!(pod = %a.pod_id, "no pod network, loopback only: {e}");
                 return Ok(Vec::new());
             }
-            Err(e @ NotReady::Broken(_)) => {
+            Err(e @ (NotReady::Broken(_) | NotReady::PluginNotReady(_))) => {
                 return Err(Error::FailedPrecondition(format!(
                     "the pod network is not usable: {e}"
                 )))

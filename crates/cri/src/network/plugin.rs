@@ -15,6 +15,10 @@ use crate::error::{Error, Result};
 pub enum Command {
     Add,
     Del,
+    /// Verifies a pod's attachment is still as ADD left it (0.4.0+).
+    Check,
+    /// Asks whether the plugin could serve an ADD now (1.1.0+); no pod.
+    Status,
 }
 
 impl Command {
@@ -22,6 +26,8 @@ impl Command {
         match self {
             Command::Add => "ADD",
             Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Status => "STATUS",
         }
     }
 }
@@ -44,7 +50,7 @@ pub fn find(bin_dirs: &[PathBuf], kind: &str) -> Option<PathBuf> {
 }
 
 /// Runs plugin `kind` with `config` on stdin; its result for ADD (JSON),
-/// `Value::Null` for DEL.
+/// `Value::Null` for the other commands.
 pub async fn run(inv: &Invocation<'_>, kind: &str, network: &str, config: &Value) -> Result<Value> {
     let what = format!(
         "CNI plugin {kind:?} (network {network:?}) {}",
@@ -57,18 +63,25 @@ pub async fn run(inv: &Invocation<'_>, kind: &str, network: &str, config: &Value
         ))
     })?;
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    let mut child = tokio::process::Command::new(&binary)
+    let mut command = tokio::process::Command::new(&binary);
+    command
         .env_clear()
         .env("PATH", path)
         .env("CNI_COMMAND", inv.command.as_str())
-        .env("CNI_CONTAINERID", inv.container_id)
-        .env("CNI_NETNS", inv.netns)
-        .env("CNI_IFNAME", inv.ifname)
-        .env("CNI_ARGS", inv.args)
         .env(
             "CNI_PATH",
             std::env::join_paths(inv.bin_dirs).unwrap_or_default(),
-        )
+        );
+    // STATUS concerns the plugin, not a pod: the spec passes no pod
+    // variables with it.
+    if inv.command != Command::Status {
+        command
+            .env("CNI_CONTAINERID", inv.container_id)
+            .env("CNI_NETNS", inv.netns)
+            .env("CNI_IFNAME", inv.ifname)
+            .env("CNI_ARGS", inv.args);
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -99,7 +112,7 @@ pub async fn run(inv: &Invocation<'_>, kind: &str, network: &str, config: &Value
             plugin_error(&output.stdout, &output.stderr, output.status)
         )));
     }
-    if inv.command == Command::Del || output.stdout.iter().all(u8::is_ascii_whitespace) {
+    if inv.command != Command::Add || output.stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
     serde_json::from_slice(&output.stdout)

@@ -161,6 +161,20 @@ impl Cri {
                 let _ = self.images.remove_rootfs(&id);
             }
         }
+        // A ready pod's attachment may not have survived what took berthd
+        // down (a veth deleted, an address flushed): CHECK it, and let
+        // kubelet recreate the pod when it fails.
+        for pod in self.store.pods() {
+            if pod.state != PodState::Ready {
+                continue;
+            }
+            if let Err(e) = self.network.check(&pod.id).await {
+                tracing::warn!(pod = %pod.id, "CNI CHECK failed, marking the pod not ready: {e}");
+                let _ = self
+                    .store
+                    .update_pod(&pod.id, |p| p.state = PodState::NotReady);
+            }
+        }
         // CNI attachments of pods that are gone or stopped (a crash during
         // ADD, or a DEL that failed): DEL them while their namespaces are
         // still pinned.
