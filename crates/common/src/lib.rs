@@ -5,6 +5,7 @@
 
 pub mod annotations;
 pub mod fd;
+pub mod idmapped;
 pub mod kernel;
 pub mod logrus;
 pub mod safe_path;

@@ -354,11 +354,11 @@ impl RuntimeHandler {
     }
 
     /// Whether pods of this handler can have a user namespace of their own
-    /// (hostUsers: false).
+    /// (hostUsers: false): berth's own runtime, which joins the pod's user
+    /// namespace with the mappings and id-maps volumes. Whether this kernel
+    /// can id-map a rootfs is probed by the service on top.
     pub fn supports_user_namespaces(&self) -> bool {
-        // Not until containers join the pod's user namespace with their
-        // rootfs and volumes id-mapped.
-        false
+        self.is_berth_shim() && self.binary_name.is_none()
     }
 
     /// Whether containers of this handler really get recursively read-only

@@ -364,7 +364,7 @@ impl RuntimeService for Server {
                     .is_some_and(|h| h.supports_recursive_read_only());
                 let user_namespaces = handler
                     .as_ref()
-                    .is_some_and(|h| h.supports_user_namespaces());
+                    .is_some_and(|h| self.0.supports_user_namespaces(h));
                 cri::RuntimeHandler {
                     name,
                     features: Some(cri::RuntimeHandlerFeatures {

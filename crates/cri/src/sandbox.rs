@@ -5,7 +5,7 @@
 //! /dev/shm, and its hostname, hosts and resolv.conf files.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
@@ -271,6 +271,85 @@ fn make_user_namespaces(
     result
 }
 
+/// A throwaway user namespace mapping container 0 to host `host_id` (one
+/// id), held by the returned fd: made by `holder`, which is then ended.
+fn scratch_user_namespace(holder: &Path, host_id: u32) -> Result<OwnedFd> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(holder);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: between fork and exec the child only calls unshare(2), which
+    // is async-signal-safe, and reads errno.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| setup_failed(format!("starting a user namespace holder: {e}")))?;
+    let proc = format!("/proc/{}", child.id());
+    let result = (|| {
+        for file in ["uid_map", "gid_map"] {
+            std::fs::write(format!("{proc}/{file}"), format!("0 {host_id} 1\n"))
+                .map_err(|e| setup_failed(format!("writing {file}: {e}")))?;
+        }
+        std::fs::File::open(format!("{proc}/ns/user"))
+            .map(OwnedFd::from)
+            .map_err(|e| setup_failed(format!("opening the user namespace: {e}")))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// Whether a container rootfs (an overlay on the filesystem of `scratch`)
+/// can be built on id-mapped layers here, tried for real once: a probe
+/// overlay is mounted under `scratch` and removed. The error says what
+/// failed.
+pub fn probe_idmapped_rootfs(scratch: &Path, holder: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(scratch);
+    let layers = scratch.join("layers");
+    let dirs = ["lower", "upper", "work"].map(|d| layers.join(d));
+    let merged = scratch.join("merged");
+    for d in dirs.iter().chain([&merged]) {
+        std::fs::create_dir_all(d).map_err(|e| Error::internal(d.display(), e))?;
+    }
+    let result = (|| {
+        let userns = scratch_user_namespace(holder, 65534)?;
+        let m = berth_image::RootfsMount {
+            lowerdirs: vec![dirs[0].clone()],
+            upperdir: dirs[1].clone(),
+            workdir: dirs[2].clone(),
+        };
+        berth_image::mount_overlay_idmapped(
+            &m,
+            &merged,
+            userns.as_fd(),
+            (65534, 65534),
+            &scratch.join("mapped"),
+        )
+        .map_err(|e| setup_failed(format!("an overlay on id-mapped layers: {e}")))?;
+        let written = std::fs::write(merged.join("probe"), b"")
+            .map_err(|e| setup_failed(format!("writing to an overlay on id-mapped layers: {e}")));
+        let _ = rustix::mount::unmount(&merged, UnmountFlags::DETACH);
+        written
+    })();
+    let _ = std::fs::remove_dir_all(scratch);
+    result
+}
+
+/// Opens a pod's pinned user namespace file.
+pub fn open_user_namespace(userns: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(userns)
+        .map_err(|e| Error::internal(format!("opening {}", userns.display()), e))
+}
+
 /// Creates and pins the namespaces a pod asks for. `holder`: a program
 /// that waits for a signal (berth-pause), run briefly for a user namespace.
 pub fn create_namespaces(
@@ -416,6 +495,25 @@ mod tests {
     }
 
     /// A pod user namespace owns the pod's network, IPC and UTS
+    /// The probe behind user-namespaced pods succeeds on this machine's
+    /// kernel (6.x overlayfs can be id-mapped) and leaves nothing mounted.
+    /// Needs root.
+    #[test]
+    fn a_rootfs_overlay_can_be_id_mapped_here() {
+        let dir = std::env::temp_dir().join(format!("berth-idmap-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let holder = dir.join("holder");
+        std::fs::write(&holder, crate::service::PAUSE).unwrap();
+        std::fs::set_permissions(&holder, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let scratch = dir.join("scratch");
+        probe_idmapped_rootfs(&scratch, &holder).unwrap();
+        assert!(!scratch.exists());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&*scratch.to_string_lossy()), "{mounts}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// namespaces, maps container root to the given host range, and the
     /// hostname and sysctls are set in them. Needs root.
     #[test]

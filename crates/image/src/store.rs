@@ -729,6 +729,63 @@ pub fn mount_overlay_volume(m: &RootfsMount, target: &Path) -> Result<()> {
     )
 }
 
+/// Mounts a rootfs for a user-namespaced pod, as containerd 2 does: the
+/// image layers are shown through `userns`'s mappings (overlayfs takes
+/// id-mapped lower layers from Linux 5.19; it cannot itself be id-mapped,
+/// and an id-mapped upper layer would refuse the mounter's writes), so the
+/// pod's root owns the image's root-owned files with no chown of a layer;
+/// the upper layer, new and empty, is given to the pod's root (`root`:
+/// its host uid and gid), and what the pod writes is stored with its host
+/// ids. The lower layers share one id-mapped clone of their common
+/// directory, attached on `scratch` (made and removed here) only while
+/// the overlay is mounted.
+pub fn mount_overlay_idmapped(
+    m: &RootfsMount,
+    target: &Path,
+    userns: std::os::fd::BorrowedFd<'_>,
+    root: (u32, u32),
+    scratch: &Path,
+) -> Result<()> {
+    let Some(first) = m.lowerdirs.first() else {
+        return mount_overlay(m, target);
+    };
+    let mut common = first.parent().unwrap_or(Path::new("/")).to_path_buf();
+    for dir in &m.lowerdirs {
+        while !dir.starts_with(&common) {
+            common = common.parent().unwrap_or(Path::new("/")).to_path_buf();
+        }
+    }
+    rustix::fs::chown(
+        &m.upperdir,
+        Some(rustix::fs::Uid::from_raw(root.0)),
+        Some(rustix::fs::Gid::from_raw(root.1)),
+    )
+    .ctx(|| format!("giving {} to the pod's root", m.upperdir.display()))?;
+    let tree = berth_common::idmapped::idmapped_clone(&common, userns)
+        .ctx(|| format!("id-mapping the layers under {}", common.display()))?;
+    fs::create_dir_all(scratch).ctx(io_path(scratch))?;
+    let mapped = (|| {
+        berth_common::idmapped::attach(&tree, scratch)
+            .ctx(|| format!("attaching id-mapped layers on {}", scratch.display()))?;
+        let mapped = RootfsMount {
+            lowerdirs: m
+                .lowerdirs
+                .iter()
+                .map(|p| scratch.join(p.strip_prefix(&common).unwrap_or(p)))
+                .collect(),
+            upperdir: m.upperdir.clone(),
+            workdir: m.workdir.clone(),
+        };
+        let mounted = mount_overlay_with(&mapped, target, rustix::mount::MountFlags::empty());
+        // The overlay keeps private clones of its layers: the attached
+        // tree is needed only while it is mounted.
+        let _ = rustix::mount::unmount(scratch, rustix::mount::UnmountFlags::DETACH);
+        mounted
+    })();
+    let _ = fs::remove_dir(scratch);
+    mapped
+}
+
 fn mount_overlay_with(
     m: &RootfsMount,
     target: &Path,

@@ -241,7 +241,11 @@ impl Runtime {
             .create(&self.root)
             .ctx(|| format!("creating runtime root {}", self.root.display()))?;
         let dir = self.state_dir(&opts.id);
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir.path) {
+        // A user namespace's root opens the exec FIFO in here (as runc, the
+        // directory is searchable; the FIFO itself is the mapped root's).
+        let mapped_root = mapped_root(spec);
+        let dir_mode = if mapped_root.is_some() { 0o711 } else { 0o700 };
+        match std::fs::DirBuilder::new().mode(dir_mode).create(&dir.path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::ContainerExists(opts.id.clone()))
@@ -280,6 +284,14 @@ impl Runtime {
                 0,
             )
             .ctx(|| "creating the exec FIFO".into())?;
+            if let Some((uid, gid)) = mapped_root {
+                rustix::fs::chown(
+                    dir.fifo_path(),
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                )
+                .ctx(|| "giving the exec FIFO to the container's root".into())?;
+            }
             Some(
                 rustix::fs::open(
                     &dir.path,
@@ -777,4 +789,19 @@ fn owner_name() -> String {
         return "root".into();
     }
     uid.to_string()
+}
+
+/// The host uid and gid of a user-namespaced container's root (container
+/// id 0 in linux.uidMappings/gidMappings), if it has mappings.
+fn mapped_root(spec: &oci_spec::runtime::Spec) -> Option<(u32, u32)> {
+    let linux = spec.linux().as_ref()?;
+    let host_of_root = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.iter()
+            .flatten()
+            .find_map(|m| (m.container_id() == 0 && m.size() > 0).then_some(m.host_id()))
+    };
+    Some((
+        host_of_root(linux.uid_mappings())?,
+        host_of_root(linux.gid_mappings())?,
+    ))
 }

@@ -252,6 +252,36 @@ fn run_container_init(side: &ChildSide<'_>, ctx: &InitContext<'_>) -> Result<Inf
         drop(told);
     }
     let userns = side.has_ns(libc::CLONE_NEWUSER);
+    if side
+        .plan
+        .joins
+        .iter()
+        .any(|(f, _)| *f == libc::CLONE_NEWUSER)
+    {
+        crate::namespaces::check_joined_id_maps(spec)?;
+    }
+    let setup = RootfsSetup {
+        spec,
+        bundle: &ctx.bundle.dir,
+        rootfs: &ctx.bundle.rootfs,
+        cgroups: side.cgroups,
+        cgroupns: side.has_ns(libc::CLONE_NEWCGROUP),
+        userns,
+        idmapped: ctx.idmapped,
+    };
+    let mount_ns = side.has_ns(libc::CLONE_NEWNS);
+    // Before the init becomes the user namespace's root: that root is a
+    // host uid that may not search berth's root-only directories on the
+    // way to the rootfs, while the init's host credentials still can.
+    let bound_root = if mount_ns {
+        Some(setup.bind_root()?)
+    } else {
+        None
+    };
+    // While the init is still the host's root: /proc/self of the mapped
+    // root below belongs to the host's root (the init is a fork of berth,
+    // not an exec in the namespace), so it could not write it.
+    process::apply_oom_score_adj(process)?;
     if userns {
         // Become the user namespace's root (when it is mapped) so files we
         // create belong to the container's root, not to nobody.
@@ -284,7 +314,6 @@ fn run_container_init(side: &ChildSide<'_>, ctx: &InitContext<'_>) -> Result<Inf
                 .ctx(|| format!("setting sysctl {key}={value}"))?;
         }
     }
-    process::apply_oom_score_adj(process)?;
     process::apply_rlimits(process)?;
     crate::attrs::apply_container(spec)?;
     crate::attrs::apply_process(process)?;
@@ -292,20 +321,9 @@ fn run_container_init(side: &ChildSide<'_>, ctx: &InitContext<'_>) -> Result<Inf
     // into this one's /proc files (its fds reach outside the container).
     sys::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
 
-    let setup = RootfsSetup {
-        spec,
-        bundle: &ctx.bundle.dir,
-        rootfs: &ctx.bundle.rootfs,
-        cgroups: side.cgroups,
-        cgroupns: side.has_ns(libc::CLONE_NEWCGROUP),
-        userns,
-        idmapped: ctx.idmapped,
-    };
-    let mount_ns = side.has_ns(libc::CLONE_NEWNS);
-    let root = if mount_ns {
-        Some(setup.prepare()?)
-    } else {
-        None
+    let root = match bound_root {
+        Some(root) => Some(setup.prepare(root)?),
+        None => None,
     };
 
     let host_pid = own_host_pid();
@@ -370,7 +388,6 @@ fn run_exec_init(side: &ChildSide<'_>, ctx: &ExecContext<'_>) -> Result<Infallib
         crate::attrs::set_affinity(initial)?;
     }
     side.enter()?;
-    process::apply_oom_score_adj(process)?;
     process::apply_rlimits(process)?;
     crate::attrs::apply_personality(ctx.container)?;
     crate::attrs::apply_process(process)?;

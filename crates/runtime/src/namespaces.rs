@@ -214,6 +214,44 @@ pub fn write_id_map(pid: i32, file: &str, maps: &[LinuxIdMapping]) -> Result<()>
     std::fs::write(&path, text.as_bytes()).ctx(|| format!("writing {path}"))
 }
 
+/// In a process that joined a user namespace: whether the config's
+/// mappings are that namespace's (as runc 1.2 checks), read from
+/// /proc/self, which from inside shows the ids on the parent's side.
+pub fn check_joined_id_maps(spec: &oci_spec::runtime::Spec) -> Result<()> {
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    for (file, field, maps) in [
+        ("uid_map", "uidMappings", linux.uid_mappings()),
+        ("gid_map", "gidMappings", linux.gid_mappings()),
+    ] {
+        let Some(maps) = maps.as_ref().filter(|m| !m.is_empty()) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(format!("/proc/self/{file}"))
+            .ctx(|| format!("reading the joined user namespace's {file}"))?;
+        let mut have: Vec<(u32, u32, u32)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace().map(|n| n.parse::<u32>().ok());
+                Some((f.next()??, f.next()??, f.next()??))
+            })
+            .collect();
+        let mut want: Vec<(u32, u32, u32)> = maps
+            .iter()
+            .map(|m| (m.container_id(), m.host_id(), m.size()))
+            .collect();
+        have.sort_unstable();
+        want.sort_unstable();
+        if have != want {
+            return Err(Error::InvalidConfig(format!(
+                "linux.{field} {want:?} are not the mappings of the joined user namespace {have:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Sets the parent's namespace for future children (pid or time) and gives
 /// back a guard that restores ours on drop.
 pub struct ChildNsGuard {

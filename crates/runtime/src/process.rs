@@ -172,9 +172,13 @@ pub fn apply_oom_score_adj(process: &Process) -> Result<()> {
     }
     std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
         let hint = if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
-            ": lowering oom_score_adj needs CAP_SYS_RESOURCE, which this runtime does not have"
+            let now = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
+            format!(
+                " (from {}): lowering oom_score_adj needs CAP_SYS_RESOURCE, which this runtime does not have",
+                now.trim()
+            )
         } else {
-            ""
+            String::new()
         };
         Error::Sys {
             context: format!("setting oom_score_adj to {adj}{hint}"),

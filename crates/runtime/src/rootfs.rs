@@ -61,7 +61,11 @@ const PROC_BIND_ALLOWED: [&str; 10] = [
 impl RootfsSetup<'_> {
     /// Prepares the new root in the container's mount namespace, up to (not
     /// including) the switch into it. Returns an O_PATH fd of the root.
-    pub fn prepare(&self) -> Result<OwnedFd> {
+    /// Binds the rootfs on itself in the container's mount namespace and
+    /// opens it: the first step of [`RootfsSetup::prepare`], taken while
+    /// the init still has its host credentials (in a user namespace the
+    /// mapped root may not search the directories leading to the bundle).
+    pub fn bind_root(&self) -> Result<OwnedFd> {
         let linux = self.spec.linux().as_ref();
         let propagation = linux
             .and_then(|l| l.rootfs_propagation().as_deref())
@@ -91,7 +95,13 @@ impl RootfsSetup<'_> {
             sys::mount_setattr(root.as_fd(), &attr, false)
                 .ctx(|| format!("clearing nosuid on rootfs {}", self.rootfs.display()))?;
         }
+        Ok(root)
+    }
 
+    /// Mounts, devices and the working directory inside the rootfs that
+    /// [`RootfsSetup::bind_root`] opened.
+    pub fn prepare(&self, root: OwnedFd) -> Result<OwnedFd> {
+        let linux = self.spec.linux().as_ref();
         let mounts = self.spec.mounts().as_deref().unwrap_or_default();
         for (index, m) in mounts.iter().enumerate() {
             self.mount_entry(root.as_fd(), index, m)?;
@@ -248,9 +258,17 @@ impl RootfsSetup<'_> {
         } else {
             self.bundle.join(source)
         };
-        let meta =
-            std::fs::metadata(&source).ctx(|| format!("bind mount source {}", source.display()))?;
-        let target = if meta.is_dir() {
+        // A prepared tree was opened with the host's credentials; its
+        // source path may not be searchable by a user namespace's root.
+        let is_dir = match idmapped_tree {
+            Some(tree) => rustix::fs::fstat(tree)
+                .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir())
+                .ctx(|| format!("bind mount source {}", source.display()))?,
+            None => std::fs::metadata(&source)
+                .ctx(|| format!("bind mount source {}", source.display()))?
+                .is_dir(),
+        };
+        let target = if is_dir {
             mkdir_all_in_root(root, dest, 0o755)
         } else {
             create_file_in_root(root, dest)

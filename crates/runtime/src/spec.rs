@@ -213,9 +213,12 @@ fn validate_linux(spec: &Spec) -> Result<()> {
                 "a new user namespace needs both linux.uidMappings and linux.gidMappings",
             ));
         }
-    } else if has_maps {
+    } else if has_maps && !has(LinuxNamespaceType::User) {
+        // With a joined user namespace the mappings describe it (runc 1.2):
+        // the init checks them against the namespace once it has joined,
+        // and id-mapped mounts use them.
         return Err(invalid(
-            "linux.uidMappings/gidMappings are set but no new user namespace is requested",
+            "linux.uidMappings/gidMappings are set but the container has no user namespace",
         ));
     }
     if linux.time_offsets().as_ref().is_some_and(|t| !t.is_empty()) {

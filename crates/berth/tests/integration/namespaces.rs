@@ -240,5 +240,35 @@ fn joining_a_user_namespace_while_creating_others() {
     );
     assert_eq!(lines[4], "0");
     assert_eq!(lines[5], "can-write");
+
+    // A member that names the joined namespace's mappings (as a CRI daemon
+    // does for id-mapped mounts), created and started in two steps: its
+    // mapped root opens the exec FIFO in berth's state directory.
+    let join = |c: &mut serde_json::Value, uid_host: u32| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+        ns.push(json!({"type": "user", "path": format!("/proc/{pid}/ns/user")}));
+        ns.push(json!({"type": "network", "path": format!("/proc/{pid}/ns/net")}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": uid_host, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["destination"] != "/sys/fs/cgroup");
+    };
+    let mapped = env.bundle("mapped", &["sleep", "60"], |c| join(c, 200000));
+    let mapped_id = env.id("mapped");
+    env.ok(&["create", "--bundle", mapped.to_str().unwrap(), &mapped_id]);
+    env.ok(&["start", &mapped_id]);
+    assert_eq!(env.state(&mapped_id)["status"], "running");
+    env.ok(&["delete", "--force", &mapped_id]);
+
+    // Mappings that are not the joined namespace's are refused by name.
+    let wrong = env.bundle("wrong", &["true"], |c| join(c, 300000));
+    let err = env.fails(&["run", "--bundle", wrong.to_str().unwrap(), &env.id("wrong")]);
+    assert!(
+        err.contains("not the mappings of the joined user namespace"),
+        "{err}"
+    );
     env.ok(&["delete", "--force", &pod_id]);
 }

@@ -180,6 +180,11 @@ impl Cri {
         let host_nosuid = handler.is_berth_shim() && handler.binary_name.is_none();
         let key = record.rootfs_key.clone();
         let image_id = image.id.clone();
+        let userns = match &pod.namespaces.user {
+            Some(ns) => spec::pod_user_mapping(&spec::pod_namespace_options(&pod.config))?
+                .map(|m| (ns.clone(), (m.host_uid, m.host_gid))),
+            None => None,
+        };
         {
             let rootfs = rootfs.clone();
             let bundle = bundle.clone();
@@ -188,7 +193,21 @@ impl Cri {
                 std::fs::create_dir_all(&rootfs)
                     .map_err(|e| Error::internal(rootfs.display(), e))?;
                 let m = images.prepare_rootfs(&image_id, &key)?;
-                berth_image::mount_overlay(&m, &rootfs)?;
+                match &userns {
+                    // The pod's root owns the image's root-owned files, as
+                    // the host's root does on disk.
+                    Some((userns, root)) => {
+                        let ns = crate::sandbox::open_user_namespace(userns)?;
+                        berth_image::mount_overlay_idmapped(
+                            &m,
+                            &rootfs,
+                            std::os::fd::AsFd::as_fd(&ns),
+                            *root,
+                            &bundle.join("idmapped-layers"),
+                        )?
+                    }
+                    None => berth_image::mount_overlay(&m, &rootfs)?,
+                }
                 if host_nosuid {
                     util::remount_nosuid(&rootfs)?;
                 }

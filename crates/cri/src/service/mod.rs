@@ -52,6 +52,9 @@ pub struct Cri {
     /// containers' shim start).
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pause_binary: PathBuf,
+    /// Whether container rootfs overlays can be id-mapped here (probed at
+    /// start): user-namespaced pods need it.
+    idmapped_rootfs: std::result::Result<(), String>,
     /// Running pulls' progress (berth.v1.Images/WatchPull).
     pub pulls: Arc<crate::pull_progress::Board>,
     /// Pod networking (CNI).
@@ -131,6 +134,18 @@ impl Cri {
         };
         let pause_binary = config.state.join("berth-pause");
         write_pause(&pause_binary)?;
+        let idmapped_rootfs = {
+            let scratch = config.root.join("cri").join("idmap-probe");
+            let holder = pause_binary.clone();
+            blocking(move || {
+                Ok(crate::sandbox::probe_idmapped_rootfs(&scratch, &holder)
+                    .map_err(|e| e.to_string()))
+            })
+            .await?
+        };
+        if let Err(e) = &idmapped_rootfs {
+            tracing::warn!("pods with user namespaces are not supported here: {e}");
+        }
         let shims = Arc::new(Shims::new(
             &config.socket,
             &config.state,
@@ -153,6 +168,7 @@ impl Cri {
             cpu_samples: Mutex::new(HashMap::new()),
             pod_locks: Mutex::new(HashMap::new()),
             pause_binary,
+            idmapped_rootfs,
             pulls: Arc::default(),
             network,
             stream: std::sync::OnceLock::new(),
@@ -169,6 +185,11 @@ impl Cri {
         let _ = cri.stream.set(server);
         crate::nri::start(&cri)?;
         Ok(cri)
+    }
+
+    /// Whether pods of `handler` may have a user namespace of their own.
+    pub fn supports_user_namespaces(&self, handler: &crate::config::RuntimeHandler) -> bool {
+        handler.supports_user_namespaces() && self.idmapped_rootfs.is_ok()
     }
 
     fn pod_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -66,10 +66,13 @@ impl Cri {
                 "a pod with a user namespace of its own cannot use the host's network".into(),
             ));
         }
-        if user.is_some() && !handler.supports_user_namespaces() {
-            return Err(Error::InvalidArgument(format!(
-                "runtime handler {handler_name:?} cannot run pods in user namespaces"
-            )));
+        if user.is_some() && !self.supports_user_namespaces(&handler) {
+            return Err(Error::InvalidArgument(match &self.idmapped_rootfs {
+                Err(e) if handler.supports_user_namespaces() => {
+                    format!("pods with user namespaces need id-mapped mounts, which fail here: {e}")
+                }
+                _ => format!("runtime handler {handler_name:?} cannot run pods in user namespaces"),
+            }));
         }
         let hostname = if host_net {
             if config.hostname.is_empty() {
