@@ -1035,12 +1035,34 @@ async fn writer_task<W: AsyncWrite + Unpin>(
         // Aborted: the transport may be stuck, so it is only dropped.
         _ = stop.wait_for(|stop| *stop) => None,
     };
-    if let Some(result) = result {
-        let _ = w.shutdown().await;
-        shared.terminate(result.err());
-        shared.stop.send_replace(true);
+    match result {
+        Some(Ok(())) => {
+            let _ = w.shutdown().await;
+            shared.terminate(None);
+            shared.stop.send_replace(true);
+        }
+        Some(Err(e)) => {
+            // The peer may have closed its side after its last frames: what
+            // it sent is still in the transport, and readers are owed it.
+            // The reader ends the connection at the transport's end; a peer
+            // that never ends it is cut off after a grace period.
+            log::debug!("SPDY writer: {e}");
+            let mut ended = shared.ended.subscribe();
+            tokio::select! {
+                _ = ended.wait_for(|ended| *ended) => {}
+                _ = stop.wait_for(|stop| *stop) => {}
+                _ = tokio::time::sleep(WRITE_FAILURE_GRACE) => {}
+            }
+            shared.terminate(Some(e));
+            shared.stop.send_replace(true);
+        }
+        None => {}
     }
 }
+
+/// How long a connection whose writes fail waits for its reader to reach
+/// the end of what the peer sent.
+const WRITE_FAILURE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     shared: &Shared,

@@ -608,7 +608,8 @@ fn pid_namespaces() {
         &build(&with(NamespaceMode::Pod), None, false, false).unwrap()
     ));
 
-    // User namespaces are refused, but the host's.
+    // A container cannot ask for a user namespace its pod does not have
+    // (here: mode POD without the kubelet's mappings).
     let mut c = config();
     sc(&mut c).namespace_options = Some(cri::NamespaceOption {
         userns_options: Some(cri::UserNamespace {
@@ -619,7 +620,7 @@ fn pid_namespaces() {
     });
     assert!(matches!(
         super::tests::build(&pod, &c, &f.rootfs()),
-        Err(Error::Unimplemented(_))
+        Err(Error::InvalidArgument(_))
     ));
 }
 
