@@ -69,8 +69,9 @@ async fn images_mounted_as_volumes() {
         "{reported:?}"
     );
 
-    // A sub path the image does not have, an image nobody pulled, a host
-    // path beside an image: refused, nothing left.
+    // A sub path the image does not have, an image nobody pulled, a
+    // read-write image mount, a host path beside an image: refused,
+    // nothing left.
     for (name, mount, code) in [
         (
             "nosub",
@@ -81,6 +82,14 @@ async fn images_mounted_as_volumes() {
             "noimg",
             image_mount("/v", "127.0.0.1:1/never/pulled:1", ""),
             tonic::Code::NotFound,
+        ),
+        (
+            "readwrite",
+            cri::Mount {
+                readonly: false,
+                ..image_mount("/v", &volume_ref, "")
+            },
+            tonic::Code::InvalidArgument,
         ),
         (
             "both",

@@ -49,7 +49,7 @@ fn host_uid(pid: &str) -> Option<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_namespaced_pod() {
     let d = Berthd::start("userns");
-    d.pull_busybox().await;
+    let busybox_ref = d.pull_busybox().await;
     let status = d
         .runtime()
         .await
@@ -73,11 +73,23 @@ async fn a_user_namespaced_pod() {
     std::fs::create_dir_all(&volume).unwrap();
     std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut cfg = d.container_config("app", &images().busybox, &["sleep", "1000"]);
-    cfg.mounts = vec![cri::Mount {
-        container_path: "/data".into(),
-        host_path: volume.display().to_string(),
-        ..Default::default()
-    }];
+    cfg.mounts = vec![
+        cri::Mount {
+            container_path: "/data".into(),
+            host_path: volume.display().to_string(),
+            ..Default::default()
+        },
+        // An image volume: its layers seen through the pod's mappings too.
+        cri::Mount {
+            container_path: "/image".into(),
+            image: Some(cri::ImageSpec {
+                image: busybox_ref.clone(),
+                ..Default::default()
+            }),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
     // The kubelet gives the container the pod's options.
     cfg.linux = Some(cri::LinuxContainerConfig {
         security_context: Some(cri::LinuxContainerSecurityContext {
@@ -99,8 +111,10 @@ async fn a_user_namespaced_pod() {
     assert_eq!(host_uid(&pid), Some(base));
     // Its rootfs and volume, owned by host root on disk, are root's inside.
     assert_eq!(
-        d.sh(&c, "stat -c %u:%g /bin/busybox /data").await.trim(),
-        "0:0\n0:0"
+        d.sh(&c, "stat -c %u:%g /bin/busybox /data /image/bin/busybox")
+            .await
+            .trim(),
+        "0:0\n0:0\n0:0"
     );
     d.sh(
         &c,

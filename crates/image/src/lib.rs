@@ -19,7 +19,7 @@ pub use error::{Error, Result};
 pub use pull::{Auth, Progress, ProgressFn, PullOptions};
 pub use reference::Reference;
 pub use store::{
-    mount_overlay, mount_overlay_idmapped, mount_overlay_volume, FsUsage, GcStats, Image,
-    ImageConfig, ImageStore, RootfsMount, StoreOptions,
+    mount_overlay, mount_overlay_idmapped, mount_overlay_volume, mount_overlay_volume_idmapped,
+    FsUsage, GcStats, Image, ImageConfig, ImageStore, RootfsMount, StoreOptions,
 };
 pub use unpack::UnpackLimits;

@@ -746,8 +746,48 @@ pub fn mount_overlay_idmapped(
     root: (u32, u32),
     scratch: &Path,
 ) -> Result<()> {
+    rustix::fs::chown(
+        &m.upperdir,
+        Some(rustix::fs::Uid::from_raw(root.0)),
+        Some(rustix::fs::Gid::from_raw(root.1)),
+    )
+    .ctx(|| format!("giving {} to the pod's root", m.upperdir.display()))?;
+    mount_on_idmapped_layers(
+        m,
+        target,
+        userns,
+        scratch,
+        rustix::mount::MountFlags::empty(),
+    )
+}
+
+/// [`mount_overlay_volume`] for a user-namespaced pod: the image's layers
+/// shown through `userns`'s mappings (see [`mount_overlay_idmapped`]).
+pub fn mount_overlay_volume_idmapped(
+    m: &RootfsMount,
+    target: &Path,
+    userns: std::os::fd::BorrowedFd<'_>,
+    scratch: &Path,
+) -> Result<()> {
+    use rustix::mount::MountFlags;
+    mount_on_idmapped_layers(
+        m,
+        target,
+        userns,
+        scratch,
+        MountFlags::RDONLY | MountFlags::NOEXEC | MountFlags::NOSUID | MountFlags::NODEV,
+    )
+}
+
+fn mount_on_idmapped_layers(
+    m: &RootfsMount,
+    target: &Path,
+    userns: std::os::fd::BorrowedFd<'_>,
+    scratch: &Path,
+    flags: rustix::mount::MountFlags,
+) -> Result<()> {
     let Some(first) = m.lowerdirs.first() else {
-        return mount_overlay(m, target);
+        return mount_overlay_with(m, target, flags);
     };
     let mut common = first.parent().unwrap_or(Path::new("/")).to_path_buf();
     for dir in &m.lowerdirs {
@@ -755,12 +795,6 @@ pub fn mount_overlay_idmapped(
             common = common.parent().unwrap_or(Path::new("/")).to_path_buf();
         }
     }
-    rustix::fs::chown(
-        &m.upperdir,
-        Some(rustix::fs::Uid::from_raw(root.0)),
-        Some(rustix::fs::Gid::from_raw(root.1)),
-    )
-    .ctx(|| format!("giving {} to the pod's root", m.upperdir.display()))?;
     let tree = berth_common::idmapped::idmapped_clone(&common, userns)
         .ctx(|| format!("id-mapping the layers under {}", common.display()))?;
     fs::create_dir_all(scratch).ctx(io_path(scratch))?;
@@ -776,7 +810,7 @@ pub fn mount_overlay_idmapped(
             upperdir: m.upperdir.clone(),
             workdir: m.workdir.clone(),
         };
-        let mounted = mount_overlay_with(&mapped, target, rustix::mount::MountFlags::empty());
+        let mounted = mount_overlay_with(&mapped, target, flags);
         // The overlay keeps private clones of its layers: the attached
         // tree is needed only while it is mounted.
         let _ = rustix::mount::unmount(scratch, rustix::mount::UnmountFlags::DETACH);

@@ -123,22 +123,51 @@ fn user_namespace(uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -> Result<Owne
 /// The id-mapped trees of a config's mounts, by mount index: cloned and
 /// mapped here, in the caller's (host) user namespace where mapping is
 /// allowed, then attached by the init inside the container's namespaces.
+///
+/// In a user namespace, the init binds as the namespace's root, which may
+/// not search the directories leading to a source (a CRI daemon's private
+/// bundle): private bind mounts are cloned here too, unmapped, as runc
+/// opens mount sources before it joins the namespace. Binds with shared
+/// or slave propagation keep their path (a detached clone is private).
 pub fn prepare_trees(spec: &Spec, bundle: &Path) -> Result<Vec<(usize, OwnedFd)>> {
     let linux = spec.linux().as_ref();
+    let in_userns = linux
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+        });
     let mut trees = Vec::new();
     for (index, m) in spec.mounts().iter().flatten().enumerate() {
+        let dest = m.destination();
+        let options = m.options().as_deref().unwrap_or_default();
+        let is_bind = m.typ().as_deref() == Some("bind")
+            || options.iter().any(|o| o == "bind" || o == "rbind");
         let Some(request) = IdMapRequest::of(
             m,
             linux.and_then(|l| l.uid_mappings().as_ref()),
             linux.and_then(|l| l.gid_mappings().as_ref()),
         )?
         else {
+            let private = !options.iter().any(|o| {
+                matches!(
+                    o.as_str(),
+                    "shared" | "rshared" | "slave" | "rslave" | "unbindable" | "runbindable"
+                )
+            });
+            if in_userns && is_bind && private {
+                if let Some(source) = m.source() {
+                    let source = if source.is_absolute() {
+                        source.clone()
+                    } else {
+                        bundle.join(source)
+                    };
+                    let recursive = options.iter().any(|o| o == "rbind");
+                    trees.push((index, cloned_tree(&source, dest, recursive)?));
+                }
+            }
             continue;
         };
-        let dest = m.destination();
-        let options = m.options().as_deref().unwrap_or_default();
-        let is_bind = m.typ().as_deref() == Some("bind")
-            || options.iter().any(|o| o == "bind" || o == "rbind");
         if !is_bind {
             return Err(Error::InvalidConfig(format!(
                 "mount {}: only bind mounts can be id-mapped",
@@ -156,6 +185,21 @@ pub fn prepare_trees(spec: &Spec, bundle: &Path) -> Result<Vec<(usize, OwnedFd)>
         trees.push((index, mapped_tree(&source, dest, &request)?));
     }
     Ok(trees)
+}
+
+/// A detached clone of `source` (with its submounts if `recursive`).
+fn cloned_tree(source: &Path, dest: &Path, recursive: bool) -> Result<OwnedFd> {
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+    }
+    rustix::mount::open_tree(rustix::fs::CWD, source, flags).ctx(|| {
+        format!(
+            "bind mount {}: open_tree of {}",
+            dest.display(),
+            source.display()
+        )
+    })
 }
 
 /// A detached clone of `source` shown through the request's mapping.

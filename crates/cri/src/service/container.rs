@@ -216,7 +216,9 @@ impl Cri {
             .await?;
         }
         write_owner(&bundle, &pod.id, &pod.runtime_handler);
-        let image_volumes = self.mount_image_volumes(record).await?;
+        let image_volumes = self
+            .mount_image_volumes(record, pod.namespaces.user.as_deref())
+            .await?;
         let mut built = spec::container_oci_spec(&SpecInput {
             id: &record.id,
             pod,

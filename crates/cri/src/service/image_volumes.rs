@@ -22,9 +22,12 @@ impl Cri {
     /// for each, by index in `config.mounts`. What was mounted is in
     /// `record.image_volumes` as it goes, so a failure is cleaned up by
     /// `cleanup_container_files`.
+    /// `userns`: a user-namespaced pod's user namespace file, whose
+    /// mappings the volumes' layers are shown through.
     pub(super) async fn mount_image_volumes(
         &self,
         record: &mut ContainerRecord,
+        userns: Option<&Path>,
     ) -> Result<HashMap<usize, PathBuf>> {
         let wanted: Vec<(usize, cri::Mount)> = record
             .config
@@ -37,6 +40,7 @@ impl Cri {
         let mut sources = HashMap::new();
         for (index, m) in wanted {
             let images = Arc::clone(&self.images);
+            let userns = userns.map(Path::to_path_buf);
             let key = format!("{}-image-volume-{index}", record.id);
             let target = record.bundle.join("image-volumes").join(index.to_string());
             let name = m
@@ -48,6 +52,13 @@ impl Cri {
             if name.is_empty() {
                 return Err(Error::InvalidArgument(format!(
                     "image volume {dest}: the image is empty"
+                )));
+            }
+            // Image volumes are read-only by definition (KEP-4639); a mount
+            // that asks for write access would not get it, so it is refused.
+            if !m.readonly {
+                return Err(Error::InvalidArgument(format!(
+                    "image volume {dest}: image volumes are read-only, and the mount asks for read-write (readonly is false)"
                 )));
             }
             if !m.host_path.is_empty() {
@@ -80,7 +91,19 @@ impl Cri {
                 std::fs::create_dir_all(&target)
                     .map_err(|e| Error::internal(target.display(), e))?;
                 let rootfs = images.prepare_rootfs(&image.id, &key)?;
-                berth_image::mount_overlay_volume(&rootfs, &target)?;
+                match &userns {
+                    Some(userns) => {
+                        let ns = crate::sandbox::open_user_namespace(userns)?;
+                        let scratch = target.with_extension("idmapped-layers");
+                        berth_image::mount_overlay_volume_idmapped(
+                            &rootfs,
+                            &target,
+                            std::os::fd::AsFd::as_fd(&ns),
+                            &scratch,
+                        )?
+                    }
+                    None => berth_image::mount_overlay_volume(&rootfs, &target)?,
+                }
                 resolve_sub_path(&target, &sub_path, &dest, &name)
             })
             .await?;

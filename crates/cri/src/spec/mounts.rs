@@ -227,15 +227,20 @@ pub(super) fn container_mounts(
     let mut mounts = default_mounts(privileged);
     mounts.extend(pod_mounts(pod, readonly_rootfs));
     for (i, m) in config.mounts.iter().enumerate() {
-        let mut m = match image_volumes.get(&i) {
+        let m = match image_volumes.get(&i) {
+            // Built on id-mapped layers already in a pod user namespace.
             Some(source) => image_volume_mount(m, source)?,
-            None => request_mount(m)?,
+            None => {
+                let mut m = request_mount(m)?;
+                // In a pod user namespace the host's files are seen through
+                // its mapping (host root's as the container's root), not as
+                // nobody.
+                if pod.namespaces.user.is_some() {
+                    id_map(&mut m);
+                }
+                m
+            }
         };
-        // In a pod user namespace the host's files are seen through its
-        // mapping (host root's as the container's root), not as nobody.
-        if pod.namespaces.user.is_some() {
-            id_map(&mut m);
-        }
         mounts.retain(|x| x.destination().as_os_str() != m.destination().as_os_str());
         mounts.push(m);
     }
