@@ -26,10 +26,6 @@ fn ok<T>(t: T) -> R<T> {
     Ok(Response::new(t))
 }
 
-fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not implemented yet"))
-}
-
 /// Runs an operation to its end even when the client goes away (tonic
 /// drops a handler's future on disconnect, which would leave a half-made
 /// pod or container behind). Failures are logged: kubelet retries, and the
@@ -388,7 +384,11 @@ impl RuntimeService for Server {
         &self,
         _r: Request<cri::CheckpointContainerRequest>,
     ) -> R<cri::CheckpointContainerResponse> {
-        Err(unimplemented("CheckpointContainer"))
+        // KEP-2008 needs CRIU, and the CRIU this node's distribution ships
+        // cannot dump processes on its kernel: refused rather than tried.
+        Err(Status::unimplemented(
+            "CheckpointContainer is not supported: container checkpoint/restore needs CRIU, which berthd does not use yet",
+        ))
     }
 
     type GetContainerEventsStream =
