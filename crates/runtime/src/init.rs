@@ -388,6 +388,7 @@ fn run_exec_init(side: &ChildSide<'_>, ctx: &ExecContext<'_>) -> Result<Infallib
         crate::attrs::set_affinity(initial)?;
     }
     side.enter()?;
+    process::apply_oom_score_adj(process)?;
     process::apply_rlimits(process)?;
     crate::attrs::apply_personality(ctx.container)?;
     crate::attrs::apply_process(process)?;
