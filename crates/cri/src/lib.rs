@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod images;
+mod netns_socket;
 pub mod network;
 mod nri;
 pub mod prometheus;

@@ -59,6 +59,8 @@ pub struct Cri {
     pub pulls: Arc<crate::pull_progress::Board>,
     /// Pod networking (CNI).
     pub network: crate::network::Network,
+    /// Makes port-forward sockets in pods' network namespaces.
+    pub(crate) netns_sockets: Option<crate::netns_socket::NetnsSockets>,
     /// The streaming server, started once the service exists.
     pub stream: std::sync::OnceLock<Arc<berth_stream::Server>>,
     /// NRI plugins' socket and connections (crate::nri), started after
@@ -171,6 +173,7 @@ impl Cri {
             idmapped_rootfs,
             pulls: Arc::default(),
             network,
+            netns_sockets: crate::netns_socket::NetnsSockets::start(),
             stream: std::sync::OnceLock::new(),
             nri: std::sync::OnceLock::new(),
         });
