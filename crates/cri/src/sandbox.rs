@@ -190,7 +190,6 @@ fn make_user_namespaces(
     user: UserMapping,
     holder: &Path,
 ) -> Result<PodNamespaces> {
-    use std::os::unix::process::CommandExt;
     let mut flags = libc::CLONE_NEWUSER;
     for (want, flag) in [
         (req.net, libc::CLONE_NEWNET),
@@ -201,24 +200,7 @@ fn make_user_namespaces(
             flags |= flag;
         }
     }
-    let mut cmd = std::process::Command::new(holder);
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: between fork and exec the child only calls unshare(2), which
-    // is async-signal-safe, and reads errno.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::unshare(flags) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| setup_failed(format!("starting the user namespace holder: {e}")))?;
+    let mut child = spawn_holder(holder, flags)?;
     let proc = format!("/proc/{}", child.id());
     let result = (|| {
         for (file, host) in [("uid_map", user.host_uid), ("gid_map", user.host_gid)] {
@@ -271,9 +253,10 @@ fn make_user_namespaces(
     result
 }
 
-/// A throwaway user namespace mapping container 0 to host `host_id` (one
-/// id), held by the returned fd: made by `holder`, which is then ended.
-fn scratch_user_namespace(holder: &Path, host_id: u32) -> Result<OwnedFd> {
+/// Starts `holder` (berth-pause) in new namespaces (`flags`, with
+/// CLONE_NEWUSER): the caller writes its maps, pins what it needs, then
+/// kills it.
+fn spawn_holder(holder: &Path, flags: libc::c_int) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(holder);
     cmd.stdin(std::process::Stdio::null())
@@ -282,17 +265,22 @@ fn scratch_user_namespace(holder: &Path, host_id: u32) -> Result<OwnedFd> {
     // SAFETY: between fork and exec the child only calls unshare(2), which
     // is async-signal-safe, and reads errno.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+        cmd.pre_exec(move || {
+            if libc::unshare(flags) == 0 {
                 Ok(())
             } else {
                 Err(std::io::Error::last_os_error())
             }
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| setup_failed(format!("starting a user namespace holder: {e}")))?;
+    cmd.spawn()
+        .map_err(|e| setup_failed(format!("starting the user namespace holder: {e}")))
+}
+
+/// A throwaway user namespace mapping container 0 to host `host_id` (one
+/// id), held by the returned fd: made by `holder`, which is then ended.
+fn scratch_user_namespace(holder: &Path, host_id: u32) -> Result<OwnedFd> {
+    let mut child = spawn_holder(holder, libc::CLONE_NEWUSER)?;
     let proc = format!("/proc/{}", child.id());
     let result = (|| {
         for file in ["uid_map", "gid_map"] {
