@@ -130,7 +130,20 @@ async fn a_user_namespaced_pod() {
     // A setuid file the pod made in its rootfs gives no host user root:
     // the rootfs is nosuid on the host and its directories root-only.
     d.sh(&c, "cp /bin/busybox /suid && chmod 4755 /suid").await;
+    // The host sees that file as the pod's unprivileged uid's, so the
+    // rootfs needs no nosuid there, and the image's setuid files keep
+    // working inside (a nosuid would be locked in the pod's namespace).
+    let root_line = d
+        .sh(&c, "awk '$5 == \"/\" {print $6}' /proc/self/mountinfo")
+        .await;
+    assert!(!root_line.contains("nosuid"), "rootfs options: {root_line}");
     let suid = d.state.join("containers").join(&c).join("rootfs/suid");
+    let meta = std::fs::metadata(&suid).unwrap();
+    assert_eq!(
+        meta.uid(),
+        base,
+        "a host view of the pod root's setuid file"
+    );
     assert!(suid.exists(), "{}", suid.display());
     let out = Command::new("setpriv")
         .args([

@@ -177,7 +177,13 @@ impl Cri {
         // Seen from the host the rootfs is nosuid (no local user may run its
         // setuid binaries); berth's own runtime restores suid inside the
         // container. Other runtimes would not, so their rootfs stays as is.
-        let host_nosuid = handler.is_berth_shim() && handler.binary_name.is_none();
+        // A user-namespaced pod's rootfs shows the image's setuid-root
+        // files as the pod's unprivileged host uid's: harmless to the host,
+        // and a nosuid the container could not clear (it is locked in the
+        // pod's user namespace) would break them inside.
+        let host_nosuid = handler.is_berth_shim()
+            && handler.binary_name.is_none()
+            && pod.namespaces.user.is_none();
         let key = record.rootfs_key.clone();
         let image_id = image.id.clone();
         let userns = match &pod.namespaces.user {
