@@ -586,6 +586,135 @@ async fn cmd_run(o: Opts, channel: Channel) -> Result<bool, String> {
     Ok(ok)
 }
 
+/// How long `probe` spends on one RPC at most, and its fewest calls.
+const PROBE_BUDGET: Duration = Duration::from_secs(20);
+const MIN_PROBES: usize = 10;
+
+/// The calls kubelet's PLEG and stats loops make every second, each `count`
+/// times in turn (one at a time, as those loops do), against whatever runs
+/// on the daemon; the single-object calls go to the pods and containers
+/// labelled berth-bench=TAG in turn. Prints per RPC the median, p99 and
+/// mean latency (ms) and the objects the last answer held.
+async fn cmd_probe(
+    channel: Channel,
+    limit: Duration,
+    tag: &str,
+    count: usize,
+) -> Result<bool, String> {
+    let mut rt = RuntimeServiceClient::new(channel);
+    let pods: Vec<String> = rpc(
+        "ListPodSandbox",
+        limit,
+        rt.list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: labels(tag),
+                ..Default::default()
+            }),
+        }),
+    )
+    .await?
+    .items
+    .into_iter()
+    .map(|p| p.id)
+    .collect();
+    let containers: Vec<String> = rpc(
+        "ListContainers",
+        limit,
+        rt.list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                label_selector: labels(tag),
+                ..Default::default()
+            }),
+        }),
+    )
+    .await?
+    .containers
+    .into_iter()
+    .map(|c| c.id)
+    .collect();
+    if pods.is_empty() || containers.is_empty() {
+        return Err(format!("probe: no pod or container labelled {LABEL}={tag}"));
+    }
+    let mut out = serde_json::Map::new();
+    for name in [
+        "ListPodSandbox",
+        "ListContainers",
+        "ListPodSandboxStats",
+        "ContainerStats",
+        "PodSandboxStatus",
+    ] {
+        let mut samples = Vec::with_capacity(count);
+        let mut objects = 0usize;
+        let began = Instant::now();
+        for i in 0..count {
+            // A slow call is sampled fewer times (at least MIN_PROBES).
+            if i >= MIN_PROBES && began.elapsed() > PROBE_BUDGET {
+                break;
+            }
+            let t = Instant::now();
+            objects = match name {
+                "ListPodSandbox" => rpc(
+                    name,
+                    limit,
+                    rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()),
+                )
+                .await?
+                .items
+                .len(),
+                "ListContainers" => rpc(
+                    name,
+                    limit,
+                    rt.list_containers(cri::ListContainersRequest::default()),
+                )
+                .await?
+                .containers
+                .len(),
+                "ListPodSandboxStats" => rpc(
+                    name,
+                    limit,
+                    rt.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default()),
+                )
+                .await?
+                .stats
+                .len(),
+                "ContainerStats" => {
+                    let id = containers[i % containers.len()].clone();
+                    rpc(
+                        name,
+                        limit,
+                        rt.container_stats(cri::ContainerStatsRequest { container_id: id }),
+                    )
+                    .await?;
+                    1
+                }
+                _ => {
+                    let id = pods[i % pods.len()].clone();
+                    rpc(
+                        name,
+                        limit,
+                        rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+                            pod_sandbox_id: id,
+                            verbose: false,
+                        }),
+                    )
+                    .await?;
+                    1
+                }
+            };
+            samples.push(ms(t.elapsed()));
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+        out.insert(
+            name.into(),
+            json!({"p50": at(0.5), "p99": at(0.99), "mean": mean, "n": samples.len(), "objects": objects}),
+        );
+    }
+    println!("{}", Value::Object(out));
+    Ok(true)
+}
+
 async fn cmd_version(channel: Channel, limit: Duration) -> Result<bool, String> {
     let mut rt = RuntimeServiceClient::new(channel);
     let v = rpc(
@@ -767,6 +896,7 @@ async fn main() {
                 let tag = o.tag.clone();
                 cmd_cleanup(channel, limit, &tag).await
             }
+            "probe" => cmd_probe(channel, limit, &o.tag, o.count).await,
             "up" => stream::cmd_up(&o, channel).await,
             "stream" => {
                 warm_up(&channel, limit).await?;

@@ -9,7 +9,7 @@ use crate::stream;
 pub(crate) const USAGE: &str = "usage: berth-cri-bench --socket PATH [--rpc-timeout SECONDS] \
 (version | pull IMAGE... | run --pods N --image REF --tag TAG --cgroup-parent CG \
 --log-dir DIR [--ids-file FILE] [--hold] [--pod-network] | cleanup --tag TAG \
-| up --name NAME --image REF --tag TAG --cgroup-parent CG --log-dir DIR [--ids-file FILE] \
+| probe --tag TAG [--count K] | up --name NAME --image REF --tag TAG --cgroup-parent CG --log-dir DIR [--ids-file FILE] \
 [--port PORT] | stream --pod ID --container ID [--port PORT] [--order KIND,...] [--rtts N] \
 [--payload BYTES] [--check])";
 
@@ -42,6 +42,8 @@ pub(crate) struct Opts {
     pub(crate) payload: usize,
     /// `stream`: the untimed checks of every transport's output first.
     pub(crate) check: bool,
+    /// `probe`: calls of each RPC.
+    pub(crate) count: usize,
 }
 
 pub(crate) fn parse() -> Result<Opts, String> {
@@ -66,6 +68,7 @@ pub(crate) fn parse() -> Result<Opts, String> {
         rtts: 50,
         payload: 64,
         check: false,
+        count: 100,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -105,6 +108,11 @@ pub(crate) fn parse() -> Result<Opts, String> {
                     .filter(|k| !k.is_empty())
                     .map(str::to_owned)
                     .collect()
+            }
+            "--count" => {
+                o.count = value("--count")?
+                    .parse()
+                    .map_err(|e| format!("--count: {e}"))?
             }
             "--rtts" => {
                 o.rtts = value("--rtts")?
@@ -171,6 +179,10 @@ pub(crate) fn parse() -> Result<Opts, String> {
             }
         }
         "cleanup" if o.tag.is_empty() => return Err("cleanup needs --tag".into()),
+        "probe" if o.tag.is_empty() || o.count == 0 => {
+            return Err("probe needs --tag and --count >= 1".into())
+        }
+        "probe" => {}
         "pull" if o.args.is_empty() => return Err("pull needs an image".into()),
         "version" | "pull" | "cleanup" => {}
         c => return Err(format!("unknown command {c}")),
