@@ -404,6 +404,10 @@ impl Cri {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        self.layer_usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         // The pod's shim stays until the pod is removed: kubelet replaces
         // containers, and a shim leaving while a new one starts would race.
         self.emit(

@@ -48,6 +48,9 @@ pub struct Cri {
     exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
     /// Previous CPU samples (for usage_nano_cores): id -> (ns, usage ns).
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    /// Writable-layer usage by container, with when it was measured:
+    /// walking a layer is kept to once per [`stats::LAYER_USAGE_TTL`].
+    layer_usage: Mutex<HashMap<String, (std::time::Instant, u64, u64)>>,
     /// Serialises operations on one pod (create/stop/remove of it and its
     /// containers' shim start).
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -168,6 +171,7 @@ impl Cri {
             reserving: Mutex::new(HashSet::new()),
             exits: Mutex::new(HashMap::new()),
             cpu_samples: Mutex::new(HashMap::new()),
+            layer_usage: Mutex::new(HashMap::new()),
             pod_locks: Mutex::new(HashMap::new()),
             pause_binary,
             idmapped_rootfs,

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use containerd_shim_protos::api;
+use futures_util::StreamExt;
 use k8s_cri::v1 as cri;
 
 use crate::error::{Error, Result};
@@ -13,6 +14,12 @@ use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState};
 use crate::util::{self, now_ns};
 
 use super::{blocking, Cri};
+
+/// How long a measured writable-layer usage stands.
+pub(super) const LAYER_USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Containers (or pods) whose stats are gathered at once by the list calls.
+const STATS_CONCURRENCY: usize = 16;
 
 impl Cri {
     pub async fn container_stats_of(&self, c: &ContainerRecord) -> Result<cri::ContainerStats> {
@@ -70,16 +77,7 @@ impl Cri {
                 major_page_faults: u(m.memory.pg_maj_fault),
             });
         }
-        let images = Arc::clone(&self.images);
-        let key = c.rootfs_key.clone();
-        let upper = blocking(move || Ok(images.rootfs(&key)?.map(|m| m.upperdir)))
-            .await
-            .ok()
-            .flatten();
-        if let Some(upper) = upper {
-            let (bytes, inodes) = blocking(move || Ok(dir_usage(&upper)))
-                .await
-                .unwrap_or((0, 0));
+        if let Some((bytes, inodes)) = self.writable_layer_usage(c).await {
             stats.writable_layer = Some(cri::FilesystemUsage {
                 timestamp: now,
                 fs_id: Some(cri::FilesystemIdentifier {
@@ -90,6 +88,35 @@ impl Cri {
             });
         }
         Ok(stats)
+    }
+
+    /// Bytes and inodes of a container's writable layer, measured at most
+    /// once per [`LAYER_USAGE_TTL`] (as containerd's CRI refreshes snapshot
+    /// usage on a period): a layer walk per call would make kubelet's stats
+    /// loop grow with the files containers write.
+    async fn writable_layer_usage(&self, c: &ContainerRecord) -> Option<(u64, u64)> {
+        if let Some((at, bytes, inodes)) = self
+            .layer_usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&c.id)
+        {
+            if at.elapsed() < LAYER_USAGE_TTL {
+                return Some((*bytes, *inodes));
+            }
+        }
+        let images = Arc::clone(&self.images);
+        let key = c.rootfs_key.clone();
+        let (bytes, inodes) =
+            blocking(move || Ok(images.rootfs(&key)?.map(|m| dir_usage(&m.upperdir))))
+                .await
+                .ok()
+                .flatten()?;
+        self.layer_usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(c.id.clone(), (std::time::Instant::now(), bytes, inodes));
+        Some((bytes, inodes))
     }
 
     pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
@@ -106,22 +133,23 @@ impl Cri {
         f: Option<cri::ContainerStatsFilter>,
     ) -> Vec<cri::ContainerStats> {
         let f = f.unwrap_or_default();
-        let mut out = Vec::new();
         let mut cs = self.store.containers();
         cs.sort_by_key(|c| c.created_at);
-        for c in cs {
-            if c.state != ContainerState::Running
-                || !(f.id.is_empty() || c.id.starts_with(&f.id))
-                || !(f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
-                || !util::labels_match(&c.config.labels, &f.label_selector)
-            {
-                continue;
-            }
-            if let Ok(s) = self.container_stats_of(&c).await {
-                out.push(s);
-            }
-        }
-        out
+        cs.retain(|c| {
+            c.state == ContainerState::Running
+                && (f.id.is_empty() || c.id.starts_with(&f.id))
+                && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
+                && util::labels_match(&c.config.labels, &f.label_selector)
+        });
+        // Each container's shim answers for it: asked several at a time.
+        let calls = cs
+            .into_iter()
+            .map(|c| async move { self.container_stats_of(&c).await.ok() });
+        futures_util::stream::iter(calls)
+            .buffered(STATS_CONCURRENCY)
+            .filter_map(std::future::ready)
+            .collect()
+            .await
     }
 
     pub async fn pod_stats_of(&self, p: &PodRecord) -> cri::PodSandboxStats {
@@ -230,17 +258,19 @@ impl Cri {
         f: Option<cri::PodSandboxStatsFilter>,
     ) -> Vec<cri::PodSandboxStats> {
         let f = f.unwrap_or_default();
-        let mut out = Vec::new();
-        for p in self.store.pods() {
-            if p.state != PodState::Ready
-                || !(f.id.is_empty() || p.id.starts_with(&f.id))
-                || !util::labels_match(&p.config.labels, &f.label_selector)
-            {
-                continue;
-            }
-            out.push(self.pod_stats_of(&p).await);
-        }
-        out
+        let mut pods = self.store.pods();
+        pods.retain(|p| {
+            p.state == PodState::Ready
+                && (f.id.is_empty() || p.id.starts_with(&f.id))
+                && util::labels_match(&p.config.labels, &f.label_selector)
+        });
+        let calls = pods
+            .into_iter()
+            .map(|p| async move { self.pod_stats_of(&p).await });
+        futures_util::stream::iter(calls)
+            .buffered(STATS_CONCURRENCY)
+            .collect()
+            .await
     }
 }
 
