@@ -128,6 +128,30 @@ struct Index {
     /// Reserved names: pod name -> id, container name -> id.
     pod_names: HashMap<String, String>,
     container_names: HashMap<String, String>,
+    /// Pod id -> its containers' ids: kubelet asks for a pod's containers
+    /// (PodSandboxStatus, stats) every second, for every pod.
+    pod_containers: HashMap<String, std::collections::BTreeSet<String>>,
+}
+
+impl Index {
+    fn insert_container(&mut self, c: ContainerRecord) {
+        self.pod_containers
+            .entry(c.pod_id.clone())
+            .or_default()
+            .insert(c.id.clone());
+        self.containers.insert(c.id.clone(), c);
+    }
+
+    fn remove_container(&mut self, id: &str) -> Option<ContainerRecord> {
+        let c = self.containers.remove(id)?;
+        if let Some(ids) = self.pod_containers.get_mut(&c.pod_id) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.pod_containers.remove(&c.pod_id);
+            }
+        }
+        Some(c)
+    }
 }
 
 #[derive(Clone)]
@@ -176,7 +200,7 @@ impl Store {
             match serde_json::from_slice::<ContainerRecord>(v.value()) {
                 Ok(c) => {
                     index.container_names.insert(c.name(), c.id.clone());
-                    index.containers.insert(c.id.clone(), c);
+                    index.insert_container(c);
                 }
                 Err(e) => tracing::error!("container record {}: {e}; ignoring it", k.value()),
             }
@@ -278,7 +302,7 @@ impl Store {
             Some(&serde_json::to_vec(&c).map_err(db_err)?),
         )?;
         index.container_names.insert(name, c.id.clone());
-        index.containers.insert(c.id.clone(), c);
+        index.insert_container(c);
         Ok(())
     }
 
@@ -299,7 +323,7 @@ impl Store {
             id,
             Some(&serde_json::to_vec(&c).map_err(db_err)?),
         )?;
-        index.containers.insert(id.to_owned(), c.clone());
+        index.insert_container(c.clone());
         Ok(c)
     }
 
@@ -307,7 +331,7 @@ impl Store {
         let mut index = self.lock();
         if let Some(c) = index.containers.get(id).cloned() {
             self.write(CONTAINERS, id, None)?;
-            index.containers.remove(id);
+            index.remove_container(id);
             index.container_names.remove(&c.name());
         }
         Ok(())
@@ -322,21 +346,32 @@ impl Store {
     }
 
     pub fn containers_of(&self, pod_id: &str) -> Vec<ContainerRecord> {
-        self.lock()
-            .containers
-            .values()
-            .filter(|c| c.pod_id == pod_id)
-            .cloned()
+        let index = self.lock();
+        index
+            .pod_containers
+            .get(pod_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| index.containers.get(id).cloned())
             .collect()
     }
 
     /// Resolves a full id or a unique prefix of one (as crictl users type).
+    /// A full id (what kubelet sends) is found without a scan.
     pub fn resolve_pod(&self, id: &str) -> Result<String> {
-        resolve(id, self.lock().pods.keys(), "pod sandbox")
+        let index = self.lock();
+        if index.pods.contains_key(id) {
+            return Ok(id.to_owned());
+        }
+        resolve(id, index.pods.keys(), "pod sandbox")
     }
 
     pub fn resolve_container(&self, id: &str) -> Result<String> {
-        resolve(id, self.lock().containers.keys(), "container")
+        let index = self.lock();
+        if index.containers.contains_key(id) {
+            return Ok(id.to_owned());
+        }
+        resolve(id, index.containers.keys(), "container")
     }
 }
 
