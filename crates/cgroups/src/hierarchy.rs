@@ -67,8 +67,21 @@ impl Hierarchy {
     }
 }
 
-/// All cgroup hierarchies visible in `/proc/self/mountinfo`, one entry per hierarchy.
+/// All cgroup hierarchies visible in `/proc/self/mountinfo`, one entry per
+/// hierarchy. Read once per process: cgroup filesystems are mounted at
+/// boot, while mountinfo grows with every container's mounts (a shim asked
+/// for stats every second on a node with 500 pods would otherwise read and
+/// parse thousands of lines each time).
 pub fn discover() -> Result<Vec<Hierarchy>> {
+    static FOUND: std::sync::OnceLock<Vec<Hierarchy>> = std::sync::OnceLock::new();
+    if let Some(found) = FOUND.get() {
+        return Ok(found.clone());
+    }
+    let found = discover_now()?;
+    Ok(FOUND.get_or_init(|| found).clone())
+}
+
+fn discover_now() -> Result<Vec<Hierarchy>> {
     let path = Path::new("/proc/self/mountinfo");
     let text = std::fs::read_to_string(path).map_err(|source| Error::Mountinfo {
         path: path.to_owned(),

@@ -288,6 +288,18 @@ impl Store {
         self.lock().pods.values().cloned().collect()
     }
 
+    /// What `f` makes of each pod it keeps, computed under the index's lock
+    /// without copying the records (the list calls kubelet makes every
+    /// second go through here).
+    pub fn map_pods<T>(&self, f: impl FnMut(&PodRecord) -> Option<T>) -> Vec<T> {
+        self.lock().pods.values().filter_map(f).collect()
+    }
+
+    /// [`Store::map_pods`] for containers.
+    pub fn map_containers<T>(&self, f: impl FnMut(&ContainerRecord) -> Option<T>) -> Vec<T> {
+        self.lock().containers.values().filter_map(f).collect()
+    }
+
     pub fn add_container(&self, c: ContainerRecord) -> Result<()> {
         let mut index = self.lock();
         let name = c.name();

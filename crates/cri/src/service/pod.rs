@@ -448,21 +448,13 @@ impl Cri {
 
     pub fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
         let f = filter.unwrap_or_default();
-        let mut pods: Vec<PodRecord> = self
-            .store
-            .pods()
-            .into_iter()
-            .filter(|p| f.id.is_empty() || p.id.starts_with(&f.id))
-            .filter(|p| {
-                f.state
+        let mut pods = self.store.map_pods(|p| {
+            let keep = (f.id.is_empty() || p.id.starts_with(&f.id))
+                && f.state
                     .as_ref()
                     .is_none_or(|s| pod_state_cri(p.state) as i32 == s.state)
-            })
-            .filter(|p| util::labels_match(&p.config.labels, &f.label_selector))
-            .collect();
-        pods.sort_by_key(|p| p.created_at);
-        pods.iter()
-            .map(|p| cri::PodSandbox {
+                && util::labels_match(&p.config.labels, &f.label_selector);
+            keep.then(|| cri::PodSandbox {
                 id: p.id.clone(),
                 metadata: p.config.metadata.clone(),
                 state: pod_state_cri(p.state) as i32,
@@ -471,7 +463,9 @@ impl Cri {
                 annotations: p.config.annotations.clone(),
                 runtime_handler: p.runtime_handler.clone(),
             })
-            .collect()
+        });
+        pods.sort_by_key(|p| p.created_at);
+        pods
     }
 }
 

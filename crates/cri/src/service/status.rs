@@ -88,22 +88,14 @@ impl Cri {
 
     pub fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
         let f = filter.unwrap_or_default();
-        let mut cs: Vec<ContainerRecord> = self
-            .store
-            .containers()
-            .into_iter()
-            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
-            .filter(|c| f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
-            .filter(|c| {
-                f.state
+        let mut cs = self.store.map_containers(|c| {
+            let keep = (f.id.is_empty() || c.id.starts_with(&f.id))
+                && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
+                && f.state
                     .as_ref()
                     .is_none_or(|s| container_state_cri(c.state) as i32 == s.state)
-            })
-            .filter(|c| util::labels_match(&c.config.labels, &f.label_selector))
-            .collect();
-        cs.sort_by_key(|c| c.created_at);
-        cs.iter()
-            .map(|c| cri::Container {
+                && util::labels_match(&c.config.labels, &f.label_selector);
+            keep.then(|| cri::Container {
                 id: c.id.clone(),
                 pod_sandbox_id: c.pod_id.clone(),
                 metadata: c.config.metadata.clone(),
@@ -118,7 +110,9 @@ impl Cri {
                 annotations: c.config.annotations.clone(),
                 image_id: c.image_id.clone(),
             })
-            .collect()
+        });
+        cs.sort_by_key(|c| c.created_at);
+        cs
     }
 }
 
