@@ -62,6 +62,9 @@ fn main() -> Result<()> {
     berth_cri::mark_inherited_fds_cloexec()
         .context("marking inherited descriptors close-on-exec")?;
     let flags = parse_flags()?;
+    // Before any thread: pods come and go, and free memory kept in a dozen
+    // arenas looks like growth to the node (berth_common::memory).
+    berth_common::memory::limit_arenas(2);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&flags.log_level).context("--log-level")?,

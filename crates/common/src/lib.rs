@@ -8,6 +8,7 @@ pub mod fd;
 pub mod idmapped;
 pub mod kernel;
 pub mod logrus;
+pub mod memory;
 pub mod safe_path;
 pub mod seccomp_profile;
 pub mod signal;

@@ -222,6 +222,19 @@ impl Shims {
             tracing::debug!(address, "shim shutdown: {e}");
         }
         self.forget(address);
+        remove_stale_socket(address);
+    }
+}
+
+/// A shim that exits cleanly removes its socket; one that was killed leaves
+/// it behind (bench/soak's shim-kill fault): removed here once nothing
+/// answers on it, as containerd does after a dead shim.
+fn remove_stale_socket(address: &str) {
+    let path = Path::new(address.strip_prefix("unix://").unwrap_or(address));
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(address, "removing a dead shim's socket: {e}");
+        }
     }
 }
 

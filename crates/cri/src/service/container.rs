@@ -288,8 +288,8 @@ impl Cri {
         Ok(())
     }
 
-    /// The shim of a pod, started with its first container.
-    /// The shim of a pod, started with its first container. Called with
+    /// The shim of a pod, started with its first container (again if it
+    /// died). Called with
     /// the pod's lock held.
     pub(super) async fn pod_shim(
         &self,

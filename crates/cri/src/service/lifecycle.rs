@@ -1,6 +1,7 @@
 //! StartContainer and StopContainer, and the watcher that records how
 //! each started container ends.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,16 +107,16 @@ impl Cri {
                         // deciding the shim is gone.
                         if failures > 5 {
                             tracing::warn!(container = %id, "waiting for the exit: {e}");
-                            let code = exit_record(
-                                &this
-                                    .store
-                                    .container(&id)
-                                    .map(|c| c.bundle)
-                                    .unwrap_or_default(),
-                            )
-                            .map(|(c, _)| c)
-                            .unwrap_or(UNKNOWN_EXIT);
-                            break (code, now_ns());
+                            let bundle = this
+                                .store
+                                .container(&id)
+                                .map(|c| c.bundle)
+                                .unwrap_or_default();
+                            let code = exit_record(&bundle).map(|(c, _)| c);
+                            if code.is_none() {
+                                this.end_after_dead_shim(&id, &bundle).await;
+                            }
+                            break (code.unwrap_or(UNKNOWN_EXIT), now_ns());
                         }
                         tokio::time::sleep(Duration::from_millis(200 * failures)).await;
                     }
@@ -138,6 +139,22 @@ impl Cri {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
         });
+    }
+
+    /// The container's shim died with it still running (killed, OOM):
+    /// nothing reaps it any more, so it must not run on while CRI reports
+    /// it exited. The shim binary's `delete` kills and deletes it, as
+    /// containerd's cleanup after a dead shim does (bench/soak's shim-kill).
+    async fn end_after_dead_shim(&self, id: &str, bundle: &Path) {
+        let handler = self
+            .store
+            .container(id)
+            .and_then(|c| self.store.pod(&c.pod_id))
+            .and_then(|p| self.config.handler(&p.runtime_handler))
+            .unwrap_or_default();
+        if let Err(e) = self.shims.delete(&handler, id, bundle).await {
+            tracing::warn!(container = %id, "ending a container whose shim died: {e}");
+        }
     }
 
     pub(super) fn record_exit(&self, id: &str, code: i32, at: i64, oom: bool) {

@@ -54,6 +54,8 @@ pub struct Cri {
     /// Serialises operations on one pod (create/stop/remove of it and its
     /// containers' shim start).
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// A malloc_trim is scheduled (pod::release_memory_soon).
+    trim_scheduled: Arc<std::sync::atomic::AtomicBool>,
     pause_binary: PathBuf,
     /// Whether container rootfs overlays can be id-mapped here (probed at
     /// start): user-namespaced pods need it.
@@ -173,6 +175,7 @@ impl Cri {
             cpu_samples: Mutex::new(HashMap::new()),
             layer_usage: Mutex::new(HashMap::new()),
             pod_locks: Mutex::new(HashMap::new()),
+            trim_scheduled: Arc::default(),
             pause_binary,
             idmapped_rootfs,
             pulls: Arc::default(),

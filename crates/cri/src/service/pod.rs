@@ -381,7 +381,26 @@ impl Cri {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        self.release_memory_soon();
         Ok(())
+    }
+
+    /// Once pods are gone, what their requests allocated is free but still
+    /// held by malloc: handed back to the kernel a moment later, once for
+    /// a burst of removals.
+    fn release_memory_soon(&self) {
+        if self
+            .trim_scheduled
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let flag = Arc::clone(&self.trim_scheduled);
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            flag.store(false, std::sync::atomic::Ordering::Release);
+            let _ = tokio::task::spawn_blocking(berth_common::memory::release_free_memory).await;
+        });
     }
 
     pub fn pod_status_of(&self, p: &PodRecord) -> cri::PodSandboxStatus {
