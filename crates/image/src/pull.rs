@@ -336,9 +336,14 @@ impl ImageStore {
             .map(|d| d.to_string())
             .or_else(|| r.tag.clone())
             .unwrap_or_else(|| "latest".into());
+        // Everything this pull writes is held against a concurrent gc (an
+        // image removal) until its records are in (bench/soak: a pull
+        // beside a RemoveImage of the same image lost its blobs).
+        let mut lease = self.lease();
         let (mut bytes, mut manifest_digest) = self
             .retry("the manifest", || remote.manifest(&top, r.digest.as_ref()))
             .await?;
+        lease.hold(manifest_digest.as_str());
         if let Some(d) = &r.digest {
             if d != &manifest_digest {
                 return Err(Error::DigestMismatch {
@@ -373,6 +378,7 @@ impl ImageStore {
                     actual: got.to_string(),
                 });
             }
+            lease.hold(got.as_str());
             check_size(&d, size, b.len() as u64)?;
             bytes = b;
             manifest_digest = got;
@@ -383,6 +389,10 @@ impl ImageStore {
         }
         self.content.write_bytes(&bytes)?;
         let ((config, config_size), layers) = manifest_parts(&bytes)?;
+        lease.hold(config.as_str());
+        for (digest, _, _) in &layers {
+            lease.hold(digest.as_str());
+        }
         match self.content.size(&config) {
             Some(actual) => check_size(&config, config_size, actual)?,
             None => self.fetch_blob(&remote, &config, config_size, None).await?,
@@ -448,6 +458,9 @@ impl ImageStore {
             &config,
             &layers,
         )?;
+        for l in &records[0].layers {
+            lease.hold(&l.chain_id);
+        }
         // Layer i is unpacked as soon as its download is in, while the
         // downloads of the layers above it go on.
         for (i, download) in downloads.into_iter().enumerate() {

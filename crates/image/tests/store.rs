@@ -676,3 +676,73 @@ fn device_nodes_modes_owners_and_times() {
         );
     });
 }
+
+#[test]
+fn gc_during_a_pull_leaves_the_pull_its_blobs_and_layers() {
+    let registry = Registry::start().unwrap();
+    // Incompressible layers keep the pull busy while gc runs beside it.
+    let noise = |seed: u8| -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64 ^ seed as u64;
+        (0..4 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let mut image = Image::new();
+    for seed in 0..3u8 {
+        image = image.layer(
+            Layer::new().entry(Entry::file(format!("blob{seed}"), noise(seed))),
+            Compression::Gzip,
+        );
+    }
+    registry
+        .push("gc/noise", "v1", &image.artifact().unwrap())
+        .unwrap();
+    let reference = registry.reference("gc/noise", "v1");
+    let world = World::new("gcpull");
+    for round in 0..3 {
+        // An image removal (kubelet's image GC) while the same image is
+        // pulled again: the pull must not lose what it fetched.
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (pulled, gcs) = std::thread::scope(|s| {
+            let gc = s.spawn(|| {
+                let mut n = 0;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    world.store.remove(&reference).unwrap();
+                    n += 1;
+                }
+                n
+            });
+            let pulled = world.pull(&reference);
+            done.store(true, std::sync::atomic::Ordering::Release);
+            (pulled, gc.join().unwrap())
+        });
+        let pulled = pulled.unwrap_or_else(|e| panic!("round {round}: pull beside gc: {e}"));
+        assert!(gcs > 0, "gc ran during the pull");
+        // Whether the last removal came before or after the pull's
+        // records, what is recorded is whole.
+        if world.store.status(&reference).unwrap().is_some() {
+            assert_eq!(
+                world.store.status(&reference).unwrap().unwrap().id,
+                pulled.id
+            );
+            world.with_rootfs(&reference, |root| {
+                for seed in 0..3 {
+                    assert_eq!(
+                        std::fs::metadata(root.join(format!("blob{seed}")))
+                            .unwrap()
+                            .len(),
+                        4 << 20
+                    );
+                }
+            });
+        }
+    }
+    world.store.remove(&reference).unwrap();
+    assert_eq!(world.blob_count(), 0, "no orphan blobs");
+    assert_eq!(world.snapshot_count(), 0, "no orphan snapshots");
+}
