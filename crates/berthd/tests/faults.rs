@@ -147,3 +147,100 @@ async fn memory_of_removed_pods_goes_back_to_the_node() {
     );
     d.remove_all_and_check().await;
 }
+
+fn fill(dir: &std::path::Path) -> std::fs::File {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("fill")).unwrap();
+    let chunk = vec![0xa5u8; 1 << 20];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.flush();
+    f
+}
+
+/// A full disk under berthd's root fails what needs space, with the
+/// error, but nothing after it: the pod and container records (redb)
+/// are written again once there is room, and an exit that happened
+/// meanwhile is recorded (it was lost, the container reported running for
+/// ever, and every later write failed with redb's "Previous I/O error").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_requests_but_not_the_ones_after_it() {
+    let mut d = Berthd::start("enospc");
+    d.stop();
+    let (ok, _, err) = host(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=48m,mode=0700",
+        "berth-enospc",
+        d.root.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    d.spawn();
+    d.pull_busybox().await;
+    let pod_cfg = d.pod_config("enospc", true);
+    let pod = d.run_pod(&pod_cfg, "").await;
+    let cfg = d.container_config("late", &images().busybox, &["sh", "-c", "sleep 3; exit 5"]);
+    let late = d.run_container(&pod, &pod_cfg, &cfg).await;
+
+    let filler = fill(&d.root);
+    // Requests that need room fail while the disk is full, naming why.
+    let mut refused = 0;
+    for i in 0..6 {
+        match d
+            .try_run_pod(&d.pod_config(&format!("full-{i}"), true), "")
+            .await
+        {
+            Ok(id) => {
+                d.stop_pod(&id).await;
+                d.remove_pod(&id).await;
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(
+                    e.message().contains("No space left") || e.message().contains("I/O error"),
+                    "{e:?}"
+                );
+            }
+        }
+    }
+    // The container exits while the disk is full.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    drop(filler);
+    std::fs::remove_file(d.root.join("fill")).unwrap();
+
+    let st = d
+        .wait_container(&late, Duration::from_secs(15), exited)
+        .await;
+    assert!(
+        exited(&st),
+        "the exit during the full disk was lost:\n{}",
+        d.log_tail()
+    );
+    assert_eq!(st.exit_code, 5);
+    let again = d.run_pod(&d.pod_config("after", true), "").await;
+    d.stop_pod(&again).await;
+    d.remove_pod(&again).await;
+    assert!(refused > 0, "a full disk refused no RunPodSandbox");
+    for c in [&late] {
+        d.remove_container(c).await;
+    }
+    d.stop_pod(&pod).await;
+    d.remove_pod(&pod).await;
+    assert!(d.pods(None).await.is_empty());
+    // Nothing left but the test's own mount (the shims take a moment).
+    let root_mount = format!("mount {}", d.root.display());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<String> = d
+            .leftovers()
+            .into_iter()
+            .filter(|l| *l != root_mount)
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left:?}\n{}", d.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -3,13 +3,17 @@
 //! a client was told. A name is reserved exactly when a record holds it,
 //! in the same transaction, so a crash cannot leave a name reserved by
 //! nothing (or a record without its name).
+// The closures run by ReopeningDb::with return redb's own (large) error
+// type, once per transaction.
+#![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use berth_image::db::ReopeningDb;
 use k8s_cri::v1 as cri;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -156,7 +160,7 @@ impl Index {
 
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<ReopeningDb>,
     index: Arc<Mutex<Index>>,
     pub path: PathBuf,
 }
@@ -170,42 +174,47 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::internal(dir.display(), e))?;
         }
-        let db =
-            Database::create(path).map_err(|e| Error::Store(format!("{}: {e}", path.display())))?;
+        let db = ReopeningDb::create(path)
+            .map_err(|e| Error::Store(format!("{}: {e}", path.display())))?;
+        let rows = |table: TableDefinition<&str, &[u8]>| {
+            db.with(|db| {
+                let r = db.begin_read()?;
+                let mut out = Vec::new();
+                for row in r.open_table(table)?.iter()? {
+                    let (k, v) = row?;
+                    out.push((k.value().to_owned(), v.value().to_vec()));
+                }
+                Ok(out)
+            })
+            .map_err(db_err)
+        };
+        db.with(|db| {
+            let w = db.begin_write()?;
+            w.open_table(PODS)?;
+            w.open_table(CONTAINERS)?;
+            w.commit()?;
+            Ok(())
+        })
+        .map_err(db_err)?;
         let mut index = Index::default();
-        {
-            let w = db.begin_write().map_err(db_err)?;
-            w.open_table(PODS).map_err(db_err)?;
-            w.open_table(CONTAINERS).map_err(db_err)?;
-            w.commit().map_err(db_err)?;
-        }
-        let r = db.begin_read().map_err(db_err)?;
-        for row in r.open_table(PODS).map_err(db_err)?.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            match serde_json::from_slice::<PodRecord>(v.value()) {
+        for (k, v) in rows(PODS)? {
+            match serde_json::from_slice::<PodRecord>(&v) {
                 Ok(p) => {
                     index.pod_names.insert(p.name(), p.id.clone());
                     index.pods.insert(p.id.clone(), p);
                 }
-                Err(e) => tracing::error!("pod record {}: {e}; ignoring it", k.value()),
+                Err(e) => tracing::error!("pod record {k}: {e}; ignoring it"),
             }
         }
-        for row in r
-            .open_table(CONTAINERS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = row.map_err(db_err)?;
-            match serde_json::from_slice::<ContainerRecord>(v.value()) {
+        for (k, v) in rows(CONTAINERS)? {
+            match serde_json::from_slice::<ContainerRecord>(&v) {
                 Ok(c) => {
                     index.container_names.insert(c.name(), c.id.clone());
                     index.insert_container(c);
                 }
-                Err(e) => tracing::error!("container record {}: {e}; ignoring it", k.value()),
+                Err(e) => tracing::error!("container record {k}: {e}; ignoring it"),
             }
         }
-        drop(r);
         Ok(Store {
             db: Arc::new(db),
             index: Arc::new(Mutex::new(index)),
@@ -223,19 +232,24 @@ impl Store {
         id: &str,
         value: Option<&[u8]>,
     ) -> Result<()> {
-        let w = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut t = w.open_table(table).map_err(db_err)?;
-            match value {
-                Some(v) => {
-                    t.insert(id, v).map_err(db_err)?;
+        self.db
+            .with(|db| {
+                let w = db.begin_write()?;
+                {
+                    let mut t = w.open_table(table)?;
+                    match value {
+                        Some(v) => {
+                            t.insert(id, v)?;
+                        }
+                        None => {
+                            t.remove(id)?;
+                        }
+                    }
                 }
-                None => {
-                    t.remove(id).map_err(db_err)?;
-                }
-            }
-        }
-        w.commit().map_err(db_err)
+                w.commit()?;
+                Ok(())
+            })
+            .map_err(db_err)
     }
 
     /// Adds a pod, reserving its name.

@@ -151,6 +151,12 @@ impl From<redb::Error> for Error {
     }
 }
 
+impl From<Box<redb::Error>> for Error {
+    fn from(e: Box<redb::Error>) -> Self {
+        Error::Metadata(e.to_string())
+    }
+}
+
 macro_rules! redb_from {
     ($($t:ty),*) => {$(
         impl From<$t> for Error {

@@ -4,6 +4,7 @@
 
 pub mod content;
 pub mod credentials;
+pub mod db;
 pub mod digest;
 mod error;
 pub mod hosts;

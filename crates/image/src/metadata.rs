@@ -2,10 +2,15 @@
 //! so a crash leaves either the old or the new state. Files on disk are
 //! written before the records that point at them; files without records
 //! are removed when the store opens.
+// The closures run by ReopeningDb::with return redb's own (large) error
+// type, once per transaction.
+#![allow(clippy::result_large_err)]
 
 use std::path::Path;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
+
+use crate::db::ReopeningDb;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::Result;
@@ -59,7 +64,7 @@ pub struct ActiveRecord {
 }
 
 pub struct Metadata {
-    db: Database,
+    db: ReopeningDb,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -76,40 +81,49 @@ macro_rules! table_fns {
         // Not every table needs every accessor.
         #[allow(dead_code)]
         pub fn $get(&self, key: &str) -> Result<Option<$ty>> {
-            let tx = self.db.begin_read()?;
-            let table = tx.open_table($table)?;
-            match table.get(key)? {
-                Some(v) => Ok(Some(decode(v.value())?)),
-                None => Ok(None),
-            }
+            let bytes = self.db.with(|db| {
+                let tx = db.begin_read()?;
+                let table = tx.open_table($table)?;
+                Ok(table.get(key)?.map(|v| v.value().to_vec()))
+            })?;
+            bytes.map(|b| decode(&b)).transpose()
         }
 
         #[allow(dead_code)]
         pub fn $put(&self, key: &str, value: &$ty) -> Result<()> {
-            let tx = self.db.begin_write()?;
-            tx.open_table($table)?
-                .insert(key, encode(value).as_slice())?;
-            tx.commit()?;
-            Ok(())
+            let bytes = encode(value);
+            Ok(self.db.with(|db| {
+                let tx = db.begin_write()?;
+                tx.open_table($table)?.insert(key, bytes.as_slice())?;
+                tx.commit()?;
+                Ok(())
+            })?)
         }
 
         #[allow(dead_code)]
         pub fn $del(&self, key: &str) -> Result<()> {
-            let tx = self.db.begin_write()?;
-            tx.open_table($table)?.remove(key)?;
-            tx.commit()?;
-            Ok(())
+            Ok(self.db.with(|db| {
+                let tx = db.begin_write()?;
+                tx.open_table($table)?.remove(key)?;
+                tx.commit()?;
+                Ok(())
+            })?)
         }
 
         pub fn $all(&self) -> Result<Vec<(String, $ty)>> {
-            let tx = self.db.begin_read()?;
-            let table = tx.open_table($table)?;
-            let mut out = Vec::new();
-            for row in table.iter()? {
-                let (k, v) = row?;
-                out.push((k.value().to_owned(), decode(v.value())?));
-            }
-            Ok(out)
+            let rows = self.db.with(|db| {
+                let tx = db.begin_read()?;
+                let table = tx.open_table($table)?;
+                let mut out = Vec::new();
+                for row in table.iter()? {
+                    let (k, v) = row?;
+                    out.push((k.value().to_owned(), v.value().to_vec()));
+                }
+                Ok(out)
+            })?;
+            rows.into_iter()
+                .map(|(k, v)| Ok((k, decode(&v)?)))
+                .collect()
         }
     };
 }
@@ -140,13 +154,16 @@ impl Metadata {
                 .map_err(io)?;
         }
         drop(file);
-        let db = Database::create(path)?;
-        let tx = db.begin_write()?;
-        tx.open_table(IMAGES)?;
-        tx.open_table(SNAPSHOTS)?;
-        tx.open_table(ACTIVE)?;
-        tx.open_table(COUNTERS)?;
-        tx.commit()?;
+        let db = ReopeningDb::create(path)?;
+        db.with(|db| {
+            let tx = db.begin_write()?;
+            tx.open_table(IMAGES)?;
+            tx.open_table(SNAPSHOTS)?;
+            tx.open_table(ACTIVE)?;
+            tx.open_table(COUNTERS)?;
+            tx.commit()?;
+            Ok(())
+        })?;
         Ok(Metadata { db })
     }
 
@@ -170,39 +187,49 @@ impl Metadata {
 
     /// A new, never reused snapshot id.
     pub fn next_id(&self) -> Result<u64> {
-        let tx = self.db.begin_write()?;
-        let id = {
-            let mut t = tx.open_table(COUNTERS)?;
-            let next = t.get("snapshot")?.map(|v| v.value()).unwrap_or(0) + 1;
-            t.insert("snapshot", next)?;
-            next
-        };
-        tx.commit()?;
-        Ok(id)
+        Ok(self.db.with(|db| {
+            let tx = db.begin_write()?;
+            let id = {
+                let mut t = tx.open_table(COUNTERS)?;
+                let next = t.get("snapshot")?.map(|v| v.value()).unwrap_or(0) + 1;
+                t.insert("snapshot", next)?;
+                next
+            };
+            tx.commit()?;
+            Ok(id)
+        })?)
     }
 
     /// Replaces several image names at once (a pull or import naming one image twice).
     pub fn put_images(&self, records: &[ImageRecord]) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(IMAGES)?;
-            for r in records {
-                t.insert(r.name.as_str(), encode(r).as_slice())?;
+        let rows: Vec<(&str, Vec<u8>)> = records
+            .iter()
+            .map(|r| (r.name.as_str(), encode(r)))
+            .collect();
+        Ok(self.db.with(|db| {
+            let tx = db.begin_write()?;
+            {
+                let mut t = tx.open_table(IMAGES)?;
+                for (name, bytes) in &rows {
+                    t.insert(*name, bytes.as_slice())?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })?)
     }
 
     pub fn delete_images(&self, names: &[String]) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(IMAGES)?;
-            for n in names {
-                t.remove(n.as_str())?;
+        Ok(self.db.with(|db| {
+            let tx = db.begin_write()?;
+            {
+                let mut t = tx.open_table(IMAGES)?;
+                for n in names {
+                    t.remove(n.as_str())?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })?)
     }
 }

@@ -130,7 +130,7 @@ impl Cri {
                     .unwrap_or(false),
                 Err(_) => false,
             };
-            this.record_exit(&id, code, at, oom);
+            this.record_exit_persistently(&id, code, at, oom).await;
             // Before StopContainer, waiting on `done`, answers.
             this.nri_stop_container(&id).await;
             let _ = done.send(true);
@@ -157,8 +157,26 @@ impl Cri {
         }
     }
 
-    pub(super) fn record_exit(&self, id: &str, code: i32, at: i64, oom: bool) {
-        let Ok(c) = self.store.update_container(id, |c| {
+    /// record_exit until the record is written: a full disk must not turn
+    /// an exit into a container reported running for ever (bench/soak).
+    pub(super) async fn record_exit_persistently(&self, id: &str, code: i32, at: i64, oom: bool) {
+        let mut warned = false;
+        loop {
+            match self.record_exit(id, code, at, oom) {
+                Ok(()) | Err(Error::NotFound(_)) => return,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(container = %id, code, "recording the exit, will retry: {e}");
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    pub(super) fn record_exit(&self, id: &str, code: i32, at: i64, oom: bool) -> Result<()> {
+        let c = self.store.update_container(id, |c| {
             if c.state == ContainerState::Exited {
                 return;
             }
@@ -173,15 +191,14 @@ impl Cri {
             } else {
                 "Error".into()
             };
-        }) else {
-            return;
-        };
+        })?;
         tracing::info!(container = %id, code, oom, "container exited");
         self.emit(
             id,
             cri::ContainerEventType::ContainerStoppedEvent,
             &c.pod_id,
         );
+        Ok(())
     }
 
     pub async fn stop_container(self: &Arc<Self>, id: &str, timeout_s: i64) -> Result<()> {
@@ -201,7 +218,7 @@ impl Cri {
                     kill.signal = 9;
                     let _ = self.shims.kill(&address, &kill, 10 * SECOND).await;
                 }
-                self.record_exit(&id, 137, now_ns(), false);
+                self.record_exit(&id, 137, now_ns(), false)?;
                 self.nri_stop_container(&id).await;
             }
             return Ok(());

@@ -107,7 +107,8 @@ impl Cri {
                                 .as_ref()
                                 .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
                                 .unwrap_or_else(now_ns);
-                            self.record_exit(&c.id, s.exit_status as i32, at, oom);
+                            self.record_exit_persistently(&c.id, s.exit_status as i32, at, oom)
+                                .await;
                         }
                         _ => {}
                     }
