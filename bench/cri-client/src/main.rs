@@ -42,6 +42,7 @@
 //! IP in PodSandboxStatus. `up` and `stream` are the streaming benchmark's
 //! (see the `stream` module).
 
+mod concurrent;
 mod opts;
 mod stream;
 mod transport;
@@ -897,6 +898,7 @@ async fn main() {
                 cmd_cleanup(channel, limit, &tag).await
             }
             "probe" => cmd_probe(channel, limit, &o.tag, o.count).await,
+            "concurrent" => concurrent::cmd_concurrent(o, channel).await,
             "up" => stream::cmd_up(&o, channel).await,
             "stream" => {
                 warm_up(&channel, limit).await?;

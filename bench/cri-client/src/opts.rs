@@ -9,7 +9,8 @@ use crate::stream;
 pub(crate) const USAGE: &str = "usage: berth-cri-bench --socket PATH [--rpc-timeout SECONDS] \
 (version | pull IMAGE... | run --pods N --image REF --tag TAG --cgroup-parent CG \
 --log-dir DIR [--ids-file FILE] [--hold] [--pod-network] | cleanup --tag TAG \
-| probe --tag TAG [--count K] | up --name NAME --image REF --tag TAG --cgroup-parent CG --log-dir DIR [--ids-file FILE] \
+| probe --tag TAG [--count K] | concurrent --count N --pods P --image REF --tag TAG \
+--cgroup-parent CG --log-dir DIR [--ids-file FILE] | up --name NAME --image REF --tag TAG --cgroup-parent CG --log-dir DIR [--ids-file FILE] \
 [--port PORT] | stream --pod ID --container ID [--port PORT] [--order KIND,...] [--rtts N] \
 [--payload BYTES] [--check])";
 
@@ -183,6 +184,20 @@ pub(crate) fn parse() -> Result<Opts, String> {
             return Err("probe needs --tag and --count >= 1".into())
         }
         "probe" => {}
+        "concurrent" => {
+            if o.count == 0
+                || o.image.is_empty()
+                || o.tag.is_empty()
+                || o.cgroup_parent.is_empty()
+                || o.log_dir.as_os_str().is_empty()
+            {
+                return Err(
+                    "concurrent needs --count >= 1, --image, --tag, --cgroup-parent, \
+                     --log-dir"
+                        .into(),
+                );
+            }
+        }
         "pull" if o.args.is_empty() => return Err("pull needs an image".into()),
         "version" | "pull" | "cleanup" => {}
         c => return Err(format!("unknown command {c}")),
