@@ -440,13 +440,12 @@ fn hostile_layers_are_refused() {
     );
 }
 
-#[test]
-fn a_killed_pull_resumes_and_gc_leaves_nothing() {
-    let registry = Registry::start().unwrap();
-    // Incompressible layers make the pull last long enough to be killed.
-    let noise = |seed: u8| -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed as u64;
-        (0..6 << 20)
+/// Three gzip layers `blob0..2` of `len` incompressible bytes each (xorshift
+/// from `seed`): pulls that take a while.
+fn noise_image(seed: u64, len: usize) -> Image {
+    let noise = |layer: u64| -> Vec<u8> {
+        let mut x = seed ^ layer;
+        (0..len)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -456,12 +455,20 @@ fn a_killed_pull_resumes_and_gc_leaves_nothing() {
             .collect()
     };
     let mut image = Image::new();
-    for seed in 0..3u8 {
+    for layer in 0..3u64 {
         image = image.layer(
-            Layer::new().entry(Entry::file(format!("blob{seed}"), noise(seed))),
+            Layer::new().entry(Entry::file(format!("blob{layer}"), noise(layer))),
             Compression::Gzip,
         );
     }
+    image
+}
+
+#[test]
+fn a_killed_pull_resumes_and_gc_leaves_nothing() {
+    let registry = Registry::start().unwrap();
+    // Incompressible layers make the pull last long enough to be killed.
+    let image = noise_image(0x9e37_79b9_7f4a_7c15, 6 << 20);
     registry
         .push("big/noise", "v1", &image.artifact().unwrap())
         .unwrap();
@@ -681,24 +688,7 @@ fn device_nodes_modes_owners_and_times() {
 fn gc_during_a_pull_leaves_the_pull_its_blobs_and_layers() {
     let registry = Registry::start().unwrap();
     // Incompressible layers keep the pull busy while gc runs beside it.
-    let noise = |seed: u8| -> Vec<u8> {
-        let mut x = 0x2545_f491_4f6c_dd1du64 ^ seed as u64;
-        (0..4 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
-    let mut image = Image::new();
-    for seed in 0..3u8 {
-        image = image.layer(
-            Layer::new().entry(Entry::file(format!("blob{seed}"), noise(seed))),
-            Compression::Gzip,
-        );
-    }
+    let image = noise_image(0x2545_f491_4f6c_dd1d, 4 << 20);
     registry
         .push("gc/noise", "v1", &image.artifact().unwrap())
         .unwrap();
