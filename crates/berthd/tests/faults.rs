@@ -57,20 +57,9 @@ async fn a_killed_shim_ends_its_containers_and_leaves_nothing() {
 
     // kubelet sees the container end (its exit code cannot be known) and
     // nothing of it runs on.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let st = loop {
-        let st = d.status(&ctr).await;
-        if exited(&st) || Instant::now() > deadline {
-            break st;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert!(
-        exited(&st),
-        "container still {} 20 s after its shim died",
-        state_name(st.state)
-    );
-    let rel = format!("{}/{ctr}", d.cgroup_parent);
+    d.wait_container(&ctr, Duration::from_secs(20), exited)
+        .await;
+    let rel = d.container_cgroup(&ctr);
     assert!(
         cgroup_procs(&rel).is_empty(),
         "reported exited, but {:?} run",

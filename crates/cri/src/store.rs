@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use berth_image::db::ReopeningDb;
 use k8s_cri::v1 as cri;
-use redb::{ReadableTable, TableDefinition};
+use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -176,18 +176,6 @@ impl Store {
         }
         let db = ReopeningDb::create(path)
             .map_err(|e| Error::Store(format!("{}: {e}", path.display())))?;
-        let rows = |table: TableDefinition<&str, &[u8]>| {
-            db.with(|db| {
-                let r = db.begin_read()?;
-                let mut out = Vec::new();
-                for row in r.open_table(table)?.iter()? {
-                    let (k, v) = row?;
-                    out.push((k.value().to_owned(), v.value().to_vec()));
-                }
-                Ok(out)
-            })
-            .map_err(db_err)
-        };
         db.with(|db| {
             let w = db.begin_write()?;
             w.open_table(PODS)?;
@@ -197,7 +185,7 @@ impl Store {
         })
         .map_err(db_err)?;
         let mut index = Index::default();
-        for (k, v) in rows(PODS)? {
+        for (k, v) in db.rows(PODS).map_err(db_err)? {
             match serde_json::from_slice::<PodRecord>(&v) {
                 Ok(p) => {
                     index.pod_names.insert(p.name(), p.id.clone());
@@ -206,7 +194,7 @@ impl Store {
                 Err(e) => tracing::error!("pod record {k}: {e}; ignoring it"),
             }
         }
-        for (k, v) in rows(CONTAINERS)? {
+        for (k, v) in db.rows(CONTAINERS).map_err(db_err)? {
             match serde_json::from_slice::<ContainerRecord>(&v) {
                 Ok(c) => {
                     index.container_names.insert(c.name(), c.id.clone());

@@ -6,11 +6,13 @@
 //! exit until it was restarted (bench/soak's enospc fault). Operations run
 //! through [`ReopeningDb::with`], which reopens the database (redb repairs
 //! it on open) and tries once more when an operation fails that way.
+// Operations return redb's own (large) error type, once per transaction.
+#![allow(clippy::result_large_err)]
 
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard};
 
-use redb::Database;
+use redb::{Database, ReadableTable, TableDefinition};
 
 pub struct ReopeningDb {
     path: PathBuf,
@@ -43,23 +45,36 @@ impl ReopeningDb {
         &self,
         op: impl Fn(&Database) -> Result<T, redb::Error>,
     ) -> Result<T, Box<redb::Error>> {
-        let first = match self.read().as_ref() {
+        let attempt = || match self.read().as_ref() {
             Some(db) => op(db),
             None => Err(redb::Error::PreviousIo),
         };
-        match first {
+        match attempt() {
             Err(e) if is_io(&e) => {
                 self.reopen().map_err(|reopen| {
                     log::warn!("{}: reopening after {e}: {reopen}", self.path.display());
                     reopen
                 })?;
-                match self.read().as_ref() {
-                    Some(db) => op(db).map_err(Box::new),
-                    None => Err(Box::new(redb::Error::PreviousIo)),
-                }
+                attempt().map_err(Box::new)
             }
             r => r.map_err(Box::new),
         }
+    }
+
+    /// Every row of a table, keys and raw values, in one read transaction.
+    pub fn rows(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<(String, Vec<u8>)>, Box<redb::Error>> {
+        self.with(|db| {
+            let tx = db.begin_read()?;
+            let mut out = Vec::new();
+            for row in tx.open_table(table)?.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     fn reopen(&self) -> Result<(), Box<redb::Error>> {

@@ -111,17 +111,9 @@ macro_rules! table_fns {
         }
 
         pub fn $all(&self) -> Result<Vec<(String, $ty)>> {
-            let rows = self.db.with(|db| {
-                let tx = db.begin_read()?;
-                let table = tx.open_table($table)?;
-                let mut out = Vec::new();
-                for row in table.iter()? {
-                    let (k, v) = row?;
-                    out.push((k.value().to_owned(), v.value().to_vec()));
-                }
-                Ok(out)
-            })?;
-            rows.into_iter()
+            self.db
+                .rows($table)?
+                .into_iter()
                 .map(|(k, v)| Ok((k, decode(&v)?)))
                 .collect()
         }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use containerd_shim_protos::api;
 use tokio::sync::watch;
 
+use crate::error::Error;
 use crate::sandbox::{self};
 use crate::shims::SECOND;
 use crate::store::{ContainerState, PodState};
@@ -107,8 +108,19 @@ impl Cri {
                                 .as_ref()
                                 .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
                                 .unwrap_or_else(now_ns);
-                            self.record_exit_persistently(&c.id, s.exit_status as i32, at, oom)
-                                .await;
+                            let code = s.exit_status as i32;
+                            match self.record_exit(&c.id, code, at, oom) {
+                                Ok(()) | Err(Error::NotFound(_)) => {}
+                                // A full disk: retried in the background,
+                                // not by holding berthd's start-up.
+                                Err(_) => {
+                                    let this = Arc::clone(self);
+                                    let id = c.id.clone();
+                                    tokio::spawn(async move {
+                                        this.record_exit_persistently(&id, code, at, oom).await;
+                                    });
+                                }
+                            }
                         }
                         _ => {}
                     }
