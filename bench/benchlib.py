@@ -103,6 +103,20 @@ def main(ns_marker, outer, inner):
         exit_on_error(outer)
 
 
+def load_bench(name):
+    """Another bench script of this directory (they have no .py name) as a
+    module, e.g. load_bench("cri-pod-start")."""
+    import importlib.machinery
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.realpath(__file__)), name)
+    module_name = name.replace("-", "_")
+    loader = importlib.machinery.SourceFileLoader(module_name, path)
+    spec = importlib.util.spec_from_loader(module_name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
 def exit_after_cleanup(rc, problems):
     """Exit the outer process with the inner one's status rc (128 + signal
     if a signal killed it), or 1 if rc is 0 but the cleanup left problems,
@@ -913,6 +927,12 @@ def run_orders(items, seed):
 def ratio(a, b):
     """a / b, and 0 when b is 0 (a failed anchor measurement)."""
     return b and a / b
+
+
+def pct(values, q):
+    """The q-quantile (0..1) of values, nearest rank."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
 
 
 def result(name, berth, anchor_name, anchor, target, fmt=".2f"):
