@@ -9,6 +9,7 @@ pub mod digest;
 mod error;
 pub mod hosts;
 mod layout;
+mod lease;
 mod metadata;
 pub mod pull;
 pub mod reference;

@@ -339,7 +339,7 @@ impl ImageStore {
         // Everything this pull writes is held against a concurrent gc (an
         // image removal) until its records are in (bench/soak: a pull
         // beside a RemoveImage of the same image lost its blobs).
-        let mut lease = self.lease();
+        let mut lease = self.leased.lease();
         let (mut bytes, mut manifest_digest) = self
             .retry("the manifest", || remote.manifest(&top, r.digest.as_ref()))
             .await?;

@@ -4,7 +4,7 @@
 //! GC share its locks and metadata tables; per-layer unpacking lives in
 //! unpack/.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::content::ContentStore;
 use crate::digest::{chain_ids, Digest};
 use crate::error::{io_path, Context};
+use crate::lease::Leases;
 use crate::metadata::{ActiveRecord, ImageRecord, LayerRecord, Metadata, SnapshotRecord};
 use crate::pull::LayerDesc;
 use crate::reference::Reference;
@@ -149,40 +150,8 @@ pub struct ImageStore {
     unpack_limits: Mutex<UnpackLimits>,
     /// Bytes received from registries for blobs, retries included.
     pub(crate) downloaded: std::sync::atomic::AtomicU64,
-    /// Blobs and chains that pulls under way hold (digest or chain id ->
-    /// how many pulls): no image record names them yet, and gc must not
-    /// take them from under the pull (containerd's leases).
-    pub(crate) leased: Mutex<HashMap<String, usize>>,
-}
-
-/// What one pull holds against gc until it is dropped.
-pub(crate) struct Lease<'a> {
-    store: &'a ImageStore,
-    keys: Vec<String>,
-}
-
-impl Lease<'_> {
-    /// Holds a blob digest or a chain id, before the pull writes or
-    /// relies on it.
-    pub(crate) fn hold(&mut self, key: &str) {
-        let mut leased = self.store.leased.lock().unwrap_or_else(|e| e.into_inner());
-        *leased.entry(key.to_owned()).or_default() += 1;
-        self.keys.push(key.to_owned());
-    }
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        let mut leased = self.store.leased.lock().unwrap_or_else(|e| e.into_inner());
-        for k in &self.keys {
-            if let Some(n) = leased.get_mut(k) {
-                *n -= 1;
-                if *n == 0 {
-                    leased.remove(k);
-                }
-            }
-        }
-    }
+    /// Blobs and chains that pulls under way hold against gc.
+    pub(crate) leased: Leases,
 }
 
 /// Creates `dir` (its parents as usual) readable by root only, and makes
@@ -242,7 +211,7 @@ impl ImageStore {
             options,
             unpack_lock: Mutex::new(()),
             downloaded: Default::default(),
-            leased: Mutex::default(),
+            leased: Leases::default(),
         };
         store.remove_orphan_snapshots()?;
         Ok(store)
@@ -620,25 +589,11 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Holds blobs and chains for a pull (see [`Lease`]).
-    pub(crate) fn lease(&self) -> Lease<'_> {
-        Lease {
-            store: self,
-            keys: Vec::new(),
-        }
-    }
-
     /// Deletes blobs and snapshots that no image, no rootfs and no pull
     /// under way references.
     pub fn gc(&self) -> Result<GcStats> {
         let _guard = self.unpack_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let leased: BTreeSet<String> = self
-            .leased
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let leased = self.leased.held();
         let mut blobs: BTreeSet<String> = BTreeSet::new();
         let mut chains: BTreeSet<String> = BTreeSet::new();
         for (_, r) in self.meta.images()? {
