@@ -885,7 +885,11 @@ async fn main() {
     };
     let limit = o.rpc_timeout;
     let command = o.command.clone();
-    let result = async {
+    // On a worker, not in block_on: the main thread is not a worker, so
+    // every wake-up of a future polled there by the I/O driver would cross
+    // threads (a futex wake per echo), a cost kubectl's goroutines do not
+    // pay and that would be added to every daemon's latencies alike.
+    let work = async move {
         let channel = connect(&o.socket).await?;
         match command.as_str() {
             "version" => cmd_version(channel, limit).await,
@@ -909,8 +913,10 @@ async fn main() {
                 cmd_run(o, channel).await
             }
         }
-    }
-    .await;
+    };
+    let result = tokio::spawn(work)
+        .await
+        .unwrap_or_else(|e| Err(format!("the client's task failed: {e}")));
     match result {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),

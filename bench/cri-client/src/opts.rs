@@ -12,7 +12,7 @@ pub(crate) const USAGE: &str = "usage: berth-cri-bench --socket PATH [--rpc-time
 | probe --tag TAG [--count K] | concurrent --count N --pods P --image REF --tag TAG \
 --cgroup-parent CG --log-dir DIR [--ids-file FILE] | up --name NAME --image REF --tag TAG --cgroup-parent CG --log-dir DIR [--ids-file FILE] \
 [--port PORT] | stream --pod ID --container ID [--port PORT] [--order KIND,...] [--rtts N] \
-[--payload BYTES] [--check])";
+[--payload BYTES] [--pod-ip IP] [--check])";
 
 /// The parsed command line.
 pub(crate) struct Opts {
@@ -41,6 +41,8 @@ pub(crate) struct Opts {
     /// `stream`: port-forward round trips, and their payload size.
     pub(crate) rtts: usize,
     pub(crate) payload: usize,
+    /// `stream`: the pod's IP, for `direct`.
+    pub(crate) pod_ip: Option<std::net::IpAddr>,
     /// `stream`: the untimed checks of every transport's output first.
     pub(crate) check: bool,
     /// `probe`: calls of each RPC.
@@ -67,6 +69,7 @@ pub(crate) fn parse() -> Result<Opts, String> {
         port: 8080,
         order: stream::KINDS.iter().map(|k| k.to_string()).collect(),
         rtts: 50,
+        pod_ip: None,
         payload: 64,
         check: false,
         count: 100,
@@ -119,6 +122,13 @@ pub(crate) fn parse() -> Result<Opts, String> {
                 o.rtts = value("--rtts")?
                     .parse()
                     .map_err(|e| format!("--rtts: {e}"))?
+            }
+            "--pod-ip" => {
+                o.pod_ip = Some(
+                    value("--pod-ip")?
+                        .parse()
+                        .map_err(|e| format!("--pod-ip: {e}"))?,
+                )
             }
             "--payload" => {
                 o.payload = value("--payload")?

@@ -33,6 +33,10 @@
 //!   sent to the first echoed byte of a first payload; then `--rtts`
 //!   round trips of `--payload` bytes, each timed from the write to the
 //!   last byte echoed back and compared with what was sent.
+//! - `direct`: the floor under port-forward, without any daemon: a TCP
+//!   connection straight to the pod's IP (`--pod-ip`) and port from the
+//!   host; `first_ms` from the connect started to the first echoed byte,
+//!   then the same round trips as `port-forward`.
 //!
 //! Every TCP connection has TCP_NODELAY, as Go's net package (kubectl,
 //! the API server) sets it. A RST_STREAM(CANCEL) from the server ends a
@@ -64,7 +68,13 @@ use crate::{
 };
 
 /// The measurements of `stream`, in their default order.
-pub const KINDS: &[&str] = &["exec-sync", "exec-spdy", "exec-ws", "port-forward"];
+pub const KINDS: &[&str] = &[
+    "exec-sync",
+    "exec-spdy",
+    "exec-ws",
+    "port-forward",
+    "direct",
+];
 
 const V4: &str = "v4.channel.k8s.io";
 const PORTFORWARD: &str = "portforward.k8s.io";
@@ -221,6 +231,7 @@ pub async fn cmd_stream(o: &Opts, channel: Channel) -> Result<bool, String> {
                     .await
                     .and_then(|r| r.success().map(|()| r.times())),
                 "port-forward" => port_forward(o, &mut rt, o.rtts, 0).await,
+                "direct" => direct(o).await,
                 _ => Err(format!("unknown measurement {kind}")),
             };
             match r {
@@ -511,6 +522,55 @@ async fn ws_exec(
 /// A payload of `size` bytes that differs from round to round.
 fn payload(size: usize, round: usize) -> Vec<u8> {
     (0..size).map(|j| b'a' + ((round + j) % 26) as u8).collect()
+}
+
+/// The floor under port-forward: the same echoes over a TCP connection
+/// straight to the pod.
+async fn direct(o: &Opts) -> Result<Value, String> {
+    let addr = std::net::SocketAddr::new(o.pod_ip.ok_or("direct needs --pod-ip")?, o.port);
+    let run = async {
+        let t0 = Instant::now();
+        let conn = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        conn.set_nodelay(true)
+            .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+        let (mut r, mut w) = conn.into_split();
+        let first = payload(o.payload, 0);
+        let mut got = vec![0u8; first.len()];
+        w.write_all(&first)
+            .await
+            .map_err(|e| format!("writing to {addr}: {e}"))?;
+        r.read_exact(&mut got[..1])
+            .await
+            .map_err(|e| format!("reading from {addr}: {e}"))?;
+        let first_at = t0.elapsed();
+        r.read_exact(&mut got[1..])
+            .await
+            .map_err(|e| format!("reading from {addr}: {e}"))?;
+        if got != first {
+            return Err("the first direct echo differs".to_string());
+        }
+        let mut samples = Vec::with_capacity(o.rtts);
+        for round in 1..=o.rtts {
+            let p = payload(o.payload, round);
+            let t = Instant::now();
+            w.write_all(&p)
+                .await
+                .map_err(|e| format!("round trip {round}: writing: {e}"))?;
+            r.read_exact(&mut got)
+                .await
+                .map_err(|e| format!("round trip {round}: reading: {e}"))?;
+            samples.push(ms(t.elapsed()));
+            if got != p {
+                return Err(format!("round trip {round}: the direct echo differs"));
+            }
+        }
+        Ok(json!({"first_ms": ms(first_at), "rtt_ms": samples}))
+    };
+    tokio::time::timeout(o.rpc_timeout, run)
+        .await
+        .map_err(|_| format!("direct: not done within {} s", o.rpc_timeout.as_secs()))?
 }
 
 /// The port-forward measurement: first echoed byte, then `rtts` round

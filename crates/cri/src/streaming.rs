@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use berth_stream::{AttachRequest, Backend, Duplex, ExecRequest, StreamIo};
+use berth_stream::{AttachRequest, Backend, ExecRequest, StreamIo};
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use serde_json::json;
@@ -438,11 +438,10 @@ impl Backend for CriBackend {
         &self,
         pod_id: &str,
         port: u16,
-    ) -> std::result::Result<Box<dyn Duplex>, String> {
+    ) -> std::result::Result<tokio::net::TcpStream, String> {
         self.cri()?
             .port_forward_connect(pod_id, port)
             .await
-            .map(|s| Box::new(s) as Box<dyn Duplex>)
             .map_err(|e| e.to_string())
     }
 }

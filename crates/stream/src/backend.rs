@@ -6,10 +6,6 @@ use tokio::sync::mpsc;
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// A byte stream both ways (a port-forward connection).
-pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
-
 /// Exec of a command in a running container (CRI ExecRequest).
 #[derive(Debug, Clone)]
 pub struct ExecRequest {
@@ -70,5 +66,5 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A connection to `port` on the pod's loopback, made from inside its
     /// network namespace.
-    async fn port_forward(&self, pod_id: &str, port: u16) -> Result<Box<dyn Duplex>, String>;
+    async fn port_forward(&self, pod_id: &str, port: u16) -> Result<tokio::net::TcpStream, String>;
 }

@@ -13,7 +13,7 @@ mod token;
 mod websocket;
 
 pub use backend::{
-    AttachRequest, Backend, BoxRead, BoxWrite, Duplex, ExecRequest, PortForwardRequest, StreamIo,
+    AttachRequest, Backend, BoxRead, BoxWrite, ExecRequest, PortForwardRequest, StreamIo,
     TerminalSize,
 };
 pub use remotecommand::Version;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use berth_spdy::{Config, Connection, Headers, RstStatus, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::backend::{Backend, PortForwardRequest, StreamIo, TerminalSize};
@@ -132,12 +133,17 @@ where
 /// `requestID`; each data stream is relayed to a connection to its port
 /// in the pod; a port that cannot be reached is reported on the pair's
 /// error stream, and only that pair ends.
+///
+/// kubectl opens a pair's error stream first and its data stream after
+/// the error stream's reply, a round trip later; the connection to the pod
+/// is started when the first stream of the pair arrives, so that round
+/// trip and the pod's accept overlap.
 pub async fn portforward<T>(io: T, req: PortForwardRequest, backend: Arc<dyn Backend>)
 where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let conn = Connection::server(io, Config::kubernetes());
-    let mut error_streams: HashMap<String, Stream> = HashMap::new();
+    let mut pairs: HashMap<String, Pair> = HashMap::new();
     while let Some(stream) = conn.accept().await {
         let headers = stream.headers();
         let kind = headers.get("streamtype").map(str::to_owned);
@@ -147,22 +153,61 @@ where
             stream.reset(RstStatus::ProtocolError);
             continue;
         };
+        if kind != "error" && kind != "data" {
+            stream.reset(RstStatus::ProtocolError);
+            continue;
+        }
         if stream.reply(Headers::new(), false).is_err() {
             break;
         }
-        match kind.as_str() {
-            "error" => {
-                error_streams.insert(request, stream);
+        let pair = pairs
+            .entry(request.clone())
+            .or_insert_with(|| Pair::new(port, &req, &backend));
+        if kind == "error" {
+            pair.error = Some(stream);
+            continue;
+        }
+        let Some(pair) = pairs.remove(&request) else {
+            continue;
+        };
+        if pair.port != port {
+            stream.reset(RstStatus::ProtocolError);
+            continue;
+        }
+        let pod_id = req.pod_id.clone();
+        tokio::spawn(async move {
+            let target = match pair.connecting.await {
+                Ok(result) => result,
+                Err(e) => Err(format!("connecting: {e}")),
+            };
+            forward(stream, pair.error, port, &pod_id, target).await;
+        });
+    }
+}
+
+/// The streams of one `requestID` seen so far, and its connection to the
+/// pod, under way since the pair's first stream.
+struct Pair {
+    port: u16,
+    error: Option<Stream>,
+    connecting: tokio::task::JoinHandle<Result<TcpStream, String>>,
+}
+
+impl Pair {
+    fn new(port: u16, req: &PortForwardRequest, backend: &Arc<dyn Backend>) -> Pair {
+        let allowed = req.ports.is_empty() || req.ports.contains(&port);
+        let backend = Arc::clone(backend);
+        let pod_id = req.pod_id.clone();
+        let connecting = tokio::spawn(async move {
+            if !allowed {
+                return Err(format!("port {port} was not requested for this pod"));
             }
-            "data" => {
-                let error = error_streams.remove(&request);
-                let backend = Arc::clone(&backend);
-                let req = req.clone();
-                tokio::spawn(async move {
-                    forward(stream, error, port, &req, backend).await;
-                });
-            }
-            _ => stream.reset(RstStatus::ProtocolError),
+            backend.port_forward(&pod_id, port).await
+        });
+        Pair {
+            port,
+            error: None,
+            connecting,
         }
     }
 }
@@ -171,18 +216,13 @@ async fn forward(
     data: Stream,
     error: Option<Stream>,
     port: u16,
-    req: &PortForwardRequest,
-    backend: Arc<dyn Backend>,
+    pod_id: &str,
+    target: Result<TcpStream, String>,
 ) {
-    let conn = if !req.ports.is_empty() && !req.ports.contains(&port) {
-        Err(format!("port {port} was not requested for this pod"))
-    } else {
-        backend.port_forward(&req.pod_id, port).await
-    };
     let (mut from_client, mut to_client) = data.split();
-    match conn {
+    match target {
         Ok(target) => {
-            let (mut from_target, mut to_target) = tokio::io::split(target);
+            let (mut from_target, mut to_target) = target.into_split();
             let up = async {
                 let _ = tokio::io::copy(&mut from_client, &mut to_target).await;
                 let _ = to_target.shutdown().await;
@@ -196,7 +236,7 @@ async fn forward(
         Err(e) => {
             if let Some(error) = error {
                 let (_r, mut w) = error.split();
-                let msg = format!("error forwarding port {port} to pod {}: {e}", req.pod_id);
+                let msg = format!("error forwarding port {port} to pod {pod_id}: {e}");
                 let _ = w.write_all(msg.as_bytes()).await;
                 let _ = w.shutdown().await;
             }

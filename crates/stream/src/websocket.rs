@@ -248,8 +248,7 @@ pub async fn portforward<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (outbox, mut source, writer) = split(ws, protocol.contains("base64"));
-    let mut senders: Vec<Option<tokio::io::WriteHalf<Box<dyn crate::backend::Duplex>>>> =
-        Vec::new();
+    let mut senders: Vec<Option<tokio::io::WriteHalf<tokio::net::TcpStream>>> = Vec::new();
     let mut pumps = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let (data, error) = ((2 * i) as u8, (2 * i + 1) as u8);

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_stream::{
-    AttachRequest, Backend, Config, Duplex, ExecRequest, PortForwardRequest, Server, StreamIo,
-    TerminalSize,
+    AttachRequest, Backend, Config, ExecRequest, PortForwardRequest, Server, StreamIo, TerminalSize,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,10 +51,9 @@ impl Backend for TestBackend {
         Ok(())
     }
 
-    async fn port_forward(&self, _pod: &str, port: u16) -> Result<Box<dyn Duplex>, String> {
+    async fn port_forward(&self, _pod: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
-            .map(|s| Box::new(s) as Box<dyn Duplex>)
             .map_err(|e| e.to_string())
     }
 }
