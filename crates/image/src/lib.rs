@@ -14,6 +14,7 @@ mod metadata;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+mod stack;
 mod store;
 pub mod unpack;
 

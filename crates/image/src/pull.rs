@@ -12,6 +12,7 @@ use crate::digest::Digest;
 use crate::hosts::RegistryHost;
 use crate::reference::Reference;
 use crate::registry::Endpoint;
+use crate::stack::LayerStack;
 use crate::store::{Image, ImageStore};
 use crate::{Error, Result};
 
@@ -461,30 +462,52 @@ impl ImageStore {
         for l in &records[0].layers {
             lease.hold(&l.chain_id);
         }
-        // Layer i is unpacked as soon as its download is in, while the
-        // downloads of the layers above it go on.
+        // Each layer is unpacked as soon as its download is in, beside the
+        // other layers' downloads and unpacks (as many at once as there
+        // are CPUs), and recorded after the layers below it.
+        let slots = std::thread::available_parallelism().map_or(1, usize::from);
+        let stack = Arc::new(LayerStack::new(downloads.len(), slots));
+        let mut unpacks = Vec::new();
         for (i, download) in downloads.into_iter().enumerate() {
-            download
-                .await
-                .map_err(|e| Error::Registry(format!("download task: {e}")))??;
             let store = Arc::clone(self);
             let layers = records[0].layers.clone();
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                let l = &layers[i];
-                let parent = (i > 0)
-                    .then(|| Digest::parse(&layers[i - 1].chain_id))
-                    .transpose()?;
-                store.unpack_layer(
-                    &Digest::parse(&l.digest)?,
-                    &l.media_type,
-                    &Digest::parse(&l.diff_id)?,
-                    &Digest::parse(&l.chain_id)?,
-                    parent.as_ref(),
-                    compressed,
-                )
-            })
-            .await
-            .map_err(|e| Error::Registry(format!("unpack task: {e}")))??;
+            let stack = Arc::clone(&stack);
+            unpacks.push(tokio::spawn(async move {
+                let downloaded = download
+                    .await
+                    .map_err(|e| Error::Registry(format!("download task: {e}")))
+                    .and_then(|r| r);
+                if let Err(e) = downloaded {
+                    stack.fail(i);
+                    return Err(e);
+                }
+                let unpack = Arc::clone(&stack);
+                tokio::task::spawn_blocking(move || {
+                    unpack.run(i, || {
+                        store.unpack_layer(&layers, i, compressed, Some(&unpack))
+                    })
+                })
+                .await
+                .map_err(|e| {
+                    stack.fail(i);
+                    Error::Registry(format!("unpack task: {e}"))
+                })?
+            }));
+        }
+        // Every layer's task ends (a failed layer fails those above it);
+        // the lowest layer's error is the one reported.
+        let mut first_error = None;
+        for unpack in unpacks {
+            let outcome = unpack
+                .await
+                .map_err(|e| Error::Registry(format!("layer task: {e}")))
+                .and_then(|r| r);
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         self.meta.put_images(&records)?;
         self.status(&r.full())?

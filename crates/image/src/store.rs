@@ -1,12 +1,11 @@
 //! The image store: content, snapshots and metadata under one root.
 //!
-//! Over 800 lines: the image store's one type: open, pull, import, unpack and
-//! GC share its locks and metadata tables; per-layer unpacking lives in
-//! unpack/.
+//! Over 800 lines: the image store's one type: open, pull, import and GC
+//! share its locks and metadata tables; one layer's unpack into its snapshot
+//! lives in store/layer.rs, the tar applier in unpack/.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,8 +19,11 @@ use crate::lease::Leases;
 use crate::metadata::{ActiveRecord, ImageRecord, LayerRecord, Metadata, SnapshotRecord};
 use crate::pull::LayerDesc;
 use crate::reference::Reference;
-use crate::unpack::{self, Bounds, Compression, UnpackLimits};
+use crate::stack::Claims;
+use crate::unpack::UnpackLimits;
 use crate::{Error, Result};
+
+mod layer;
 
 /// What the image config says about how to run the image.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -146,7 +148,10 @@ pub struct ImageStore {
     pub(crate) options: StoreOptions,
     /// Serialises snapshot creation, so two pulls of images sharing layers
     /// unpack each chain once.
+    /// Held by gc, and by an unpack while it records a snapshot.
     pub(crate) unpack_lock: Mutex<()>,
+    /// Chains being unpacked.
+    claims: Claims,
     unpack_limits: Mutex<UnpackLimits>,
     /// Bytes received from registries for blobs, retries included.
     pub(crate) downloaded: std::sync::atomic::AtomicU64,
@@ -210,6 +215,7 @@ impl ImageStore {
             unpack_limits: Mutex::new(options.unpack_limits),
             options,
             unpack_lock: Mutex::new(()),
+            claims: Claims::default(),
             downloaded: Default::default(),
             leased: Leases::default(),
         };
@@ -298,93 +304,6 @@ impl ImageStore {
         Ok((out, size))
     }
 
-    /// Unpacks one layer blob on top of `parent` (a chain id) unless the
-    /// chain is already there, within the store's [`UnpackLimits`]
-    /// (`image_compressed`: the bytes of all the image's layer blobs). A
-    /// refused layer leaves no snapshot directory and no record.
-    pub(crate) fn unpack_layer(
-        &self,
-        layer: &Digest,
-        media_type: &str,
-        expected_diff: &Digest,
-        chain: &Digest,
-        parent: Option<&Digest>,
-        image_compressed: u64,
-    ) -> Result<()> {
-        let _guard = self.unpack_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if self.meta.snapshot(chain.as_str())?.is_some() {
-            return Ok(());
-        }
-        let (lowers, image_used) = match parent {
-            Some(p) => self.chain(p.as_str())?,
-            None => (Vec::new(), 0),
-        };
-        let limits = self.unpack_limits();
-        let compressed = self
-            .content
-            .size(layer)
-            .ok_or_else(|| Error::BlobNotFound(layer.to_string()))?;
-        let bounds = Bounds {
-            layer_limit: limits.layer_limit(compressed),
-            image_limit: limits.image_limit(image_compressed.max(compressed)),
-            image_used,
-            limits,
-        };
-        // Nothing is created when the filesystem is already at its reserve.
-        let snapshots = self.root.join("snapshots");
-        let snapshots_fd = fs::File::open(&snapshots).ctx(io_path(&snapshots))?;
-        unpack::check_space(
-            std::os::fd::AsFd::as_fd(&snapshots_fd),
-            &snapshots,
-            layer.as_str(),
-            &limits,
-            0,
-        )?;
-        drop(snapshots_fd);
-        let id = self.meta.next_id()?;
-        let dir = self.create_snapshot_dir(id, &["fs"])?;
-        let fs_dir = dir.join("fs");
-        let result = (|| {
-            let mut blob = self.content.open_blob(layer)?;
-            let mut head = [0u8; 4];
-            let n = blob
-                .read(&mut head)
-                .ctx(|| format!("reading layer {layer}"))?;
-            use std::io::Seek;
-            blob.rewind().ctx(|| format!("reading layer {layer}"))?;
-            let compression = Compression::from_media_type(media_type)
-                .unwrap_or_else(|| Compression::sniff(&head[..n]));
-            let reader = compression
-                .decoder(std::io::BufReader::with_capacity(256 * 1024, blob))
-                .ctx(|| format!("decompressing layer {layer}"))?;
-            let applied =
-                unpack::apply_layer_with(reader, layer.as_str(), &fs_dir, &lowers, &bounds)?;
-            if &applied.diff_id != expected_diff {
-                return Err(Error::DiffIdMismatch {
-                    layer: layer.to_string(),
-                    expected: expected_diff.to_string(),
-                    actual: applied.diff_id.to_string(),
-                });
-            }
-            Ok(applied)
-        })();
-        match result {
-            Ok(applied) => self.meta.put_snapshot(
-                chain.as_str(),
-                &SnapshotRecord {
-                    id,
-                    parent: parent.map(|p| p.to_string()),
-                    size: applied.size,
-                    inodes: applied.inodes,
-                },
-            ),
-            Err(e) => {
-                let _ = remove_all(&dir);
-                Err(e)
-            }
-        }
-    }
-
     /// Unpacks every layer of `layers` (in order) and records the image names.
     pub(crate) fn unpack_and_record(
         &self,
@@ -401,18 +320,14 @@ impl ImageStore {
             .layers
             .iter()
             .fold(0u64, |sum, l| sum.saturating_add(l.size));
-        for (i, l) in records[0].layers.iter().enumerate() {
-            let parent = (i > 0)
-                .then(|| Digest::parse(&records[0].layers[i - 1].chain_id))
-                .transpose()?;
-            self.unpack_layer(
-                &Digest::parse(&l.digest)?,
-                &l.media_type,
-                &Digest::parse(&l.diff_id)?,
-                &Digest::parse(&l.chain_id)?,
-                parent.as_ref(),
-                compressed,
-            )?;
+        // One layer after the other, each on the recorded ones below it;
+        // held against gc (which no longer waits for a whole unpack).
+        let mut lease = self.leased.lease();
+        for l in &records[0].layers {
+            lease.hold(&l.chain_id);
+        }
+        for i in 0..records[0].layers.len() {
+            self.unpack_layer(&records[0].layers, i, compressed, None)?;
         }
         self.meta.put_images(&records)
     }

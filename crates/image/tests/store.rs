@@ -443,21 +443,13 @@ fn hostile_layers_are_refused() {
 /// Three gzip layers `blob0..2` of `len` incompressible bytes each (xorshift
 /// from `seed`): pulls that take a while.
 fn noise_image(seed: u64, len: usize) -> Image {
-    let noise = |layer: u64| -> Vec<u8> {
-        let mut x = seed ^ layer;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
     let mut image = Image::new();
     for layer in 0..3u64 {
         image = image.layer(
-            Layer::new().entry(Entry::file(format!("blob{layer}"), noise(layer))),
+            Layer::new().entry(Entry::file(
+                format!("blob{layer}"),
+                noise(seed ^ layer, len),
+            )),
             Compression::Gzip,
         );
     }
@@ -735,4 +727,122 @@ fn gc_during_a_pull_leaves_the_pull_its_blobs_and_layers() {
     world.store.remove(&reference).unwrap();
     assert_eq!(world.blob_count(), 0, "no orphan blobs");
     assert_eq!(world.snapshot_count(), 0, "no orphan snapshots");
+}
+
+/// An incompressible payload of `len` bytes (xorshift from `seed`, not 0).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn layers_unpacked_side_by_side_see_the_layers_below_them() {
+    // A pull unpacks its layers at the same time. The upper layer is tiny,
+    // so it is in long before the 24 MiB one below it, and it needs that
+    // layer twice: its file goes into a directory only the lower layer has
+    // (recreated with the lower directory's owner and mode, as overlayfs
+    // copies it up), and a hardlink points at a lower file (copied up).
+    let registry = Registry::start().unwrap();
+    let image = Image::new()
+        .layer(
+            Layer::new()
+                .entry(Entry::dir("srv/").mode(0o710).owner(1234, 4321))
+                .entry(Entry::file("srv/lower.txt", "from below"))
+                .entry(Entry::file("big", noise(7, 24 << 20))),
+            Compression::Gzip,
+        )
+        .layer(
+            Layer::new()
+                .entry(Entry::file("srv/upper.txt", "from above"))
+                .entry(Entry::hardlink("linked.txt", "srv/lower.txt")),
+            Compression::Gzip,
+        );
+    registry
+        .push("lib/stacked", "v1", &image.artifact().unwrap())
+        .unwrap();
+    let world = World::new("stacked");
+    let reference = registry.reference("lib/stacked", "v1");
+    world.pull(&reference).unwrap();
+    world.with_rootfs(&reference, |root| {
+        let srv = std::fs::metadata(root.join("srv")).unwrap();
+        assert_eq!(
+            (srv.uid(), srv.gid(), srv.mode() & 0o7777),
+            (1234, 4321, 0o710)
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("srv/upper.txt")).unwrap(),
+            "from above"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("srv/lower.txt")).unwrap(),
+            "from below"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("linked.txt")).unwrap(),
+            "from below"
+        );
+        assert_eq!(std::fs::metadata(root.join("big")).unwrap().len(), 24 << 20);
+    });
+    // Recorded bottom up: the top snapshot's parent chain is whole, and a
+    // second pull finds every layer there.
+    let snapshots = world.snapshot_count();
+    assert_eq!(snapshots, 2);
+    world.pull(&reference).unwrap();
+    assert_eq!(world.snapshot_count(), snapshots);
+}
+
+#[test]
+fn a_pull_refuses_an_upper_layer_writing_through_a_lower_symlink() {
+    // The same attack as hostile_layers_are_refused's symlink-lower-layer,
+    // through a pull, where the upper layer is unpacked beside the lower
+    // one: it must wait for the lower layer and then be refused, and the
+    // layer below a refused one is not left recorded for nothing.
+    let world = World::new("pull-hostile");
+    let registry = Registry::start().unwrap();
+    let outside = world.dir.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let image = Image::new()
+        .layer(
+            Layer::new()
+                .entry(Entry::file("big", noise(11, 8 << 20)))
+                .entry(Entry::symlink("evil", outside.display().to_string())),
+            Compression::Gzip,
+        )
+        .layer(
+            Layer::new().entry(Entry::file("evil/pwned", "x")),
+            Compression::Gzip,
+        )
+        .layer(
+            Layer::new().entry(Entry::file("above", "y")),
+            Compression::Gzip,
+        );
+    registry
+        .push("lib/evil", "v1", &image.artifact().unwrap())
+        .unwrap();
+    let reference = registry.reference("lib/evil", "v1");
+    let err = world.pull(&reference).unwrap_err();
+    match &err {
+        Error::UnsafeLayer { entry, .. } => assert!(entry.contains("evil/pwned"), "{err}"),
+        other => panic!("expected an unsafe-layer error, got {other}"),
+    }
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote outside"
+    );
+    assert!(world.store.status(&reference).unwrap().is_none());
+    world.store.gc().unwrap();
+    assert_eq!(
+        world.snapshot_count(),
+        0,
+        "a refused pull leaves no snapshot"
+    );
+    assert_eq!(world.blob_count(), 0, "nor blobs");
 }

@@ -35,7 +35,7 @@ pub(super) struct Applier<'a> {
     /// The last parent directory opened: tar entries come grouped by
     /// directory, so most entries reuse it.
     pub(super) parent_cache: Option<(Components, OwnedFd)>,
-    pub(super) lowers: &'a [PathBuf],
+    pub(super) lowers: super::LowerDirs<'a>,
     pub(super) dir_times: Vec<(Components, i64)>,
     pub(super) size: u64,
     pub(super) inodes: u64,
@@ -81,7 +81,12 @@ impl Applier<'_> {
                 limit: self.bounds.layer_limit,
             });
         }
-        let image = self.bounds.image_used.saturating_add(size);
+        let image = match &self.bounds.image_shared {
+            Some(total) => total
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
+                .saturating_add(bytes),
+            None => self.bounds.image_used.saturating_add(size),
+        };
         if image > self.bounds.image_limit {
             return Err(Error::UnpackLimit {
                 layer: self.layer.clone(),
@@ -129,8 +134,12 @@ impl Applier<'_> {
 
     /// The merged lower view of `path` (top layer first), honouring
     /// whiteouts and opaque directories of the lower layers.
-    fn lower_lookup(&self, path: &[OsString]) -> Lower {
-        'layers: for lower in self.lowers {
+    fn lower_lookup(&self, path: &[OsString]) -> Result<Lower> {
+        Ok(self.lower_lookup_in(self.lowers.get()?, path))
+    }
+
+    fn lower_lookup_in(&self, lowers: &[PathBuf], path: &[OsString]) -> Lower {
+        'layers: for lower in lowers {
             let Ok(mut dir) = rustix::fs::open(
                 lower,
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -236,7 +245,7 @@ impl Applier<'_> {
                     }
                 },
                 Err(rustix::io::Errno::NOENT) => {
-                    let (mode, uid, gid) = match self.lower_lookup(&parents[..=i]) {
+                    let (mode, uid, gid) = match self.lower_lookup(&parents[..=i])? {
                         Lower::Absent => (0o755, 0, 0),
                         Lower::Dir { mode, uid, gid } => (mode, uid, gid),
                         Lower::Symlink => {
@@ -546,7 +555,7 @@ impl Applier<'_> {
             }
             Err(e) => return Err(self.io(entry, "opening a hardlink target", e)),
         }
-        let Lower::File { path } = self.lower_lookup(target) else {
+        let Lower::File { path } = self.lower_lookup(target)? else {
             return Err(self.unsafe_entry(
                 entry,
                 format!("hardlink target {rel:?} is not a file of this image"),

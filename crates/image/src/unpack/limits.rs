@@ -64,6 +64,10 @@ pub struct Bounds {
     pub image_limit: u64,
     /// Bytes the layers below this one already hold.
     pub image_used: u64,
+    /// When the image's layers are unpacked side by side: the bytes all of
+    /// them hold so far, charged as they are written (`image_used` is
+    /// then not used).
+    pub image_shared: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// How much free space to keep (the reserve of [`UnpackLimits`]).
     pub limits: UnpackLimits,
 }
@@ -74,6 +78,7 @@ impl Default for Bounds {
             layer_limit: DEFAULT_MIN_UNPACK_LIMIT,
             image_limit: DEFAULT_MIN_UNPACK_LIMIT,
             image_used: 0,
+            image_shared: None,
             limits: UnpackLimits::default(),
         }
     }

@@ -137,6 +137,53 @@ pub fn apply_layer_with(
     lowers: &[PathBuf],
     bounds: &Bounds,
 ) -> Result<Applied> {
+    apply_layer_lazy(reader, layer, upper, LowerDirs::ready(lowers), bounds)
+}
+
+/// The layers below the one being applied (top first), found when first
+/// needed: most layers never need them (only for a directory the tar does
+/// not carry, or a hardlink to a lower file), so a layer can be applied
+/// while those below it are still being written.
+pub struct LowerDirs<'a> {
+    resolve: Box<dyn Fn() -> Result<Vec<PathBuf>> + 'a>,
+    dirs: std::cell::OnceCell<Vec<PathBuf>>,
+}
+
+impl<'a> LowerDirs<'a> {
+    /// Layers already there.
+    pub fn ready(dirs: &[PathBuf]) -> LowerDirs<'a> {
+        LowerDirs {
+            resolve: Box::new(|| Ok(Vec::new())),
+            dirs: std::cell::OnceCell::from(dirs.to_vec()),
+        }
+    }
+
+    /// Layers `resolve` returns (waiting for them as it must) when first
+    /// needed; its error fails the layer.
+    pub fn lazy(resolve: impl Fn() -> Result<Vec<PathBuf>> + 'a) -> LowerDirs<'a> {
+        LowerDirs {
+            resolve: Box::new(resolve),
+            dirs: std::cell::OnceCell::new(),
+        }
+    }
+
+    pub(crate) fn get(&self) -> Result<&[PathBuf]> {
+        if self.dirs.get().is_none() {
+            let dirs = (self.resolve)()?;
+            let _ = self.dirs.set(dirs);
+        }
+        Ok(self.dirs.get().map(Vec::as_slice).unwrap_or_default())
+    }
+}
+
+/// [`apply_layer_with`] with the layers below found when first needed.
+pub fn apply_layer_lazy(
+    reader: impl Read,
+    layer: &str,
+    upper: &Path,
+    lowers: LowerDirs<'_>,
+    bounds: &Bounds,
+) -> Result<Applied> {
     let root = rustix::fs::open(
         upper,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
