@@ -549,13 +549,25 @@ impl Runtime {
         // cannot be removed. (A container's own PID namespace dies with its
         // init; what else sits in its cgroup is not the container's.)
         let cgroups = state.cgroups();
-        if (force || !state.own_pid_ns) && cgroups.exists() {
+        let kill_leftovers = || {
             if let Err(e) = signal_all(&state, libc::SIGKILL) {
                 log::warn!("killing the processes left in {id}'s cgroup: {e}");
             }
             wait_cgroup_empty(&cgroups);
+        };
+        // A stopped container with its own PID namespace has nothing left
+        // (the kernel killed the namespace with its init): its cgroup is
+        // removed at once, without walking it for processes (`run` ends
+        // this way every time); only if that fails are leftovers killed.
+        let quiet = status == Status::Stopped && state.own_pid_ns;
+        if !quiet && (force || !state.own_pid_ns) && cgroups.exists() {
+            kill_leftovers();
         }
-        let removed = cgroups.remove();
+        let mut removed = cgroups.remove();
+        if removed.is_err() && quiet && force {
+            kill_leftovers();
+            removed = cgroups.remove();
+        }
         let hook_input = hook_state(id, Status::Stopped, 0, &state.bundle, &state.annotations);
         hooks::run_hooks_warn("poststop", &state.poststop, &hook_input);
         std::fs::remove_dir_all(&dir.path).ctx(|| format!("removing {}", dir.path.display()))?;

@@ -286,3 +286,35 @@ fn cgroup_v2_only_layout() {
     );
     let _ = Path::new("/");
 }
+
+#[test]
+fn force_delete_of_a_stopped_container_kills_what_was_moved_into_its_cgroup() {
+    // A stopped container with its own PID namespace has nothing left, so
+    // its cgroup is removed without walking it; a process moved into the
+    // cgroup from outside the namespace (not killed with it) still makes
+    // `delete --force` kill it and remove the cgroup, as before.
+    let env = Env::new("delstray");
+    let bundle = env.bundle("b", &["true"], |_| {});
+    let id = env.id("c");
+    env.ok(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
+    env.ok(&["start", &id]);
+    env.wait_status(&id, "stopped");
+    let mut stray = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let stray_pid = stray.id();
+    let dirs = cgroup_dirs_of(&id);
+    let pids_dir = dirs
+        .iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/pids"))
+        .unwrap();
+    std::fs::write(pids_dir.join("cgroup.procs"), stray_pid.to_string()).unwrap();
+    env.ok(&["delete", "--force", &id]);
+    let status = stray.wait().unwrap();
+    assert!(!status.success(), "the stray process is killed: {status:?}");
+    assert!(!env.state_dir_exists(&id));
+    for dir in dirs {
+        assert!(!dir.exists(), "cgroup {dir:?} must be removed");
+    }
+}
