@@ -57,25 +57,31 @@ class Workload:
             pod_sandbox_id=pod.id, label_selector={"soak-ctr": c.name}))
         return r.containers[0].id if r.containers else None
 
+    def create_surviving_restarts(self, rpc, call, find):
+        """The id `call` creates, retried while berthd is unavailable (a
+        restart); after a failed try, `find` looks for what it created,
+        since the answer may be what was lost."""
+        for _ in range(5):
+            try:
+                return call()
+            except Exception as e:  # noqa: BLE001
+                if code_of(e) is None or code_of(e).name != "UNAVAILABLE" or \
+                        self.stop_all.is_set():
+                    raise
+                time.sleep(0.2)
+                found = find()
+                if found:
+                    return found
+        raise RuntimeError(f"{rpc}: berthd unavailable 5 times")
+
     def create_pod(self, pod):
         cfg = self.pod_config(pod)
         self.pending(pod.name, 1)
         try:
-            for _ in range(5):
-                try:
-                    r = self.cri.call("RunPodSandbox", deadline=120, config=cfg)
-                    pod.id = r.pod_sandbox_id
-                    break
-                except Exception as e:  # noqa: BLE001
-                    if code_of(e) is None or code_of(e).name != "UNAVAILABLE" or \
-                            self.stop_all.is_set():
-                        raise
-                    time.sleep(0.2)
-                    pod.id = self.find_pod(pod)  # the answer may be what was lost
-                    if pod.id:
-                        break
-            if pod.id is None:
-                raise RuntimeError("RunPodSandbox: berthd unavailable 5 times")
+            pod.id = self.create_surviving_restarts(
+                "RunPodSandbox",
+                lambda: self.cri.call("RunPodSandbox", deadline=120, config=cfg).pod_sandbox_id,
+                lambda: self.find_pod(pod))
             self.record(pod.id, True)
         finally:
             self.pending(pod.name, -1)
@@ -83,22 +89,11 @@ class Workload:
     def create_ctr(self, pod, c):
         cfg = self.container_config(pod, c)
         pcfg = self.pod_config(pod)
-        for _ in range(5):
-            try:
-                r = self.cri.call("CreateContainer", deadline=120, pod_sandbox_id=pod.id,
-                                  config=cfg, sandbox_config=pcfg)
-                c.id = r.container_id
-                break
-            except Exception as e:  # noqa: BLE001
-                if code_of(e) is None or code_of(e).name != "UNAVAILABLE" or \
-                        self.stop_all.is_set():
-                    raise
-                time.sleep(0.2)
-                c.id = self.find_ctr(pod, c)
-                if c.id:
-                    break
-        if c.id is None:
-            raise RuntimeError("CreateContainer: berthd unavailable 5 times")
+        c.id = self.create_surviving_restarts(
+            "CreateContainer",
+            lambda: self.cri.call("CreateContainer", deadline=120, pod_sandbox_id=pod.id,
+                                  config=cfg, sandbox_config=pcfg).container_id,
+            lambda: self.find_ctr(pod, c))
         self.record(c.id, True)
 
     # ---- a pod's life

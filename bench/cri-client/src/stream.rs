@@ -524,6 +524,38 @@ fn payload(size: usize, round: usize) -> Vec<u8> {
     (0..size).map(|j| b'a' + ((round + j) % 26) as u8).collect()
 }
 
+/// `rtts` echoes of `size` bytes (payloads varied by `seed`), each timed
+/// from the write to the last byte back and compared with what was sent.
+async fn round_trips(
+    r: &mut (impl AsyncRead + Unpin),
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    rtts: usize,
+    size: usize,
+    seed: usize,
+) -> Result<Vec<f64>, String> {
+    let mut got = vec![0u8; size];
+    let mut samples = Vec::with_capacity(rtts);
+    for round in 1..=rtts {
+        let p = payload(size, seed + round);
+        let t = Instant::now();
+        w.write_all(&p)
+            .await
+            .map_err(|e| format!("round trip {round}: writing: {e}"))?;
+        r.read_exact(&mut got)
+            .await
+            .map_err(|e| format!("round trip {round}: reading: {e}"))?;
+        samples.push(ms(t.elapsed()));
+        if got != p {
+            return Err(format!(
+                "round trip {round}: the echo differs: sent {:?}, got {:?}",
+                String::from_utf8_lossy(&p),
+                String::from_utf8_lossy(&got)
+            ));
+        }
+    }
+    Ok(samples)
+}
+
 /// The floor under port-forward: the same echoes over a TCP connection
 /// straight to the pod.
 async fn direct(o: &Opts) -> Result<Value, String> {
@@ -551,21 +583,7 @@ async fn direct(o: &Opts) -> Result<Value, String> {
         if got != first {
             return Err("the first direct echo differs".to_string());
         }
-        let mut samples = Vec::with_capacity(o.rtts);
-        for round in 1..=o.rtts {
-            let p = payload(o.payload, round);
-            let t = Instant::now();
-            w.write_all(&p)
-                .await
-                .map_err(|e| format!("round trip {round}: writing: {e}"))?;
-            r.read_exact(&mut got)
-                .await
-                .map_err(|e| format!("round trip {round}: reading: {e}"))?;
-            samples.push(ms(t.elapsed()));
-            if got != p {
-                return Err(format!("round trip {round}: the direct echo differs"));
-            }
-        }
+        let samples = round_trips(&mut r, &mut w, o.rtts, o.payload, 0).await?;
         Ok(json!({"first_ms": ms(first_at), "rtt_ms": samples}))
     };
     tokio::time::timeout(o.rpc_timeout, run)
@@ -652,25 +670,7 @@ async fn port_forward(
                 String::from_utf8_lossy(&got)
             ));
         }
-        let mut samples = Vec::with_capacity(rtts);
-        for round in 1..=rtts {
-            let p = payload(o.payload, seed + round);
-            let t = Instant::now();
-            dw.write_all(&p)
-                .await
-                .map_err(|e| format!("round trip {round}: writing: {e}"))?;
-            dr.read_exact(&mut got)
-                .await
-                .map_err(|e| format!("round trip {round}: reading: {e}"))?;
-            samples.push(ms(t.elapsed()));
-            if got != p {
-                return Err(format!(
-                    "round trip {round}: the echo differs: sent {:?}, got {:?}",
-                    String::from_utf8_lossy(&p),
-                    String::from_utf8_lossy(&got)
-                ));
-            }
-        }
+        let samples = round_trips(&mut dr, &mut dw, rtts, o.payload, seed).await?;
         // untimed: FIN; the echo server's `cat` sees EOF and exits, so the
         // data stream ends; the error stream must have stayed empty
         dw.shutdown()

@@ -146,9 +146,8 @@ pub struct ImageStore {
     pub(crate) content: ContentStore,
     pub(crate) meta: Metadata,
     pub(crate) options: StoreOptions,
-    /// Serialises snapshot creation, so two pulls of images sharing layers
-    /// unpack each chain once.
-    /// Held by gc, and by an unpack while it records a snapshot.
+    /// Held by gc, and by an unpack while it records a snapshot (two pulls
+    /// of images sharing a chain unpack it once through `claims`).
     pub(crate) unpack_lock: Mutex<()>,
     /// Chains being unpacked.
     claims: Claims,

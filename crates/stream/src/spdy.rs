@@ -160,16 +160,16 @@ where
         if stream.reply(Headers::new(), false).is_err() {
             break;
         }
-        let pair = pairs
-            .entry(request.clone())
-            .or_insert_with(|| Pair::new(port, &req, &backend));
         if kind == "error" {
-            pair.error = Some(stream);
+            pairs
+                .entry(request)
+                .or_insert_with(|| Pair::new(port, &req, &backend))
+                .error = Some(stream);
             continue;
         }
-        let Some(pair) = pairs.remove(&request) else {
-            continue;
-        };
+        let pair = pairs
+            .remove(&request)
+            .unwrap_or_else(|| Pair::new(port, &req, &backend));
         if pair.port != port {
             stream.reset(RstStatus::ProtocolError);
             continue;

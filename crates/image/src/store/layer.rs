@@ -15,8 +15,9 @@ use crate::unpack::{self, Bounds, Compression, LowerDirs};
 use crate::{Error, Result};
 
 impl ImageStore {
-    /// Unpacks one layer blob on top of `parent` (a chain id) unless the
-    /// chain is already there, within the store's [`UnpackLimits`]
+    /// Unpacks layer `index` of `layers` on top of the ones below it unless
+    /// its chain is already there (`stack`: the pull unpacking the others
+    /// beside it), within the store's [`UnpackLimits`]
     /// (`image_compressed`: the bytes of all the image's layer blobs). A
     /// refused layer leaves no snapshot directory and no record.
     pub(crate) fn unpack_layer(
@@ -36,10 +37,9 @@ impl ImageStore {
             None => None,
         };
         let parent = parent.as_ref();
-        let stack = stack.map(|s| (s, index));
         let _claim = self.claims.claim(chain.as_str());
         if let Some(existing) = self.meta.snapshot(chain.as_str())? {
-            if let Some((stack, _)) = stack {
+            if let Some(stack) = stack {
                 stack
                     .image_used
                     .fetch_add(existing.size, std::sync::atomic::Ordering::Relaxed);
@@ -49,17 +49,20 @@ impl ImageStore {
         // Alone, the layers below are there already; side by side with
         // them (a pull), they are waited for only when needed and before
         // this layer is recorded.
-        let wait_below = || stack.map_or(Ok(()), |(stack, index)| stack.wait_below(index));
-        let (ready_lowers, image_used) = match (parent, stack) {
-            (Some(p), None) => self.chain(p.as_str())?,
-            _ => (Vec::new(), 0),
-        };
-        let lowers = match (parent, stack) {
-            (Some(p), Some(_)) => LowerDirs::lazy(move || {
-                wait_below()?;
-                Ok(self.chain(p.as_str())?.0)
-            }),
-            _ => LowerDirs::ready(&ready_lowers),
+        let wait_below = || stack.map_or(Ok(()), |stack| stack.wait_below(index));
+        let (lowers, image_used) = match (parent, stack) {
+            (Some(p), None) => {
+                let (dirs, used) = self.chain(p.as_str())?;
+                (LowerDirs::ready(dirs), used)
+            }
+            (Some(p), Some(_)) => {
+                let lowers = LowerDirs::lazy(move || {
+                    wait_below()?;
+                    Ok(self.chain(p.as_str())?.0)
+                });
+                (lowers, 0)
+            }
+            (None, _) => (LowerDirs::ready(Vec::new()), 0),
         };
         let limits = self.unpack_limits();
         let compressed = self
@@ -70,7 +73,7 @@ impl ImageStore {
             layer_limit: limits.layer_limit(compressed),
             image_limit: limits.image_limit(image_compressed.max(compressed)),
             image_used,
-            image_shared: stack.map(|(stack, _)| Arc::clone(&stack.image_used)),
+            image_shared: stack.map(|stack| Arc::clone(&stack.image_used)),
             limits,
         };
         // Nothing is created when the filesystem is already at its reserve.

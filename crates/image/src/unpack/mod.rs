@@ -137,7 +137,13 @@ pub fn apply_layer_with(
     lowers: &[PathBuf],
     bounds: &Bounds,
 ) -> Result<Applied> {
-    apply_layer_lazy(reader, layer, upper, LowerDirs::ready(lowers), bounds)
+    apply_layer_lazy(
+        reader,
+        layer,
+        upper,
+        LowerDirs::ready(lowers.to_vec()),
+        bounds,
+    )
 }
 
 /// The layers below the one being applied (top first), found when first
@@ -151,10 +157,10 @@ pub struct LowerDirs<'a> {
 
 impl<'a> LowerDirs<'a> {
     /// Layers already there.
-    pub fn ready(dirs: &[PathBuf]) -> LowerDirs<'a> {
+    pub fn ready(dirs: Vec<PathBuf>) -> LowerDirs<'a> {
         LowerDirs {
             resolve: Box::new(|| Ok(Vec::new())),
-            dirs: std::cell::OnceCell::from(dirs.to_vec()),
+            dirs: std::cell::OnceCell::from(dirs),
         }
     }
 
