@@ -19,8 +19,10 @@ use super::{read_owner, Cri, UNKNOWN_EXIT};
 impl Cri {
     /// Ends a task a crash left without a record: its shim (found again
     /// through `start`, which returns the pod's running shim) kills and
-    /// deletes it; the shim is asked to leave when its pod is gone too.
-    pub(super) async fn reap_orphan(&self, id: &str, bundle: &Path, shutdown_shim: bool) {
+    /// deletes it. The shim is asked to leave unless it is the one the
+    /// record of `live_pod` names: a crash between starting a pod's shim
+    /// and recording it leaves a shim no one would ever stop.
+    pub(super) async fn reap_orphan(&self, id: &str, bundle: &Path, live_pod: Option<&str>) {
         if !bundle.join("config.json").exists() {
             return;
         }
@@ -38,7 +40,10 @@ impl Cri {
         if let Err(e) = self.shims.delete(&handler, id, bundle).await {
             tracing::debug!(task = %id, "shim delete: {e}");
         }
-        if shutdown_shim {
+        let serves_its_pod = live_pod
+            .and_then(|pod| self.store.pod(pod))
+            .is_some_and(|pod| pod.shim_address.as_deref() == Some(address.as_str()));
+        if !serves_its_pod {
             self.shims.shutdown(&address).await;
         }
     }
@@ -166,9 +171,10 @@ impl Cri {
             let id = e.file_name().to_string_lossy().into_owned();
             if !known.contains(&id) {
                 tracing::info!(container = %id, "removing a bundle left by an interrupted request");
-                let keep_shim =
-                    read_owner(&e.path()).is_some_and(|(pod, _)| pods_alive.contains(&pod));
-                self.reap_orphan(&id, &e.path(), !keep_shim).await;
+                let live_pod = read_owner(&e.path())
+                    .map(|(pod, _)| pod)
+                    .filter(|pod| pods_alive.contains(pod));
+                self.reap_orphan(&id, &e.path(), live_pod.as_deref()).await;
                 util::unmount_all(&e.path().join("rootfs"));
                 let _ = util::remove_dir_all_unmounting(&e.path());
                 let _ = self.images.remove_rootfs(&id);
@@ -215,7 +221,7 @@ impl Cri {
                 tracing::info!(pod = %id, "removing a pod directory left by an interrupted request");
                 let pause = e.path().join("pause");
                 if pause.join("config.json").exists() {
-                    self.reap_orphan(&id, &pause, true).await;
+                    self.reap_orphan(&id, &pause, None).await;
                 }
                 sandbox::release_namespaces(&e.path());
                 sandbox::unmount_shm(&e.path());
