@@ -1,11 +1,14 @@
 //! Generates from proto/ with protox (pure Rust: no protoc needed): the
-//! berth.shim.v1 messages (prost only: the shim serves them over ttrpc), and
+//! berth.shim.v1 and berth.agent.v1 messages (prost only: the shim serves them over ttrpc), and
 //! with the `grpc` feature the berth.v1 gRPC server and client (tonic).
 
 fn main() {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["berth/shim/v1/shim.proto"], ["proto"])
-        .expect("compiling proto/berth/shim/v1/shim.proto");
+    let fds = protox::compile(
+        ["berth/shim/v1/shim.proto", "berth/agent/v1/agent.proto"],
+        ["proto"],
+    )
+    .expect("compiling proto/berth/shim/v1/shim.proto and proto/berth/agent/v1/agent.proto");
     prost_build::Config::new()
         .compile_fds(fds)
         .expect("generating the berth.shim.v1 messages");

@@ -22,3 +22,20 @@ pub mod shim {
         pub const DETACH: &str = "Detach";
     }
 }
+
+/// The `vm` runtime class's in-guest agent, `berth.agent.v1.Agent`
+/// (proto/berth/agent/v1/agent.proto).
+pub mod agent {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/berth.agent.v1.rs"));
+
+        /// The service's name on the agent's ttrpc channel.
+        pub const SERVICE: &str = "berth.agent.v1.Agent";
+        /// Its methods, as named on the wire.
+        pub const CHECK: &str = "Check";
+        pub const RUN_COMMAND: &str = "RunCommand";
+        pub const SHUTDOWN: &str = "Shutdown";
+        /// The virtio-serial port the agent serves on.
+        pub const PORT_NAME: &str = "berth.agent";
+    }
+}

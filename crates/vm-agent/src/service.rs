@@ -1,0 +1,262 @@
+//! `berth.agent.v1.Agent`: the methods the host calls, over ttrpc with the
+//! prost messages of berth_api::agent::v1.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_api::agent::v1 as proto;
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use ttrpc::proto::ResponseInit;
+use ttrpc::r#async::{MethodHandler, Service, TtrpcContext};
+
+use crate::reaper::{Exit, Reaper};
+
+/// Output kept per stream when the request names no limit.
+const DEFAULT_OUTPUT_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl AgentError {
+    fn status(&self) -> ttrpc::Status {
+        let code = match self {
+            AgentError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
+            AgentError::Failed(_) => ttrpc::Code::UNKNOWN,
+        };
+        ttrpc::get_status(code, self.to_string())
+    }
+}
+
+pub struct Agent {
+    reaper: Reaper,
+    modules: Vec<String>,
+    pid1: bool,
+}
+
+impl Agent {
+    pub fn new(reaper: Reaper, modules: Vec<String>, pid1: bool) -> Arc<Agent> {
+        Arc::new(Agent {
+            reaper,
+            modules,
+            pid1,
+        })
+    }
+
+    fn check(&self) -> proto::CheckResponse {
+        let uptime = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        proto::CheckResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel: rustix::system::uname()
+                .release()
+                .to_string_lossy()
+                .into_owned(),
+            uptime_seconds: uptime,
+            modules: self.modules.clone(),
+        }
+    }
+
+    async fn run_command(
+        &self,
+        r: proto::RunCommandRequest,
+    ) -> Result<proto::RunCommandResponse, AgentError> {
+        let Some((program, args)) = r.args.split_first() else {
+            return Err(AgentError::InvalidArgument(
+                "RunCommand: args is empty".into(),
+            ));
+        };
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !r.env.is_empty() {
+            command.env_clear();
+            for pair in &r.env {
+                let (k, v) = pair.split_once('=').ok_or_else(|| {
+                    AgentError::InvalidArgument(format!(
+                        "RunCommand: env entry {pair:?} is not KEY=VALUE"
+                    ))
+                })?;
+                command.env(k, v);
+            }
+        }
+        let (mut child, exited) = self
+            .reaper
+            .spawn(&mut command)
+            .map_err(|e| AgentError::Failed(format!("starting {program:?}: {e}")))?;
+        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
+            return Err(AgentError::Failed("the child's pipes are missing".into()));
+        };
+        let limit = match r.output_limit {
+            0 => DEFAULT_OUTPUT_LIMIT,
+            n => n as usize,
+        };
+        let async_pipe = |fd: OwnedFd| pipe::Receiver::from_owned_fd(fd);
+        let stdout = async_pipe(stdout.into()).map_err(|e| AgentError::Failed(e.to_string()))?;
+        let stderr = async_pipe(stderr.into()).map_err(|e| AgentError::Failed(e.to_string()))?;
+        let mut stdin = pipe::Sender::from_owned_fd(OwnedFd::from(stdin))
+            .map_err(|e| AgentError::Failed(e.to_string()))?;
+        let input = r.stdin;
+        let feed = async move {
+            // A command that does not read its input closes the pipe early.
+            let _ = stdin.write_all(&input).await;
+        };
+        let pid = child.id();
+        let wait = async {
+            let limit = (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms));
+            match limit {
+                None => (exited.await, false),
+                Some(limit) => {
+                    let mut exited = exited;
+                    match tokio::time::timeout(limit, &mut exited).await {
+                        Ok(exit) => (exit, false),
+                        Err(_) => {
+                            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                                let _ = rustix::process::kill_process(
+                                    pid,
+                                    rustix::process::Signal::KILL,
+                                );
+                            }
+                            (exited.await, true)
+                        }
+                    }
+                }
+            }
+        };
+        let (((exit, timed_out), out, err), ()) = tokio::join!(
+            async { tokio::join!(wait, collect(stdout, limit), collect(stderr, limit)) },
+            feed
+        );
+        let exit = exit.map_err(|_| AgentError::Failed("the reaper stopped".into()))?;
+        let Exit { code, signal } = exit;
+        Ok(proto::RunCommandResponse {
+            exit_code: code,
+            signal,
+            stdout: out,
+            stderr: err,
+            timed_out,
+        })
+    }
+
+    fn shutdown(&self) {
+        if self.pid1 {
+            // After the reply is on its way.
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                crate::init::power_off();
+            });
+        }
+    }
+}
+
+/// Reads `from` to its end, keeping the first `limit` bytes.
+async fn collect(mut from: impl AsyncRead + Unpin, limit: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) => return kept,
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return kept,
+        }
+    }
+}
+
+fn decode<M: Message + Default>(payload: &[u8]) -> Result<M, AgentError> {
+    M::decode(payload)
+        .map_err(|e| AgentError::InvalidArgument(format!("decoding the request: {e}")))
+}
+
+type Method = fn(
+    Arc<Agent>,
+    Vec<u8>,
+) -> futures_util::future::BoxFuture<'static, Result<Vec<u8>, AgentError>>;
+
+struct Handler {
+    agent: Arc<Agent>,
+    call: Method,
+}
+
+#[async_trait]
+impl MethodHandler for Handler {
+    async fn handler(
+        &self,
+        _ctx: TtrpcContext,
+        req: ttrpc::Request,
+    ) -> ttrpc::Result<ttrpc::Response> {
+        Ok(
+            match (self.call)(Arc::clone(&self.agent), req.payload).await {
+                Ok(payload) => {
+                    let mut res = ttrpc::Response::init_status(ttrpc::get_status(
+                        ttrpc::Code::OK,
+                        String::new(),
+                    ));
+                    res.set_payload(payload);
+                    res
+                }
+                Err(e) => ttrpc::Response::init_status(e.status()),
+            },
+        )
+    }
+}
+
+pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
+    use futures_util::FutureExt;
+    let calls: [(&str, Method); 3] = [
+        (proto::CHECK, |a, _| {
+            async move { Ok(a.check().encode_to_vec()) }.boxed()
+        }),
+        (proto::RUN_COMMAND, |a, p| {
+            async move {
+                let r = decode(&p)?;
+                Ok(a.run_command(r).await?.encode_to_vec())
+            }
+            .boxed()
+        }),
+        (proto::SHUTDOWN, |a, _| {
+            async move {
+                a.shutdown();
+                Ok(Vec::new())
+            }
+            .boxed()
+        }),
+    ];
+    let methods = calls
+        .into_iter()
+        .map(|(name, call)| {
+            let handler: Box<dyn MethodHandler + Send + Sync> = Box::new(Handler {
+                agent: Arc::clone(&agent),
+                call,
+            });
+            (name.to_owned(), handler)
+        })
+        .collect();
+    HashMap::from([(
+        proto::SERVICE.to_owned(),
+        Service {
+            methods,
+            streams: HashMap::new(),
+        },
+    )])
+}

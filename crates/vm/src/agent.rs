@@ -1,0 +1,79 @@
+//! The host's client of the in-guest agent (`berth.agent.v1.Agent`, served
+//! by berth-agent over ttrpc), on the unix socket QEMU's virtio-serial
+//! chardev listens on.
+
+use std::path::Path;
+use std::time::Duration;
+
+use berth_api::agent::v1 as proto;
+use prost::Message;
+use tokio::net::UnixStream;
+use ttrpc::proto::RequestInit;
+use ttrpc::r#async::transport::Socket;
+
+use crate::error::VmError;
+
+pub use proto::{CheckResponse, RunCommandRequest, RunCommandResponse};
+
+pub struct AgentClient {
+    client: ttrpc::r#async::Client,
+}
+
+impl AgentClient {
+    pub async fn connect(path: &Path) -> Result<AgentClient, VmError> {
+        let stream = UnixStream::connect(path).await.map_err(|e| VmError::Io {
+            what: "connecting to the agent's channel",
+            path: path.to_owned(),
+            source: e,
+        })?;
+        Ok(AgentClient {
+            client: ttrpc::r#async::Client::new(Socket::new(stream)),
+        })
+    }
+
+    async fn call<Resp: Message + Default>(
+        &self,
+        method: &str,
+        req: &impl Message,
+        timeout: Duration,
+    ) -> Result<Resp, VmError> {
+        let mut creq = ttrpc::Request::init_request(
+            proto::SERVICE.to_owned(),
+            method.to_owned(),
+            0,
+            Vec::new(),
+        );
+        creq.set_payload(req.encode_to_vec());
+        let res = tokio::time::timeout(timeout, self.client.request(creq))
+            .await
+            .map_err(|_| VmError::Agent(format!("{method}: no answer within {timeout:?}")))?
+            .map_err(|e| match e {
+                ttrpc::Error::RpcStatus(s) => VmError::AgentStatus {
+                    method: method.to_owned(),
+                    code: s.code(),
+                    message: s.message().to_owned(),
+                },
+                e => VmError::Agent(format!("{method}: {e}")),
+            })?;
+        Resp::decode(res.payload.as_slice())
+            .map_err(|e| VmError::Agent(format!("{method}: decoding the answer: {e}")))
+    }
+
+    pub async fn check(&self, timeout: Duration) -> Result<CheckResponse, VmError> {
+        self.call(proto::CHECK, &(), timeout).await
+    }
+
+    /// Runs a command in the guest's root; waits `timeout` beyond the
+    /// command's own limit for the answer.
+    pub async fn run_command(
+        &self,
+        req: &RunCommandRequest,
+        timeout: Duration,
+    ) -> Result<RunCommandResponse, VmError> {
+        self.call(proto::RUN_COMMAND, req, timeout).await
+    }
+
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), VmError> {
+        self.call::<()>(proto::SHUTDOWN, &(), timeout).await
+    }
+}

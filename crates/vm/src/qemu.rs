@@ -1,0 +1,476 @@
+//! The QEMU `microvm` driver: one QEMU process per VM, started with the
+//! guest kernel and initramfs, its devices on virtio-mmio, controlled over
+//! QMP; the agent's channel is a virtio-serial port whose host end is a
+//! unix socket QEMU listens on.
+//!
+//! QEMU's exit is watched through a pidfd, so whoever reaps it (a shim
+//! that is its children's subreaper, or this module) the VM sees its end,
+//! and signals never reach a recycled PID.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{pidfd_open, pidfd_send_signal, waitid, PidfdFlags, Signal, WaitIdOptions};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use crate::agent::AgentClient;
+use crate::error::VmError;
+use crate::qmp::Qmp;
+
+/// How the guest's CPUs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation (VMX/SVM through /dev/kvm).
+    Kvm,
+    /// QEMU's emulator: slow, but everywhere.
+    Tcg,
+}
+
+impl Accel {
+    /// KVM when /dev/kvm is usable and backed by real hardware
+    /// virtualisation; TCG otherwise, with the reason.
+    pub fn detect() -> (Accel, &'static str) {
+        if File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+        {
+            return (Accel::Tcg, "/dev/kvm cannot be opened");
+        }
+        // kvm_pvm runs guests by paravirtualised paging: stock guest
+        // kernels crawl under it.
+        if Path::new("/sys/module/kvm_pvm").exists() {
+            return (
+                Accel::Tcg,
+                "/dev/kvm is kvm_pvm (no hardware virtualisation)",
+            );
+        }
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let hardware = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+        if !hardware {
+            return (Accel::Tcg, "the CPU has no vmx or svm flag");
+        }
+        (Accel::Kvm, "/dev/kvm with hardware virtualisation")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Names the VM (QEMU's -name, log lines).
+    pub id: String,
+    /// A directory of this VM's own, created now (0700): QMP and agent
+    /// sockets, the console log. Removed when the VM ends.
+    pub dir: PathBuf,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// An ELF kernel with a PVH entry point (scripts/build-guest).
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// Appended to the kernel command line.
+    pub kernel_args: Vec<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Detected when `None`.
+    pub accel: Option<Accel>,
+    /// From QEMU's start to the agent's first answer.
+    pub boot_timeout: Duration,
+}
+
+impl VmConfig {
+    pub fn new(id: &str, dir: PathBuf, kernel: PathBuf, initramfs: PathBuf) -> VmConfig {
+        VmConfig {
+            id: id.to_owned(),
+            dir,
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            kernel,
+            initramfs,
+            kernel_args: Vec::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            accel: None,
+            boot_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The kernel command line every guest gets: console on the serial port,
+/// a panic or reboot ends QEMU (-no-reboot), and what Kata and Firecracker
+/// also pass to skip probing that costs boot time in a VM.
+const KERNEL_ARGS: &[&str] = &[
+    "console=ttyS0",
+    "reboot=t",
+    "panic=-1",
+    "quiet",
+    "noreplace-smp",
+    "cryptomgr.notests",
+    "i8042.direct=1",
+    "i8042.dumbkbd=1",
+    "i8042.nopnp=1",
+    "i8042.noaux=1",
+];
+
+/// Under TCG the guest's TSC runs at the host's rate, but a guest that
+/// must measure it against the emulated PIT fails when the host is busy
+/// (seen here with three VMs booting on two CPUs: "Unable to calibrate
+/// against PIT", then a hang with the clock stopped). Tell it the rate.
+fn emulated_tsc_args() -> Vec<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mhz = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    match mhz {
+        Some(mhz) if mhz > 0.0 => vec![
+            format!("tsc_early_khz={}", (mhz * 1000.0) as u64),
+            // No other clock to check it against.
+            "tsc=reliable".to_owned(),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// A running VM.
+pub struct Vm {
+    id: String,
+    dir: PathBuf,
+    pid: i32,
+    pidfd: std::sync::Arc<OwnedFd>,
+    exited: watch::Receiver<bool>,
+    qmp: Qmp,
+    agent: AgentClient,
+    boot_time: Duration,
+}
+
+impl Vm {
+    /// Starts QEMU and waits until the guest's agent answers; on any
+    /// failure nothing is left (QEMU killed, its directory removed).
+    pub async fn boot(config: VmConfig) -> Result<Vm, VmError> {
+        for (what, path) in [("kernel", &config.kernel), ("initramfs", &config.initramfs)] {
+            if !path.is_file() {
+                return Err(VmError::Config(format!(
+                    "the guest {what} {} does not exist (build it with scripts/build-guest)",
+                    path.display()
+                )));
+            }
+        }
+        if config.vcpus == 0 || config.memory_mib < 64 {
+            return Err(VmError::Config(format!(
+                "{} vCPUs and {} MiB: at least 1 vCPU and 64 MiB are needed",
+                config.vcpus, config.memory_mib
+            )));
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&config.dir)
+            .map_err(|e| VmError::Io {
+                what: "creating the VM's directory",
+                path: config.dir.clone(),
+                source: e,
+            })?;
+        let started = Instant::now();
+        let (pid, pidfd) = match spawn(&config) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&config.dir);
+                return Err(e);
+            }
+        };
+        let pidfd = std::sync::Arc::new(pidfd);
+        let exited = watch_exit(std::sync::Arc::clone(&pidfd))?;
+        let deadline = started + config.boot_timeout;
+        match connect(&config, exited.clone(), deadline).await {
+            Ok((qmp, agent)) => {
+                let vm = Vm {
+                    id: config.id.clone(),
+                    dir: config.dir.clone(),
+                    pid,
+                    pidfd,
+                    exited,
+                    qmp,
+                    agent,
+                    boot_time: started.elapsed(),
+                };
+                tracing::debug!(id = %vm.id, pid, boot_ms = vm.boot_time.as_millis() as u64, "VM booted");
+                Ok(vm)
+            }
+            Err(e) => {
+                let _ = pidfd_send_signal(pidfd.as_fd(), Signal::KILL);
+                let mut exited = exited;
+                let _ = exited.wait_for(|gone| *gone).await;
+                let _ = std::fs::remove_dir_all(&config.dir);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// QEMU's PID.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// From QEMU's start to the agent's first answer.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    pub fn qmp(&self) -> &Qmp {
+        &self.qmp
+    }
+
+    pub fn is_running(&self) -> bool {
+        !*self.exited.borrow()
+    }
+
+    /// Resolves when QEMU has exited.
+    pub async fn wait(&self) {
+        let mut exited = self.exited.clone();
+        let _ = exited.wait_for(|gone| *gone).await;
+    }
+
+    /// Asks the guest to power off, then QEMU to quit, then kills it,
+    /// each within `grace`; removes the VM's directory.
+    pub async fn stop(self, grace: Duration) {
+        if self.is_running() {
+            let _ = self.agent.shutdown(grace).await;
+            if tokio::time::timeout(grace, self.wait()).await.is_err() {
+                let _ = tokio::time::timeout(grace, self.qmp.execute("quit", None)).await;
+                if tokio::time::timeout(grace, self.wait()).await.is_err() {
+                    let _ = pidfd_send_signal(self.pidfd.as_fd(), Signal::KILL);
+                    self.wait().await;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Kills QEMU at once; removes the VM's directory.
+    pub async fn kill(self) {
+        let _ = pidfd_send_signal(self.pidfd.as_fd(), Signal::KILL);
+        self.wait().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn qmp_socket(dir: &Path) -> PathBuf {
+    dir.join("qmp.sock")
+}
+
+fn agent_socket(dir: &Path) -> PathBuf {
+    dir.join("agent.sock")
+}
+
+fn console_log(dir: &Path) -> PathBuf {
+    dir.join("console.log")
+}
+
+fn qemu_log(dir: &Path) -> PathBuf {
+    dir.join("qemu.log")
+}
+
+fn spawn(config: &VmConfig) -> Result<(i32, OwnedFd), VmError> {
+    let accel = config.accel.unwrap_or_else(|| Accel::detect().0);
+    let dir = &config.dir;
+    let path = |p: PathBuf| p.to_string_lossy().into_owned();
+    let mut cmdline: Vec<String> = KERNEL_ARGS.iter().map(|s| s.to_string()).collect();
+    if accel == Accel::Tcg {
+        cmdline.extend(emulated_tsc_args());
+    }
+    cmdline.extend(config.kernel_args.iter().cloned());
+    let memory = format!("{}M", config.memory_mib);
+    let mut args: Vec<String> = vec![
+        "-name".into(),
+        format!("berth-{}", config.id),
+        // Devices on virtio-mmio, described to the guest by ACPI.
+        "-M".into(),
+        "microvm,memory-backend=mem,rtc=on".into(),
+        // Shared, file-backed guest memory: what virtio-fs's daemon maps.
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={memory},share=on"),
+        "-m".into(),
+        memory,
+        "-smp".into(),
+        config.vcpus.to_string(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        "-serial".into(),
+        format!("file:{}", path(console_log(dir))),
+        "-kernel".into(),
+        path(config.kernel.clone()),
+        "-initrd".into(),
+        path(config.initramfs.clone()),
+        "-append".into(),
+        cmdline.join(" "),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", path(qmp_socket(dir))),
+        "-chardev".into(),
+        format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            path(agent_socket(dir))
+        ),
+        "-device".into(),
+        "virtio-serial-device".into(),
+        "-device".into(),
+        format!(
+            "virtserialport,chardev=agent,name={}",
+            berth_api::agent::v1::PORT_NAME
+        ),
+        // Modern virtio-mmio: what virtio-fs needs.
+        "-global".into(),
+        "virtio-mmio.force-legacy=false".into(),
+    ];
+    match accel {
+        Accel::Kvm => args.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
+        Accel::Tcg => args.extend(["-accel".into(), "tcg".into(), "-cpu".into(), "max".into()]),
+    }
+    let log = File::create(qemu_log(dir)).map_err(|e| VmError::Io {
+        what: "creating",
+        path: qemu_log(dir),
+        source: e,
+    })?;
+    let log2 = log.try_clone().map_err(|e| VmError::Io {
+        what: "duplicating",
+        path: qemu_log(dir),
+        source: e,
+    })?;
+    let mut command = Command::new(&config.qemu);
+    command
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // Its own process group: a terminal's ^C to the caller does not
+        // reach it; the owner decides when the VM ends.
+        .process_group(0);
+    let child = command.spawn().map_err(|e| VmError::Spawn {
+        program: config.qemu.clone(),
+        source: e,
+    })?;
+    let pid = child.id() as i32;
+    // The child is not waited for through `child`: the pidfd watches it.
+    drop(child);
+    let raw =
+        rustix::process::Pid::from_raw(pid).ok_or_else(|| VmError::Qmp("QEMU got PID 0".into()))?;
+    let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| VmError::Spawn {
+        program: config.qemu.clone(),
+        source: e.into(),
+    })?;
+    Ok((pid, pidfd))
+}
+
+/// A watch that turns true when the process behind `pidfd` has exited
+/// (reaped here unless someone else already did).
+fn watch_exit(pidfd: std::sync::Arc<OwnedFd>) -> Result<watch::Receiver<bool>, VmError> {
+    let (tx, rx) = watch::channel(false);
+    let registered = PidfdReadiness(std::sync::Arc::clone(&pidfd));
+    // SAFETY: the descriptor is owned by the Arc held inside the AsyncFd,
+    // so it stays open and the same for as long as it is registered.
+    let readable = unsafe { AsyncFd::register(registered) }.map_err(|e| VmError::Io {
+        what: "watching",
+        path: PathBuf::from("QEMU's pidfd"),
+        source: e.into_parts().1,
+    })?;
+    tokio::spawn(async move {
+        let _ = readable.readable().await.map(|mut g| g.clear_ready());
+        let _ = waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        );
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+struct PidfdReadiness(std::sync::Arc<OwnedFd>);
+
+impl std::os::fd::AsRawFd for PidfdReadiness {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&*self.0)
+    }
+}
+
+/// QMP, then the agent's first answer, before `deadline`, unless QEMU
+/// exits first.
+async fn connect(
+    config: &VmConfig,
+    exited: watch::Receiver<bool>,
+    deadline: Instant,
+) -> Result<(Qmp, AgentClient), VmError> {
+    let dir = &config.dir;
+    let died = |dir: &Path| VmError::ExitedDuringBoot {
+        status: "exited".into(),
+        output: tail(&qemu_log(dir)) + &tail(&console_log(dir)),
+    };
+    let timed_out = |dir: &Path| VmError::BootTimeout {
+        seconds: config.boot_timeout.as_secs_f64(),
+        console: tail(&console_log(dir)),
+    };
+    let work = async {
+        // QEMU creates its sockets before the guest starts.
+        while !(qmp_socket(dir).exists() && agent_socket(dir).exists()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let qmp = Qmp::connect(&qmp_socket(dir)).await?;
+        let agent = AgentClient::connect(&agent_socket(dir)).await?;
+        // The request waits in the channel until the agent opens its port.
+        let left = deadline.saturating_duration_since(Instant::now());
+        agent.check(left).await?;
+        Ok::<_, VmError>((qmp, agent))
+    };
+    let mut exit_seen = exited.clone();
+    tokio::select! {
+        r = work => match r {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                // A channel that closed is most often QEMU going away: say
+                // that, with its last words, if it is so.
+                let mut watch = exited.clone();
+                let ended = tokio::time::timeout(Duration::from_millis(500), watch.wait_for(|gone| *gone)).await;
+                if matches!(ended, Ok(Ok(_))) {
+                    Err(died(dir))
+                } else if Instant::now() >= deadline {
+                    Err(timed_out(dir))
+                } else {
+                    Err(e)
+                }
+            }
+        },
+        _ = exit_seen.wait_for(|gone| *gone) => Err(died(dir)),
+        () = tokio::time::sleep_until(deadline.into()) => Err(timed_out(dir)),
+    }
+}
+
+/// The last lines of a log, for an error message.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(8).collect();
+    let mut out: Vec<&str> = lines.into_iter().rev().collect();
+    if out.is_empty() {
+        out.push("(nothing)");
+    }
+    format!(
+        "[{}] {}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        out.join(" | ")
+    )
+}

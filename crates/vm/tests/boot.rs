@@ -1,0 +1,189 @@
+//! Boots real VMs (QEMU microvm; TCG on this machine) from the guest
+//! scripts/build-guest wrote (BERTH_GUEST_DIR, default /var/lib/berth/vm).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_vm::{RunCommandRequest, Vm, VmConfig, VmError};
+
+fn guest_dir() -> PathBuf {
+    std::env::var_os("BERTH_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/berth/vm"))
+}
+
+fn guest_manifest() -> serde_json::Value {
+    let path = guest_dir().join("guest.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guest)", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn config(name: &str) -> (tempfile::TempDir, VmConfig) {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = guest_dir();
+    let config = VmConfig::new(
+        name,
+        tmp.path().join("vm"),
+        g.join("vmlinux"),
+        g.join("initramfs.cpio"),
+    );
+    (tmp, config)
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is gone as far as the VM goes: look at its state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn a_vm_boots_its_agent_answers_and_stop_leaves_nothing() {
+    let manifest = guest_manifest();
+    let (_tmp, config) = config("boot");
+    let dir = config.dir.clone();
+    let vm = Vm::boot(config).await.expect("booting");
+    let pid = vm.pid();
+    assert!(alive(pid));
+    let check = vm.agent().check(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(check.kernel, manifest["kernel_release"].as_str().unwrap());
+    assert!(check.uptime_seconds > 0.0);
+    assert!(
+        check.modules.iter().any(|m| m == "virtio_console"),
+        "{:?}",
+        check.modules
+    );
+    assert!(
+        check.modules.iter().any(|m| m == "overlay"),
+        "{:?}",
+        check.modules
+    );
+    eprintln!(
+        "booted in {:?}; guest uptime {:.2} s",
+        vm.boot_time(),
+        check.uptime_seconds
+    );
+
+    // A process in the guest: its output and exit code come back.
+    let run = |args: &[&str]| RunCommandRequest {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let out = vm
+        .agent()
+        .run_command(&run(&["/init", "--version"]), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("berth-agent {}", check.version)
+    );
+    let out = vm
+        .agent()
+        .run_command(&run(&["/init", "--bogus"]), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown argument \"--bogus\""));
+    let err = vm
+        .agent()
+        .run_command(&run(&["/no/such/program"]), Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("/no/such/program"), "{err}");
+
+    vm.stop(Duration::from_secs(10)).await;
+    assert!(!alive(pid), "QEMU {pid} still runs after stop");
+    assert!(!dir.exists(), "{} left after stop", dir.display());
+}
+
+#[tokio::test]
+async fn a_killed_hypervisor_is_seen_as_ended() {
+    let (_tmp, config) = config("killed");
+    let dir = config.dir.clone();
+    let vm = Vm::boot(config).await.expect("booting");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(vm.pid()).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), vm.wait())
+        .await
+        .expect("the VM's end is seen");
+    assert!(!vm.is_running());
+    let err = vm.agent().check(Duration::from_secs(2)).await.unwrap_err();
+    assert!(matches!(err, VmError::Agent(_)), "{err}");
+    let pid = vm.pid();
+    vm.stop(Duration::from_secs(1)).await;
+    assert!(!alive(pid));
+    assert!(!dir.exists());
+}
+
+#[tokio::test]
+async fn a_kernel_that_does_not_boot_fails_within_the_limit_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An ELF header QEMU accepts as a file but no kernel.
+    let bogus = tmp.path().join("bogus-kernel");
+    std::fs::write(&bogus, b"\x7fELF not a kernel").unwrap();
+    let g = guest_dir();
+    let mut config = VmConfig::new(
+        "bogus",
+        tmp.path().join("vm"),
+        bogus,
+        g.join("initramfs.cpio"),
+    );
+    config.boot_timeout = Duration::from_secs(5);
+    let err = Vm::boot(config)
+        .await
+        .err()
+        .expect("a bogus kernel must not boot");
+    assert!(
+        matches!(
+            err,
+            VmError::ExitedDuringBoot { .. } | VmError::BootTimeout { .. }
+        ),
+        "{err}"
+    );
+    assert!(!tmp.path().join("vm").exists());
+    assert_eq!(
+        qemu_processes_of(&tmp.path().join("vm")),
+        Vec::<i32>::new(),
+        "a QEMU is left"
+    );
+
+    let missing = VmConfig::new(
+        "missing",
+        tmp.path().join("vm2"),
+        Path::new("/nonexistent/vmlinux").into(),
+        g.join("initramfs.cpio"),
+    );
+    let err = Vm::boot(missing).await.err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/vmlinux does not exist"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("vm2").exists());
+}
+
+/// Live QEMU processes started for the VM directory `dir`.
+fn qemu_processes_of(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|pid: &i32| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&needle) && alive(*pid)
+        })
+        .collect()
+}
