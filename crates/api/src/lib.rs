@@ -34,6 +34,7 @@ pub mod agent {
         /// Its methods, as named on the wire.
         pub const CHECK: &str = "Check";
         pub const RUN_COMMAND: &str = "RunCommand";
+        pub const MOUNT: &str = "Mount";
         pub const SHUTDOWN: &str = "Shutdown";
         /// The virtio-serial port the agent serves on.
         pub const PORT_NAME: &str = "berth.agent";

@@ -155,6 +155,51 @@ impl Agent {
         })
     }
 
+    fn mount(&self, r: proto::MountRequest) -> Result<(), AgentError> {
+        const ALLOWED: [&str; 4] = ["virtiofs", "9p", "overlay", "tmpfs"];
+        if !ALLOWED.contains(&r.fstype.as_str()) {
+            return Err(AgentError::InvalidArgument(format!(
+                "Mount: file system type {:?} is not one of {ALLOWED:?}",
+                r.fstype
+            )));
+        }
+        let target = std::path::Path::new(&r.target);
+        let plain = target.is_absolute()
+            && target.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+        if !plain || target == std::path::Path::new("/") {
+            return Err(AgentError::InvalidArgument(format!(
+                "Mount: target {:?} must be an absolute path below / without \"..\"",
+                r.target
+            )));
+        }
+        std::fs::create_dir_all(target)
+            .map_err(|e| AgentError::Failed(format!("Mount: creating {}: {e}", r.target)))?;
+        let mut flags = rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV;
+        if r.read_only {
+            flags |= rustix::mount::MountFlags::RDONLY;
+        }
+        let data = std::ffi::CString::new(r.options.join(","))
+            .map_err(|_| AgentError::InvalidArgument("Mount: an option holds a NUL byte".into()))?;
+        rustix::mount::mount(
+            r.source.as_str(),
+            target,
+            r.fstype.as_str(),
+            flags,
+            Some(data.as_c_str()),
+        )
+        .map_err(|e| {
+            AgentError::Failed(format!(
+                "Mount: {} {:?} on {}: {e}",
+                r.fstype, r.source, r.target
+            ))
+        })
+    }
+
     fn shutdown(&self) {
         if self.pid1 {
             // After the reply is on its way.
@@ -223,7 +268,7 @@ impl MethodHandler for Handler {
 
 pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
     use futures_util::FutureExt;
-    let calls: [(&str, Method); 3] = [
+    let calls: [(&str, Method); 4] = [
         (proto::CHECK, |a, _| {
             async move { Ok(a.check().encode_to_vec()) }.boxed()
         }),
@@ -231,6 +276,13 @@ pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
             async move {
                 let r = decode(&p)?;
                 Ok(a.run_command(r).await?.encode_to_vec())
+            }
+            .boxed()
+        }),
+        (proto::MOUNT, |a, p| {
+            async move {
+                a.mount(decode(&p)?)?;
+                Ok(Vec::new())
             }
             .boxed()
         }),

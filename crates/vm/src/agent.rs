@@ -13,7 +13,7 @@ use ttrpc::r#async::transport::Socket;
 
 use crate::error::VmError;
 
-pub use proto::{CheckResponse, RunCommandRequest, RunCommandResponse};
+pub use proto::{CheckResponse, MountRequest, RunCommandRequest, RunCommandResponse};
 
 pub struct AgentClient {
     client: ttrpc::r#async::Client,
@@ -71,6 +71,10 @@ impl AgentClient {
         timeout: Duration,
     ) -> Result<RunCommandResponse, VmError> {
         self.call(proto::RUN_COMMAND, req, timeout).await
+    }
+
+    pub async fn mount(&self, req: &MountRequest, timeout: Duration) -> Result<(), VmError> {
+        self.call::<()>(proto::MOUNT, req, timeout).await
     }
 
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), VmError> {

@@ -5,9 +5,13 @@
 
 mod agent;
 mod error;
+mod process;
 mod qemu;
 pub mod qmp;
+mod virtiofs;
 
-pub use agent::{AgentClient, CheckResponse, RunCommandRequest, RunCommandResponse};
+pub use agent::{AgentClient, CheckResponse, MountRequest, RunCommandRequest, RunCommandResponse};
 pub use error::VmError;
-pub use qemu::{Accel, Vm, VmConfig};
+pub use process::Process;
+pub use qemu::{Accel, Vm, VmConfig, DEFAULT_VIRTIOFSD};
+pub use virtiofs::{SharedDir, GUEST_SHARED_DIR, SHARE_TAG};

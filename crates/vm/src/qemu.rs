@@ -1,27 +1,24 @@
 //! The QEMU `microvm` driver: one QEMU process per VM, started with the
 //! guest kernel and initramfs, its devices on virtio-mmio, controlled over
 //! QMP; the agent's channel is a virtio-serial port whose host end is a
-//! unix socket QEMU listens on.
-//!
-//! QEMU's exit is watched through a pidfd, so whoever reaps it (a shim
-//! that is its children's subreaper, or this module) the VM sees its end,
-//! and signals never reach a recycled PID.
+//! unix socket QEMU listens on; a directory of the host is shared with the
+//! guest over virtio-fs ([`SharedDir`]).
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rustix::process::{pidfd_open, pidfd_send_signal, waitid, PidfdFlags, Signal, WaitIdOptions};
-use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::agent::AgentClient;
 use crate::error::VmError;
+use crate::process::{tail, Process};
 use crate::qmp::Qmp;
+use crate::virtiofs::{SharedDir, SHARE_TAG};
+
+/// Where Debian's qemu-system-common puts QEMU's virtiofsd.
+pub const DEFAULT_VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
 
 /// How the guest's CPUs run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +81,8 @@ pub struct VmConfig {
     pub accel: Option<Accel>,
     /// From QEMU's start to the agent's first answer.
     pub boot_timeout: Duration,
+    /// virtiofsd, for a shared directory ([`Vm::shared`]); none without.
+    pub virtiofsd: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -99,6 +98,7 @@ impl VmConfig {
             memory_mib: 256,
             accel: None,
             boot_timeout: Duration::from_secs(30),
+            virtiofsd: Some(PathBuf::from(DEFAULT_VIRTIOFSD)),
         }
     }
 }
@@ -144,9 +144,8 @@ fn emulated_tsc_args() -> Vec<String> {
 pub struct Vm {
     id: String,
     dir: PathBuf,
-    pid: i32,
-    pidfd: std::sync::Arc<OwnedFd>,
-    exited: watch::Receiver<bool>,
+    qemu: Process,
+    shared: Option<SharedDir>,
     qmp: Qmp,
     agent: AgentClient,
     boot_time: Duration,
@@ -178,36 +177,48 @@ impl Vm {
                 path: config.dir.clone(),
                 source: e,
             })?;
-        let started = Instant::now();
-        let (pid, pidfd) = match spawn(&config) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&config.dir);
-                return Err(e);
-            }
+        let shared = match &config.virtiofsd {
+            Some(virtiofsd) => match SharedDir::start(&config.dir, virtiofsd).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&config.dir);
+                    return Err(e);
+                }
+            },
+            None => None,
         };
-        let pidfd = std::sync::Arc::new(pidfd);
-        let exited = watch_exit(std::sync::Arc::clone(&pidfd))?;
-        let deadline = started + config.boot_timeout;
-        match connect(&config, exited.clone(), deadline).await {
-            Ok((qmp, agent)) => {
+        let started = Instant::now();
+        let booted = match spawn(&config, shared.as_ref()) {
+            Ok(qemu) => {
+                let deadline = started + config.boot_timeout;
+                match connect(&config, qemu.exited(), deadline).await {
+                    Ok(channels) => Ok((qemu, channels)),
+                    Err(e) => {
+                        qemu.kill().await;
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match booted {
+            Ok((qemu, (qmp, agent))) => {
                 let vm = Vm {
                     id: config.id.clone(),
                     dir: config.dir.clone(),
-                    pid,
-                    pidfd,
-                    exited,
+                    qemu,
+                    shared,
                     qmp,
                     agent,
                     boot_time: started.elapsed(),
                 };
-                tracing::debug!(id = %vm.id, pid, boot_ms = vm.boot_time.as_millis() as u64, "VM booted");
+                tracing::debug!(id = %vm.id, pid = vm.pid(), boot_ms = vm.boot_time.as_millis() as u64, "VM booted");
                 Ok(vm)
             }
             Err(e) => {
-                let _ = pidfd_send_signal(pidfd.as_fd(), Signal::KILL);
-                let mut exited = exited;
-                let _ = exited.wait_for(|gone| *gone).await;
+                if let Some(shared) = &shared {
+                    shared.stop().await;
+                }
                 let _ = std::fs::remove_dir_all(&config.dir);
                 Err(e)
             }
@@ -220,7 +231,7 @@ impl Vm {
 
     /// QEMU's PID.
     pub fn pid(&self) -> i32 {
-        self.pid
+        self.qemu.pid()
     }
 
     /// From QEMU's start to the agent's first answer.
@@ -236,36 +247,45 @@ impl Vm {
         &self.qmp
     }
 
+    /// The directory shared with the guest, if the VM has one.
+    pub fn shared(&self) -> Option<&SharedDir> {
+        self.shared.as_ref()
+    }
+
     pub fn is_running(&self) -> bool {
-        !*self.exited.borrow()
+        self.qemu.is_running()
     }
 
     /// Resolves when QEMU has exited.
     pub async fn wait(&self) {
-        let mut exited = self.exited.clone();
-        let _ = exited.wait_for(|gone| *gone).await;
+        self.qemu.wait().await;
     }
 
     /// Asks the guest to power off, then QEMU to quit, then kills it,
-    /// each within `grace`; removes the VM's directory.
+    /// each within `grace`; stops virtiofsd, removes the VM's directory.
     pub async fn stop(self, grace: Duration) {
         if self.is_running() {
             let _ = self.agent.shutdown(grace).await;
             if tokio::time::timeout(grace, self.wait()).await.is_err() {
                 let _ = tokio::time::timeout(grace, self.qmp.execute("quit", None)).await;
                 if tokio::time::timeout(grace, self.wait()).await.is_err() {
-                    let _ = pidfd_send_signal(self.pidfd.as_fd(), Signal::KILL);
-                    self.wait().await;
+                    self.qemu.kill().await;
                 }
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.release().await;
     }
 
-    /// Kills QEMU at once; removes the VM's directory.
+    /// Kills QEMU at once; stops virtiofsd, removes the VM's directory.
     pub async fn kill(self) {
-        let _ = pidfd_send_signal(self.pidfd.as_fd(), Signal::KILL);
-        self.wait().await;
+        self.qemu.kill().await;
+        self.release().await;
+    }
+
+    async fn release(&self) {
+        if let Some(shared) = &self.shared {
+            shared.stop().await;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -286,7 +306,7 @@ fn qemu_log(dir: &Path) -> PathBuf {
     dir.join("qemu.log")
 }
 
-fn spawn(config: &VmConfig) -> Result<(i32, OwnedFd), VmError> {
+fn spawn(config: &VmConfig, shared: Option<&SharedDir>) -> Result<Process, VmError> {
     let accel = config.accel.unwrap_or_else(|| Accel::detect().0);
     let dir = &config.dir;
     let path = |p: PathBuf| p.to_string_lossy().into_owned();
@@ -339,74 +359,22 @@ fn spawn(config: &VmConfig) -> Result<(i32, OwnedFd), VmError> {
         "-global".into(),
         "virtio-mmio.force-legacy=false".into(),
     ];
+    if let Some(shared) = shared {
+        args.extend([
+            "-chardev".into(),
+            format!(
+                "socket,id=virtiofs,path={}",
+                path(shared.socket().to_owned())
+            ),
+            "-device".into(),
+            format!("vhost-user-fs-device,chardev=virtiofs,tag={SHARE_TAG}"),
+        ]);
+    }
     match accel {
         Accel::Kvm => args.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
         Accel::Tcg => args.extend(["-accel".into(), "tcg".into(), "-cpu".into(), "max".into()]),
     }
-    let log = File::create(qemu_log(dir)).map_err(|e| VmError::Io {
-        what: "creating",
-        path: qemu_log(dir),
-        source: e,
-    })?;
-    let log2 = log.try_clone().map_err(|e| VmError::Io {
-        what: "duplicating",
-        path: qemu_log(dir),
-        source: e,
-    })?;
-    let mut command = Command::new(&config.qemu);
-    command
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        // Its own process group: a terminal's ^C to the caller does not
-        // reach it; the owner decides when the VM ends.
-        .process_group(0);
-    let child = command.spawn().map_err(|e| VmError::Spawn {
-        program: config.qemu.clone(),
-        source: e,
-    })?;
-    let pid = child.id() as i32;
-    // The child is not waited for through `child`: the pidfd watches it.
-    drop(child);
-    let raw =
-        rustix::process::Pid::from_raw(pid).ok_or_else(|| VmError::Qmp("QEMU got PID 0".into()))?;
-    let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| VmError::Spawn {
-        program: config.qemu.clone(),
-        source: e.into(),
-    })?;
-    Ok((pid, pidfd))
-}
-
-/// A watch that turns true when the process behind `pidfd` has exited
-/// (reaped here unless someone else already did).
-fn watch_exit(pidfd: std::sync::Arc<OwnedFd>) -> Result<watch::Receiver<bool>, VmError> {
-    let (tx, rx) = watch::channel(false);
-    let registered = PidfdReadiness(std::sync::Arc::clone(&pidfd));
-    // SAFETY: the descriptor is owned by the Arc held inside the AsyncFd,
-    // so it stays open and the same for as long as it is registered.
-    let readable = unsafe { AsyncFd::register(registered) }.map_err(|e| VmError::Io {
-        what: "watching",
-        path: PathBuf::from("QEMU's pidfd"),
-        source: e.into_parts().1,
-    })?;
-    tokio::spawn(async move {
-        let _ = readable.readable().await.map(|mut g| g.clear_ready());
-        let _ = waitid(
-            rustix::process::WaitId::PidFd(pidfd.as_fd()),
-            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-        );
-        let _ = tx.send(true);
-    });
-    Ok(rx)
-}
-
-struct PidfdReadiness(std::sync::Arc<OwnedFd>);
-
-impl std::os::fd::AsRawFd for PidfdReadiness {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&*self.0)
-    }
+    Process::spawn(&config.qemu, &args, &qemu_log(dir))
 }
 
 /// QMP, then the agent's first answer, before `deadline`, unless QEMU
@@ -458,19 +426,4 @@ async fn connect(
         _ = exit_seen.wait_for(|gone| *gone) => Err(died(dir)),
         () = tokio::time::sleep_until(deadline.into()) => Err(timed_out(dir)),
     }
-}
-
-/// The last lines of a log, for an error message.
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(8).collect();
-    let mut out: Vec<&str> = lines.into_iter().rev().collect();
-    if out.is_empty() {
-        out.push("(nothing)");
-    }
-    format!(
-        "[{}] {}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        out.join(" | ")
-    )
 }

@@ -187,3 +187,119 @@ fn qemu_processes_of(dir: &Path) -> Vec<i32> {
         })
         .collect()
 }
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_shared_directory_reaches_the_guest_read_only_where_asked() {
+    let (tmp, config) = config("shared");
+    let dir = config.dir.clone();
+    let tools = tmp.path().join("tools");
+    std::fs::create_dir(&tools).unwrap();
+    std::fs::copy("/bin/busybox", tools.join("busybox")).unwrap();
+    std::fs::write(tools.join("hello.txt"), "hello from the host\n").unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+
+    let vm = Vm::boot(config).await.expect("booting");
+    let daemon = vm.shared().expect("a shared directory").daemon().pid();
+    let shared = vm.shared().unwrap();
+    let guest_tools = shared.share(&tools, "tools", true).unwrap();
+    assert_eq!(guest_tools, format!("{}/tools", berth_vm::GUEST_SHARED_DIR));
+    let mount = berth_vm::MountRequest {
+        fstype: "virtiofs".into(),
+        source: berth_vm::SHARE_TAG.into(),
+        target: berth_vm::GUEST_SHARED_DIR.into(),
+        ..Default::default()
+    };
+    vm.agent()
+        .mount(&mount, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let sh = |script: String| RunCommandRequest {
+        args: vec![
+            format!("{guest_tools}/busybox"),
+            "sh".into(),
+            "-c".into(),
+            script,
+        ],
+        env: vec![format!("PATH={guest_tools}")],
+        ..Default::default()
+    };
+    let wait = Duration::from_secs(20);
+    let out = vm
+        .agent()
+        .run_command(&sh(format!("busybox cat {guest_tools}/hello.txt")), wait)
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.exit_code, out.stdout.as_slice()),
+        (0, b"hello from the host\n".as_slice()),
+        "{out:?}"
+    );
+
+    // Read-only is the host's: the guest cannot write there.
+    let out = vm
+        .agent()
+        .run_command(&sh(format!("echo x > {guest_tools}/new")), wait)
+        .await
+        .unwrap();
+    assert_ne!(out.exit_code, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "{out:?}"
+    );
+    assert!(!tools.join("new").exists());
+
+    // Shared after the guest mounted the directory, and writable.
+    let guest_data = shared.share(&data, "data", false).unwrap();
+    let out = vm
+        .agent()
+        .run_command(&sh(format!("echo written > {guest_data}/from-guest")), wait)
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("from-guest")).unwrap(),
+        "written\n"
+    );
+
+    // Taken out: gone in the guest, once its cached lookups expire
+    // (cache=auto: one second).
+    shared.unshare("data").unwrap();
+    let script = format!("for i in 1 2 3 4 5 6; do busybox ls {guest_data}/from-guest || exit 0; busybox sleep 0.5; done; exit 1");
+    let out = vm.agent().run_command(&sh(script), wait).await.unwrap();
+    assert_eq!(out.exit_code, 0, "still seen in the guest: {out:?}");
+
+    // Names that would leave the shared directory are refused.
+    for name in ["../escape", "a/b", "", ".."] {
+        let err = shared.share(&data, name, false).unwrap_err();
+        assert!(
+            err.to_string().contains("not a single path component"),
+            "{name:?}: {err}"
+        );
+    }
+    let mut bad = mount.clone();
+    bad.fstype = "ext4".into();
+    let err = vm.agent().mount(&bad, wait).await.unwrap_err();
+    assert!(err.to_string().contains("\"ext4\" is not one of"), "{err}");
+    let mut bad = mount.clone();
+    bad.target = "/run/../etc".into();
+    let err = vm.agent().mount(&bad, wait).await.unwrap_err();
+    assert!(err.to_string().contains("without \"..\""), "{err}");
+
+    vm.stop(Duration::from_secs(10)).await;
+    assert!(!alive(daemon), "virtiofsd {daemon} still runs");
+    assert_eq!(mounts_under(&dir), Vec::<String>::new());
+    assert!(!dir.exists());
+    // The host's files are untouched by the unmounts.
+    assert!(tools.join("hello.txt").exists() && data.join("from-guest").exists());
+}
