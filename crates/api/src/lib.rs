@@ -35,6 +35,16 @@ pub mod agent {
         pub const CHECK: &str = "Check";
         pub const RUN_COMMAND: &str = "RunCommand";
         pub const MOUNT: &str = "Mount";
+        pub const CREATE_CONTAINER: &str = "CreateContainer";
+        pub const START_CONTAINER: &str = "StartContainer";
+        pub const EXEC_PROCESS: &str = "ExecProcess";
+        pub const SIGNAL_PROCESS: &str = "SignalProcess";
+        pub const WAIT_PROCESS: &str = "WaitProcess";
+        pub const READ_STDOUT: &str = "ReadStdout";
+        pub const READ_STDERR: &str = "ReadStderr";
+        pub const WRITE_STDIN: &str = "WriteStdin";
+        pub const CLOSE_STDIN: &str = "CloseStdin";
+        pub const REMOVE_CONTAINER: &str = "RemoveContainer";
         pub const SHUTDOWN: &str = "Shutdown";
         /// The virtio-serial port the agent serves on.
         pub const PORT_NAME: &str = "berth.agent";

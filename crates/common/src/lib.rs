@@ -9,6 +9,7 @@ pub mod idmapped;
 pub mod kernel;
 pub mod logrus;
 pub mod memory;
+pub mod net;
 pub mod safe_path;
 pub mod seccomp_profile;
 pub mod signal;

@@ -5,7 +5,7 @@
 //! /dev/shm, and its hostname, hosts and resolv.conf files.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
@@ -81,30 +81,6 @@ pub fn check_sysctls(req: &NamespaceRequest) -> Result<()> {
     Ok(())
 }
 
-fn bring_up_loopback() -> std::io::Result<()> {
-    let sock = rustix::net::socket(
-        rustix::net::AddressFamily::INET,
-        rustix::net::SocketType::DGRAM,
-        None,
-    )?;
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS reads into the ifreq we own, on a socket we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the union's flags member is what SIOCGIFFLAGS filled.
-    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn pin(proc: &str, kind: &str, target: &Path) -> std::io::Result<()> {
     std::fs::write(target, b"")?;
     let source = format!("{proc}/ns/{kind}");
@@ -143,7 +119,8 @@ fn configure_namespaces(req: &NamespaceRequest) -> Result<()> {
             .map_err(|e| setup_failed(format!("setting hostname {:?}: {e}", req.hostname)))?;
     }
     if req.net {
-        bring_up_loopback().map_err(|e| setup_failed(format!("bringing up lo: {e}")))?;
+        berth_common::net::bring_up_loopback()
+            .map_err(|e| setup_failed(format!("bringing up lo: {e}")))?;
     }
     for (k, v) in &req.sysctls {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));

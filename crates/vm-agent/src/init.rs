@@ -23,13 +23,22 @@ pub enum InitError {
     },
     #[error("reading the module list {MODULE_LIST}: {0}")]
     ModuleList(io::Error),
+    #[error("bringing up the loopback interface: {0}")]
+    Loopback(io::Error),
+    #[error("leaving the initramfs for a tmpfs root: {0}")]
+    SwitchRoot(io::Error),
     #[error("loading kernel module {path}: {source}")]
     Module { path: String, source: io::Error },
 }
 
-/// Mounts the guest's file systems and loads its modules; returns the
-/// modules loaded.
+/// What the guest keeps of its initramfs once the modules are loaded.
+const KEEP: &[&str] = &["init", "bin", "etc"];
+
+/// Loads the modules, leaves the initramfs for a tmpfs root, mounts the
+/// guest's file systems; returns the modules loaded.
 pub fn setup() -> Result<Vec<String>, InitError> {
+    let modules = load_modules(Path::new(MODULE_LIST))?;
+    leave_initramfs().map_err(InitError::SwitchRoot)?;
     let nodev = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     let mounts: [(
         &'static str,
@@ -86,7 +95,70 @@ pub fn setup() -> Result<Vec<String>, InitError> {
             source: e.into(),
         }
     })?;
-    load_modules(Path::new(MODULE_LIST))
+    // The guest's network namespace is the pod's: its containers reach
+    // each other on localhost.
+    berth_common::net::bring_up_loopback().map_err(InitError::Loopback)?;
+    Ok(modules)
+}
+
+/// The initramfs is the kernel's rootfs, which pivot_root(2) cannot leave:
+/// containers could only be entered by chroot. So, as switch_root does,
+/// what the guest keeps is copied into a tmpfs, the rest deleted (its
+/// memory freed: the module files alone are megabytes), and the tmpfs
+/// moved over / to be the root.
+fn leave_initramfs() -> io::Result<()> {
+    const NEW_ROOT: &str = "/newroot";
+    std::fs::create_dir_all(NEW_ROOT)?;
+    mount(
+        "tmpfs",
+        NEW_ROOT,
+        "tmpfs",
+        MountFlags::empty(),
+        Some(c"mode=0755"),
+    )
+    .map_err(io::Error::from)?;
+    for name in KEEP {
+        let from = Path::new("/").join(name);
+        if from.exists() {
+            copy_tree(&from, &Path::new(NEW_ROOT).join(name))?;
+        }
+    }
+    for entry in std::fs::read_dir("/")? {
+        let entry = entry?;
+        if entry.file_name() == "newroot" {
+            continue;
+        }
+        // Nothing is mounted below the old root yet: removal cannot cross
+        // into another file system.
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    std::env::set_current_dir(NEW_ROOT)?;
+    rustix::mount::mount_move(".", "/").map_err(io::Error::from)?;
+    rustix::process::chroot(".").map_err(io::Error::from)?;
+    std::env::set_current_dir("/")
+}
+
+/// Copies a file or a directory tree, keeping permission bits.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(from)?;
+    if meta.is_dir() {
+        std::fs::create_dir(to)?;
+        std::fs::set_permissions(to, meta.permissions())?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
+    } else {
+        std::fs::copy(from, to).map(drop)
+    }
 }
 
 fn load_modules(list: &Path) -> Result<Vec<String>, InitError> {

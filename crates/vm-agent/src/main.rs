@@ -5,10 +5,12 @@
 //! "berth.agent" for the shim on the host, reaping every process the guest
 //! leaves behind.
 //!
-//! `berth-agent --listen PATH` serves on a unix socket instead, without
-//! touching the system: how its service is tested on the host.
+//! `berth-agent --listen PATH [--berth PATH]` serves on a unix socket
+//! instead, without setting a system up: how its service is tested on the
+//! host.
 
 mod channel;
+mod containers;
 mod init;
 mod reaper;
 mod service;
@@ -32,15 +34,19 @@ fn main() {
 
 fn run(pid1: bool) -> Result<()> {
     let mut listen: Option<PathBuf> = None;
+    let mut berth = PathBuf::from("/bin/berth");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = Some(args.next().context("--listen needs a path")?.into()),
+            "--berth" => berth = args.next().context("--berth needs a path")?.into(),
             "--version" => {
                 println!("berth-agent {}", env!("CARGO_PKG_VERSION"));
                 return Ok(());
             }
-            other => bail!("unknown argument {other:?} (usage: berth-agent [--listen PATH])"),
+            other => bail!(
+                "unknown argument {other:?} (usage: berth-agent [--listen PATH] [--berth PATH])"
+            ),
         }
     }
     let modules = if pid1 && listen.is_none() {
@@ -53,8 +59,14 @@ fn run(pid1: bool) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let reaper = reaper::Reaper::start(pid1).context("starting the reaper")?;
-        let service = service::Agent::new(reaper, modules, pid1);
+        if !pid1 {
+            // Containers' processes are left to the agent when `berth`
+            // exits, as to PID 1 in the guest.
+            rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+                .context("becoming a subreaper")?;
+        }
+        let reaper = reaper::Reaper::start().context("starting the reaper")?;
+        let service = service::Agent::new(reaper, berth, modules, pid1);
         let listener = match listen {
             Some(path) => channel::unix_listener(&path)?,
             None => channel::serial_listener(berth_api::agent::v1::PORT_NAME)?,

@@ -5,10 +5,11 @@
 //! before its waiter is registered (and a failed exec, which std reaps
 //! itself inside spawn, is never reaped here).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rustix::process::{waitpid, WaitOptions};
 use tokio::signal::unix::{signal, SignalKind};
@@ -23,23 +24,35 @@ pub struct Exit {
     pub signal: i32,
 }
 
+/// Exits of processes nobody waited for yet, kept this long: a container's
+/// init becomes the agent's child when `berth create` exits, and may end
+/// before its PID is read from the PID file and watched.
+const UNCLAIMED_FOR: Duration = Duration::from_secs(30);
+const UNCLAIMED_MAX: usize = 1024;
+
+#[derive(Default)]
+struct Waiting {
+    waiters: HashMap<i32, oneshot::Sender<Exit>>,
+    unclaimed: VecDeque<(i32, Exit, Instant)>,
+}
+
 #[derive(Clone)]
 pub struct Reaper {
-    waiting: Arc<Mutex<HashMap<i32, oneshot::Sender<Exit>>>>,
+    waiting: Arc<Mutex<Waiting>>,
 }
 
 impl Reaper {
-    /// Starts reaping on SIGCHLD. `orphans`: also reap processes nobody
-    /// waits for (PID 1's duty).
-    pub fn start(orphans: bool) -> io::Result<Reaper> {
+    /// Starts reaping every child on SIGCHLD: the agent is PID 1 or a
+    /// subreaper, and its children are its own or left to it.
+    pub fn start() -> io::Result<Reaper> {
         let reaper = Reaper {
-            waiting: Arc::new(Mutex::new(HashMap::new())),
+            waiting: Arc::new(Mutex::new(Waiting::default())),
         };
         let mut children = signal(SignalKind::child())?;
         let r = reaper.clone();
         tokio::spawn(async move {
             loop {
-                r.reap(orphans);
+                r.reap();
                 if children.recv().await.is_none() {
                     return;
                 }
@@ -48,7 +61,7 @@ impl Reaper {
         Ok(reaper)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<i32, oneshot::Sender<Exit>>> {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -57,31 +70,40 @@ impl Reaper {
         let mut waiting = self.lock();
         let child = command.spawn()?;
         let (tx, rx) = oneshot::channel();
-        waiting.insert(child.id() as i32, tx);
+        waiting.waiters.insert(child.id() as i32, tx);
         Ok((child, rx))
     }
 
-    fn reap(&self, orphans: bool) {
+    /// The exit of `pid`, a process the agent inherited (a container's
+    /// init or exec once `berth` that started it exited).
+    pub fn watch(&self, pid: i32) -> oneshot::Receiver<Exit> {
+        let (tx, rx) = oneshot::channel();
+        let mut waiting = self.lock();
+        let fresh = |at: &Instant| at.elapsed() < UNCLAIMED_FOR;
+        if let Some(i) = waiting
+            .unclaimed
+            .iter()
+            .position(|(p, _, at)| *p == pid && fresh(at))
+        {
+            let (_, exit, _) = waiting.unclaimed.remove(i).unwrap_or((
+                pid,
+                Exit {
+                    code: 255,
+                    signal: 0,
+                },
+                Instant::now(),
+            ));
+            let _ = tx.send(exit);
+        } else {
+            waiting.waiters.insert(pid, tx);
+        }
+        rx
+    }
+
+    fn reap(&self) {
         let mut waiting = self.lock();
         loop {
-            let next = if orphans {
-                waitpid(None, WaitOptions::NOHANG)
-            } else {
-                // Only our own children: look at each one we wait for.
-                match waiting.keys().copied().find_map(|pid| {
-                    match rustix::process::Pid::from_raw(pid) {
-                        Some(p) => match waitpid(Some(p), WaitOptions::NOHANG) {
-                            Ok(Some(done)) => Some(Ok(Some(done))),
-                            Ok(None) => None,
-                            Err(e) => Some(Err(e)),
-                        },
-                        None => None,
-                    }
-                }) {
-                    Some(r) => r,
-                    None => Ok(None),
-                }
-            };
+            let next = waitpid(None, WaitOptions::NOHANG);
             let Ok(Some((pid, status))) = next else {
                 return;
             };
@@ -93,8 +115,18 @@ impl Reaper {
                 },
                 (None, None) => continue,
             };
-            if let Some(tx) = waiting.remove(&pid.as_raw_nonzero().get()) {
+            let pid = pid.as_raw_nonzero().get();
+            if let Some(tx) = waiting.waiters.remove(&pid) {
                 let _ = tx.send(exit);
+            } else {
+                let now = Instant::now();
+                waiting
+                    .unclaimed
+                    .retain(|(_, _, at)| now.duration_since(*at) < UNCLAIMED_FOR);
+                if waiting.unclaimed.len() >= UNCLAIMED_MAX {
+                    waiting.unclaimed.pop_front();
+                }
+                waiting.unclaimed.push_back((pid, exit, now));
             }
         }
     }

@@ -16,6 +16,7 @@ use tokio::net::unix::pipe;
 use ttrpc::proto::ResponseInit;
 use ttrpc::r#async::{MethodHandler, Service, TtrpcContext};
 
+use crate::containers::Containers;
 use crate::reaper::{Exit, Reaper};
 
 /// Output kept per stream when the request names no limit.
@@ -25,6 +26,12 @@ const DEFAULT_OUTPUT_LIMIT: usize = 64 * 1024;
 pub enum AgentError {
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -33,6 +40,9 @@ impl AgentError {
     fn status(&self) -> ttrpc::Status {
         let code = match self {
             AgentError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
+            AgentError::NotFound(_) => ttrpc::Code::NOT_FOUND,
+            AgentError::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
+            AgentError::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
             AgentError::Failed(_) => ttrpc::Code::UNKNOWN,
         };
         ttrpc::get_status(code, self.to_string())
@@ -41,13 +51,20 @@ impl AgentError {
 
 pub struct Agent {
     reaper: Reaper,
+    containers: Containers,
     modules: Vec<String>,
     pid1: bool,
 }
 
 impl Agent {
-    pub fn new(reaper: Reaper, modules: Vec<String>, pid1: bool) -> Arc<Agent> {
+    pub fn new(
+        reaper: Reaper,
+        berth: std::path::PathBuf,
+        modules: Vec<String>,
+        pid1: bool,
+    ) -> Arc<Agent> {
         Arc::new(Agent {
+            containers: Containers::new(reaper.clone(), berth),
             reaper,
             modules,
             pid1,
@@ -268,7 +285,7 @@ impl MethodHandler for Handler {
 
 pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
     use futures_util::FutureExt;
-    let calls: [(&str, Method); 4] = [
+    let calls: [(&str, Method); 14] = [
         (proto::CHECK, |a, _| {
             async move { Ok(a.check().encode_to_vec()) }.boxed()
         }),
@@ -282,6 +299,108 @@ pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
         (proto::MOUNT, |a, p| {
             async move {
                 a.mount(decode(&p)?)?;
+                Ok(Vec::new())
+            }
+            .boxed()
+        }),
+        (proto::CREATE_CONTAINER, |a, p| {
+            async move {
+                let r: proto::CreateContainerRequest = decode(&p)?;
+                let pid = a
+                    .containers
+                    .create(&r.id, &r.spec, &r.rootfs, r.stdin)
+                    .await?;
+                Ok(proto::ProcessStarted { pid }.encode_to_vec())
+            }
+            .boxed()
+        }),
+        (proto::START_CONTAINER, |a, p| {
+            async move {
+                let r: proto::ContainerRef = decode(&p)?;
+                a.containers.start(&r.id).await?;
+                Ok(Vec::new())
+            }
+            .boxed()
+        }),
+        (proto::EXEC_PROCESS, |a, p| {
+            async move {
+                let r: proto::ExecProcessRequest = decode(&p)?;
+                let pid = a
+                    .containers
+                    .exec(&r.container_id, &r.exec_id, &r.process, r.stdin)
+                    .await?;
+                Ok(proto::ProcessStarted { pid }.encode_to_vec())
+            }
+            .boxed()
+        }),
+        (proto::SIGNAL_PROCESS, |a, p| {
+            async move {
+                let r: proto::SignalProcessRequest = decode(&p)?;
+                a.containers
+                    .signal(&r.container_id, &r.exec_id, r.signal)
+                    .await?;
+                Ok(Vec::new())
+            }
+            .boxed()
+        }),
+        (proto::WAIT_PROCESS, |a, p| {
+            async move {
+                let r: proto::ProcessRef = decode(&p)?;
+                let exit = a
+                    .containers
+                    .process(&r.container_id, &r.exec_id)?
+                    .wait()
+                    .await;
+                Ok(proto::ProcessExit {
+                    exit_code: exit.code,
+                    signal: exit.signal,
+                }
+                .encode_to_vec())
+            }
+            .boxed()
+        }),
+        (proto::READ_STDOUT, |a, p| {
+            async move {
+                let r: proto::ProcessRef = decode(&p)?;
+                let process = a.containers.process(&r.container_id, &r.exec_id)?;
+                let (data, eof) = process.stdout.read().await;
+                Ok(proto::StreamData { data, eof }.encode_to_vec())
+            }
+            .boxed()
+        }),
+        (proto::READ_STDERR, |a, p| {
+            async move {
+                let r: proto::ProcessRef = decode(&p)?;
+                let process = a.containers.process(&r.container_id, &r.exec_id)?;
+                let (data, eof) = process.stderr.read().await;
+                Ok(proto::StreamData { data, eof }.encode_to_vec())
+            }
+            .boxed()
+        }),
+        (proto::WRITE_STDIN, |a, p| {
+            async move {
+                let r: proto::StdinData = decode(&p)?;
+                let process = a.containers.process(&r.container_id, &r.exec_id)?;
+                process.write_stdin(&r.data).await?;
+                Ok(Vec::new())
+            }
+            .boxed()
+        }),
+        (proto::CLOSE_STDIN, |a, p| {
+            async move {
+                let r: proto::ProcessRef = decode(&p)?;
+                a.containers
+                    .process(&r.container_id, &r.exec_id)?
+                    .close_stdin()
+                    .await;
+                Ok(Vec::new())
+            }
+            .boxed()
+        }),
+        (proto::REMOVE_CONTAINER, |a, p| {
+            async move {
+                let r: proto::ContainerRef = decode(&p)?;
+                a.containers.remove(&r.id).await?;
                 Ok(Vec::new())
             }
             .boxed()

@@ -13,7 +13,10 @@ use ttrpc::r#async::transport::Socket;
 
 use crate::error::VmError;
 
-pub use proto::{CheckResponse, MountRequest, RunCommandRequest, RunCommandResponse};
+pub use proto::{
+    CheckResponse, CreateContainerRequest, ExecProcessRequest, MountRequest, ProcessExit,
+    RunCommandRequest, RunCommandResponse, StreamData,
+};
 
 pub struct AgentClient {
     client: ttrpc::r#async::Client,
@@ -75,6 +78,121 @@ impl AgentClient {
 
     pub async fn mount(&self, req: &MountRequest, timeout: Duration) -> Result<(), VmError> {
         self.call::<()>(proto::MOUNT, req, timeout).await
+    }
+
+    /// Creates a container; its init's PID in the guest.
+    pub async fn create_container(
+        &self,
+        req: &CreateContainerRequest,
+        timeout: Duration,
+    ) -> Result<u32, VmError> {
+        let started: proto::ProcessStarted =
+            self.call(proto::CREATE_CONTAINER, req, timeout).await?;
+        Ok(started.pid)
+    }
+
+    pub async fn start_container(&self, id: &str, timeout: Duration) -> Result<(), VmError> {
+        let req = proto::ContainerRef { id: id.to_owned() };
+        self.call::<()>(proto::START_CONTAINER, &req, timeout).await
+    }
+
+    /// Starts an extra process in a container; its PID in the guest.
+    pub async fn exec_process(
+        &self,
+        req: &ExecProcessRequest,
+        timeout: Duration,
+    ) -> Result<u32, VmError> {
+        let started: proto::ProcessStarted = self.call(proto::EXEC_PROCESS, req, timeout).await?;
+        Ok(started.pid)
+    }
+
+    pub async fn signal_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        timeout: Duration,
+    ) -> Result<(), VmError> {
+        let req = proto::SignalProcessRequest {
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            signal,
+        };
+        self.call::<()>(proto::SIGNAL_PROCESS, &req, timeout).await
+    }
+
+    fn process_ref(id: &str, exec_id: &str) -> proto::ProcessRef {
+        proto::ProcessRef {
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+        }
+    }
+
+    /// Waits (up to `timeout`) for a process's exit.
+    pub async fn wait_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        timeout: Duration,
+    ) -> Result<ProcessExit, VmError> {
+        self.call(
+            proto::WAIT_PROCESS,
+            &Self::process_ref(id, exec_id),
+            timeout,
+        )
+        .await
+    }
+
+    /// The next output of a process's stdout; `eof` once it ended.
+    pub async fn read_stdout(
+        &self,
+        id: &str,
+        exec_id: &str,
+        timeout: Duration,
+    ) -> Result<StreamData, VmError> {
+        self.call(proto::READ_STDOUT, &Self::process_ref(id, exec_id), timeout)
+            .await
+    }
+
+    pub async fn read_stderr(
+        &self,
+        id: &str,
+        exec_id: &str,
+        timeout: Duration,
+    ) -> Result<StreamData, VmError> {
+        self.call(proto::READ_STDERR, &Self::process_ref(id, exec_id), timeout)
+            .await
+    }
+
+    pub async fn write_stdin(
+        &self,
+        id: &str,
+        exec_id: &str,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<(), VmError> {
+        let req = proto::StdinData {
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            data: data.to_vec(),
+        };
+        self.call::<()>(proto::WRITE_STDIN, &req, timeout).await
+    }
+
+    pub async fn close_stdin(
+        &self,
+        id: &str,
+        exec_id: &str,
+        timeout: Duration,
+    ) -> Result<(), VmError> {
+        self.call::<()>(proto::CLOSE_STDIN, &Self::process_ref(id, exec_id), timeout)
+            .await
+    }
+
+    pub async fn remove_container(&self, id: &str, timeout: Duration) -> Result<(), VmError> {
+        let req = proto::ContainerRef { id: id.to_owned() };
+        self.call::<()>(proto::REMOVE_CONTAINER, &req, timeout)
+            .await
     }
 
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), VmError> {

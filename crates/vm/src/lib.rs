@@ -10,7 +10,10 @@ mod qemu;
 pub mod qmp;
 mod virtiofs;
 
-pub use agent::{AgentClient, CheckResponse, MountRequest, RunCommandRequest, RunCommandResponse};
+pub use agent::{
+    AgentClient, CheckResponse, CreateContainerRequest, ExecProcessRequest, MountRequest,
+    ProcessExit, RunCommandRequest, RunCommandResponse, StreamData,
+};
 pub use error::VmError;
 pub use process::Process;
 pub use qemu::{Accel, Vm, VmConfig, DEFAULT_VIRTIOFSD};

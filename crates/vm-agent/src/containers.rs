@@ -1,0 +1,521 @@
+//! Containers in the guest: each one a bundle under /run/berth/bundles
+//! whose root is an overlay (the read-only `rootfs` the host shared below,
+//! guest memory above), run by the berth runtime (`berth create`, `start`,
+//! `exec -d`, `kill`, `delete`) as the shim runs it on the host. The
+//! processes it starts become the agent's children when `berth` exits;
+//! their output is buffered here until the host reads it.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::{watch, Notify};
+
+use crate::reaper::{Exit, Reaper};
+use crate::service::AgentError;
+
+/// Output held for a reader that does not keep up; the process then
+/// blocks on its pipe.
+const BUFFERED_MAX: usize = 1 << 20;
+const STATE_ROOT: &str = "/run/berth/state";
+const BUNDLES: &str = "/run/berth/bundles";
+
+/// One output stream of a process, buffered for the host's reads.
+#[derive(Default)]
+pub struct Output {
+    state: Mutex<(Vec<u8>, bool)>,
+    changed: Notify,
+}
+
+impl Output {
+    fn start(self: &Arc<Self>, mut from: pipe::Receiver) {
+        let out = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                // Backpressure: wait for the host to take what is held.
+                loop {
+                    let wait = out.changed.notified();
+                    if lock(&out.state).0.len() < BUFFERED_MAX {
+                        break;
+                    }
+                    wait.await;
+                }
+                let n = match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => 0,
+                    Ok(n) => n,
+                };
+                let mut state = lock(&out.state);
+                if n == 0 {
+                    state.1 = true;
+                } else {
+                    state.0.extend_from_slice(&buf[..n]);
+                }
+                drop(state);
+                out.changed.notify_waiters();
+                if n == 0 {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// What was written since the last read, waiting for some; empty with
+    /// `true` once the stream ended.
+    pub async fn read(&self) -> (Vec<u8>, bool) {
+        loop {
+            let wait = self.changed.notified();
+            {
+                let mut state = lock(&self.state);
+                if !state.0.is_empty() {
+                    let data = std::mem::take(&mut state.0);
+                    drop(state);
+                    self.changed.notify_waiters();
+                    return (data, false);
+                }
+                if state.1 {
+                    return (Vec::new(), true);
+                }
+            }
+            wait.await;
+        }
+    }
+}
+
+pub struct Process {
+    pub pid: u32,
+    exit: watch::Receiver<Option<Exit>>,
+    stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
+    pub stdout: Arc<Output>,
+    pub stderr: Arc<Output>,
+}
+
+impl Process {
+    pub async fn wait(&self) -> Exit {
+        let mut exit = self.exit.clone();
+        let seen = exit.wait_for(Option::is_some).await.ok().and_then(|e| *e);
+        seen.unwrap_or(Exit {
+            code: 255,
+            signal: 0,
+        })
+    }
+
+    pub fn exited(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    pub async fn write_stdin(&self, data: &[u8]) -> Result<(), AgentError> {
+        let mut stdin = self.stdin.lock().await;
+        let pipe = stdin.as_mut().ok_or_else(|| {
+            AgentError::FailedPrecondition("stdin is closed or was not asked for".into())
+        })?;
+        pipe.write_all(data)
+            .await
+            .map_err(|e| AgentError::Failed(format!("writing stdin: {e}")))
+    }
+
+    pub async fn close_stdin(&self) {
+        self.stdin.lock().await.take();
+    }
+}
+
+struct Container {
+    bundle: PathBuf,
+    processes: HashMap<String, Arc<Process>>,
+}
+
+pub struct Containers {
+    reaper: Reaper,
+    berth: PathBuf,
+    containers: Mutex<HashMap<String, Container>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn invalid(msg: String) -> AgentError {
+    AgentError::InvalidArgument(msg)
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> AgentError {
+    AgentError::Failed(format!("{what}: {e}"))
+}
+
+/// A container or exec id: one safe path component.
+fn check_id(what: &str, id: &str) -> Result<(), AgentError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{what} {id:?} is not [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}"
+        )))
+    }
+}
+
+impl Containers {
+    pub fn new(reaper: Reaper, berth: PathBuf) -> Containers {
+        Containers {
+            reaper,
+            berth,
+            containers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>, AgentError> {
+        let containers = lock(&self.containers);
+        let c = containers
+            .get(id)
+            .ok_or_else(|| AgentError::NotFound(format!("container {id:?}")))?;
+        c.processes
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(format!("process {exec_id:?} of container {id:?}")))
+    }
+
+    pub async fn create(
+        &self,
+        id: &str,
+        spec: &[u8],
+        rootfs: &str,
+        stdin: bool,
+    ) -> Result<u32, AgentError> {
+        check_id("container id", id)?;
+        let mut spec: Value = serde_json::from_slice(spec)
+            .map_err(|e| invalid(format!("the container's spec: {e}")))?;
+        if !spec.is_object() {
+            return Err(invalid("the container's spec is not a JSON object".into()));
+        }
+        let lower = Path::new(rootfs);
+        if !lower.is_absolute() || !lower.is_dir() {
+            return Err(invalid(format!(
+                "rootfs {rootfs:?} is not a directory of the guest"
+            )));
+        }
+        let bundle = Path::new(BUNDLES).join(id);
+        {
+            let mut containers = lock(&self.containers);
+            if containers.contains_key(id) {
+                return Err(AgentError::AlreadyExists(format!("container {id:?}")));
+            }
+            // Claimed before the slow part: a second create of the same id
+            // is refused rather than racing this one.
+            containers.insert(
+                id.to_owned(),
+                Container {
+                    bundle: bundle.clone(),
+                    processes: HashMap::new(),
+                },
+            );
+        }
+        match self
+            .create_bundle(id, &bundle, &mut spec, lower, stdin)
+            .await
+        {
+            Ok(process) => {
+                let pid = process.pid;
+                if let Some(c) = lock(&self.containers).get_mut(id) {
+                    c.processes.insert(String::new(), process);
+                }
+                Ok(pid)
+            }
+            Err(e) => {
+                self.forget(id, &bundle).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_bundle(
+        &self,
+        id: &str,
+        bundle: &Path,
+        spec: &mut Value,
+        lower: &Path,
+        stdin: bool,
+    ) -> Result<Arc<Process>, AgentError> {
+        let upper = bundle.join("upper");
+        let work = bundle.join("work");
+        let root = bundle.join("rootfs");
+        for dir in [&upper, &work, &root] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| failed(&format!("creating {}", dir.display()), e))?;
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let data = std::ffi::CString::new(options)
+            .map_err(|_| invalid("a path holds a NUL byte".into()))?;
+        rustix::mount::mount(
+            "overlay",
+            &root,
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            Some(data.as_c_str()),
+        )
+        .map_err(|e| failed("mounting the container's overlay", e))?;
+        adapt_spec(id, spec, &root);
+        let config =
+            serde_json::to_vec_pretty(spec).map_err(|e| failed("writing config.json", e))?;
+        std::fs::write(bundle.join("config.json"), config)
+            .map_err(|e| failed("writing config.json", e))?;
+        let pid_file = bundle.join("init.pid");
+        let args = [
+            "create".to_owned(),
+            "--bundle".to_owned(),
+            bundle.display().to_string(),
+            "--pid-file".to_owned(),
+            pid_file.display().to_string(),
+            id.to_owned(),
+        ];
+        self.start_process(bundle, &args, &pid_file, stdin).await
+    }
+
+    /// Runs `berth ARGS` with the new process's stdio, waits for it, and
+    /// watches the process it left (named in `pid_file`).
+    async fn start_process(
+        &self,
+        bundle: &Path,
+        args: &[String],
+        pid_file: &Path,
+        stdin: bool,
+    ) -> Result<Arc<Process>, AgentError> {
+        let (stdin_read, stdin_write) = if stdin {
+            let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| failed("pipe", e))?;
+            (Stdio::from(r), Some(w))
+        } else {
+            (Stdio::null(), None)
+        };
+        let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| failed("pipe", e))?;
+        let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| failed("pipe", e))?;
+        let log = bundle.join("berth.log");
+        let mut command = Command::new(&self.berth);
+        command
+            .arg("--root")
+            .arg(STATE_ROOT)
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-format")
+            .arg("json")
+            .args(args)
+            .stdin(stdin_read)
+            .stdout(Stdio::from(out_write))
+            .stderr(Stdio::from(err_write));
+        let (child, exited) = self
+            .reaper
+            .spawn(&mut command)
+            .map_err(|e| failed(&format!("starting {}", self.berth.display()), e))?;
+        // The parent's copies of the child's ends are closed with `command`.
+        drop(command);
+        drop(child);
+        let status = exited
+            .await
+            .map_err(|_| AgentError::Failed("the reaper stopped".into()))?;
+        let async_out =
+            |fd: OwnedFd| pipe::Receiver::from_owned_fd(fd).map_err(|e| failed("pipe", e));
+        let stdout = Arc::new(Output::default());
+        let stderr = Arc::new(Output::default());
+        let out = async_out(out_read)?;
+        let err = async_out(err_read)?;
+        if status.code != 0 {
+            return Err(AgentError::Failed(format!(
+                "berth {}: {}",
+                args[0],
+                last_error(&log).unwrap_or_else(|| format!("exit code {}", status.code))
+            )));
+        }
+        stdout.start(out);
+        stderr.start(err);
+        let pid: u32 = std::fs::read_to_string(pid_file)
+            .map_err(|e| failed(&format!("reading {}", pid_file.display()), e))?
+            .trim()
+            .parse()
+            .map_err(|e| failed(&format!("the PID in {}", pid_file.display()), e))?;
+        let (tx, rx) = watch::channel(None);
+        let exit = self.reaper.watch(pid as i32);
+        tokio::spawn(async move {
+            let status = exit.await.unwrap_or(Exit {
+                code: 255,
+                signal: 0,
+            });
+            let _ = tx.send(Some(status));
+        });
+        let stdin = match stdin_write {
+            Some(w) => Some(pipe::Sender::from_owned_fd(w).map_err(|e| failed("pipe", e))?),
+            None => None,
+        };
+        Ok(Arc::new(Process {
+            pid,
+            exit: rx,
+            stdin: tokio::sync::Mutex::new(stdin),
+            stdout,
+            stderr,
+        }))
+    }
+
+    async fn berth(&self, bundle: &Path, args: &[&str]) -> Result<(), AgentError> {
+        let log = bundle.join("berth.log");
+        let mut command = Command::new(&self.berth);
+        command
+            .arg("--root")
+            .arg(STATE_ROOT)
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-format")
+            .arg("json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let (_child, exited) = self
+            .reaper
+            .spawn(&mut command)
+            .map_err(|e| failed(&format!("starting {}", self.berth.display()), e))?;
+        let status = exited
+            .await
+            .map_err(|_| AgentError::Failed("the reaper stopped".into()))?;
+        if status.code != 0 {
+            return Err(AgentError::Failed(format!(
+                "berth {}: {}",
+                args[0],
+                last_error(&log).unwrap_or_else(|| format!("exit code {}", status.code))
+            )));
+        }
+        Ok(())
+    }
+
+    fn bundle(&self, id: &str) -> Result<PathBuf, AgentError> {
+        lock(&self.containers)
+            .get(id)
+            .map(|c| c.bundle.clone())
+            .ok_or_else(|| AgentError::NotFound(format!("container {id:?}")))
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), AgentError> {
+        let bundle = self.bundle(id)?;
+        self.berth(&bundle, &["start", id]).await
+    }
+
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &[u8],
+        stdin: bool,
+    ) -> Result<u32, AgentError> {
+        check_id("exec id", exec_id)?;
+        let bundle = self.bundle(id)?;
+        serde_json::from_slice::<Value>(process)
+            .map_err(|e| invalid(format!("the exec's process: {e}")))?;
+        {
+            let mut containers = lock(&self.containers);
+            let c = containers
+                .get_mut(id)
+                .ok_or_else(|| AgentError::NotFound(format!("container {id:?}")))?;
+            if c.processes.contains_key(exec_id) {
+                return Err(AgentError::AlreadyExists(format!(
+                    "exec {exec_id:?} of container {id:?}"
+                )));
+            }
+        }
+        let spec = bundle.join(format!("exec-{exec_id}.json"));
+        std::fs::write(&spec, process).map_err(|e| failed("writing the exec's process", e))?;
+        let pid_file = bundle.join(format!("exec-{exec_id}.pid"));
+        let args = [
+            "exec".to_owned(),
+            "--process".to_owned(),
+            spec.display().to_string(),
+            "--detach".to_owned(),
+            "--pid-file".to_owned(),
+            pid_file.display().to_string(),
+            id.to_owned(),
+        ];
+        let process = self.start_process(&bundle, &args, &pid_file, stdin).await?;
+        let pid = process.pid;
+        let mut containers = lock(&self.containers);
+        match containers.get_mut(id) {
+            Some(c) => {
+                c.processes.insert(exec_id.to_owned(), process);
+                Ok(pid)
+            }
+            None => Err(AgentError::NotFound(format!(
+                "container {id:?} (removed meanwhile)"
+            ))),
+        }
+    }
+
+    pub async fn signal(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), AgentError> {
+        let process = self.process(id, exec_id)?;
+        if process.exited() {
+            return Err(AgentError::NotFound(format!(
+                "process {exec_id:?} of container {id:?} has exited"
+            )));
+        }
+        let signal = rustix::process::Signal::from_named_raw(signal as i32)
+            .ok_or_else(|| invalid(format!("signal {signal} does not exist")))?;
+        let pid = rustix::process::Pid::from_raw(process.pid as i32)
+            .ok_or_else(|| invalid("PID 0".into()))?;
+        rustix::process::kill_process(pid, signal).map_err(|e| failed("signalling", e))
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<(), AgentError> {
+        let bundle = self.bundle(id)?;
+        // `delete --force` kills what runs in the container's cgroup.
+        self.berth(&bundle, &["delete", "--force", id]).await?;
+        self.forget(id, &bundle).await;
+        Ok(())
+    }
+
+    async fn forget(&self, id: &str, bundle: &Path) {
+        let root = bundle.join("rootfs");
+        let _ = rustix::mount::unmount(&root, rustix::mount::UnmountFlags::DETACH);
+        let _ = std::fs::remove_dir_all(bundle);
+        lock(&self.containers).remove(id);
+    }
+}
+
+/// The host's spec, made the guest's: the overlay as root, no namespace
+/// paths (they name the host's), the guest's cgroup.
+fn adapt_spec(id: &str, spec: &mut Value, root: &Path) {
+    spec["root"] = serde_json::json!({"path": root.display().to_string(), "readonly": spec["root"]["readonly"].as_bool().unwrap_or(false)});
+    if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
+        if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
+            // The VM is the pod: its containers share the guest's network
+            // namespace (the pod's), as a pod's containers share one on a
+            // host.
+            namespaces.retain(|ns| ns["type"] != "network");
+            for ns in namespaces.iter_mut() {
+                if let Some(ns) = ns.as_object_mut() {
+                    ns.remove("path");
+                }
+            }
+        }
+        linux.insert("cgroupsPath".into(), Value::String(format!("/berth/{id}")));
+    }
+}
+
+/// The message of the last error line of berth's JSON log.
+fn last_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|line| {
+        let v: Value = serde_json::from_str(line).ok()?;
+        (v["level"] == "error").then(|| v["msg"].as_str().unwrap_or(line).to_owned())
+    })
+}
