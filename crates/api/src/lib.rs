@@ -34,6 +34,7 @@ pub mod agent {
         /// Its methods, as named on the wire.
         pub const CHECK: &str = "Check";
         pub const RUN_COMMAND: &str = "RunCommand";
+        pub const SETUP_GUEST: &str = "SetupGuest";
         pub const MOUNT: &str = "Mount";
         pub const CREATE_CONTAINER: &str = "CreateContainer";
         pub const START_CONTAINER: &str = "StartContainer";

@@ -24,6 +24,8 @@ use crate::service::AgentError;
 const BUFFERED_MAX: usize = 1 << 20;
 const STATE_ROOT: &str = "/run/berth/state";
 const BUNDLES: &str = "/run/berth/bundles";
+/// The guest's cgroup2 hierarchy; containers are in berth/<id> below it.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// One output stream of a process, buffered for the host's reads.
 #[derive(Default)]
@@ -90,6 +92,10 @@ impl Output {
 pub struct Process {
     pub pid: u32,
     exit: watch::Receiver<Option<Exit>>,
+    /// Whether the container's cgroup saw an OOM kill, read when the
+    /// process ended (before `delete` takes the cgroup away); only for a
+    /// container's init.
+    oom_killed: Arc<std::sync::atomic::AtomicBool>,
     stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
     pub stdout: Arc<Output>,
     pub stderr: Arc<Output>,
@@ -103,6 +109,10 @@ impl Process {
             code: 255,
             signal: 0,
         })
+    }
+
+    pub fn oom_killed(&self) -> bool {
+        self.oom_killed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn exited(&self) -> bool {
@@ -282,7 +292,12 @@ impl Containers {
             pid_file.display().to_string(),
             id.to_owned(),
         ];
-        self.start_process(bundle, &args, &pid_file, stdin).await
+        let events = Path::new(CGROUP_ROOT)
+            .join("berth")
+            .join(id)
+            .join("memory.events");
+        self.start_process(bundle, &args, &pid_file, stdin, Some(&events))
+            .await
     }
 
     /// Runs `berth ARGS` with the new process's stdio, waits for it, and
@@ -293,6 +308,7 @@ impl Containers {
         args: &[String],
         pid_file: &Path,
         stdin: bool,
+        oom_events: Option<&Path>,
     ) -> Result<Arc<Process>, AgentError> {
         let (stdin_read, stdin_write) = if stdin {
             let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
@@ -350,11 +366,17 @@ impl Containers {
             .map_err(|e| failed(&format!("the PID in {}", pid_file.display()), e))?;
         let (tx, rx) = watch::channel(None);
         let exit = self.reaper.watch(pid as i32);
+        let oom_killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let oom = Arc::clone(&oom_killed);
+        let events = oom_events.map(Path::to_owned);
         tokio::spawn(async move {
             let status = exit.await.unwrap_or(Exit {
                 code: 255,
                 signal: 0,
             });
+            if let Some(events) = events {
+                oom.store(oom_kills(&events) > 0, std::sync::atomic::Ordering::Relaxed);
+            }
             let _ = tx.send(Some(status));
         });
         let stdin = match stdin_write {
@@ -364,6 +386,7 @@ impl Containers {
         Ok(Arc::new(Process {
             pid,
             exit: rx,
+            oom_killed,
             stdin: tokio::sync::Mutex::new(stdin),
             stdout,
             stderr,
@@ -447,7 +470,9 @@ impl Containers {
             pid_file.display().to_string(),
             id.to_owned(),
         ];
-        let process = self.start_process(&bundle, &args, &pid_file, stdin).await?;
+        let process = self
+            .start_process(&bundle, &args, &pid_file, stdin, None)
+            .await?;
         let pid = process.pid;
         let mut containers = lock(&self.containers);
         match containers.get_mut(id) {
@@ -509,6 +534,15 @@ fn adapt_spec(id: &str, spec: &mut Value, root: &Path) {
         }
         linux.insert("cgroupsPath".into(), Value::String(format!("/berth/{id}")));
     }
+}
+
+/// The `oom_kill` count of a cgroup2 memory.events file (0 if unreadable).
+fn oom_kills(events: &Path) -> u64 {
+    std::fs::read_to_string(events)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The message of the last error line of berth's JSON log.

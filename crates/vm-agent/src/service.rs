@@ -84,6 +84,10 @@ impl Agent {
                 .into_owned(),
             uptime_seconds: uptime,
             modules: self.modules.clone(),
+            unix_nanos: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
         }
     }
 
@@ -170,6 +174,41 @@ impl Agent {
             stderr: err,
             timed_out,
         })
+    }
+
+    fn setup_guest(&self, r: proto::SetupGuestRequest) -> Result<(), AgentError> {
+        if r.unix_nanos <= 0 {
+            return Err(AgentError::InvalidArgument(
+                "SetupGuest: unix_nanos must be positive".into(),
+            ));
+        }
+        if !r.hostname.is_empty() {
+            if r.hostname.len() > 64
+                || !r
+                    .hostname
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                return Err(AgentError::InvalidArgument(format!(
+                    "SetupGuest: hostname {:?} is not a host name",
+                    r.hostname
+                )));
+            }
+            if self.pid1 {
+                rustix::system::sethostname(r.hostname.as_bytes()).map_err(|e| {
+                    AgentError::Failed(format!("SetupGuest: setting the hostname: {e}"))
+                })?;
+            }
+        }
+        if self.pid1 {
+            let now = rustix::time::Timespec {
+                tv_sec: r.unix_nanos / 1_000_000_000,
+                tv_nsec: (r.unix_nanos % 1_000_000_000) as _,
+            };
+            rustix::time::clock_settime(rustix::time::ClockId::Realtime, now)
+                .map_err(|e| AgentError::Failed(format!("SetupGuest: setting the clock: {e}")))?;
+        }
+        Ok(())
     }
 
     fn mount(&self, r: proto::MountRequest) -> Result<(), AgentError> {
@@ -285,7 +324,7 @@ impl MethodHandler for Handler {
 
 pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
     use futures_util::FutureExt;
-    let calls: [(&str, Method); 14] = [
+    let calls: [(&str, Method); 15] = [
         (proto::CHECK, |a, _| {
             async move { Ok(a.check().encode_to_vec()) }.boxed()
         }),
@@ -293,6 +332,13 @@ pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
             async move {
                 let r = decode(&p)?;
                 Ok(a.run_command(r).await?.encode_to_vec())
+            }
+            .boxed()
+        }),
+        (proto::SETUP_GUEST, |a, p| {
+            async move {
+                a.setup_guest(decode(&p)?)?;
+                Ok(Vec::new())
             }
             .boxed()
         }),
@@ -346,14 +392,12 @@ pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
         (proto::WAIT_PROCESS, |a, p| {
             async move {
                 let r: proto::ProcessRef = decode(&p)?;
-                let exit = a
-                    .containers
-                    .process(&r.container_id, &r.exec_id)?
-                    .wait()
-                    .await;
+                let process = a.containers.process(&r.container_id, &r.exec_id)?;
+                let exit = process.wait().await;
                 Ok(proto::ProcessExit {
                     exit_code: exit.code,
                     signal: exit.signal,
+                    oom_killed: process.oom_killed(),
                 }
                 .encode_to_vec())
             }

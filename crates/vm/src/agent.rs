@@ -76,6 +76,20 @@ impl AgentClient {
         self.call(proto::RUN_COMMAND, req, timeout).await
     }
 
+    /// Sets the guest's clock to the host's now, and its hostname unless
+    /// `hostname` is empty.
+    pub async fn setup_guest(&self, hostname: &str, timeout: Duration) -> Result<(), VmError> {
+        let unix_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let req = proto::SetupGuestRequest {
+            unix_nanos,
+            hostname: hostname.to_owned(),
+        };
+        self.call::<()>(proto::SETUP_GUEST, &req, timeout).await
+    }
+
     pub async fn mount(&self, req: &MountRequest, timeout: Duration) -> Result<(), VmError> {
         self.call::<()>(proto::MOUNT, req, timeout).await
     }

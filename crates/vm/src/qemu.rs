@@ -403,6 +403,9 @@ async fn connect(
         // The request waits in the channel until the agent opens its port.
         let left = deadline.saturating_duration_since(Instant::now());
         agent.check(left).await?;
+        // The guest's clock starts from the emulated RTC (whole seconds).
+        let left = deadline.saturating_duration_since(Instant::now());
+        agent.setup_guest("", left).await?;
         Ok::<_, VmError>((qmp, agent))
     };
     let mut exit_seen = exited.clone();

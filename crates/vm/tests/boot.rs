@@ -55,6 +55,16 @@ async fn a_vm_boots_its_agent_answers_and_stop_leaves_nothing() {
     let check = vm.agent().check(Duration::from_secs(5)).await.unwrap();
     assert_eq!(check.kernel, manifest["kernel_release"].as_str().unwrap());
     assert!(check.uptime_seconds > 0.0);
+    // The guest's clock was set from the host's.
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    assert!(
+        (host - check.unix_nanos).abs() < 2_000_000_000,
+        "guest clock off by {} ns",
+        host - check.unix_nanos
+    );
     assert!(
         check.modules.iter().any(|m| m == "virtio_console"),
         "{:?}",

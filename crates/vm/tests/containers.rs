@@ -26,14 +26,18 @@ fn busybox_rootfs(at: &Path) {
     }
     std::fs::copy("/bin/busybox", at.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "echo", "cat", "nc", "sleep", "hostname", "seq", "grep", "ls",
+        "sh", "echo", "cat", "nc", "sleep", "hostname", "seq", "grep", "ls", "tail",
     ] {
         std::os::unix::fs::symlink("busybox", at.join("bin").join(applet)).unwrap();
     }
 }
 
 fn spec(args: &[&str]) -> Vec<u8> {
-    serde_json::to_vec(&json!({
+    serde_json::to_vec(&spec_value(args)).unwrap()
+}
+
+fn spec_value(args: &[&str]) -> serde_json::Value {
+    json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -57,8 +61,7 @@ fn spec(args: &[&str]) -> Vec<u8> {
                            {"type": "network", "path": "/var/run/netns/not-in-the-guest"}],
             "cgroupsPath": "/host/cgroup/path"
         }
-    }))
-    .unwrap()
+    })
 }
 
 async fn read_all(agent: &AgentClient, id: &str, exec_id: &str) -> String {
@@ -178,6 +181,26 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
     let exit = agent.wait_process("server", "", WAIT).await.unwrap();
     assert_eq!((exit.exit_code, exit.signal), (137, 9));
 
+    // A memory limit holds in the guest's cgroup, and its OOM kill is
+    // reported.
+    let mut limited = spec_value(&["tail", "/dev/zero"]);
+    limited["linux"]["resources"] = json!({"memory": {"limit": 32 * 1024 * 1024}});
+    let req = CreateContainerRequest {
+        id: "hog".into(),
+        spec: serde_json::to_vec(&limited).unwrap(),
+        rootfs: guest_rootfs.clone(),
+        stdin: false,
+    };
+    agent.create_container(&req, WAIT).await.unwrap();
+    agent.start_container("hog", WAIT).await.unwrap();
+    let exit = agent.wait_process("hog", "", WAIT).await.unwrap();
+    assert_eq!(
+        (exit.exit_code, exit.signal, exit.oom_killed),
+        (137, 9, true)
+    );
+    let exit = agent.wait_process("client", "", WAIT).await.unwrap();
+    assert!(!exit.oom_killed);
+
     // Bad requests are refused by name.
     let bad = |id: &str, rootfs: &str| CreateContainerRequest {
         id: id.into(),
@@ -206,7 +229,7 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
     let err = agent.start_container("unknown", WAIT).await.unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
 
-    for id in ["server", "client", "echo"] {
+    for id in ["server", "client", "echo", "hog"] {
         agent
             .remove_container(id, WAIT)
             .await
