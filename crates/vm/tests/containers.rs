@@ -82,6 +82,7 @@ async fn create(agent: &AgentClient, id: &str, rootfs: &str, args: &[&str], stdi
         rootfs: rootfs.into(),
         stdin,
     };
+    let started = std::time::Instant::now();
     let pid = agent
         .create_container(&req, WAIT)
         .await
@@ -90,6 +91,7 @@ async fn create(agent: &AgentClient, id: &str, rootfs: &str, args: &[&str], stdi
         .start_container(id, WAIT)
         .await
         .unwrap_or_else(|e| panic!("starting {id}: {e}"));
+    eprintln!("container {id}: create + start in {:?}", started.elapsed());
     pid
 }
 
