@@ -45,6 +45,10 @@ pub mod agent {
         pub const READ_STDERR: &str = "ReadStderr";
         pub const WRITE_STDIN: &str = "WriteStdin";
         pub const CLOSE_STDIN: &str = "CloseStdin";
+        pub const PAUSE_CONTAINER: &str = "PauseContainer";
+        pub const RESUME_CONTAINER: &str = "ResumeContainer";
+        pub const UPDATE_CONTAINER: &str = "UpdateContainer";
+        pub const STATS_CONTAINER: &str = "StatsContainer";
         pub const REMOVE_CONTAINER: &str = "RemoveContainer";
         pub const SHUTDOWN: &str = "Shutdown";
         /// The virtio-serial port the agent serves on.

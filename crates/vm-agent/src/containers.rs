@@ -393,8 +393,11 @@ impl Containers {
         }))
     }
 
-    async fn berth(&self, bundle: &Path, args: &[&str]) -> Result<(), AgentError> {
+    /// Runs `berth ARGS` for a container; its standard output.
+    async fn berth(&self, bundle: &Path, args: &[&str]) -> Result<Vec<u8>, AgentError> {
         let log = bundle.join("berth.log");
+        let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| failed("pipe", e))?;
         let mut command = Command::new(&self.berth);
         command
             .arg("--root")
@@ -405,15 +408,17 @@ impl Containers {
             .arg("json")
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(out_write))
             .stderr(Stdio::null());
         let (_child, exited) = self
             .reaper
             .spawn(&mut command)
             .map_err(|e| failed(&format!("starting {}", self.berth.display()), e))?;
-        let status = exited
-            .await
-            .map_err(|_| AgentError::Failed("the reaper stopped".into()))?;
+        drop(command);
+        let mut out = pipe::Receiver::from_owned_fd(out_read).map_err(|e| failed("pipe", e))?;
+        let mut stdout = Vec::new();
+        let (status, _) = tokio::join!(exited, out.read_to_end(&mut stdout));
+        let status = status.map_err(|_| AgentError::Failed("the reaper stopped".into()))?;
         if status.code != 0 {
             return Err(AgentError::Failed(format!(
                 "berth {}: {}",
@@ -421,7 +426,7 @@ impl Containers {
                 last_error(&log).unwrap_or_else(|| format!("exit code {}", status.code))
             )));
         }
-        Ok(())
+        Ok(stdout)
     }
 
     fn bundle(&self, id: &str) -> Result<PathBuf, AgentError> {
@@ -433,7 +438,41 @@ impl Containers {
 
     pub async fn start(&self, id: &str) -> Result<(), AgentError> {
         let bundle = self.bundle(id)?;
-        self.berth(&bundle, &["start", id]).await
+        self.berth(&bundle, &["start", id]).await.map(drop)
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<(), AgentError> {
+        let bundle = self.bundle(id)?;
+        self.berth(&bundle, &["pause", id]).await.map(drop)
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<(), AgentError> {
+        let bundle = self.bundle(id)?;
+        self.berth(&bundle, &["resume", id]).await.map(drop)
+    }
+
+    pub async fn update(&self, id: &str, resources: &[u8]) -> Result<(), AgentError> {
+        let bundle = self.bundle(id)?;
+        let doc: Value = serde_json::from_slice(resources)
+            .map_err(|e| invalid(format!("the resources: {e}")))?;
+        if !doc.is_object() {
+            return Err(invalid("the resources are not a JSON object".into()));
+        }
+        let file = bundle.join("update-resources.json");
+        std::fs::write(&file, resources).map_err(|e| failed("writing the resources", e))?;
+        let file = file.display().to_string();
+        self.berth(&bundle, &["update", "--resources", &file, id])
+            .await
+            .map(drop)
+    }
+
+    /// The `data` of `berth events --stats` (runc's stats event).
+    pub async fn stats(&self, id: &str) -> Result<Vec<u8>, AgentError> {
+        let bundle = self.bundle(id)?;
+        let out = self.berth(&bundle, &["events", "--stats", id]).await?;
+        let event: Value =
+            serde_json::from_slice(&out).map_err(|e| failed("reading berth's stats event", e))?;
+        serde_json::to_vec(&event["data"]).map_err(|e| failed("encoding the stats", e))
     }
 
     pub async fn exec(

@@ -324,7 +324,7 @@ impl MethodHandler for Handler {
 
 pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
     use futures_util::FutureExt;
-    let calls: [(&str, Method); 15] = [
+    let calls: [(&str, Method); 19] = [
         (proto::CHECK, |a, _| {
             async move { Ok(a.check().encode_to_vec()) }.boxed()
         }),
@@ -438,6 +438,38 @@ pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
                     .close_stdin()
                     .await;
                 Ok(Vec::new())
+            }
+            .boxed()
+        }),
+        (proto::PAUSE_CONTAINER, |a, p| {
+            async move {
+                let r: proto::ContainerRef = decode(&p)?;
+                a.containers.pause(&r.id).await?;
+                Ok(Vec::new())
+            }
+            .boxed()
+        }),
+        (proto::RESUME_CONTAINER, |a, p| {
+            async move {
+                let r: proto::ContainerRef = decode(&p)?;
+                a.containers.resume(&r.id).await?;
+                Ok(Vec::new())
+            }
+            .boxed()
+        }),
+        (proto::UPDATE_CONTAINER, |a, p| {
+            async move {
+                let r: proto::UpdateContainerRequest = decode(&p)?;
+                a.containers.update(&r.id, &r.resources).await?;
+                Ok(Vec::new())
+            }
+            .boxed()
+        }),
+        (proto::STATS_CONTAINER, |a, p| {
+            async move {
+                let r: proto::ContainerRef = decode(&p)?;
+                let stats = a.containers.stats(&r.id).await?;
+                Ok(proto::ContainerStats { stats }.encode_to_vec())
             }
             .boxed()
         }),

@@ -203,6 +203,39 @@ impl AgentClient {
             .await
     }
 
+    pub async fn pause_container(&self, id: &str, timeout: Duration) -> Result<(), VmError> {
+        let req = proto::ContainerRef { id: id.to_owned() };
+        self.call::<()>(proto::PAUSE_CONTAINER, &req, timeout).await
+    }
+
+    pub async fn resume_container(&self, id: &str, timeout: Duration) -> Result<(), VmError> {
+        let req = proto::ContainerRef { id: id.to_owned() };
+        self.call::<()>(proto::RESUME_CONTAINER, &req, timeout)
+            .await
+    }
+
+    /// New limits: `resources` is an OCI LinuxResources object in JSON.
+    pub async fn update_container(
+        &self,
+        id: &str,
+        resources: &[u8],
+        timeout: Duration,
+    ) -> Result<(), VmError> {
+        let req = proto::UpdateContainerRequest {
+            id: id.to_owned(),
+            resources: resources.to_vec(),
+        };
+        self.call::<()>(proto::UPDATE_CONTAINER, &req, timeout)
+            .await
+    }
+
+    /// The container's cgroup statistics: runc's stats event `data` (JSON).
+    pub async fn stats_container(&self, id: &str, timeout: Duration) -> Result<Vec<u8>, VmError> {
+        let req = proto::ContainerRef { id: id.to_owned() };
+        let stats: proto::ContainerStats = self.call(proto::STATS_CONTAINER, &req, timeout).await?;
+        Ok(stats.stats)
+    }
+
     pub async fn remove_container(&self, id: &str, timeout: Duration) -> Result<(), VmError> {
         let req = proto::ContainerRef { id: id.to_owned() };
         self.call::<()>(proto::REMOVE_CONTAINER, &req, timeout)

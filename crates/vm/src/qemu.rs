@@ -243,6 +243,18 @@ impl Vm {
         &self.agent
     }
 
+    /// Drops the channel to the agent and makes a new one (what a restarted
+    /// owner does): the agent serves the next connection once the last
+    /// one closed.
+    pub async fn reconnect_agent(&mut self, timeout: Duration) -> Result<(), VmError> {
+        let socket = agent_socket(&self.dir);
+        // The old client's socket must be closed before the agent reopens
+        // its port: replace it with the new one only after.
+        let placeholder = AgentClient::connect(&socket).await;
+        drop(std::mem::replace(&mut self.agent, placeholder?));
+        self.agent.check(timeout).await.map(drop)
+    }
+
     pub fn qmp(&self) -> &Qmp {
         &self.qmp
     }

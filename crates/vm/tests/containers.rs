@@ -107,7 +107,11 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
         g.join("vmlinux"),
         g.join("initramfs.cpio"),
     );
-    let vm = Vm::boot(config).await.expect("booting");
+    let mut vm = Vm::boot(config).await.expect("booting");
+    // A new owner's channel (a restarted shim) finds the agent serving.
+    vm.reconnect_agent(WAIT)
+        .await
+        .expect("reconnecting to the agent");
     let agent = vm.agent();
     let shared = vm.shared().unwrap();
     let guest_rootfs = shared.share(&rootfs, "busybox", true).unwrap();
@@ -160,6 +164,48 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
             .exit_code,
         0
     );
+
+    // Statistics, new limits, pause and resume of the running server.
+    let stats: serde_json::Value =
+        serde_json::from_slice(&agent.stats_container("server", WAIT).await.unwrap()).unwrap();
+    assert!(
+        stats["memory"]["usage"]["usage"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    assert!(stats["pids"]["current"].as_u64().unwrap() >= 1, "{stats}");
+    let limit = 48u64 << 20;
+    let resources = serde_json::to_vec(&json!({"memory": {"limit": limit}})).unwrap();
+    agent
+        .update_container("server", &resources, WAIT)
+        .await
+        .unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_slice(&agent.stats_container("server", WAIT).await.unwrap()).unwrap();
+    assert_eq!(
+        stats["memory"]["usage"]["limit"].as_u64(),
+        Some(limit),
+        "{stats}"
+    );
+    let freeze = |bb: String| RunCommandRequest {
+        args: vec![
+            bb,
+            "cat".into(),
+            "/sys/fs/cgroup/berth/server/cgroup.freeze".into(),
+        ],
+        ..Default::default()
+    };
+    let bb = format!("{guest_rootfs}/bin/busybox");
+    agent.pause_container("server", WAIT).await.unwrap();
+    let out = agent.run_command(&freeze(bb.clone()), WAIT).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n", "{out:?}");
+    agent.resume_container("server", WAIT).await.unwrap();
+    let out = agent.run_command(&freeze(bb.clone()), WAIT).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "{out:?}");
+    let err = agent
+        .update_container("server", b"[1]", WAIT)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a JSON object"), "{err}");
 
     // stdin through to the container and back.
     create(agent, "echo", &guest_rootfs, &["cat"], true).await;
@@ -238,7 +284,6 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
             .unwrap_or_else(|e| panic!("removing {id}: {e}"));
     }
     // Nothing of the containers is left in the guest.
-    let bb = format!("{guest_rootfs}/bin/busybox");
     let out = agent
         .run_command(
             &RunCommandRequest {
