@@ -45,6 +45,7 @@ pub mod agent {
         pub const READ_STDERR: &str = "ReadStderr";
         pub const WRITE_STDIN: &str = "WriteStdin";
         pub const CLOSE_STDIN: &str = "CloseStdin";
+        pub const RESIZE_PTY: &str = "ResizePty";
         pub const PAUSE_CONTAINER: &str = "PauseContainer";
         pub const RESUME_CONTAINER: &str = "ResumeContainer";
         pub const UPDATE_CONTAINER: &str = "UpdateContainer";

@@ -27,3 +27,27 @@ pub fn bind_unix_private(path: &Path) -> std::io::Result<std::os::unix::net::Uni
     let _ = std::fs::remove_dir(&private);
     bound
 }
+
+/// Receives a message and the descriptor sent with it (SCM_RIGHTS), as a
+/// runtime sends a terminal's master to a `--console-socket`.
+pub fn recv_fd(
+    sock: &std::os::unix::net::UnixStream,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<std::os::fd::OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [std::io::IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fd = None;
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = m {
+            fd = fds.next();
+        }
+    }
+    Ok((msg.bytes, fd))
+}

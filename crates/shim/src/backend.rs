@@ -382,10 +382,7 @@ fn runsc_wait(mut cmd: Command, id: &str) -> (u32, Option<i32>) {
 
 /// Passes the terminal master the runtime sent to the shim's own socket.
 fn relay_console(listener: &UnixListener, to: &UnixStream) -> Result<()> {
-    use rustix::net::{
-        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-        SendAncillaryMessage, SendFlags,
-    };
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     listener
         .set_nonblocking(true)
         .context(|| "console socket".into())?;
@@ -394,22 +391,9 @@ fn relay_console(listener: &UnixListener, to: &UnixStream) -> Result<()> {
         .context(|| "no terminal from the runtime".into())?;
     conn.set_nonblocking(false)
         .context(|| "console socket".into())?;
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut buf = [0u8; 256];
-    let msg = rustix::net::recvmsg(
-        &conn,
-        &mut [std::io::IoSliceMut::new(&mut buf)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .context(|| "receiving the terminal from the runtime".into())?;
-    let mut master = None;
-    for m in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(mut fds) = m {
-            master = fds.next();
-        }
-    }
+    let (len, master) = berth_common::socket::recv_fd(&conn, &mut buf)
+        .context(|| "receiving the terminal from the runtime".into())?;
     let master =
         master.ok_or_else(|| ShimError::RuntimeBinary("the runtime sent no terminal".into()))?;
     let fds = [std::os::fd::AsFd::as_fd(&master)];
@@ -418,7 +402,7 @@ fn relay_console(listener: &UnixListener, to: &UnixStream) -> Result<()> {
     control.push(SendAncillaryMessage::ScmRights(&fds));
     rustix::net::sendmsg(
         to,
-        &[std::io::IoSlice::new(&buf[..msg.bytes])],
+        &[std::io::IoSlice::new(&buf[..len])],
         &mut control,
         SendFlags::empty(),
     )

@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use berth_common::socket::recv_fd;
 use berth_runtime::ProcessIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -321,24 +322,4 @@ impl IoHandle {
         self.drained
             .push(tokio::spawn(crate::crilog::pump(fd, stream, log, tap)));
     }
-}
-
-/// Receives the terminal master sent with SCM_RIGHTS.
-fn recv_fd(sock: &UnixStream, buf: &mut [u8]) -> std::io::Result<(usize, Option<OwnedFd>)> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let msg = rustix::net::recvmsg(
-        sock,
-        &mut [std::io::IoSliceMut::new(buf)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
-    let mut fd = None;
-    for m in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(mut fds) = m {
-            fd = fds.next();
-        }
-    }
-    Ok((msg.bytes, fd))
 }

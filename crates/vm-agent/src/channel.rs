@@ -7,20 +7,20 @@
 //! host side is connected, and the next one only after that one ended.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use futures_util::stream;
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fs::{Mode, OFlags};
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use ttrpc::r#async::transport::Listener;
+
+use crate::fdio::FdStream;
 
 /// How long the port's device may take to appear after the modules load.
 const PORT_APPEARS_WITHIN: Duration = Duration::from_secs(10);
@@ -96,62 +96,48 @@ async fn connect(device: &Path) -> io::Result<(SerialPort, oneshot::Receiver<()>
         }
         tokio::time::sleep(HOST_ABSENT_POLL).await;
     }
-    // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until
-    // dropped: the descriptor stays open and the same for its lifetime.
-    let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
     eprintln!("berth-agent: the host connected to {}", device.display());
     let (tx, rx) = oneshot::channel();
-    Ok((SerialPort { fd, _ended: tx }, rx))
+    Ok((
+        SerialPort {
+            io: FdStream::new(fd)?,
+            _ended: tx,
+        },
+        rx,
+    ))
 }
 
 /// One host session on the port; dropping it lets the listener reopen the
 /// port for the next.
 struct SerialPort {
-    fd: AsyncFd<OwnedFd>,
+    io: FdStream,
     _ended: oneshot::Sender<()>,
 }
 
 impl AsyncRead for SerialPort {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| Ok(rustix::io::read(fd.get_ref().as_fd(), &mut *unfilled)?)) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for SerialPort {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| Ok(rustix::io::write(fd.get_ref().as_fd(), data)?)) {
-                Ok(result) => return Poll::Ready(result),
-                Err(_would_block) => continue,
-            }
-        }
+        Pin::new(&mut self.io).poll_write(cx, data)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{watch, Notify};
 
+use crate::fdio::FdStream;
 use crate::reaper::{Exit, Reaper};
 use crate::service::AgentError;
 
@@ -27,6 +28,8 @@ const BUNDLES: &str = "/run/berth/bundles";
 /// The guest's cgroup2 hierarchy; containers are in berth/<id> below it.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
+type Stdin = Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>;
+
 /// One output stream of a process, buffered for the host's reads.
 #[derive(Default)]
 pub struct Output {
@@ -35,7 +38,13 @@ pub struct Output {
 }
 
 impl Output {
-    fn start(self: &Arc<Self>, mut from: pipe::Receiver) {
+    /// Marks a stream that carries nothing (stderr beside a terminal).
+    fn finish(&self) {
+        lock(&self.state).1 = true;
+        self.changed.notify_waiters();
+    }
+
+    fn start(self: &Arc<Self>, mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static) {
         let out = Arc::clone(self);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 32 * 1024];
@@ -96,7 +105,9 @@ pub struct Process {
     /// process ended (before `delete` takes the cgroup away); only for a
     /// container's init.
     oom_killed: Arc<std::sync::atomic::AtomicBool>,
-    stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
+    stdin: tokio::sync::Mutex<Option<Stdin>>,
+    /// The terminal's master, for resizes.
+    terminal: Option<OwnedFd>,
     pub stdout: Arc<Output>,
     pub stderr: Arc<Output>,
 }
@@ -127,6 +138,21 @@ impl Process {
         pipe.write_all(data)
             .await
             .map_err(|e| AgentError::Failed(format!("writing stdin: {e}")))
+    }
+
+    /// Sets the terminal's size.
+    pub fn resize(&self, width: u16, height: u16) -> Result<(), AgentError> {
+        let master = self
+            .terminal
+            .as_ref()
+            .ok_or_else(|| AgentError::FailedPrecondition("the process has no terminal".into()))?;
+        let size = rustix::termios::Winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        rustix::termios::tcsetwinsize(master, size).map_err(|e| failed("resizing the terminal", e))
     }
 
     pub async fn close_stdin(&self) {
@@ -284,43 +310,39 @@ impl Containers {
         std::fs::write(bundle.join("config.json"), config)
             .map_err(|e| failed("writing config.json", e))?;
         let pid_file = bundle.join("init.pid");
+        let terminal = spec["process"]["terminal"].as_bool().unwrap_or(false);
         let args = [
             "create".to_owned(),
             "--bundle".to_owned(),
             bundle.display().to_string(),
             "--pid-file".to_owned(),
             pid_file.display().to_string(),
-            id.to_owned(),
         ];
         let events = Path::new(CGROUP_ROOT)
             .join("berth")
             .join(id)
             .join("memory.events");
-        self.start_process(bundle, &args, &pid_file, stdin, Some(&events))
+        self.start_process(bundle, &args, id, &pid_file, stdin, terminal, Some(&events))
             .await
     }
 
-    /// Runs `berth ARGS` with the new process's stdio, waits for it, and
-    /// watches the process it left (named in `pid_file`).
+    /// Runs `berth ARGS ID` with the new process's stdio (pipes, or a
+    /// terminal whose master berth sends to a console socket), waits for
+    /// it, and watches the process it left (named in `pid_file`).
+    #[allow(clippy::too_many_arguments)]
     async fn start_process(
         &self,
         bundle: &Path,
         args: &[String],
+        id: &str,
         pid_file: &Path,
         stdin: bool,
+        terminal: bool,
         oom_events: Option<&Path>,
     ) -> Result<Arc<Process>, AgentError> {
-        let (stdin_read, stdin_write) = if stdin {
-            let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                .map_err(|e| failed("pipe", e))?;
-            (Stdio::from(r), Some(w))
-        } else {
-            (Stdio::null(), None)
+        let pipe = || {
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| failed("pipe", e))
         };
-        let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| failed("pipe", e))?;
-        let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| failed("pipe", e))?;
         let log = bundle.join("berth.log");
         let mut command = Command::new(&self.berth);
         command
@@ -330,10 +352,38 @@ impl Containers {
             .arg(&log)
             .arg("--log-format")
             .arg("json")
-            .args(args)
-            .stdin(stdin_read)
-            .stdout(Stdio::from(out_write))
-            .stderr(Stdio::from(err_write));
+            .args(args);
+        let mut console = None;
+        let mut pipes = None;
+        if terminal {
+            let path = pid_file.with_extension("console");
+            let _ = std::fs::remove_file(&path);
+            let listener = berth_common::socket::bind_unix_private(&path)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::UnixListener::from_std)
+                .map_err(|e| failed("the console socket", e))?;
+            command.arg("--console-socket").arg(&path);
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            console = Some((listener, path));
+        } else {
+            let (stdin_read, stdin_write) = if stdin {
+                let (r, w) = pipe()?;
+                (Stdio::from(r), Some(w))
+            } else {
+                (Stdio::null(), None)
+            };
+            let (out_read, out_write) = pipe()?;
+            let (err_read, err_write) = pipe()?;
+            command
+                .stdin(stdin_read)
+                .stdout(Stdio::from(out_write))
+                .stderr(Stdio::from(err_write));
+            pipes = Some((stdin_write, out_read, err_read));
+        }
+        command.arg(id);
         let (child, exited) = self
             .reaper
             .spawn(&mut command)
@@ -341,15 +391,29 @@ impl Containers {
         // The parent's copies of the child's ends are closed with `command`.
         drop(command);
         drop(child);
-        let status = exited
-            .await
-            .map_err(|_| AgentError::Failed("the reaper stopped".into()))?;
-        let async_out =
-            |fd: OwnedFd| pipe::Receiver::from_owned_fd(fd).map_err(|e| failed("pipe", e));
-        let stdout = Arc::new(Output::default());
-        let stderr = Arc::new(Output::default());
-        let out = async_out(out_read)?;
-        let err = async_out(err_read)?;
+        let (status, master) = match &console {
+            Some((listener, _)) => {
+                // berth sends the master before it exits: take it while
+                // waiting, or the exit first if berth failed before.
+                let receive = async {
+                    let (conn, _) = listener.accept().await?;
+                    let conn = conn.into_std()?;
+                    conn.set_nonblocking(false)?;
+                    let mut buf = [0u8; 256];
+                    berth_common::socket::recv_fd(&conn, &mut buf).map(|(_, fd)| fd)
+                };
+                let (status, master) = tokio::join!(
+                    exited,
+                    tokio::time::timeout(std::time::Duration::from_secs(30), receive)
+                );
+                (status, master.ok().and_then(Result::ok).flatten())
+            }
+            None => (exited.await, None),
+        };
+        if let Some((_, path)) = &console {
+            let _ = std::fs::remove_file(path);
+        }
+        let status = status.map_err(|_| AgentError::Failed("the reaper stopped".into()))?;
         if status.code != 0 {
             return Err(AgentError::Failed(format!(
                 "berth {}: {}",
@@ -357,8 +421,43 @@ impl Containers {
                 last_error(&log).unwrap_or_else(|| format!("exit code {}", status.code))
             )));
         }
-        stdout.start(out);
-        stderr.start(err);
+        let stdout = Arc::new(Output::default());
+        let stderr = Arc::new(Output::default());
+        let (stdin, terminal) = match (pipes, master) {
+            (Some((stdin_write, out_read, err_read)), _) => {
+                let receiver =
+                    |fd: OwnedFd| pipe::Receiver::from_owned_fd(fd).map_err(|e| failed("pipe", e));
+                stdout.start(receiver(out_read)?);
+                stderr.start(receiver(err_read)?);
+                let stdin: Option<Stdin> = match stdin_write {
+                    Some(w) => Some(Box::new(
+                        pipe::Sender::from_owned_fd(w).map_err(|e| failed("pipe", e))?,
+                    )),
+                    None => None,
+                };
+                (stdin, None)
+            }
+            (None, Some(master)) => {
+                // A terminal merges stdout and stderr; stderr ends at once.
+                let writer = master.try_clone().map_err(|e| failed("the terminal", e))?;
+                let resize = master.try_clone().map_err(|e| failed("the terminal", e))?;
+                stdout.start(FdStream::new(master).map_err(|e| failed("the terminal", e))?);
+                stderr.finish();
+                let stdin: Option<Stdin> = if stdin {
+                    Some(Box::new(
+                        FdStream::new(writer).map_err(|e| failed("the terminal", e))?,
+                    ))
+                } else {
+                    None
+                };
+                (stdin, Some(resize))
+            }
+            (None, None) => {
+                return Err(AgentError::Failed(
+                    "berth sent no terminal to the console socket".into(),
+                ))
+            }
+        };
         let pid: u32 = std::fs::read_to_string(pid_file)
             .map_err(|e| failed(&format!("reading {}", pid_file.display()), e))?
             .trim()
@@ -379,14 +478,11 @@ impl Containers {
             }
             let _ = tx.send(Some(status));
         });
-        let stdin = match stdin_write {
-            Some(w) => Some(pipe::Sender::from_owned_fd(w).map_err(|e| failed("pipe", e))?),
-            None => None,
-        };
         Ok(Arc::new(Process {
             pid,
             exit: rx,
             oom_killed,
+            terminal,
             stdin: tokio::sync::Mutex::new(stdin),
             stdout,
             stderr,
@@ -484,8 +580,10 @@ impl Containers {
     ) -> Result<u32, AgentError> {
         check_id("exec id", exec_id)?;
         let bundle = self.bundle(id)?;
-        serde_json::from_slice::<Value>(process)
-            .map_err(|e| invalid(format!("the exec's process: {e}")))?;
+        let terminal = serde_json::from_slice::<Value>(process)
+            .map_err(|e| invalid(format!("the exec's process: {e}")))?["terminal"]
+            .as_bool()
+            .unwrap_or(false);
         {
             let mut containers = lock(&self.containers);
             let c = containers
@@ -507,10 +605,9 @@ impl Containers {
             "--detach".to_owned(),
             "--pid-file".to_owned(),
             pid_file.display().to_string(),
-            id.to_owned(),
         ];
         let process = self
-            .start_process(&bundle, &args, &pid_file, stdin, None)
+            .start_process(&bundle, &args, id, &pid_file, stdin, terminal, None)
             .await?;
         let pid = process.pid;
         let mut containers = lock(&self.containers);

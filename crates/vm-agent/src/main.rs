@@ -11,6 +11,7 @@
 
 mod channel;
 mod containers;
+mod fdio;
 mod init;
 mod reaper;
 mod service;

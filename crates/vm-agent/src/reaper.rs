@@ -11,7 +11,7 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rustix::process::{waitpid, WaitOptions};
+use rustix::process::{wait, WaitOptions};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
@@ -103,8 +103,10 @@ impl Reaper {
     fn reap(&self) {
         let mut waiting = self.lock();
         loop {
-            let next = waitpid(None, WaitOptions::NOHANG);
-            let Ok(Some((pid, status))) = next else {
+            // wait(2), any child: waitpid(None) would be waitpid(0), only
+            // children in the agent's process group, and a process that
+            // made its own session (one with a terminal) would stay a zombie.
+            let Ok(Some((pid, status))) = wait(WaitOptions::NOHANG) else {
                 return;
             };
             let exit = match (status.exit_status(), status.terminating_signal()) {

@@ -324,7 +324,7 @@ impl MethodHandler for Handler {
 
 pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
     use futures_util::FutureExt;
-    let calls: [(&str, Method); 19] = [
+    let calls: [(&str, Method); 20] = [
         (proto::CHECK, |a, _| {
             async move { Ok(a.check().encode_to_vec()) }.boxed()
         }),
@@ -437,6 +437,17 @@ pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
                     .process(&r.container_id, &r.exec_id)?
                     .close_stdin()
                     .await;
+                Ok(Vec::new())
+            }
+            .boxed()
+        }),
+        (proto::RESIZE_PTY, |a, p| {
+            async move {
+                let r: proto::ResizePtyRequest = decode(&p)?;
+                let clamp = |v: u32| v.min(u16::MAX as u32) as u16;
+                a.containers
+                    .process(&r.container_id, &r.exec_id)?
+                    .resize(clamp(r.width), clamp(r.height))?;
                 Ok(Vec::new())
             }
             .boxed()

@@ -203,6 +203,24 @@ impl AgentClient {
             .await
     }
 
+    /// Sets the size of a process's terminal.
+    pub async fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+        timeout: Duration,
+    ) -> Result<(), VmError> {
+        let req = proto::ResizePtyRequest {
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            width,
+            height,
+        };
+        self.call::<()>(proto::RESIZE_PTY, &req, timeout).await
+    }
+
     pub async fn pause_container(&self, id: &str, timeout: Duration) -> Result<(), VmError> {
         let req = proto::ContainerRef { id: id.to_owned() };
         self.call::<()>(proto::PAUSE_CONTAINER, &req, timeout).await

@@ -26,7 +26,7 @@ fn busybox_rootfs(at: &Path) {
     }
     std::fs::copy("/bin/busybox", at.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "echo", "cat", "nc", "sleep", "hostname", "seq", "grep", "ls", "tail",
+        "sh", "echo", "cat", "nc", "sleep", "hostname", "seq", "grep", "ls", "tail", "stty", "tty",
     ] {
         std::os::unix::fs::symlink("busybox", at.join("bin").join(applet)).unwrap();
     }
@@ -52,6 +52,7 @@ fn spec_value(args: &[&str]) -> serde_json::Value {
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}
         ],
         "linux": {
@@ -206,6 +207,42 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not a JSON object"), "{err}");
+
+    // An exec with a terminal: resized, fed, its output merged.
+    let process = serde_json::to_vec(&json!({
+        "args": ["sh", "-c", "read line; echo \"$line\"; stty size; tty"], "terminal": true,
+        "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}
+    }))
+    .unwrap();
+    let exec = ExecProcessRequest {
+        container_id: "server".into(),
+        exec_id: "tty-1".into(),
+        process,
+        stdin: true,
+    };
+    agent.exec_process(&exec, WAIT).await.unwrap();
+    agent
+        .resize_pty("server", "tty-1", 123, 45, WAIT)
+        .await
+        .unwrap();
+    agent
+        .write_stdin("server", "tty-1", b"typed\n", WAIT)
+        .await
+        .unwrap();
+    let out = read_all(agent, "server", "tty-1").await;
+    assert!(out.contains("45 123\r\n"), "{out:?}");
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    let err = agent.read_stderr("server", "tty-1", WAIT).await.unwrap();
+    assert!(err.eof && err.data.is_empty());
+    // A terminal makes the process a session leader of its own: it is
+    // still reaped (waitpid(0) would not see it).
+    let exit = agent.wait_process("server", "tty-1", WAIT).await.unwrap();
+    assert_eq!(exit.exit_code, 0);
+    let err = agent
+        .resize_pty("server", "exec-1", 80, 24, WAIT)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no terminal"), "{err}");
 
     // stdin through to the container and back.
     create(agent, "echo", &guest_rootfs, &["cat"], true).await;
