@@ -110,6 +110,19 @@ async fn a_vm_boots_its_agent_answers_and_stop_leaves_nothing() {
         .unwrap_err();
     assert!(err.to_string().contains("/no/such/program"), "{err}");
 
+    let rss = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:").map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    let daemon = vm.shared().unwrap().daemon().pid();
+    eprintln!(
+        "host memory (PSS): QEMU {}, virtiofsd {}",
+        rss(pid),
+        rss(daemon)
+    );
     vm.stop(Duration::from_secs(10)).await;
     assert!(!alive(pid), "QEMU {pid} still runs after stop");
     assert!(!dir.exists(), "{} left after stop", dir.display());
