@@ -35,6 +35,7 @@ pub mod agent {
         pub const CHECK: &str = "Check";
         pub const RUN_COMMAND: &str = "RunCommand";
         pub const SETUP_GUEST: &str = "SetupGuest";
+        pub const CONFIGURE_NETWORK: &str = "ConfigureNetwork";
         pub const MOUNT: &str = "Mount";
         pub const CREATE_CONTAINER: &str = "CreateContainer";
         pub const START_CONTAINER: &str = "StartContainer";

@@ -90,6 +90,23 @@ impl AgentClient {
         self.call::<()>(proto::SETUP_GUEST, &req, timeout).await
     }
 
+    /// Gives the guest's interface the pod interface's settings.
+    pub async fn configure_network(
+        &self,
+        info: &crate::network::InterfaceInfo,
+        timeout: Duration,
+    ) -> Result<(), VmError> {
+        let req = proto::InterfaceConfig {
+            mac: info.mac.clone(),
+            addresses: info.addresses.clone(),
+            gateway: info.gateway.clone().unwrap_or_default(),
+            gateway6: info.gateway6.clone().unwrap_or_default(),
+            mtu: info.mtu,
+        };
+        self.call::<()>(proto::CONFIGURE_NETWORK, &req, timeout)
+            .await
+    }
+
     pub async fn mount(&self, req: &MountRequest, timeout: Duration) -> Result<(), VmError> {
         self.call::<()>(proto::MOUNT, req, timeout).await
     }

@@ -29,6 +29,8 @@ pub enum VmError {
     },
     #[error("guest agent: {0}")]
     Agent(String),
+    #[error("pod network: {0}")]
+    Network(String),
     #[error("invalid VM configuration: {0}")]
     Config(String),
 }

@@ -5,6 +5,7 @@
 
 mod agent;
 mod error;
+pub mod network;
 mod process;
 mod qemu;
 pub mod qmp;

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::agent::AgentClient;
 use crate::error::VmError;
+use crate::network::{self, InterfaceInfo, PodNetwork};
 use crate::process::{tail, Process};
 use crate::qmp::Qmp;
 use crate::virtiofs::{SharedDir, SHARE_TAG};
@@ -83,6 +84,8 @@ pub struct VmConfig {
     pub boot_timeout: Duration,
     /// virtiofsd, for a shared directory ([`Vm::shared`]); none without.
     pub virtiofsd: Option<PathBuf>,
+    /// The pod's network to carry into the guest; loopback only without.
+    pub network: Option<PodNetwork>,
 }
 
 impl VmConfig {
@@ -99,6 +102,7 @@ impl VmConfig {
             accel: None,
             boot_timeout: Duration::from_secs(30),
             virtiofsd: Some(PathBuf::from(DEFAULT_VIRTIOFSD)),
+            network: None,
         }
     }
 }
@@ -146,6 +150,7 @@ pub struct Vm {
     dir: PathBuf,
     qemu: Process,
     shared: Option<SharedDir>,
+    network: Option<(PodNetwork, InterfaceInfo)>,
     qmp: Qmp,
     agent: AgentClient,
     boot_time: Duration,
@@ -187,11 +192,49 @@ impl Vm {
             },
             None => None,
         };
+        let network = match &config.network {
+            Some(net) => match network::in_netns(&net.netns, || network::attach(&net.interface)) {
+                Ok(info) => Some((net.clone(), info)),
+                Err(e) => {
+                    if let Some(shared) = &shared {
+                        shared.stop().await;
+                    }
+                    let _ = std::fs::remove_dir_all(&config.dir);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let started = Instant::now();
-        let booted = match spawn(&config, shared.as_ref()) {
+        let spawned = match &network {
+            // Born in the pod's namespace: the tap is there.
+            Some((net, info)) => {
+                let runtime = tokio::runtime::Handle::current();
+                network::in_netns(&net.netns, || {
+                    // The pidfd's watch registers with this runtime.
+                    let _entered = runtime.enter();
+                    spawn(&config, shared.as_ref(), Some(info))
+                })
+            }
+            None => spawn(&config, shared.as_ref(), None),
+        };
+        let booted = match spawned {
             Ok(qemu) => {
                 let deadline = started + config.boot_timeout;
-                match connect(&config, qemu.exited(), deadline).await {
+                let connected = match connect(&config, qemu.exited(), deadline).await {
+                    Ok((qmp, agent)) => match &network {
+                        Some((_, info)) => {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            agent
+                                .configure_network(info, left)
+                                .await
+                                .map(|()| (qmp, agent))
+                        }
+                        None => Ok((qmp, agent)),
+                    },
+                    Err(e) => Err(e),
+                };
+                match connected {
                     Ok(channels) => Ok((qemu, channels)),
                     Err(e) => {
                         qemu.kill().await;
@@ -208,6 +251,7 @@ impl Vm {
                     dir: config.dir.clone(),
                     qemu,
                     shared,
+                    network,
                     qmp,
                     agent,
                     boot_time: started.elapsed(),
@@ -216,6 +260,12 @@ impl Vm {
                 Ok(vm)
             }
             Err(e) => {
+                if let Some((net, _)) = &network {
+                    let _ = network::in_netns(&net.netns, || {
+                        network::detach(&net.interface);
+                        Ok(())
+                    });
+                }
                 if let Some(shared) = &shared {
                     shared.stop().await;
                 }
@@ -295,6 +345,12 @@ impl Vm {
     }
 
     async fn release(&self) {
+        if let Some((net, _)) = &self.network {
+            let _ = network::in_netns(&net.netns, || {
+                network::detach(&net.interface);
+                Ok(())
+            });
+        }
         if let Some(shared) = &self.shared {
             shared.stop().await;
         }
@@ -318,7 +374,11 @@ fn qemu_log(dir: &Path) -> PathBuf {
     dir.join("qemu.log")
 }
 
-fn spawn(config: &VmConfig, shared: Option<&SharedDir>) -> Result<Process, VmError> {
+fn spawn(
+    config: &VmConfig,
+    shared: Option<&SharedDir>,
+    nic: Option<&InterfaceInfo>,
+) -> Result<Process, VmError> {
     let accel = config.accel.unwrap_or_else(|| Accel::detect().0);
     let dir = &config.dir;
     let path = |p: PathBuf| p.to_string_lossy().into_owned();
@@ -381,6 +441,9 @@ fn spawn(config: &VmConfig, shared: Option<&SharedDir>) -> Result<Process, VmErr
             "-device".into(),
             format!("vhost-user-fs-device,chardev=virtiofs,tag={SHARE_TAG}"),
         ]);
+    }
+    if let Some(nic) = nic {
+        args.extend(network::qemu_args(nic));
     }
     match accel {
         Accel::Kvm => args.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),

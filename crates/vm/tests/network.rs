@@ -1,0 +1,183 @@
+//! A VM carries its pod's network: QEMU in the pod's namespace, a tap
+//! there redirected to and from the pod's veth, the pod's IP in the guest.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use berth_vm::network::{PodNetwork, TAP};
+use berth_vm::{CreateContainerRequest, MountRequest, Vm, VmConfig};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn guest_dir() -> PathBuf {
+    std::env::var_os("BERTH_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/berth/vm"))
+}
+
+fn ip(args: &[&str]) -> std::process::Output {
+    Command::new("ip").args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) {
+    let out = ip(args);
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace with a veth pair, as CNI leaves a pod's; removed
+/// on drop.
+struct Pod {
+    name: String,
+    host_if: String,
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+#[tokio::test]
+async fn the_guest_has_the_pods_ip_and_answers_on_it() {
+    let id = std::process::id();
+    let subnet = format!("10.251.{}", 20 + id % 200);
+    let pod = Pod {
+        name: format!("berth-vmnet-{id}"),
+        host_if: format!("bvm{id}"),
+    };
+    ok(&["netns", "add", &pod.name]);
+    ok(&[
+        "link",
+        "add",
+        &pod.host_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &pod.name,
+    ]);
+    ok(&[
+        "addr",
+        "add",
+        &format!("{subnet}.1/24"),
+        "dev",
+        &pod.host_if,
+    ]);
+    ok(&["link", "set", &pod.host_if, "up"]);
+    ok(&[
+        "-n",
+        &pod.name,
+        "addr",
+        "add",
+        &format!("{subnet}.2/24"),
+        "dev",
+        "eth0",
+    ]);
+    ok(&["-n", &pod.name, "link", "set", "eth0", "up"]);
+    ok(&["-n", &pod.name, "link", "set", "lo", "up"]);
+    ok(&[
+        "-n",
+        &pod.name,
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("{subnet}.1"),
+    ]);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    for dir in ["bin", "proc", "dev", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/nc")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/cat")).unwrap();
+    let g = guest_dir();
+    let mut config = VmConfig::new(
+        "net",
+        tmp.path().join("vm"),
+        g.join("vmlinux"),
+        g.join("initramfs.cpio"),
+    );
+    config.network = Some(PodNetwork {
+        netns: PathBuf::from(format!("/run/netns/{}", pod.name)),
+        interface: "eth0".into(),
+    });
+    let vm = Vm::boot(config).await.expect("booting");
+    let agent = vm.agent();
+    let guest_rootfs = vm
+        .shared()
+        .unwrap()
+        .share(&rootfs, "busybox", true)
+        .unwrap();
+    let mount = MountRequest {
+        fstype: "virtiofs".into(),
+        source: berth_vm::SHARE_TAG.into(),
+        target: berth_vm::GUEST_SHARED_DIR.into(),
+        ..Default::default()
+    };
+    agent.mount(&mount, WAIT).await.unwrap();
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["nc", "-ll", "-p", "8080", "-e", "cat"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+    });
+    let req = CreateContainerRequest {
+        id: "echo".into(),
+        spec: serde_json::to_vec(&spec).unwrap(),
+        rootfs: guest_rootfs,
+        stdin: false,
+    };
+    agent.create_container(&req, WAIT).await.unwrap();
+    agent.start_container("echo", WAIT).await.unwrap();
+
+    // From the host, to the pod's IP: the guest's container answers.
+    let target = format!("{subnet}.2:8080");
+    let mut answered = None;
+    for _ in 0..100 {
+        if let Ok(mut conn) =
+            std::net::TcpStream::connect_timeout(&target.parse().unwrap(), Duration::from_secs(2))
+        {
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            conn.write_all(b"ping over the pod network\n").unwrap();
+            let mut buf = [0u8; 64];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            answered = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered.as_deref(), Some("ping over the pod network\n"));
+
+    let dir = tmp.path().join("vm");
+    vm.stop(Duration::from_secs(10)).await;
+    assert!(!dir.exists());
+    // The tap and the redirection are gone from the pod's namespace.
+    assert!(
+        !ip(&["-n", &pod.name, "link", "show", TAP]).status.success(),
+        "{TAP} is left"
+    );
+    let qdiscs = Command::new("tc")
+        .args(["-n", &pod.name, "qdisc", "show", "dev", "eth0", "ingress"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&qdiscs.stdout).trim(),
+        "",
+        "the ingress qdisc is left"
+    );
+}
