@@ -660,8 +660,20 @@ fn adapt_spec(id: &str, spec: &mut Value, root: &Path) {
         if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
             // The VM is the pod: its containers share the guest's network
             // namespace (the pod's), as a pod's containers share one on a
-            // host.
-            namespaces.retain(|ns| ns["type"] != "network");
+            // host; a namespace the host side asked to join by path (the
+            // pod's IPC and UTS) is the guest's own, so joined by leaving
+            // the entry out. A PID namespace stays the container's own:
+            // the guest's is the agent's.
+            namespaces.retain(|ns| {
+                let joins = ns
+                    .get("path")
+                    .is_some_and(|p| p.as_str().is_some_and(|p| !p.is_empty()));
+                match ns["type"].as_str() {
+                    Some("network") => false,
+                    Some("ipc" | "uts") => !joins,
+                    _ => true,
+                }
+            });
             for ns in namespaces.iter_mut() {
                 if let Some(ns) = ns.as_object_mut() {
                     ns.remove("path");

@@ -244,6 +244,23 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
         .unwrap_err();
     assert!(err.to_string().contains("no terminal"), "{err}");
 
+    // A container that joins the pod's UTS namespace (by path, as a CRI
+    // daemon asks) has the guest's hostname, which SetupGuest set.
+    agent.setup_guest("the-pod", WAIT).await.unwrap();
+    let mut joined = spec_value(&["hostname"]);
+    joined["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"},
+        {"type": "uts", "path": "/proc/1234/ns/uts"}, {"type": "ipc", "path": "/proc/1234/ns/ipc"}]);
+    joined.as_object_mut().unwrap().remove("hostname");
+    let req = CreateContainerRequest {
+        id: "uts".into(),
+        spec: serde_json::to_vec(&joined).unwrap(),
+        rootfs: guest_rootfs.clone(),
+        stdin: false,
+    };
+    agent.create_container(&req, WAIT).await.unwrap();
+    agent.start_container("uts", WAIT).await.unwrap();
+    assert_eq!(read_all(agent, "uts", "").await, "the-pod\n");
+
     // stdin through to the container and back.
     create(agent, "echo", &guest_rootfs, &["cat"], true).await;
     agent
@@ -314,7 +331,7 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
     let err = agent.start_container("unknown", WAIT).await.unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
 
-    for id in ["server", "client", "echo", "hog"] {
+    for id in ["server", "client", "echo", "hog", "uts"] {
         agent
             .remove_container(id, WAIT)
             .await
