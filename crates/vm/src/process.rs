@@ -66,6 +66,16 @@ impl Process {
         self.pid
     }
 
+    /// Writes the PID to `path`, for [`kill_recorded`] by an owner that
+    /// lost this handle (a restarted shim).
+    pub fn record(&self, path: &Path) -> Result<(), VmError> {
+        std::fs::write(path, self.pid.to_string()).map_err(|e| VmError::Io {
+            what: "writing",
+            path: path.to_owned(),
+            source: e,
+        })
+    }
+
     pub fn is_running(&self) -> bool {
         !*self.exited.borrow()
     }
@@ -136,4 +146,41 @@ pub fn tail(path: &Path) -> String {
         path.file_name().unwrap_or_default().to_string_lossy(),
         out.join(" | ")
     )
+}
+
+/// Kills the process whose PID `pid_file` holds, if it still runs and its
+/// command line names `owner_dir` (a recycled PID is left alone), and waits
+/// (up to 10 s) for its end.
+pub fn kill_recorded(pid_file: &Path, owner_dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let Ok(pidfd) = pidfd_open(pid, PidfdFlags::empty()) else {
+        return;
+    };
+    // Checked after the pidfd is open: the PID cannot be recycled under it.
+    let cmdline =
+        std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero())).unwrap_or_default();
+    let needle = owner_dir.to_string_lossy();
+    if !String::from_utf8_lossy(&cmdline).contains(needle.as_ref()) {
+        return;
+    }
+    let _ = pidfd_send_signal(pidfd.as_fd(), Signal::KILL);
+    let mut fds = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let limit = rustix::event::Timespec {
+        tv_sec: 10,
+        tv_nsec: 0,
+    };
+    let _ = rustix::event::poll(&mut fds, Some(&limit));
+    let _ = waitid(
+        WaitId::PidFd(pidfd.as_fd()),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    );
 }

@@ -193,7 +193,9 @@ impl Vm {
             None => None,
         };
         let network = match &config.network {
-            Some(net) => match network::in_netns(&net.netns, || network::attach(&net.interface)) {
+            Some(net) => match record_network(&config.dir, net)
+                .and_then(|()| network::in_netns(&net.netns, || network::attach(&net.interface)))
+            {
                 Ok(info) => Some((net.clone(), info)),
                 Err(e) => {
                     if let Some(shared) = &shared {
@@ -218,6 +220,13 @@ impl Vm {
             }
             None => spawn(&config, shared.as_ref(), None),
         };
+        let spawned = spawned.and_then(|qemu| match qemu.record(&config.dir.join("qemu.pid")) {
+            Ok(()) => Ok(qemu),
+            Err(e) => {
+                qemu.signal(rustix::process::Signal::KILL);
+                Err(e)
+            }
+        });
         let booted = match spawned {
             Ok(qemu) => {
                 let deadline = started + config.boot_timeout;
@@ -338,6 +347,23 @@ impl Vm {
         self.release().await;
     }
 
+    /// Ends what is left of a VM whose handle is lost (its owner died and
+    /// a new one cleans up): QEMU and virtiofsd recorded in `dir` (only if
+    /// their command lines still name `dir`), the tap and redirection in the
+    /// pod's namespace, the shared directory's mounts, `dir` itself.
+    pub fn cleanup(dir: &Path) {
+        crate::process::kill_recorded(&dir.join("qemu.pid"), dir);
+        crate::process::kill_recorded(&dir.join("virtiofsd.pid"), dir);
+        if let Some(net) = recorded_network(dir) {
+            let _ = network::in_netns(&net.netns, || {
+                network::detach(&net.interface);
+                Ok(())
+            });
+        }
+        crate::virtiofs::unmount_leftovers(dir);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// Kills QEMU at once; stops virtiofsd, removes the VM's directory.
     pub async fn kill(self) {
         self.qemu.kill().await;
@@ -356,6 +382,30 @@ impl Vm {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn network_record(dir: &Path) -> PathBuf {
+    dir.join("network.json")
+}
+
+/// Written before the namespace is touched, so a cleanup knows where to
+/// undo it.
+fn record_network(dir: &Path, net: &PodNetwork) -> Result<(), VmError> {
+    let doc = serde_json::json!({"netns": net.netns, "interface": net.interface});
+    std::fs::write(network_record(dir), doc.to_string()).map_err(|e| VmError::Io {
+        what: "writing",
+        path: network_record(dir),
+        source: e,
+    })
+}
+
+fn recorded_network(dir: &Path) -> Option<PodNetwork> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(network_record(dir)).ok()?).ok()?;
+    Some(PodNetwork {
+        netns: PathBuf::from(doc["netns"].as_str()?),
+        interface: doc["interface"].as_str()?.to_owned(),
+    })
 }
 
 fn qmp_socket(dir: &Path) -> PathBuf {

@@ -82,6 +82,10 @@ impl SharedDir {
             socket,
             daemon,
         };
+        if let Err(e) = shared.daemon.record(&dir.join("virtiofsd.pid")) {
+            shared.stop().await;
+            return Err(e);
+        }
         let mut exited = shared.daemon.exited();
         let ready = async {
             while !shared.socket.exists() {
@@ -211,5 +215,13 @@ fn remove(path: &Path) -> std::io::Result<()> {
         std::fs::remove_dir(path)
     } else {
         std::fs::remove_file(path)
+    }
+}
+
+/// Unmounts what [`SharedDir::start`] mounted under `dir`, for an owner
+/// that lost its handle.
+pub fn unmount_leftovers(dir: &Path) {
+    for sub in ["shared", "staging"] {
+        let _ = unmount(dir.join(sub), UnmountFlags::DETACH);
     }
 }

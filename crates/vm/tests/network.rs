@@ -45,13 +45,14 @@ impl Drop for Pod {
     }
 }
 
-#[tokio::test]
-async fn the_guest_has_the_pods_ip_and_answers_on_it() {
+/// A namespace named for this test process and `n`, with eth0 on
+/// 10.251.X.2/24 and its peer on the host as .1.
+fn pod(n: u32) -> (Pod, String) {
     let id = std::process::id();
-    let subnet = format!("10.251.{}", 20 + id % 200);
+    let subnet = format!("10.251.{}", 20 + (id * 2 + n) % 200);
     let pod = Pod {
-        name: format!("berth-vmnet-{id}"),
-        host_if: format!("bvm{id}"),
+        name: format!("berth-vmnet-{id}-{n}"),
+        host_if: format!("bvm{id}n{n}"),
     };
     ok(&["netns", "add", &pod.name]);
     ok(&[
@@ -94,7 +95,64 @@ async fn the_guest_has_the_pods_ip_and_answers_on_it() {
         "via",
         &format!("{subnet}.1"),
     ]);
+    (pod, subnet)
+}
 
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[tokio::test]
+async fn a_lost_vm_is_cleaned_up_from_its_directory() {
+    let (pod, _) = pod(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let g = guest_dir();
+    let dir = tmp.path().join("vm");
+    let mut config = VmConfig::new(
+        "lost",
+        dir.clone(),
+        g.join("vmlinux"),
+        g.join("initramfs.cpio"),
+    );
+    config.network = Some(PodNetwork {
+        netns: PathBuf::from(format!("/run/netns/{}", pod.name)),
+        interface: "eth0".into(),
+    });
+    let vm = Vm::boot(config).await.expect("booting");
+    vm.shared()
+        .unwrap()
+        .share(tmp.path(), "some-share", true)
+        .unwrap();
+    let qemu = vm.pid();
+    let virtiofsd = vm.shared().unwrap().daemon().pid();
+    // The owner dies without stopping it.
+    std::mem::forget(vm);
+    assert!(alive(qemu) && alive(virtiofsd));
+    Vm::cleanup(&dir);
+    assert!(!alive(qemu), "QEMU {qemu} still runs");
+    assert!(!alive(virtiofsd), "virtiofsd {virtiofsd} still runs");
+    assert!(!dir.exists());
+    let needle = dir.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&needle), "mounts left under {needle}");
+    assert!(
+        !ip(&["-n", &pod.name, "link", "show", TAP]).status.success(),
+        "{TAP} is left"
+    );
+    // Nothing recorded, nothing to do: no error either.
+    Vm::cleanup(&dir);
+}
+
+#[tokio::test]
+async fn the_guest_has_the_pods_ip_and_answers_on_it() {
+    let (pod, subnet) = pod(0);
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = tmp.path().join("rootfs");
     for dir in ["bin", "proc", "dev", "tmp"] {
