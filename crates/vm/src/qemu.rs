@@ -145,9 +145,14 @@ fn emulated_tsc_args() -> Vec<String> {
 }
 
 /// A running VM.
+/// Dropping a `Vm` that was not stopped kills it and frees what it held
+/// (an owner that panics or returns early leaves nothing); an owner that
+/// hands the VM to a successor calls [`Vm::detach`].
 pub struct Vm {
     id: String,
     dir: PathBuf,
+    /// Set once stopped, killed or detached: nothing left for Drop.
+    released: bool,
     qemu: Process,
     shared: Option<SharedDir>,
     network: Option<(PodNetwork, InterfaceInfo)>,
@@ -258,6 +263,7 @@ impl Vm {
                 let vm = Vm {
                     id: config.id.clone(),
                     dir: config.dir.clone(),
+                    released: false,
                     qemu,
                     shared,
                     network,
@@ -334,7 +340,7 @@ impl Vm {
 
     /// Asks the guest to power off, then QEMU to quit, then kills it,
     /// each within `grace`; stops virtiofsd, removes the VM's directory.
-    pub async fn stop(self, grace: Duration) {
+    pub async fn stop(mut self, grace: Duration) {
         if self.is_running() {
             let _ = self.agent.shutdown(grace).await;
             if tokio::time::timeout(grace, self.wait()).await.is_err() {
@@ -365,12 +371,19 @@ impl Vm {
     }
 
     /// Kills QEMU at once; stops virtiofsd, removes the VM's directory.
-    pub async fn kill(self) {
+    pub async fn kill(mut self) {
         self.qemu.kill().await;
         self.release().await;
     }
 
-    async fn release(&self) {
+    /// Leaves the VM running for another owner, who finds it by its
+    /// directory (and ends it with [`Vm::cleanup`] if it cannot use it).
+    pub fn detach(mut self) {
+        self.released = true;
+    }
+
+    async fn release(&mut self) {
+        self.released = true;
         if let Some((net, _)) = &self.network {
             let _ = network::in_netns(&net.netns, || {
                 network::detach(&net.interface);
@@ -379,6 +392,26 @@ impl Vm {
         }
         if let Some(shared) = &self.shared {
             shared.stop().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Not awaited here: the processes' pidfd watches reap them.
+        self.qemu.signal(rustix::process::Signal::KILL);
+        if let Some((net, _)) = &self.network {
+            let _ = network::in_netns(&net.netns, || {
+                network::detach(&net.interface);
+                Ok(())
+            });
+        }
+        if let Some(shared) = &self.shared {
+            shared.abandon();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -477,6 +510,11 @@ fn spawn(
             "virtserialport,chardev=agent,name={}",
             berth_api::agent::v1::PORT_NAME
         ),
+        // QEMU's own seccomp filter: a guest that escapes into QEMU cannot
+        // exec, raise privileges, change resource controls or use
+        // obsolete system calls.
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
         // Modern virtio-mmio: what virtio-fs needs.
         "-global".into(),
         "virtio-mmio.force-legacy=false".into(),

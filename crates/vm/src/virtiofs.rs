@@ -188,6 +188,13 @@ impl SharedDir {
         let _ = unmount(&self.path, UnmountFlags::DETACH);
         let _ = unmount(&self.staging, UnmountFlags::DETACH);
     }
+
+    /// As [`Self::stop`], without waiting for virtiofsd's end.
+    pub fn abandon(&self) {
+        self.daemon.signal(rustix::process::Signal::KILL);
+        let _ = unmount(&self.path, UnmountFlags::DETACH);
+        let _ = unmount(&self.staging, UnmountFlags::DETACH);
+    }
 }
 
 /// Creates `path` and makes it a mount of its own with `propagation`.

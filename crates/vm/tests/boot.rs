@@ -176,6 +176,14 @@ async fn a_kernel_that_does_not_boot_fails_within_the_limit_and_leaves_nothing()
         "{err}"
     );
     assert!(!tmp.path().join("vm").exists());
+    // Killed and seen to exit; give a loaded machine a moment to finish
+    // tearing it down before calling it a leak.
+    for _ in 0..100 {
+        if qemu_processes_of(&tmp.path().join("vm")).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         qemu_processes_of(&tmp.path().join("vm")),
         Vec::<i32>::new(),
@@ -325,4 +333,29 @@ async fn a_shared_directory_reaches_the_guest_read_only_where_asked() {
     assert!(!dir.exists());
     // The host's files are untouched by the unmounts.
     assert!(tools.join("hello.txt").exists() && data.join("from-guest").exists());
+}
+
+#[tokio::test]
+async fn a_vm_dropped_without_stop_leaves_nothing() {
+    let (tmp, config) = config("dropped");
+    let dir = config.dir.clone();
+    let vm = Vm::boot(config).await.expect("booting");
+    vm.shared()
+        .unwrap()
+        .share(tmp.path(), "a-share", true)
+        .unwrap();
+    let qemu = vm.pid();
+    let virtiofsd = vm.shared().unwrap().daemon().pid();
+    // An owner that panics or returns early.
+    drop(vm);
+    for _ in 0..100 {
+        if !alive(qemu) && !alive(virtiofsd) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alive(qemu), "QEMU {qemu} still runs");
+    assert!(!alive(virtiofsd), "virtiofsd {virtiofsd} still runs");
+    assert!(!dir.exists());
+    assert_eq!(mounts_under(&dir), Vec::<String>::new());
 }

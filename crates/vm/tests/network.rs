@@ -132,8 +132,8 @@ async fn a_lost_vm_is_cleaned_up_from_its_directory() {
         .unwrap();
     let qemu = vm.pid();
     let virtiofsd = vm.shared().unwrap().daemon().pid();
-    // The owner dies without stopping it.
-    std::mem::forget(vm);
+    // The owner hands it on, and the next one cannot use it.
+    vm.detach();
     assert!(alive(qemu) && alive(virtiofsd));
     Vm::cleanup(&dir);
     assert!(!alive(qemu), "QEMU {qemu} still runs");
