@@ -18,4 +18,4 @@ pub use agent::{
 pub use error::VmError;
 pub use process::Process;
 pub use qemu::{Accel, Vm, VmConfig, DEFAULT_VIRTIOFSD};
-pub use virtiofs::{SharedDir, GUEST_SHARED_DIR, SHARE_TAG};
+pub use virtiofs::{SharedDir, Transport, GUEST_SHARED_DIR, SHARE_TAG};

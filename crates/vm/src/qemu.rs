@@ -16,7 +16,7 @@ use crate::error::VmError;
 use crate::network::{self, InterfaceInfo, PodNetwork};
 use crate::process::{tail, Process};
 use crate::qmp::Qmp;
-use crate::virtiofs::{SharedDir, SHARE_TAG};
+use crate::virtiofs::{SharedDir, Transport};
 
 /// Where Debian's qemu-system-common puts QEMU's virtiofsd.
 pub const DEFAULT_VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
@@ -82,8 +82,9 @@ pub struct VmConfig {
     pub accel: Option<Accel>,
     /// From QEMU's start to the agent's first answer.
     pub boot_timeout: Duration,
-    /// virtiofsd, for a shared directory ([`Vm::shared`]); none without.
-    pub virtiofsd: Option<PathBuf>,
+    /// How a directory is shared with the guest ([`Vm::shared`]); none
+    /// without.
+    pub share: Option<Transport>,
     /// The pod's network to carry into the guest; loopback only without.
     pub network: Option<PodNetwork>,
 }
@@ -101,7 +102,14 @@ impl VmConfig {
             memory_mib: 256,
             accel: None,
             boot_timeout: Duration::from_secs(30),
-            virtiofsd: Some(PathBuf::from(DEFAULT_VIRTIOFSD)),
+            // virtio-fs where QEMU's virtiofsd is installed, 9p otherwise.
+            share: Some(if Path::new(DEFAULT_VIRTIOFSD).is_file() {
+                Transport::VirtioFs {
+                    virtiofsd: PathBuf::from(DEFAULT_VIRTIOFSD),
+                }
+            } else {
+                Transport::NineP
+            }),
             network: None,
         }
     }
@@ -187,8 +195,8 @@ impl Vm {
                 path: config.dir.clone(),
                 source: e,
             })?;
-        let shared = match &config.virtiofsd {
-            Some(virtiofsd) => match SharedDir::start(&config.dir, virtiofsd).await {
+        let shared = match &config.share {
+            Some(transport) => match SharedDir::start(&config.dir, transport).await {
                 Ok(s) => Some(s),
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&config.dir);
@@ -327,6 +335,16 @@ impl Vm {
     /// The directory shared with the guest, if the VM has one.
     pub fn shared(&self) -> Option<&SharedDir> {
         self.shared.as_ref()
+    }
+
+    /// Has the agent mount the shared directory at
+    /// [`GUEST_SHARED_DIR`](crate::GUEST_SHARED_DIR), whatever its transport.
+    pub async fn mount_shared(&self, timeout: Duration) -> Result<(), VmError> {
+        let shared = self
+            .shared
+            .as_ref()
+            .ok_or_else(|| VmError::Config("the VM has no shared directory".into()))?;
+        self.agent.mount(&shared.guest_mount(), timeout).await
     }
 
     pub fn is_running(&self) -> bool {
@@ -520,15 +538,7 @@ fn spawn(
         "virtio-mmio.force-legacy=false".into(),
     ];
     if let Some(shared) = shared {
-        args.extend([
-            "-chardev".into(),
-            format!(
-                "socket,id=virtiofs,path={}",
-                path(shared.socket().to_owned())
-            ),
-            "-device".into(),
-            format!("vhost-user-fs-device,chardev=virtiofs,tag={SHARE_TAG}"),
-        ]);
+        args.extend(shared.qemu_args());
     }
     if let Some(nic) = nic {
         args.extend(network::qemu_args(nic));

@@ -1,5 +1,6 @@
-//! The directory a VM's guest sees over virtio-fs: `<vm dir>/shared`,
-//! served by QEMU's virtiofsd under the tag [`SHARE_TAG`]. What a pod
+//! The directory a VM's guest sees: `<vm dir>/shared`, over virtio-fs
+//! (served by QEMU's virtiofsd) or, as a fallback where virtiofsd is
+//! missing, over 9p (served by QEMU itself), under the tag [`SHARE_TAG`]. What a pod
 //! needs in the guest (container root file systems, volumes) is bind
 //! mounted into it on the host as the pod goes; the directory is a shared
 //! mount, so binds made after virtiofsd started (in its own mount
@@ -27,11 +28,21 @@ pub const SHARE_TAG: &str = "berth";
 /// Where berth-agent mounts it in the guest.
 pub const GUEST_SHARED_DIR: &str = "/run/berth/shared";
 
+/// How the shared directory reaches the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// virtio-fs through this virtiofsd: the fast one, page cache and all.
+    VirtioFs { virtiofsd: PathBuf },
+    /// 9p served by QEMU: slower, nothing else to run.
+    NineP,
+}
+
 pub struct SharedDir {
     path: PathBuf,
     staging: PathBuf,
     socket: PathBuf,
-    daemon: Process,
+    /// virtiofsd; none over 9p.
+    daemon: Option<Process>,
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> VmError + 'a {
@@ -43,9 +54,9 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 }
 
 impl SharedDir {
-    /// Creates `<dir>/shared` and starts virtiofsd on it; returns when its
-    /// vhost-user socket is there for QEMU.
-    pub async fn start(dir: &Path, virtiofsd: &Path) -> Result<SharedDir, VmError> {
+    /// Creates `<dir>/shared` and, for virtio-fs, starts virtiofsd on it;
+    /// returns when its vhost-user socket is there for QEMU.
+    pub async fn start(dir: &Path, transport: &Transport) -> Result<SharedDir, VmError> {
         let path = dir.join("shared");
         let staging = dir.join("staging");
         own_mount(&staging, MountPropagationFlags::PRIVATE)?;
@@ -54,6 +65,17 @@ impl SharedDir {
             return Err(e);
         }
         let socket = dir.join("virtiofs.sock");
+        let virtiofsd = match transport {
+            Transport::VirtioFs { virtiofsd } => virtiofsd,
+            Transport::NineP => {
+                return Ok(SharedDir {
+                    path,
+                    staging,
+                    socket,
+                    daemon: None,
+                })
+            }
+        };
         let log = dir.join("virtiofsd.log");
         let args = vec![
             format!("--socket-path={}", socket.display()),
@@ -76,17 +98,19 @@ impl SharedDir {
                 return Err(e);
             }
         };
+        if let Err(e) = daemon.record(&dir.join("virtiofsd.pid")) {
+            daemon.kill().await;
+            let _ = unmount(&path, UnmountFlags::DETACH);
+            let _ = unmount(&staging, UnmountFlags::DETACH);
+            return Err(e);
+        }
+        let mut exited = daemon.exited();
         let shared = SharedDir {
             path,
             staging,
             socket,
-            daemon,
+            daemon: Some(daemon),
         };
-        if let Err(e) = shared.daemon.record(&dir.join("virtiofsd.pid")) {
-            shared.stop().await;
-            return Err(e);
-        }
-        let mut exited = shared.daemon.exited();
         let ready = async {
             while !shared.socket.exists() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -110,13 +134,54 @@ impl SharedDir {
         }
     }
 
-    /// virtiofsd's vhost-user socket, for QEMU.
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// virtiofsd, when the transport is virtio-fs.
+    pub fn daemon(&self) -> Option<&Process> {
+        self.daemon.as_ref()
     }
 
-    pub fn daemon(&self) -> &Process {
-        &self.daemon
+    /// QEMU's arguments for the guest's device.
+    pub fn qemu_args(&self) -> Vec<String> {
+        match &self.daemon {
+            Some(_) => vec![
+                "-chardev".into(),
+                format!("socket,id=virtiofs,path={}", self.socket.display()),
+                "-device".into(),
+                format!("vhost-user-fs-device,chardev=virtiofs,tag={SHARE_TAG}"),
+            ],
+            // passthrough: files the guest makes keep the owner it asks
+            // for; remap: the bind mounts inside keep distinct inodes.
+            None => vec![
+                "-fsdev".into(),
+                format!(
+                    "local,id=shared,path={},security_model=passthrough,multidevs=remap",
+                    self.path.display()
+                ),
+                "-device".into(),
+                format!("virtio-9p-device,fsdev=shared,mount_tag={SHARE_TAG}"),
+            ],
+        }
+    }
+
+    /// The agent's Mount request for the directory at [`GUEST_SHARED_DIR`].
+    pub fn guest_mount(&self) -> crate::MountRequest {
+        let (fstype, options) = match &self.daemon {
+            Some(_) => ("virtiofs", Vec::new()),
+            None => (
+                "9p",
+                vec![
+                    "trans=virtio".into(),
+                    "version=9p2000.L".into(),
+                    "msize=262144".into(),
+                ],
+            ),
+        };
+        crate::MountRequest {
+            fstype: fstype.into(),
+            source: SHARE_TAG.into(),
+            target: GUEST_SHARED_DIR.into(),
+            options,
+            read_only: false,
+        }
     }
 
     /// Makes `host` (a directory or a file) visible in the guest as
@@ -184,14 +249,18 @@ impl SharedDir {
 
     /// Stops virtiofsd and unmounts everything shared.
     pub async fn stop(&self) {
-        self.daemon.kill().await;
+        if let Some(daemon) = &self.daemon {
+            daemon.kill().await;
+        }
         let _ = unmount(&self.path, UnmountFlags::DETACH);
         let _ = unmount(&self.staging, UnmountFlags::DETACH);
     }
 
     /// As [`Self::stop`], without waiting for virtiofsd's end.
     pub fn abandon(&self) {
-        self.daemon.signal(rustix::process::Signal::KILL);
+        if let Some(daemon) = &self.daemon {
+            daemon.signal(rustix::process::Signal::KILL);
+        }
         let _ = unmount(&self.path, UnmountFlags::DETACH);
         let _ = unmount(&self.staging, UnmountFlags::DETACH);
     }

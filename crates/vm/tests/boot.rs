@@ -117,7 +117,7 @@ async fn a_vm_boots_its_agent_answers_and_stop_leaves_nothing() {
             .find_map(|l| l.strip_prefix("Pss:").map(|v| v.trim().to_owned()))
             .unwrap_or_default()
     };
-    let daemon = vm.shared().unwrap().daemon().pid();
+    let daemon = vm.shared().unwrap().daemon().unwrap().pid();
     eprintln!(
         "host memory (PSS): QEMU {}, virtiofsd {}",
         rss(pid),
@@ -231,7 +231,20 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn a_shared_directory_reaches_the_guest_read_only_where_asked() {
-    let (tmp, config) = config("shared");
+    shared_directory(berth_vm::Transport::VirtioFs {
+        virtiofsd: berth_vm::DEFAULT_VIRTIOFSD.into(),
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_9p_fallback_shares_alike() {
+    shared_directory(berth_vm::Transport::NineP).await;
+}
+
+async fn shared_directory(transport: berth_vm::Transport) {
+    let (tmp, mut config) = config("shared");
+    config.share = Some(transport);
     let dir = config.dir.clone();
     let tools = tmp.path().join("tools");
     std::fs::create_dir(&tools).unwrap();
@@ -241,20 +254,16 @@ async fn a_shared_directory_reaches_the_guest_read_only_where_asked() {
     std::fs::create_dir(&data).unwrap();
 
     let vm = Vm::boot(config).await.expect("booting");
-    let daemon = vm.shared().expect("a shared directory").daemon().pid();
+    let daemon = vm
+        .shared()
+        .expect("a shared directory")
+        .daemon()
+        .map(|d| d.pid());
     let shared = vm.shared().unwrap();
     let guest_tools = shared.share(&tools, "tools", true).unwrap();
     assert_eq!(guest_tools, format!("{}/tools", berth_vm::GUEST_SHARED_DIR));
-    let mount = berth_vm::MountRequest {
-        fstype: "virtiofs".into(),
-        source: berth_vm::SHARE_TAG.into(),
-        target: berth_vm::GUEST_SHARED_DIR.into(),
-        ..Default::default()
-    };
-    vm.agent()
-        .mount(&mount, Duration::from_secs(10))
-        .await
-        .unwrap();
+    vm.mount_shared(Duration::from_secs(10)).await.unwrap();
+    let mount = shared.guest_mount();
     let sh = |script: String| RunCommandRequest {
         args: vec![
             format!("{guest_tools}/busybox"),
@@ -328,7 +337,10 @@ async fn a_shared_directory_reaches_the_guest_read_only_where_asked() {
     assert!(err.to_string().contains("without \"..\""), "{err}");
 
     vm.stop(Duration::from_secs(10)).await;
-    assert!(!alive(daemon), "virtiofsd {daemon} still runs");
+    assert!(
+        !daemon.is_some_and(alive),
+        "virtiofsd {daemon:?} still runs"
+    );
     assert_eq!(mounts_under(&dir), Vec::<String>::new());
     assert!(!dir.exists());
     // The host's files are untouched by the unmounts.
@@ -345,7 +357,7 @@ async fn a_vm_dropped_without_stop_leaves_nothing() {
         .share(tmp.path(), "a-share", true)
         .unwrap();
     let qemu = vm.pid();
-    let virtiofsd = vm.shared().unwrap().daemon().pid();
+    let virtiofsd = vm.shared().unwrap().daemon().unwrap().pid();
     // An owner that panics or returns early.
     drop(vm);
     for _ in 0..100 {

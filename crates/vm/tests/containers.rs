@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_vm::{
-    AgentClient, CreateContainerRequest, ExecProcessRequest, MountRequest, RunCommandRequest, Vm,
-    VmConfig,
+    AgentClient, CreateContainerRequest, ExecProcessRequest, RunCommandRequest, Vm, VmConfig,
 };
 use serde_json::json;
 
@@ -116,18 +115,7 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
     let agent = vm.agent();
     let shared = vm.shared().unwrap();
     let guest_rootfs = shared.share(&rootfs, "busybox", true).unwrap();
-    agent
-        .mount(
-            &MountRequest {
-                fstype: "virtiofs".into(),
-                source: berth_vm::SHARE_TAG.into(),
-                target: berth_vm::GUEST_SHARED_DIR.into(),
-                ..Default::default()
-            },
-            WAIT,
-        )
-        .await
-        .unwrap();
+    vm.mount_shared(WAIT).await.unwrap();
 
     // Two containers of the pod reach each other on localhost.
     create(

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_vm::network::{PodNetwork, TAP};
-use berth_vm::{CreateContainerRequest, MountRequest, Vm, VmConfig};
+use berth_vm::{CreateContainerRequest, Vm, VmConfig};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -131,7 +131,7 @@ async fn a_lost_vm_is_cleaned_up_from_its_directory() {
         .share(tmp.path(), "some-share", true)
         .unwrap();
     let qemu = vm.pid();
-    let virtiofsd = vm.shared().unwrap().daemon().pid();
+    let virtiofsd = vm.shared().unwrap().daemon().unwrap().pid();
     // The owner hands it on, and the next one cannot use it.
     vm.detach();
     assert!(alive(qemu) && alive(virtiofsd));
@@ -179,13 +179,7 @@ async fn the_guest_has_the_pods_ip_and_answers_on_it() {
         .unwrap()
         .share(&rootfs, "busybox", true)
         .unwrap();
-    let mount = MountRequest {
-        fstype: "virtiofs".into(),
-        source: berth_vm::SHARE_TAG.into(),
-        target: berth_vm::GUEST_SHARED_DIR.into(),
-        ..Default::default()
-    };
-    agent.mount(&mount, WAIT).await.unwrap();
+    vm.mount_shared(WAIT).await.unwrap();
     let spec = json!({
         "ociVersion": "1.0.2",
         "process": {"args": ["nc", "-ll", "-p", "8080", "-e", "cat"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
