@@ -344,15 +344,8 @@ impl Containers {
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| failed("pipe", e))
         };
         let log = bundle.join("berth.log");
-        let mut command = Command::new(&self.berth);
-        command
-            .arg("--root")
-            .arg(STATE_ROOT)
-            .arg("--log")
-            .arg(&log)
-            .arg("--log-format")
-            .arg("json")
-            .args(args);
+        let mut command = self.berth_command(&log);
+        command.args(args);
         let mut console = None;
         let mut pipes = None;
         if terminal {
@@ -489,19 +482,26 @@ impl Containers {
         }))
     }
 
-    /// Runs `berth ARGS` for a container; its standard output.
-    async fn berth(&self, bundle: &Path, args: &[&str]) -> Result<Vec<u8>, AgentError> {
-        let log = bundle.join("berth.log");
-        let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| failed("pipe", e))?;
+    /// `berth` with the agent's state root, its errors as JSON in `log`.
+    fn berth_command(&self, log: &Path) -> Command {
         let mut command = Command::new(&self.berth);
         command
             .arg("--root")
             .arg(STATE_ROOT)
             .arg("--log")
-            .arg(&log)
+            .arg(log)
             .arg("--log-format")
-            .arg("json")
+            .arg("json");
+        command
+    }
+
+    /// Runs `berth ARGS` for a container; its standard output.
+    async fn berth(&self, bundle: &Path, args: &[&str]) -> Result<Vec<u8>, AgentError> {
+        let log = bundle.join("berth.log");
+        let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| failed("pipe", e))?;
+        let mut command = self.berth_command(&log);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out_write))

@@ -98,6 +98,17 @@ fn pod(n: u32) -> (Pod, String) {
     (pod, subnet)
 }
 
+/// A VM in `pod`'s network.
+fn vm_config(name: &str, dir: PathBuf, pod: &Pod) -> VmConfig {
+    let g = guest_dir();
+    let mut config = VmConfig::new(name, dir, g.join("vmlinux"), g.join("initramfs.cpio"));
+    config.network = Some(PodNetwork {
+        netns: PathBuf::from(format!("/run/netns/{}", pod.name)),
+        interface: "eth0".into(),
+    });
+    config
+}
+
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         !stat
@@ -113,18 +124,8 @@ fn alive(pid: i32) -> bool {
 async fn a_lost_vm_is_cleaned_up_from_its_directory() {
     let (pod, _) = pod(1);
     let tmp = tempfile::tempdir().unwrap();
-    let g = guest_dir();
     let dir = tmp.path().join("vm");
-    let mut config = VmConfig::new(
-        "lost",
-        dir.clone(),
-        g.join("vmlinux"),
-        g.join("initramfs.cpio"),
-    );
-    config.network = Some(PodNetwork {
-        netns: PathBuf::from(format!("/run/netns/{}", pod.name)),
-        interface: "eth0".into(),
-    });
+    let config = vm_config("lost", dir.clone(), &pod);
     let vm = Vm::boot(config).await.expect("booting");
     vm.shared()
         .unwrap()
@@ -161,17 +162,7 @@ async fn the_guest_has_the_pods_ip_and_answers_on_it() {
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", rootfs.join("bin/nc")).unwrap();
     std::os::unix::fs::symlink("busybox", rootfs.join("bin/cat")).unwrap();
-    let g = guest_dir();
-    let mut config = VmConfig::new(
-        "net",
-        tmp.path().join("vm"),
-        g.join("vmlinux"),
-        g.join("initramfs.cpio"),
-    );
-    config.network = Some(PodNetwork {
-        netns: PathBuf::from(format!("/run/netns/{}", pod.name)),
-        interface: "eth0".into(),
-    });
+    let config = vm_config("net", tmp.path().join("vm"), &pod);
     let vm = Vm::boot(config).await.expect("booting");
     let agent = vm.agent();
     let guest_rootfs = vm
