@@ -272,7 +272,7 @@ impl Agent {
     }
 
     fn mount(&self, r: proto::MountRequest) -> Result<(), AgentError> {
-        const ALLOWED: [&str; 4] = ["virtiofs", "9p", "overlay", "tmpfs"];
+        const ALLOWED: [&str; 5] = ["virtiofs", "9p", "overlay", "tmpfs", "ext4"];
         if !ALLOWED.contains(&r.fstype.as_str()) {
             return Err(AgentError::InvalidArgument(format!(
                 "Mount: file system type {:?} is not one of {ALLOWED:?}",

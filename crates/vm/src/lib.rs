@@ -17,5 +17,5 @@ pub use agent::{
 };
 pub use error::VmError;
 pub use process::Process;
-pub use qemu::{Accel, Vm, VmConfig, DEFAULT_VIRTIOFSD};
+pub use qemu::{Accel, Disk, Vm, VmConfig, DEFAULT_VIRTIOFSD};
 pub use virtiofs::{SharedDir, Transport, GUEST_SHARED_DIR, SHARE_TAG};

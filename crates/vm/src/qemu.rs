@@ -87,6 +87,16 @@ pub struct VmConfig {
     pub share: Option<Transport>,
     /// The pod's network to carry into the guest; loopback only without.
     pub network: Option<PodNetwork>,
+    /// Block devices, in order: the guest sees them as /dev/vda, vdb, ...
+    /// (microvm has no hotplug: disks are given at boot).
+    pub disks: Vec<Disk>,
+}
+
+/// A raw image file given to the guest as a virtio block device.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub read_only: bool,
 }
 
 impl VmConfig {
@@ -111,6 +121,7 @@ impl VmConfig {
                 Transport::NineP
             }),
             network: None,
+            disks: Vec::new(),
         }
     }
 }
@@ -178,6 +189,14 @@ impl Vm {
                 return Err(VmError::Config(format!(
                     "the guest {what} {} does not exist (build it with scripts/build-guest)",
                     path.display()
+                )));
+            }
+        }
+        for disk in &config.disks {
+            if !disk.path.is_file() {
+                return Err(VmError::Config(format!(
+                    "disk image {} does not exist",
+                    disk.path.display()
                 )));
             }
         }
@@ -542,6 +561,18 @@ fn spawn(
     }
     if let Some(nic) = nic {
         args.extend(network::qemu_args(nic));
+    }
+    for (i, disk) in config.disks.iter().enumerate() {
+        // A comma in a path would end QEMU's option value: doubled, as its
+        // option syntax wants.
+        let file = disk.path.to_string_lossy().replace(',', ",,");
+        let read_only = if disk.read_only { "on" } else { "off" };
+        args.extend([
+            "-drive".into(),
+            format!("file={file},if=none,id=disk{i},format=raw,read-only={read_only}"),
+            "-device".into(),
+            format!("virtio-blk-device,drive=disk{i}"),
+        ]);
     }
     match accel {
         Accel::Kvm => args.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),

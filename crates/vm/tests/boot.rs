@@ -328,9 +328,9 @@ async fn shared_directory(transport: berth_vm::Transport) {
         );
     }
     let mut bad = mount.clone();
-    bad.fstype = "ext4".into();
+    bad.fstype = "nfs".into();
     let err = vm.agent().mount(&bad, wait).await.unwrap_err();
-    assert!(err.to_string().contains("\"ext4\" is not one of"), "{err}");
+    assert!(err.to_string().contains("\"nfs\" is not one of"), "{err}");
     let mut bad = mount.clone();
     bad.target = "/run/../etc".into();
     let err = vm.agent().mount(&bad, wait).await.unwrap_err();
@@ -370,4 +370,89 @@ async fn a_vm_dropped_without_stop_leaves_nothing() {
     assert!(!alive(virtiofsd), "virtiofsd {virtiofsd} still runs");
     assert!(!dir.exists());
     assert_eq!(mounts_under(&dir), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_disk_reaches_the_guest_read_only_where_asked() {
+    let (tmp, mut disk_config) = config("disk");
+    // An ext4 image holding one file, made from a directory.
+    let content = tmp.path().join("content");
+    std::fs::create_dir(&content).unwrap();
+    std::fs::write(content.join("on-disk.txt"), "from a block device\n").unwrap();
+    let image = tmp.path().join("disk.img");
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&content)
+        .arg(&image)
+        .arg("16M")
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    disk_config.disks = vec![berth_vm::Disk {
+        path: image.clone(),
+        read_only: true,
+    }];
+    let tools = tmp.path().join("tools");
+    std::fs::create_dir(&tools).unwrap();
+    std::fs::copy("/bin/busybox", tools.join("busybox")).unwrap();
+    let vm = Vm::boot(disk_config).await.expect("booting");
+    let guest_tools = vm.shared().unwrap().share(&tools, "tools", true).unwrap();
+    vm.mount_shared(Duration::from_secs(10)).await.unwrap();
+    let mount = berth_vm::MountRequest {
+        fstype: "ext4".into(),
+        source: "/dev/vda".into(),
+        target: "/run/disk".into(),
+        options: vec![],
+        read_only: true,
+    };
+    vm.agent()
+        .mount(&mount, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let run = |script: &str| RunCommandRequest {
+        args: vec![
+            format!("{guest_tools}/busybox"),
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+        ],
+        env: vec![format!("PATH={guest_tools}")],
+        ..Default::default()
+    };
+    let wait = Duration::from_secs(20);
+    let out = vm
+        .agent()
+        .run_command(&run("busybox cat /run/disk/on-disk.txt"), wait)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"from a block device\n", "{out:?}");
+    // Read-only at the device: even a read-write mount of it is refused.
+    let out = vm
+        .agent()
+        .run_command(
+            &run("busybox mount -o remount,rw /run/disk && busybox touch /run/disk/x"),
+            wait,
+        )
+        .await
+        .unwrap();
+    assert_ne!(out.exit_code, 0, "{out:?}");
+    vm.stop(Duration::from_secs(10)).await;
+    // The image is untouched.
+    assert!(std::fs::metadata(&image).is_ok());
+
+    let (_tmp2, mut missing) = config("no-disk");
+    missing.disks = vec![berth_vm::Disk {
+        path: "/nonexistent/disk.img".into(),
+        read_only: false,
+    }];
+    let err = Vm::boot(missing).await.err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/disk.img does not exist"),
+        "{err}"
+    );
 }
