@@ -335,6 +335,18 @@ impl Vm {
         &self.agent
     }
 
+    /// Freezes the whole VM (its vCPUs stop; memory stays).
+    pub async fn pause(&self) -> Result<(), VmError> {
+        self.qmp.execute("stop", None).await.map(drop)
+    }
+
+    /// Thaws it, and sets the guest's clock again: it stood still while
+    /// the vCPUs did.
+    pub async fn resume(&self, timeout: Duration) -> Result<(), VmError> {
+        self.qmp.execute("cont", None).await?;
+        self.agent.setup_guest("", timeout).await
+    }
+
     /// Drops the channel to the agent and makes a new one (what a restarted
     /// owner does): the agent serves the next connection once the last
     /// one closed.

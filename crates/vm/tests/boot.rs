@@ -110,6 +110,23 @@ async fn a_vm_boots_its_agent_answers_and_stop_leaves_nothing() {
         .unwrap_err();
     assert!(err.to_string().contains("/no/such/program"), "{err}");
 
+    // Paused, the guest does not answer; resumed, it does, its clock set
+    // again.
+    vm.pause().await.unwrap();
+    assert!(vm.agent().check(Duration::from_secs(2)).await.is_err());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    vm.resume(Duration::from_secs(10)).await.unwrap();
+    let check = vm.agent().check(Duration::from_secs(10)).await.unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    assert!(
+        (host - check.unix_nanos).abs() < 2_000_000_000,
+        "guest clock off by {} ns after resume",
+        host - check.unix_nanos
+    );
+
     let rss = |pid: i32| {
         std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
             .unwrap_or_default()
