@@ -214,6 +214,9 @@ impl Vm {
                 path: config.dir.clone(),
                 source: e,
             })?;
+        // A boot abandoned half-way (its future dropped: a cancelled
+        // request) ends what it started, from what it recorded.
+        let mut unfinished = CleanupOnDrop(Some(config.dir.clone()));
         let shared = match &config.share {
             Some(transport) => match SharedDir::start(&config.dir, transport).await {
                 Ok(s) => Some(s),
@@ -299,6 +302,7 @@ impl Vm {
                     boot_time: started.elapsed(),
                 };
                 tracing::debug!(id = %vm.id, pid = vm.pid(), boot_ms = vm.boot_time.as_millis() as u64, "VM booted");
+                unfinished.0 = None;
                 Ok(vm)
             }
             Err(e) => {
@@ -443,6 +447,18 @@ impl Vm {
             shared.stop().await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct CleanupOnDrop(Option<PathBuf>);
+
+impl Drop for CleanupOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            if dir.exists() {
+                Vm::cleanup(&dir);
+            }
+        }
     }
 }
 
