@@ -226,6 +226,7 @@ impl Containers {
         spec: &[u8],
         rootfs: &str,
         stdin: bool,
+        rootfs_writable: bool,
     ) -> Result<u32, AgentError> {
         check_id("container id", id)?;
         let mut spec: Value = serde_json::from_slice(spec)
@@ -256,7 +257,7 @@ impl Containers {
             );
         }
         match self
-            .create_bundle(id, &bundle, &mut spec, lower, stdin)
+            .create_bundle(id, &bundle, &mut spec, lower, stdin, rootfs_writable)
             .await
         {
             Ok(process) => {
@@ -280,6 +281,7 @@ impl Containers {
         spec: &mut Value,
         lower: &Path,
         stdin: bool,
+        rootfs_writable: bool,
     ) -> Result<Arc<Process>, AgentError> {
         let upper = bundle.join("upper");
         let work = bundle.join("work");
@@ -288,22 +290,27 @@ impl Containers {
             std::fs::create_dir_all(dir)
                 .map_err(|e| failed(&format!("creating {}", dir.display()), e))?;
         }
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            upper.display(),
-            work.display()
-        );
-        let data = std::ffi::CString::new(options)
-            .map_err(|_| invalid("a path holds a NUL byte".into()))?;
-        rustix::mount::mount(
-            "overlay",
-            &root,
-            "overlay",
-            rustix::mount::MountFlags::empty(),
-            Some(data.as_c_str()),
-        )
-        .map_err(|e| failed("mounting the container's overlay", e))?;
+        if rootfs_writable {
+            rustix::mount::mount_bind(lower, &root)
+                .map_err(|e| failed("binding the container's root", e))?;
+        } else {
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            );
+            let data = std::ffi::CString::new(options)
+                .map_err(|_| invalid("a path holds a NUL byte".into()))?;
+            rustix::mount::mount(
+                "overlay",
+                &root,
+                "overlay",
+                rustix::mount::MountFlags::empty(),
+                Some(data.as_c_str()),
+            )
+            .map_err(|e| failed("mounting the container's overlay", e))?;
+        }
         adapt_spec(id, spec, &root);
         let config =
             serde_json::to_vec_pretty(spec).map_err(|e| failed("writing config.json", e))?;
@@ -647,7 +654,25 @@ impl Containers {
     async fn forget(&self, id: &str, bundle: &Path) {
         let root = bundle.join("rootfs");
         let _ = rustix::mount::unmount(&root, rustix::mount::UnmountFlags::DETACH);
-        let _ = std::fs::remove_dir_all(bundle);
+        // Never a recursive removal through `rootfs`: were it still mounted
+        // (a bound root is the host's snapshot, shared read-write), that
+        // would delete the container's files on the host. rmdir refuses a
+        // mount point.
+        if let Ok(entries) = std::fs::read_dir(bundle) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path == root {
+                    continue;
+                }
+                let _ = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+        let _ = std::fs::remove_dir(&root);
+        let _ = std::fs::remove_dir(bundle);
         lock(&self.containers).remove(id);
     }
 }

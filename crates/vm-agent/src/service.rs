@@ -421,7 +421,7 @@ pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
                 let r: proto::CreateContainerRequest = decode(&p)?;
                 let pid = a
                     .containers
-                    .create(&r.id, &r.spec, &r.rootfs, r.stdin)
+                    .create(&r.id, &r.spec, &r.rootfs, r.stdin, r.rootfs_writable)
                     .await?;
                 Ok(proto::ProcessStarted { pid }.encode_to_vec())
             }

@@ -81,6 +81,7 @@ async fn create(agent: &AgentClient, id: &str, rootfs: &str, args: &[&str], stdi
         spec: spec(args),
         rootfs: rootfs.into(),
         stdin,
+        rootfs_writable: false,
     };
     let started = std::time::Instant::now();
     let pid = agent
@@ -244,6 +245,7 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
         spec: serde_json::to_vec(&joined).unwrap(),
         rootfs: guest_rootfs.clone(),
         stdin: false,
+        rootfs_writable: false,
     };
     agent.create_container(&req, WAIT).await.unwrap();
     agent.start_container("uts", WAIT).await.unwrap();
@@ -280,6 +282,7 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
         spec: serde_json::to_vec(&limited).unwrap(),
         rootfs: guest_rootfs.clone(),
         stdin: false,
+        rootfs_writable: false,
     };
     agent.create_container(&req, WAIT).await.unwrap();
     agent.start_container("hog", WAIT).await.unwrap();
@@ -291,12 +294,46 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
     let exit = agent.wait_process("client", "", WAIT).await.unwrap();
     assert!(!exit.oom_killed);
 
+    // A root shared read-write and used as it is: the container's writes
+    // land on the host, as a snapshot's would.
+    let writable = tmp.path().join("rootfs-rw");
+    busybox_rootfs(&writable);
+    let guest_writable = vm
+        .shared()
+        .unwrap()
+        .share(&writable, "busybox-rw", false)
+        .unwrap();
+    let req = CreateContainerRequest {
+        id: "writer".into(),
+        spec: spec(&["sh", "-c", "echo persisted > /written-by-container"]),
+        rootfs: guest_writable,
+        stdin: false,
+        rootfs_writable: true,
+    };
+    agent.create_container(&req, WAIT).await.unwrap();
+    agent.start_container("writer", WAIT).await.unwrap();
+    assert_eq!(
+        agent
+            .wait_process("writer", "", WAIT)
+            .await
+            .unwrap()
+            .exit_code,
+        0
+    );
+    assert_eq!(
+        std::fs::read_to_string(writable.join("written-by-container")).unwrap(),
+        "persisted\n"
+    );
+    // The overlaid roots keep their writes in the guest.
+    assert!(!rootfs.join("written-by-container").exists());
+
     // Bad requests are refused by name.
     let bad = |id: &str, rootfs: &str| CreateContainerRequest {
         id: id.into(),
         spec: spec(&["true"]),
         rootfs: rootfs.into(),
         stdin: false,
+        rootfs_writable: false,
     };
     let err = agent
         .create_container(&bad("../escape", &guest_rootfs), WAIT)
@@ -319,7 +356,7 @@ async fn containers_in_a_vm_share_its_network_and_report_output_and_exits() {
     let err = agent.start_container("unknown", WAIT).await.unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
 
-    for id in ["server", "client", "echo", "hog", "uts"] {
+    for id in ["server", "client", "echo", "hog", "uts", "writer"] {
         agent
             .remove_container(id, WAIT)
             .await

@@ -183,6 +183,7 @@ async fn the_guest_has_the_pods_ip_and_answers_on_it() {
         spec: serde_json::to_vec(&spec).unwrap(),
         rootfs: guest_rootfs,
         stdin: false,
+        rootfs_writable: false,
     };
     agent.create_container(&req, WAIT).await.unwrap();
     agent.start_container("echo", WAIT).await.unwrap();
