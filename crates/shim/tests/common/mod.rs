@@ -183,6 +183,13 @@ impl World {
         );
         let address = String::from_utf8(out.stdout).unwrap();
         assert!(address.starts_with("unix://"), "{address}");
+        // `start` returns once the daemon's exec has passed the point of no
+        // return, but the kernel sets the new command line a little later:
+        // wait for it, so that counting shims by command line is exact.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.shim_pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         address
     }
 
