@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::fs;
 use crate::{Manager, Result};
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     pub cpu: Cpu,
     pub memory: Memory,
@@ -18,13 +19,15 @@ pub struct Stats {
     pub hugetlb: BTreeMap<String, Hugetlb>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Cpu {
     pub usage: CpuUsage,
     pub throttling: Throttling,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CpuUsage {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub percpu: Vec<u64>,
@@ -34,14 +37,16 @@ pub struct CpuUsage {
     pub user: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Throttling {
     pub periods: u64,
     pub throttled_periods: u64,
     pub throttled_time: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Memory {
     pub cache: u64,
     pub usage: MemoryEntry,
@@ -52,7 +57,8 @@ pub struct Memory {
     pub oom_kill: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MemoryEntry {
     pub limit: u64,
     pub usage: u64,
@@ -60,13 +66,15 @@ pub struct MemoryEntry {
     pub failcnt: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Pids {
     pub current: u64,
     pub limit: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Blkio {
     #[serde(
         rename = "ioServiceBytesRecursive",
@@ -77,7 +85,8 @@ pub struct Blkio {
     pub io_serviced_recursive: Vec<BlkioEntry>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BlkioEntry {
     pub major: u64,
     pub minor: u64,
@@ -85,7 +94,8 @@ pub struct BlkioEntry {
     pub value: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Hugetlb {
     pub usage: u64,
     pub max: u64,

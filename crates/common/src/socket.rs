@@ -51,3 +51,24 @@ pub fn recv_fd(
     }
     Ok((msg.bytes, fd))
 }
+
+/// Sends `data` with a descriptor (SCM_RIGHTS), as a runtime sends a
+/// terminal's master to a `--console-socket`.
+pub fn send_fd(
+    sock: &std::os::unix::net::UnixStream,
+    data: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [fd];
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        sock,
+        &[std::io::IoSlice::new(data)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
+}

@@ -19,6 +19,8 @@ pub type ExitWaiter = Box<dyn FnOnce() -> (u32, Option<i32>) + Send>;
 pub enum Backend {
     InProcess(Runtime),
     Cli(Cli),
+    /// In the pod's VM, through its guest agent (the `vm` runtime class).
+    Vm(crate::vm::VmContainer),
 }
 
 pub struct Cli {
@@ -38,6 +40,9 @@ impl Backend {
     /// the pid of the helper process it ran (the shim's reaper may reap it
     /// first; the caller forgets that exit).
     pub fn exit_waiter(&self, id: &str) -> Option<ExitWaiter> {
+        if let Backend::Vm(vm) = self {
+            return Some(vm.exit_waiter(id, ""));
+        }
         let Backend::Cli(cli) = self else { return None };
         if cli.binary.file_name().is_none_or(|n| n != "runsc") {
             return None;
@@ -59,15 +64,32 @@ impl Backend {
         })
     }
 
+    /// Whether an exec's exit is reported by the runtime rather than seen
+    /// by the shim's reaper (a process in a VM): a blocking wait for it.
+    pub fn exec_exit_waiter(&self, id: &str, exec_id: &str) -> Option<ExitWaiter> {
+        match self {
+            Backend::Vm(vm) => Some(vm.exit_waiter(id, exec_id)),
+            _ => None,
+        }
+    }
+
+    /// Whether the pids this backend reports are the host's (not a VM's).
+    pub fn host_pids(&self) -> bool {
+        !matches!(self, Backend::Vm(_))
+    }
+
+    /// `stdin`: whether the client gave the process an input.
     pub fn create(
         &self,
         id: &str,
         bundle: &Path,
         io: ProcessIo,
+        stdin: bool,
         no_pivot: bool,
         no_new_keyring: bool,
     ) -> Result<i32> {
         match self {
+            Backend::Vm(vm) => vm.create(id, bundle, io, stdin),
             Backend::InProcess(rt) => {
                 let opts = CreateOptions {
                     id: id.to_owned(),
@@ -109,6 +131,7 @@ impl Backend {
 
     pub fn start(&self, id: &str, bundle: &Path) -> Result<()> {
         match self {
+            Backend::Vm(vm) => vm.start(id),
             Backend::InProcess(rt) => Ok(rt.start(id)?),
             Backend::Cli(cli) => {
                 let stdio = cli
@@ -136,8 +159,10 @@ impl Backend {
         bundle: &Path,
         process: &Process,
         io: ProcessIo,
+        stdin: bool,
     ) -> Result<i32> {
         match self {
+            Backend::Vm(vm) => vm.exec(id, exec_id, process, io, stdin),
             Backend::InProcess(rt) => {
                 let opts = ExecOptions {
                     process: process.clone(),
@@ -172,6 +197,7 @@ impl Backend {
 
     pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
         match self {
+            Backend::Vm(vm) => vm.kill(id, "", signal as u32),
             Backend::InProcess(rt) => Ok(rt.kill(id, signal, all)?),
             Backend::Cli(cli) => {
                 let sig = signal.to_string();
@@ -187,6 +213,7 @@ impl Backend {
 
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         match self {
+            Backend::Vm(vm) => vm.delete(id),
             Backend::InProcess(rt) => Ok(rt.delete(id, force)?),
             Backend::Cli(cli) => {
                 let mut args = vec!["delete"];
@@ -201,6 +228,7 @@ impl Backend {
 
     pub fn pause(&self, id: &str) -> Result<()> {
         match self {
+            Backend::Vm(vm) => vm.set_paused(id, true),
             Backend::InProcess(rt) => Ok(rt.pause(id)?),
             Backend::Cli(cli) => cli.run(&["pause", id], None).map(drop),
         }
@@ -208,6 +236,7 @@ impl Backend {
 
     pub fn resume(&self, id: &str) -> Result<()> {
         match self {
+            Backend::Vm(vm) => vm.set_paused(id, false),
             Backend::InProcess(rt) => Ok(rt.resume(id)?),
             Backend::Cli(cli) => cli.run(&["resume", id], None).map(drop),
         }
@@ -215,6 +244,7 @@ impl Backend {
 
     pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
         match self {
+            Backend::Vm(vm) => vm.update(id, resources),
             Backend::InProcess(rt) => Ok(rt.update(id, resources)?),
             Backend::Cli(cli) => {
                 let json = serde_json::to_vec(resources)
@@ -227,6 +257,7 @@ impl Backend {
 
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
         match self {
+            Backend::Vm(vm) => vm.pids(id),
             Backend::InProcess(rt) => Ok(rt.pids(id)?),
             Backend::Cli(cli) => {
                 let out = cli.run(&["ps", "--format", "json", id], None)?;
@@ -241,6 +272,38 @@ impl Backend {
         match self {
             Backend::InProcess(rt) => Ok(rt.cgroups(id)?),
             Backend::Cli(_) => Ok(berth_cgroups::Manager::of_process(init_pid)?),
+            Backend::Vm(_) => Err(ShimError::Unimplemented(format!(
+                "{id} runs in a VM: its cgroups are the guest's"
+            ))),
+        }
+    }
+
+    /// Resource usage, runc's `events --stats` data.
+    pub fn stats(&self, id: &str, init_pid: i32) -> Result<berth_cgroups::Stats> {
+        match self {
+            Backend::Vm(vm) => vm.stats(id),
+            _ => Ok(self.cgroups(id, init_pid)?.stats()?),
+        }
+    }
+
+    /// Signals an exec (by its pid on the host, or through the VM's agent).
+    pub fn kill_exec(&self, id: &str, exec_id: &str, pid: i32, signal: i32) -> Result<()> {
+        if let Backend::Vm(vm) = self {
+            return vm.kill(id, exec_id, signal as u32);
+        }
+        let pid = rustix::process::Pid::from_raw(pid)
+            .ok_or_else(|| ShimError::FailedPrecondition("exec not started".into()))?;
+        let signal = rustix::process::Signal::from_named_raw(signal)
+            .ok_or_else(|| ShimError::InvalidArgument(format!("signal {signal}")))?;
+        rustix::process::kill_process(pid, signal).context(|| format!("signalling exec {exec_id}"))
+    }
+
+    /// Sets the size of a VM process's terminal (the guest's); a no-op for
+    /// processes whose terminal the shim holds.
+    pub fn resize_guest_terminal(&self, id: &str, exec_id: &str, w: u32, h: u32) -> Result<()> {
+        match self {
+            Backend::Vm(vm) => vm.resize(id, exec_id, w, h),
+            _ => Ok(()),
         }
     }
 }

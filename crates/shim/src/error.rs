@@ -45,6 +45,11 @@ pub enum ShimError {
         #[source]
         source: io::Error,
     },
+    /// The pod's VM or its guest agent (the `vm` runtime class): the
+    /// agent's own status code, INVALID_ARGUMENT for a bad VM
+    /// configuration, else UNKNOWN.
+    #[error(transparent)]
+    Vm(#[from] berth_vm::VmError),
     /// Anything else that went wrong in the shim. UNKNOWN.
     #[error("{0}")]
     Other(String),
@@ -80,6 +85,9 @@ impl ShimError {
             ShimError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
             ShimError::Runtime(e) => runtime_code(e),
+            ShimError::Vm(berth_vm::VmError::AgentStatus { code, .. }) => *code,
+            ShimError::Vm(berth_vm::VmError::Config(_)) => Code::INVALID_ARGUMENT,
+            ShimError::Vm(_) => Code::UNKNOWN,
             ShimError::RuntimeBinary(_)
             | ShimError::Cgroup(_)
             | ShimError::Io { .. }

@@ -24,8 +24,18 @@ pub mod start;
 mod stdio;
 mod sys;
 pub mod task;
+pub mod vm;
 
 pub use args::Args;
+
+/// Where a shim runs its containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// On the host: berth in process, or another OCI runtime's binary.
+    Berth,
+    /// In one microVM per pod (`containerd-shim-berth-vm-v2`).
+    Vm,
+}
 pub use error::{Result, ShimError};
 
 /// containerd's names for the task service.

@@ -35,7 +35,7 @@ pub fn state_root() -> PathBuf {
 }
 
 /// The pod a container belongs to: its sandbox id annotation, else itself.
-fn group_id(bundle: &Path, id: &str) -> String {
+pub fn group_id(bundle: &Path, id: &str) -> String {
     std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|raw| serde_json::from_slice::<serde_json::Value>(&raw).ok())
@@ -124,11 +124,26 @@ pub fn start(args: &Args) -> Result<String> {
 /// `delete`: the shim is gone; make sure the container is too, and report
 /// how it ended (containerd expects a DeleteResponse on stdout).
 pub fn delete(args: &Args) -> Result<()> {
-    let bundle = bundle_of(args);
     let backend = crate::backend::Backend::in_process(&state_root().join(&args.namespace), false);
     if let Err(e) = backend.delete(&args.id, true) {
         log::warn!("deleting {}: {e}", args.id);
     }
+    report_deleted(args)
+}
+
+/// `delete` of the `vm` class: a dead shim's VM ends with its pod's owner
+/// (the sandbox, or the lone container).
+pub fn delete_vm(args: &Args) -> Result<()> {
+    let bundle = bundle_of(args);
+    if group_id(&bundle, &args.id) == args.id {
+        crate::vm::cleanup_pod(&args.namespace, &args.id);
+    }
+    report_deleted(args)
+}
+
+/// Unmounts the rootfs and prints how the container ended.
+fn report_deleted(args: &Args) -> Result<()> {
+    let bundle = bundle_of(args);
     let target = bundle.join("rootfs");
     while rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH).is_ok() {}
     let recorded: Option<serde_json::Value> = std::fs::read(bundle.join("berth-exit.json"))
@@ -151,6 +166,11 @@ pub fn delete(args: &Args) -> Result<()> {
 /// The daemon: serves the task API on the listener `start` passed down,
 /// reaps children, and exits when asked to once it holds no container.
 pub fn serve(args: &Args) -> Result<()> {
+    serve_class(args, crate::Class::Berth)
+}
+
+/// The daemon of a shim of `class`.
+pub fn serve_class(args: &Args, class: crate::Class) -> Result<()> {
     // A container's processes start as forks of this process: run from a
     // sealed copy so none of them can reach the binary on disk.
     berth_runtime::cloned_exe::ensure_sealed()?;
@@ -178,7 +198,7 @@ pub fn serve(args: &Args) -> Result<()> {
         .context(|| "starting the async runtime".into())?;
     runtime.block_on(async {
         let publisher = Publisher::start(args.ttrpc_address(), args.namespace.clone());
-        let service = Service::new(publisher, args.namespace.clone(), state_root());
+        let service = Service::new_for(publisher, args.namespace.clone(), state_root(), class);
         let mut services = containerd_shim_protos::shim_async::create_task(Arc::new(TaskHandler(Arc::clone(&service))));
         let v3 = services.remove(TASK_SERVICE_V3).expect("the generated service");
         let mut v2 = containerd_shim_protos::shim_async::create_task(Arc::new(TaskHandler(Arc::clone(&service))));

@@ -18,6 +18,9 @@ pub use proto::{
     RunCommandRequest, RunCommandResponse, StreamData,
 };
 
+/// Cheap to clone: clones share the one channel (long polls of several
+/// processes go on side by side).
+#[derive(Clone)]
 pub struct AgentClient {
     client: ttrpc::r#async::Client,
 }
@@ -49,7 +52,10 @@ impl AgentClient {
         creq.set_payload(req.encode_to_vec());
         let res = tokio::time::timeout(timeout, self.client.request(creq))
             .await
-            .map_err(|_| VmError::Agent(format!("{method}: no answer within {timeout:?}")))?
+            .map_err(|_| VmError::AgentTimeout {
+                method: method.to_owned(),
+                timeout,
+            })?
             .map_err(|e| match e {
                 ttrpc::Error::RpcStatus(s) => VmError::AgentStatus {
                     method: method.to_owned(),

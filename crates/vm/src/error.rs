@@ -29,6 +29,13 @@ pub enum VmError {
     },
     #[error("guest agent: {0}")]
     Agent(String),
+    /// No answer in time (a long poll that found nothing, or a guest that
+    /// stopped answering).
+    #[error("guest agent: {method}: no answer within {timeout:?}")]
+    AgentTimeout {
+        method: String,
+        timeout: std::time::Duration,
+    },
     #[error("pod network: {0}")]
     Network(String),
     #[error("invalid VM configuration: {0}")]

@@ -386,6 +386,11 @@ impl Vm {
         self.qemu.is_running()
     }
 
+    /// Becomes true when QEMU has exited.
+    pub fn exited(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.qemu.exited()
+    }
+
     /// Resolves when QEMU has exited.
     pub async fn wait(&self) {
         self.qemu.wait().await;
@@ -648,8 +653,11 @@ async fn connect(
                 // A channel that closed is most often QEMU going away: say
                 // that, with its last words, if it is so.
                 let mut watch = exited.clone();
-                let ended = tokio::time::timeout(Duration::from_millis(500), watch.wait_for(|gone| *gone)).await;
-                if matches!(ended, Ok(Ok(_))) {
+                let ended = tokio::time::timeout(Duration::from_millis(500), async move {
+                    watch.wait_for(|gone| *gone).await.is_ok()
+                })
+                .await;
+                if ended == Ok(true) {
                     Err(died(dir))
                 } else if Instant::now() >= deadline {
                     Err(timed_out(dir))
@@ -658,7 +666,9 @@ async fn connect(
                 }
             }
         },
-        _ = exit_seen.wait_for(|gone| *gone) => Err(died(dir)),
+        // (The guard wait_for returns must not live in select's output:
+        // it is not Send.)
+        () = async { let _ = exit_seen.wait_for(|gone| *gone).await; } => Err(died(dir)),
         () = tokio::time::sleep_until(deadline.into()) => Err(timed_out(dir)),
     }
 }

@@ -27,7 +27,9 @@ impl Service {
         }
         p.timeout = Some(limit);
         if p.status == Status::RUNNING {
-            arm_deadline(id, exec_id, limit, p);
+            let backend = Arc::clone(&inner.container(id)?.backend);
+            let p = inner.process(id, exec_id)?.1;
+            arm_deadline(id, exec_id, limit, p, backend);
         }
         Ok(())
     }
@@ -35,11 +37,18 @@ impl Service {
 
 /// Kills an exec (started: `p.pid` is set) with SIGKILL when its limit
 /// expires before it exits.
-pub(super) fn arm_deadline(id: &str, exec_id: &str, limit: Duration, p: &Proc) {
+pub(super) fn arm_deadline(
+    id: &str,
+    exec_id: &str,
+    limit: Duration,
+    p: &Proc,
+    backend: Arc<crate::backend::Backend>,
+) {
     let pid = p.pid;
     let mut exited = p.exit.subscribe();
     let ending = Arc::clone(&p.ending);
     let what = format!("exec {exec_id} of {id}");
+    let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
     tokio::spawn(async move {
         let wait_exit = async {
             while exited.borrow_and_update().is_none() {
@@ -64,8 +73,7 @@ pub(super) fn arm_deadline(id: &str, exec_id: &str, limit: Duration, p: &Proc) {
             return;
         }
         log::info!("{what} exceeded its time limit of {limit:?}: killing pid {pid}");
-        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
+        // Blocking for a VM's exec (the agent's answer): not on this thread.
+        let _ = tokio::task::spawn_blocking(move || backend.kill_exec(&id, &exec_id, pid, 9)).await;
     });
 }

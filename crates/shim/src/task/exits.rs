@@ -110,15 +110,32 @@ impl Service {
 
     /// For a container whose process is the sandbox's, not its own: asks
     /// the runtime (on a thread, it blocks) when the container ends.
-    pub(super) fn wait_outside(self: &Arc<Self>, id: &str, pid: i32, wait: ExitWaiter) {
+    pub(super) fn wait_outside(
+        self: &Arc<Self>,
+        id: &str,
+        exec_id: &str,
+        pid: i32,
+        wait: ExitWaiter,
+    ) {
         let svc = Arc::clone(self);
         let handle = tokio::runtime::Handle::current();
-        let id = id.to_owned();
+        let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
         std::thread::spawn(move || {
             let (code, helper) = wait();
             handle.spawn(async move {
                 {
                     let mut inner = svc.lock();
+                    // A VM's waiter learns of OOM kills with the exit.
+                    let oom = inner.container(&id).ok().filter(|c| {
+                        exec_id.is_empty()
+                            && matches!(&*c.backend, Backend::Vm(_))
+                            && c.oom_killed.load(Ordering::Relaxed)
+                    });
+                    if oom.is_some() {
+                        let mut e = ev::TaskOOM::new();
+                        e.container_id = id.clone();
+                        svc.publisher.publish(Event::Oom(e));
+                    }
                     // The pid is the sandbox's, shared by the pod's
                     // containers: forget it only if it is still ours.
                     if inner.pids.get(&pid).is_some_and(|(c, _)| *c == id) {
@@ -128,7 +145,7 @@ impl Service {
                         inner.early.remove(&helper);
                     }
                 }
-                svc.on_exit_of(pid, &id, "", code);
+                svc.on_exit_of(pid, &id, &exec_id, code);
             });
         });
     }

@@ -92,7 +92,7 @@ impl Service {
     pub(super) fn stats(&self, req: &api::StatsRequest) -> Result<api::StatsResponse> {
         let (pid, ..) = self.process_status(&req.id, "")?;
         let backend = self.backend(&req.id)?;
-        let stats = backend.cgroups(&req.id, pid)?.stats()?;
+        let stats = backend.stats(&req.id, pid)?;
         let mut r = api::StatsResponse::new();
         r.stats = MessageField::some(crate::metrics::to_any(&stats));
         Ok(r)

@@ -4,15 +4,21 @@
 use berth_api::shim::v1::AttachRequest;
 use containerd_shim_protos::api;
 
+use std::sync::Arc;
+
 use super::Service;
 use crate::error::{Context, Result, ShimError};
 
 impl Service {
     pub(super) fn resize_pty(&self, req: &api::ResizePtyRequest) -> Result<()> {
-        let inner = self.lock();
-        let (_, p) = inner.process(&req.id, &req.exec_id)?;
-        p.io.resize(req.width, req.height)
-            .map_err(|e| ShimError::FailedPrecondition(e.to_string()))
+        let backend = {
+            let inner = self.lock();
+            let (_, p) = inner.process(&req.id, &req.exec_id)?;
+            p.io.resize(req.width, req.height)
+                .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+            Arc::clone(&inner.container(&req.id)?.backend)
+        };
+        backend.resize_guest_terminal(&req.id, &req.exec_id, req.width, req.height)
     }
 
     pub(super) fn close_io(&self, req: &api::CloseIORequest) -> Result<()> {

@@ -19,6 +19,7 @@ use super::options::parse_options;
 use super::process::{no_exec, Container, Exit, Proc};
 use super::rootfs::{mount_rootfs, unmount_rootfs};
 use super::Service;
+use crate::backend::Backend;
 use crate::error::{Context, Result, ShimError};
 use crate::events::{timestamp, Event};
 use crate::stdio::{self, StdioSpec};
@@ -46,11 +47,10 @@ impl Service {
                 bundle.display()
             )));
         }
-        let backend = Arc::new(backend_for(
-            &req.options,
-            &self.state_root,
-            &self.namespace,
-        )?);
+        let backend = Arc::new(match &self.vm_pod {
+            Some(slot) => Backend::Vm(self.vm_container(slot, req, &bundle)?),
+            None => backend_for(&req.options, &self.state_root, &self.namespace)?,
+        });
         let spec = StdioSpec {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -63,7 +63,8 @@ impl Service {
         let (no_pivot, no_new_keyring) = parse_options(&req.options)
             .map(|o| (o.no_pivot_root, o.no_new_keyring))
             .unwrap_or_default();
-        let pid = match backend.create(&req.id, &bundle, io, no_pivot, no_new_keyring) {
+        let stdin = !req.stdin.is_empty();
+        let pid = match backend.create(&req.id, &bundle, io, stdin, no_pivot, no_new_keyring) {
             Ok(pid) => pid,
             Err(e) => {
                 if mounted {
@@ -75,7 +76,10 @@ impl Service {
         let mut init = Proc::new(spec);
         init.pid = pid;
         init.io = pending.start();
-        let oom = Arc::new(AtomicBool::new(false));
+        let oom = match &*backend {
+            Backend::Vm(vm) => Arc::clone(&vm.oom),
+            _ => Arc::new(AtomicBool::new(false)),
+        };
         self.lock().containers.insert(
             req.id.clone(),
             Container {
@@ -87,7 +91,9 @@ impl Service {
                 oom_killed: Arc::clone(&oom),
             },
         );
-        self.register_pid(pid, &req.id, "");
+        if backend.host_pids() {
+            self.register_pid(pid, &req.id, "");
+        }
         self.watch_oom(&req.id, &backend, pid, oom);
         let mut e = ev::TaskCreate::new();
         e.container_id = req.id.clone();
@@ -130,7 +136,7 @@ impl Service {
         if let Some(wait) = backend.exit_waiter(id) {
             // The sandbox's process is not the container's: ask the
             // runtime when the container ends.
-            self.wait_outside(id, pid, wait);
+            self.wait_outside(id, "", pid, wait);
         }
         if let Some(c) = self.lock().containers.get_mut(id) {
             if c.init.status == Status::CREATED {
@@ -158,7 +164,14 @@ impl Service {
         let (io, pending) = stdio::prepare(&stdio_spec)
             .context(|| format!("setting up stdio of exec {exec_id}"))?;
         let pid = backend
-            .exec(id, exec_id, &bundle, &spec, io)
+            .exec(
+                id,
+                exec_id,
+                &bundle,
+                &spec,
+                io,
+                !stdio_spec.stdin.is_empty(),
+            )
             .context(|| format!("exec {exec_id} in {id}"))?;
         let handle = pending.start();
         if let Ok(p) = self.lock().process_mut(id, exec_id) {
@@ -167,10 +180,13 @@ impl Service {
             p.status = Status::RUNNING;
             p.io = handle;
             if let Some(limit) = p.timeout {
-                arm_deadline(id, exec_id, limit, p);
+                arm_deadline(id, exec_id, limit, p, Arc::clone(&backend));
             }
         }
-        self.register_pid(pid, id, exec_id);
+        match backend.exec_exit_waiter(id, exec_id) {
+            Some(wait) => self.wait_outside(id, exec_id, pid, wait),
+            None => self.register_pid(pid, id, exec_id),
+        }
         let mut e = ev::TaskExecStarted::new();
         e.container_id = id.to_owned();
         e.exec_id = exec_id.to_owned();
@@ -209,7 +225,19 @@ impl Service {
         if let Err(e) = backend.delete(&req.id, true) {
             log::warn!("deleting {}: {e}", req.id);
         }
-        let removed = self.lock().containers.remove(&req.id);
+        let (removed, last) = {
+            let mut inner = self.lock();
+            let removed = inner.containers.remove(&req.id);
+            (removed, inner.containers.is_empty())
+        };
+        if last {
+            // The pod's VM ends with its last container.
+            if let Some(slot) = &self.vm_pod {
+                if let Some(pod) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    pod.stop();
+                }
+            }
+        }
         if removed.as_ref().is_some_and(|c| c.rootfs_mounted) {
             unmount_rootfs(&bundle);
         }
@@ -288,12 +316,33 @@ impl Service {
                 .backend(&req.id)?
                 .kill(&req.id, req.signal as i32, req.all);
         }
-        let pid = rustix::process::Pid::from_raw(pid)
-            .ok_or_else(|| ShimError::FailedPrecondition("exec not started".into()))?;
-        let signal = rustix::process::Signal::from_named_raw(req.signal as i32)
-            .ok_or_else(|| ShimError::InvalidArgument(format!("signal {}", req.signal)))?;
-        rustix::process::kill_process(pid, signal)
-            .context(|| format!("signalling exec {}", req.exec_id))
+        self.backend(&req.id)?
+            .kill_exec(&req.id, &req.exec_id, pid, req.signal as i32)
+    }
+
+    /// The backend of a container of a `vm` class shim: in the pod's VM,
+    /// booted now for the pod's first container.
+    fn vm_container(
+        &self,
+        slot: &std::sync::Mutex<Option<Arc<crate::vm::VmPod>>>,
+        req: &api::CreateTaskRequest,
+        bundle: &std::path::Path,
+    ) -> Result<crate::vm::VmContainer> {
+        let mut pod = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = &*pod {
+            if !p.is_running() {
+                return Err(ShimError::FailedPrecondition(
+                    "the pod's VM has stopped: no container can run in it".into(),
+                ));
+            }
+            return Ok(crate::vm::VmContainer::new(Arc::clone(p), &req.id));
+        }
+        let options = parse_options(&req.options)?.vm.unwrap_or_default();
+        let group = crate::start::group_id(bundle, &req.id);
+        let booted = crate::vm::VmPod::boot(&self.namespace, &group, &req.id, bundle, &options)
+            .context(|| format!("booting the VM of pod {group}"))?;
+        *pod = Some(Arc::clone(&booted));
+        Ok(crate::vm::VmContainer::new(booted, &req.id))
     }
 
     /// Pauses (`pause`) or resumes a container.

@@ -50,16 +50,29 @@ pub struct Service {
     /// State root of the in-process runtime.
     state_root: PathBuf,
     shutdown: tokio::sync::Notify,
+    /// The `vm` runtime class: every container runs in the pod's VM, booted
+    /// by the first Create (None: not that class).
+    vm_pod: Option<Mutex<Option<Arc<crate::vm::VmPod>>>>,
 }
 
 impl Service {
     pub fn new(publisher: Publisher, namespace: String, state_root: PathBuf) -> Arc<Service> {
+        Self::new_for(publisher, namespace, state_root, crate::Class::Berth)
+    }
+
+    pub fn new_for(
+        publisher: Publisher,
+        namespace: String,
+        state_root: PathBuf,
+        class: crate::Class,
+    ) -> Arc<Service> {
         Arc::new(Service {
             inner: Mutex::new(Inner::default()),
             publisher,
             namespace,
             state_root,
             shutdown: tokio::sync::Notify::new(),
+            vm_pod: (class == crate::Class::Vm).then(|| Mutex::new(None)),
         })
     }
 

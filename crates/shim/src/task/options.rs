@@ -18,6 +18,8 @@ pub(super) struct BerthOptions {
     pub(super) runtime_args: Vec<String>,
     pub(super) no_pivot_root: bool,
     pub(super) no_new_keyring: bool,
+    /// The `vm` class's VM (guest, size, hypervisor).
+    pub(super) vm: Option<crate::vm::VmOptions>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> ShimError {
@@ -38,6 +40,7 @@ pub(super) fn parse_options(options: &MessageField<Any>) -> Result<BerthOptions>
                 runtime_args: Vec::new(),
                 no_pivot_root: o.no_pivot_root,
                 no_new_keyring: o.no_new_keyring,
+                vm: None,
             })
         }
         _ => Ok(BerthOptions::default()),
