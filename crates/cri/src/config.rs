@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 
 /// The shim berthd uses unless a handler names another one.
 pub const BERTH_SHIM: &str = "containerd-shim-berth-v2";
+/// The shim of the `vm` runtime class: each pod in a microVM.
+pub const BERTH_VM_SHIM: &str = "containerd-shim-berth-vm-v2";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -306,6 +308,19 @@ pub struct RuntimeHandler {
     /// need one (gVisor, VM shims such as Kata); berth, runc and crun only
     /// when the pod shares a PID namespace. Default: decided by the handler.
     pub sandbox_container: Option<bool>,
+    /// The `vm` class's shim only (`runtime_type =
+    /// "io.containerd.berth-vm.v2"`): the hypervisor ("qemu", the only
+    /// one), the guest's kernel and initramfs (default: `guest_dir`'s, from
+    /// scripts/build-guest, default /var/lib/berth/vm), and each VM's vCPUs
+    /// and memory beyond the pod's limits.
+    pub hypervisor: Option<String>,
+    pub guest_dir: Option<String>,
+    pub kernel: Option<String>,
+    pub initramfs: Option<String>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    /// The longest a guest may take to boot, in seconds.
+    pub boot_timeout: Option<u64>,
 }
 
 /// The `mountOptions` an OCI runtime binary reports in `features` (runc
@@ -351,6 +366,73 @@ impl RuntimeHandler {
 
     pub fn is_berth_shim(&self) -> bool {
         self.shim_binary().is_ok_and(|b| b.ends_with(BERTH_SHIM))
+    }
+
+    /// Whether pods of this handler run in microVMs (berth's vm shim):
+    /// their containers' pids are the guest's, not the host's.
+    pub fn is_vm(&self) -> bool {
+        self.shim_binary().is_ok_and(|b| b.ends_with(BERTH_VM_SHIM))
+    }
+
+    /// The `vm` settings the VM shim reads from the runtime options.
+    pub fn vm_options(&self) -> serde_json::Value {
+        let mut vm = serde_json::Map::new();
+        let mut put = |k: &str, v: serde_json::Value| {
+            vm.insert(k.to_owned(), v);
+        };
+        if let Some(d) = &self.guest_dir {
+            put("guest_dir", d.clone().into());
+        }
+        if let Some(k) = &self.kernel {
+            put("kernel", k.clone().into());
+        }
+        if let Some(i) = &self.initramfs {
+            put("initramfs", i.clone().into());
+        }
+        if let Some(n) = self.vcpus {
+            put("vcpus", n.into());
+        }
+        if let Some(m) = self.memory_mib {
+            put("memory_mib", m.into());
+        }
+        if let Some(t) = self.boot_timeout {
+            put("boot_timeout_secs", t.into());
+        }
+        serde_json::Value::Object(vm)
+    }
+
+    fn validate_vm(&self) -> Result<()> {
+        let vm_fields = self.hypervisor.is_some()
+            || self.guest_dir.is_some()
+            || self.kernel.is_some()
+            || self.initramfs.is_some()
+            || self.vcpus.is_some()
+            || self.memory_mib.is_some()
+            || self.boot_timeout.is_some();
+        if vm_fields && !self.is_vm() {
+            return Err(Error::Config(format!(
+                "hypervisor, guest_dir, kernel, initramfs, vcpus, memory_mib and boot_timeout \
+                 are settings of the vm runtime class (runtime_type = \"io.containerd.berth-vm.v2\"), \
+                 not of {}",
+                self.shim_binary().unwrap_or_default()
+            )));
+        }
+        if let Some(h) = self.hypervisor.as_deref().filter(|h| *h != "qemu") {
+            return Err(Error::Config(format!(
+                "hypervisor {h:?}: only \"qemu\" is supported"
+            )));
+        }
+        if self.vcpus == Some(0) || self.memory_mib.is_some_and(|m| m < 64) {
+            return Err(Error::Config(
+                "a VM needs at least 1 vCPU and 64 MiB of memory".into(),
+            ));
+        }
+        if self.is_vm() && (self.binary_name.is_some() || !self.runtime_args.is_empty()) {
+            return Err(Error::Config(
+                "the vm runtime class runs berth inside each VM: binary_name and runtime_args do not apply".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether pods of this handler can have a user namespace of their own
@@ -498,6 +580,7 @@ impl Config {
         }
         for (name, h) in &self.runtimes {
             h.shim_binary()
+                .and_then(|_| h.validate_vm())
                 .map_err(|e| Error::Config(format!("runtimes.{name}: {e}")))?;
         }
         self.stream.server_config()?;

@@ -242,6 +242,12 @@ fn remove_stale_socket(address: &str) {
 /// berth's shim, containerd's runc options for other shims.
 pub fn runtime_options(handler: &RuntimeHandler) -> Any {
     let mut any = Any::new();
+    if handler.is_vm() {
+        any.type_url = berth_shim_client::BERTH_OPTIONS_TYPE.into();
+        any.value = serde_json::to_vec(&serde_json::json!({ "vm": handler.vm_options() }))
+            .unwrap_or_default();
+        return any;
+    }
     if handler.is_berth_shim() {
         any.type_url = berth_shim_client::BERTH_OPTIONS_TYPE.into();
         any.value = serde_json::to_vec(&serde_json::json!({
@@ -267,7 +273,8 @@ pub fn runtime_options(handler: &RuntimeHandler) -> Any {
 }
 
 pub fn options_field(handler: &RuntimeHandler) -> MessageField<Any> {
-    if handler.binary_name.is_none()
+    if !handler.is_vm()
+        && handler.binary_name.is_none()
         && handler.root.is_none()
         && !handler.systemd_cgroup
         && handler.runtime_args.is_empty()

@@ -416,9 +416,13 @@ impl VmContainer {
                 rootfs_writable: true,
             };
             let agent = self.pod.agent.clone();
-            let pid = block_on(async move { agent.create_container(&req, CALL).await })?;
+            let guest_pid = block_on(async move { agent.create_container(&req, CALL).await })?;
             relay_stdio(&self.pod.agent, id, "", io, terminal, stdin)?;
-            Ok(pid as i32)
+            log::info!("{id}: pid {guest_pid} in the VM");
+            // As Kata does: the pid clients see is the VM's, a host process
+            // (its namespaces are the pod's); a guest pid would name some
+            // unrelated host process.
+            Ok(self.pod.pid)
         });
         if created.is_err() {
             self.unshare_all();
@@ -458,9 +462,10 @@ impl VmContainer {
         };
         let terminal = process.terminal().unwrap_or(false);
         let agent = self.pod.agent.clone();
-        let pid = block_on(async move { agent.exec_process(&req, CALL).await })?;
+        let guest_pid = block_on(async move { agent.exec_process(&req, CALL).await })?;
         relay_stdio(&self.pod.agent, id, exec_id, io, terminal, stdin)?;
-        Ok(pid as i32)
+        log::info!("{id} exec {exec_id}: pid {guest_pid} in the VM");
+        Ok(self.pod.pid)
     }
 
     pub fn kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<()> {

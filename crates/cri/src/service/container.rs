@@ -128,6 +128,14 @@ impl Cri {
                 .and_then(|l| l.security_context.as_ref())
                 .and_then(|s| s.namespace_options.clone())
                 .unwrap_or_default();
+            let shares_pids = ns.pid == cri::NamespaceMode::Target as i32
+                || ns.pid == cri::NamespaceMode::Node as i32;
+            if shares_pids && self.runs_in_vm(&pod) {
+                return Err(Error::InvalidArgument(format!(
+                    "pod {} runs in a VM: its containers get PID namespaces of their own",
+                    pod.id
+                )));
+            }
             if ns.pid == cri::NamespaceMode::Target as i32 {
                 let t = self.store.resolve_container(&ns.target_id)?;
                 self.store

@@ -141,6 +141,49 @@ impl Cri {
         });
     }
 
+    /// Waits in the background for a pod's sandbox task to end: a sandbox
+    /// that ends while the pod is ready (gVisor's sandbox or a pod's VM
+    /// killed, QEMU crashed) leaves the pod not ready, as kubelet must see
+    /// to recreate it.
+    pub(super) fn watch_sandbox(self: &Arc<Self>, pod_id: String, address: String) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut wait = api::WaitRequest::new();
+            wait.id = pod_id.clone();
+            let mut failures = 0u64;
+            let code = loop {
+                match this.shims.wait(&address, &wait, 0).await {
+                    Ok(r) => break Some(r.exit_status),
+                    Err(Error::NotFound(_)) => break None,
+                    Err(_) if failures < 5 => {
+                        failures += 1;
+                        tokio::time::sleep(Duration::from_millis(200 * failures)).await;
+                    }
+                    // The shim itself is gone: so is the sandbox.
+                    Err(_) => break None,
+                }
+            };
+            let lock = this.pod_lock(&pod_id);
+            let _guard = lock.lock().await;
+            let was_ready = this
+                .store
+                .pod(&pod_id)
+                .is_some_and(|p| p.state == crate::store::PodState::Ready && p.pause_pid.is_some());
+            if !was_ready {
+                return;
+            }
+            tracing::warn!(pod = %pod_id, exit = ?code, "the pod's sandbox ended: the pod is not ready");
+            let _ = this
+                .store
+                .update_pod(&pod_id, |p| p.state = crate::store::PodState::NotReady);
+            this.emit(
+                &pod_id,
+                cri::ContainerEventType::ContainerStoppedEvent,
+                &pod_id,
+            );
+        });
+    }
+
     /// The container's shim died with it still running (killed, OOM):
     /// nothing reaps it any more, so it must not run on while CRI reports
     /// it exited. The shim binary's `delete` kills and deletes it, as

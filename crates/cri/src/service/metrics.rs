@@ -403,6 +403,10 @@ impl Cri {
             .map(|p| {
                 let mut cs = self.store.containers_of(&p.id);
                 cs.retain(|c| c.state == ContainerState::Running && c.pid > 0);
+                if self.runs_in_vm(&p) {
+                    // Their cgroups are the guest's: not readable here.
+                    cs.clear();
+                }
                 cs.sort_by_key(|c| c.created_at);
                 (p, cs)
             })

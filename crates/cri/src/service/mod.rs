@@ -230,6 +230,14 @@ impl Cri {
         })
     }
 
+    /// Whether a pod runs in a VM (the `vm` class): its containers' pids
+    /// and cgroups are the guest's, not the host's.
+    pub(super) fn runs_in_vm(&self, pod: &crate::store::PodRecord) -> bool {
+        self.config
+            .handler(&pod.runtime_handler)
+            .is_some_and(|h| h.is_vm())
+    }
+
     fn emit(&self, container_id: &str, kind: cri::ContainerEventType, pod_id: &str) {
         if self.events.receiver_count() == 0 {
             return;

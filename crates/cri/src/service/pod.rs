@@ -53,6 +53,22 @@ impl Cri {
                 "a pod's pid namespace cannot target a container".into(),
             ));
         }
+        if handler.is_vm() {
+            // The pod is its VM: nothing of the host's can be shared, and
+            // the guest agent gives every container its own PID namespace.
+            for (what, v) in [("network", ns.network), ("ipc", ns.ipc), ("pid", ns.pid)] {
+                if v == cri::NamespaceMode::Node as i32 {
+                    return Err(Error::InvalidArgument(format!(
+                        "runtime handler {handler_name:?} runs pods in VMs: the host's {what} namespace cannot be shared"
+                    )));
+                }
+            }
+            if pid_mode == cri::NamespaceMode::Pod {
+                return Err(Error::InvalidArgument(format!(
+                    "runtime handler {handler_name:?}: a pod-wide PID namespace (shareProcessNamespace) is not supported in VMs yet"
+                )));
+            }
+        }
         for (what, v) in [("network", ns.network), ("ipc", ns.ipc)] {
             if v != cri::NamespaceMode::Pod as i32 && v != cri::NamespaceMode::Node as i32 {
                 return Err(Error::InvalidArgument(format!(
@@ -244,7 +260,10 @@ impl Cri {
         std::fs::create_dir_all(&rootfs).map_err(|e| Error::internal(rootfs.display(), e))?;
         std::fs::copy(&self.pause_binary, rootfs.join("pause"))
             .map_err(|e| Error::internal("copying berth-pause", e))?;
-        let config = spec::pause_spec(pod, &rootfs, self.oom_floor)?;
+        let mut config = spec::pause_spec(pod, &rootfs, self.oom_floor)?;
+        if handler.is_vm() {
+            spec::size_vm_sandbox(&mut config, pod);
+        }
         let config = serde_json::to_vec(&config)
             .map_err(|e| Error::internal("serializing the pause config", e))?;
         util::write_private_file(&bundle.join("config.json"), &config)
@@ -265,6 +284,7 @@ impl Cri {
         start.id = pod.id.clone();
         let _: api::StartResponse = self.shims.start_task(&address, &start, 30 * SECOND).await?;
         pod.pause_pid = Some(r.pid);
+        self.watch_sandbox(pod.id.clone(), address.clone());
         if shared_pid {
             pod.namespaces.pid = Some(PathBuf::from(format!("/proc/{}/ns/pid", r.pid)));
         }

@@ -68,6 +68,8 @@ impl Cri {
                     let _ = self
                         .store
                         .update_pod(&pod.id, |p| p.state = PodState::NotReady);
+                } else if let (Some(_), Some(address)) = (pod.pause_pid, &pod.shim_address) {
+                    self.watch_sandbox(pod.id.clone(), address.clone());
                 }
             }
         }

@@ -204,13 +204,15 @@ impl Cri {
                 .map(|c| c.pid)
         });
         let network = pid.and_then(|pid| network_usage(pid, now));
-        let processes: u64 = self
-            .store
-            .containers_of(&p.id)
-            .iter()
-            .filter(|c| c.state == ContainerState::Running)
-            .map(|c| count_cgroup_procs(c.pid))
-            .sum();
+        // A VM pod's processes are the guest's: not counted from here.
+        let processes: Option<u64> = (!self.runs_in_vm(p)).then(|| {
+            self.store
+                .containers_of(&p.id)
+                .iter()
+                .filter(|c| c.state == ContainerState::Running)
+                .map(|c| count_cgroup_procs(c.pid))
+                .sum()
+        });
         cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
                 id: p.id.clone(),
@@ -234,9 +236,9 @@ impl Cri {
                     major_page_faults: None,
                 }),
                 network,
-                process: Some(cri::ProcessUsage {
+                process: processes.map(|n| cri::ProcessUsage {
                     timestamp: now,
-                    process_count: u(processes),
+                    process_count: u(n),
                 }),
                 containers,
             }),

@@ -42,7 +42,7 @@ use crate::store::PodRecord;
 pub use namespaces::{pod_namespace_options, pod_privileged, pod_user_mapping};
 pub use process::{environment, process_args, DEFAULT_PATH};
 pub use resources::oci_resources;
-pub use sandbox::pause_spec;
+pub use sandbox::{pause_spec, size_vm_sandbox};
 pub use security::{all_caps, capabilities, DEFAULT_CAPS, DEFAULT_MASKED, DEFAULT_READONLY};
 
 /// The OCI version berth's specs declare.

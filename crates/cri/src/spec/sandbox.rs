@@ -125,3 +125,44 @@ pub fn pause_spec(
     }
     Ok(spec)
 }
+
+/// The resources of a `vm` pod's sandbox, which size its VM: the pod's
+/// limits (the sum of its containers', as kubelet passes them) plus the
+/// overhead its RuntimeClass declares.
+pub fn size_vm_sandbox(spec: &mut Spec, pod: &PodRecord) {
+    let Some(linux) = pod.config.linux.as_ref() else {
+        return;
+    };
+    let (mut memory, mut quota, mut period) = (0i64, 0i64, 0u64);
+    for r in [linux.resources.as_ref(), linux.overhead.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        memory += r.memory_limit_in_bytes.max(0);
+        if r.cpu_quota > 0 && r.cpu_period > 0 {
+            // In one period's units.
+            let p = if period == 0 {
+                r.cpu_period as u64
+            } else {
+                period
+            };
+            quota += (r.cpu_quota as i128 * p as i128 / r.cpu_period as i128) as i64;
+            period = p;
+        }
+    }
+    let Some(l) = spec.linux_mut().as_mut() else {
+        return;
+    };
+    let mut resources = l.resources().clone().unwrap_or_default();
+    if memory > 0 {
+        let mut m = oci_spec::runtime::LinuxMemory::default();
+        m.set_limit(Some(memory));
+        resources.set_memory(Some(m));
+    }
+    if quota > 0 {
+        let mut c = oci_spec::runtime::LinuxCpu::default();
+        c.set_quota(Some(quota)).set_period(Some(period));
+        resources.set_cpu(Some(c));
+    }
+    l.set_resources(Some(resources));
+}

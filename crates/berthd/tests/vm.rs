@@ -1,0 +1,205 @@
+//! The `vm` runtime class through berthd: pods whose handler is
+//! `io.containerd.berth-vm.v2` run in a microVM each (QEMU under TCG here),
+//! their containers inside, created by berth's guest agent. Needs root,
+//! QEMU and the guest from scripts/build-guest (default /var/lib/berth/vm;
+//! BERTH_VM_GUEST_DIR elsewhere).
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use k8s_cri::v1 as cri;
+
+const VM_CONFIG: &str = "[runtimes.vm]\nruntime_type = \"io.containerd.berth-vm.v2\"\nhypervisor = \"qemu\"\nmemory_mib = 256\n";
+const BOOT: Duration = Duration::from_secs(120);
+
+/// The pod's QEMU (its `-name` is `berth-<pod id>`) and its VM directory.
+fn qemu_of(pod: &str) -> Option<(i32, PathBuf)> {
+    processes_mentioning(&format!("-name berth-{pod} "))
+        .into_iter()
+        .map(|pid| (pid, cmdline(pid)))
+        .find(|(_, c)| c.starts_with("qemu-system"))
+        .and_then(|(pid, c)| {
+            let console = c.split_whitespace().find_map(|w| w.strip_prefix("file:"))?;
+            Some((pid, PathBuf::from(console).parent()?.to_path_buf()))
+        })
+}
+
+/// Nothing of the VM is left: no process names its directory, which is
+/// gone, and nothing is mounted under it.
+async fn assert_vm_gone(dir: &std::path::Path) {
+    let d = dir.display().to_string();
+    eventually("the VM's processes to end", Duration::from_secs(20), || {
+        processes_mentioning(&d).is_empty()
+    })
+    .await;
+    assert!(!dir.exists(), "{d} left behind");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&d), "mounts left under {d}");
+}
+
+fn pod_state(d: &cri::PodSandboxStatusResponse) -> i32 {
+    d.status.as_ref().unwrap().state
+}
+
+/// A pod in a VM: two containers reach each other on localhost, logs,
+/// ExecSync on the guest's kernel, stats, an OOM kill inside, the pod's IP
+/// stays the pod's, stop and removal leave nothing (QEMU, virtiofsd,
+/// mounts, the VM's directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_pod_containers_localhost_logs_exec_stats_oom_and_cleanup() {
+    let d = Berthd::start_with("vm", VM_CONFIG);
+    d.pull_busybox().await;
+    let pod_cfg = d.pod_config("vm-pod", false);
+    let started = std::time::Instant::now();
+    let pod = tokio::time::timeout(BOOT, d.run_pod(&pod_cfg, "vm"))
+        .await
+        .expect("RunPodSandbox within the boot limit");
+    eprintln!("vm pod ready in {:?}", started.elapsed());
+    let st = d.pod_status(&pod, false).await;
+    assert_eq!(pod_state(&st), cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(st.status.as_ref().unwrap().runtime_handler, "vm");
+    let (qemu, vm_dir) =
+        qemu_of(&pod).unwrap_or_else(|| panic!("no QEMU for pod {pod}\n{}", d.log_tail()));
+
+    let server = d
+        .run_container(
+            &pod,
+            &pod_cfg,
+            &d.container_config(
+                "server",
+                &images().busybox,
+                &["nc", "-ll", "-p", "8080", "-e", "echo", "pong"],
+            ),
+        )
+        .await;
+    let client = d
+        .run_container(
+            &pod,
+            &pod_cfg,
+            &d.container_config(
+                "client",
+                &images().busybox,
+                &["sh", "-c", "for i in $(seq 100); do out=$(nc 127.0.0.1 8080 </dev/null) && [ -n \"$out\" ] && echo \"got $out\" && exit 0; sleep 0.2; done; exit 1"],
+            ),
+        )
+        .await;
+    let s = d.wait_container(&client, BOOT, exited).await;
+    assert_eq!(s.exit_code, 0, "{s:?}\n{}", d.log_tail());
+    let log = PathBuf::from(&pod_cfg.log_directory).join("client/0.log");
+    let records = cri_log_records(&log);
+    assert!(
+        records.iter().any(|r| r.0 == "stdout" && r.2 == "got pong"),
+        "the client's CRI log: {records:?}"
+    );
+
+    // ExecSync runs in the guest: its kernel, not the host's.
+    let guest = d.sh(&server, "uname -r").await;
+    let host = read_trim("/proc/sys/kernel/osrelease");
+    assert_ne!(guest, host, "the exec ran on the host's kernel");
+    let r = d.exec(&server, &["sh", "-c", "echo e >&2; exit 9"]).await;
+    assert_eq!((r.stderr.as_slice(), r.exit_code), (&b"e\n"[..], 9));
+    // The pod's hostname.
+    assert_eq!(d.sh(&server, "hostname").await, "vm-pod");
+
+    // Stats from the guest's cgroup.
+    let stats = d
+        .runtime()
+        .await
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: server.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(
+        stats.memory.unwrap().working_set_bytes.unwrap().value > 0,
+        "memory working set from the guest"
+    );
+
+    // An OOM kill inside the VM, by the container's own limit.
+    let mut hog_cfg = d.container_config("hog", &images().busybox, &["sh", "-c", "tail /dev/zero"]);
+    res(&mut hog_cfg).memory_limit_in_bytes = 32 << 20;
+    let hog = d.run_container(&pod, &pod_cfg, &hog_cfg).await;
+    let s = d.wait_container(&hog, BOOT, exited).await;
+    assert_eq!(
+        (s.exit_code, s.reason.as_str()),
+        (137, "OOMKilled"),
+        "{s:?}\n{}",
+        d.log_tail()
+    );
+    assert!(alive(qemu), "the OOM kill must stay inside the VM");
+    assert_eq!(
+        pod_state(&d.pod_status(&pod, false).await),
+        cri::PodSandboxState::SandboxReady as i32
+    );
+
+    d.stop_pod(&pod).await;
+    d.remove_pod(&pod).await;
+    assert_vm_gone(&vm_dir).await;
+    d.remove_all_and_check().await;
+}
+
+/// QEMU killed under a running pod: the pod becomes NotReady, its
+/// container exits with a reason, and stop and removal leave nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_pod_not_ready_when_its_vm_dies() {
+    let d = Berthd::start_with("vmkill", VM_CONFIG);
+    d.pull_busybox().await;
+    let pod_cfg = d.pod_config("vm-kill", false);
+    let pod = tokio::time::timeout(BOOT, d.run_pod(&pod_cfg, "vm"))
+        .await
+        .expect("RunPodSandbox within the boot limit");
+    let (qemu, vm_dir) = qemu_of(&pod).expect("the pod's QEMU");
+    let c = d
+        .run_container(
+            &pod,
+            &pod_cfg,
+            &d.container_config("sleeper", &images().busybox, &["sleep", "1000"]),
+        )
+        .await;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(qemu).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let s = d.wait_container(&c, BOOT, exited).await;
+    assert_ne!(s.exit_code, 0, "{s:?}");
+    assert!(!s.reason.is_empty(), "an exit without a reason: {s:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pod_state(&d.pod_status(&pod, false).await)
+        != cri::PodSandboxState::SandboxNotready as i32
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod stayed ready with its VM dead\n{}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.stop_pod(&pod).await;
+    d.remove_pod(&pod).await;
+    assert_vm_gone(&vm_dir).await;
+    d.remove_all_and_check().await;
+}
+
+/// What a VM cannot do is refused, by name: the host's namespaces, a
+/// pod-wide PID namespace, VM settings on another handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_pod_refuses_host_namespaces() {
+    let d = Berthd::start_with("vmrefuse", VM_CONFIG);
+    let host_net = d.pod_config("vm-host", true);
+    let e = d.try_run_pod(&host_net, "vm").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("network"), "{e:?}");
+    let mut shared_pid = d.pod_config("vm-pid", false);
+    pod_ns(&mut shared_pid).pid = cri::NamespaceMode::Pod as i32;
+    let e = d.try_run_pod(&shared_pid, "vm").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("PID namespace"), "{e:?}");
+    d.remove_all_and_check().await;
+}
