@@ -261,7 +261,7 @@ async fn start_pod(
         limit,
         rt.run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: String::new(),
+            runtime_handler: o.runtime_handler.clone(),
         }),
     )
     .await;

@@ -8,7 +8,7 @@ use crate::stream;
 
 pub(crate) const USAGE: &str = "usage: berth-cri-bench --socket PATH [--rpc-timeout SECONDS] \
 (version | pull IMAGE... | run --pods N --image REF --tag TAG --cgroup-parent CG \
---log-dir DIR [--ids-file FILE] [--hold] [--pod-network] | cleanup --tag TAG \
+--log-dir DIR [--ids-file FILE] [--hold] [--pod-network] [--runtime-handler NAME] | cleanup --tag TAG \
 | probe --tag TAG [--count K] | concurrent --count N --pods P --image REF --tag TAG \
 --cgroup-parent CG --log-dir DIR [--ids-file FILE] | up --name NAME --image REF --tag TAG --cgroup-parent CG --log-dir DIR [--ids-file FILE] \
 [--port PORT] | stream --pod ID --container ID [--port PORT] [--order KIND,...] [--rtts N] \
@@ -29,6 +29,8 @@ pub(crate) struct Opts {
     pub(crate) hold: bool,
     /// `run`: pods on the pod network (CNI) instead of the host's.
     pub(crate) pod_network: bool,
+    /// `run`: the pods' runtime handler (the daemon's default if empty).
+    pub(crate) runtime_handler: String,
     /// `up`: the pod's name (after the tag).
     pub(crate) name: String,
     /// `stream`: the pod and the container to measure in.
@@ -63,6 +65,7 @@ pub(crate) fn parse() -> Result<Opts, String> {
         ids_file: None,
         hold: false,
         pod_network: false,
+        runtime_handler: String::new(),
         name: String::new(),
         pod: String::new(),
         container: String::new(),
@@ -97,6 +100,7 @@ pub(crate) fn parse() -> Result<Opts, String> {
             "--ids-file" => o.ids_file = Some(value("--ids-file")?.into()),
             "--hold" => o.hold = true,
             "--pod-network" => o.pod_network = true,
+            "--runtime-handler" => o.runtime_handler = value("--runtime-handler")?,
             "--check" => o.check = true,
             "--name" => o.name = value("--name")?,
             "--pod" => o.pod = value("--pod")?,

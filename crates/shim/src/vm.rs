@@ -227,10 +227,14 @@ impl VmPod {
         config.boot_timeout = Duration::from_secs(options.boot_timeout_secs.max(1));
         config.network = pod_network(&spec)?;
         let hostname = spec["hostname"].as_str().unwrap_or_default().to_owned();
+        let sysctls = guest_sysctls(&spec)?;
         let vm = block_on(async move {
             let vm = Vm::boot(config).await?;
             vm.agent().setup_guest(&hostname, CALL).await?;
             vm.mount_shared(CALL).await?;
+            for (key, value) in sysctls {
+                set_guest_sysctl(vm.agent(), &key, &value).await?;
+            }
             Ok::<Vm, VmError>(vm)
         })?;
         log::info!(
@@ -276,6 +280,57 @@ impl VmPod {
             .ok_or_else(|| ShimError::FailedPrecondition("the pod's VM has stopped".into()))?;
         Ok(f(vm).await?)
     }
+}
+
+/// The sandbox's sysctls (the pod's), checked: a name of dotted words, a
+/// value on one line.
+fn guest_sysctls(spec: &Value) -> Result<Vec<(String, String)>> {
+    let Some(map) = spec["linux"]["sysctl"].as_object() else {
+        return Ok(Vec::new());
+    };
+    map.iter()
+        .map(|(k, v)| {
+            let value = v.as_str().unwrap_or_default();
+            let name_ok = !k.is_empty()
+                && k.split(['.', '/']).all(|w| {
+                    !w.is_empty()
+                        && w != ".."
+                        && w.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+                });
+            if !name_ok || value.contains('\n') {
+                return Err(ShimError::InvalidArgument(format!(
+                    "sysctl {k:?}={value:?}: not a sysctl"
+                )));
+            }
+            Ok((k.clone(), value.to_owned()))
+        })
+        .collect()
+}
+
+async fn set_guest_sysctl(
+    agent: &AgentClient,
+    key: &str,
+    value: &str,
+) -> std::result::Result<(), VmError> {
+    let req = RunCommandRequest {
+        args: vec![
+            "/bin/busybox".into(),
+            "sysctl".into(),
+            "-w".into(),
+            format!("{key}={value}"),
+        ],
+        timeout_ms: 10_000,
+        ..Default::default()
+    };
+    let out = agent.run_command(&req, CALL).await?;
+    if out.exit_code != 0 {
+        return Err(VmError::Config(format!(
+            "sysctl {key}={value} in the guest: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// A sandbox container (CRI's pause): its task is the VM.

@@ -126,13 +126,20 @@ pub fn pause_spec(
     Ok(spec)
 }
 
-/// The resources of a `vm` pod's sandbox, which size its VM: the pod's
-/// limits (the sum of its containers', as kubelet passes them) plus the
-/// overhead its RuntimeClass declares.
+/// What a `vm` pod's sandbox tells its VM shim: its resources, which size
+/// the VM (the pod's limits, the sum of its containers' as kubelet passes
+/// them, plus the overhead its RuntimeClass declares), and the pod's
+/// sysctls, which the shim sets in the guest (the pod's namespaces are
+/// the VM's).
 pub fn size_vm_sandbox(spec: &mut Spec, pod: &PodRecord) {
     let Some(linux) = pod.config.linux.as_ref() else {
         return;
     };
+    if !linux.sysctls.is_empty() {
+        if let Some(l) = spec.linux_mut().as_mut() {
+            l.set_sysctl(Some(linux.sysctls.clone().into_iter().collect()));
+        }
+    }
     let (mut memory, mut quota, mut period) = (0i64, 0i64, 0u64);
     for r in [linux.resources.as_ref(), linux.overhead.as_ref()]
         .into_iter()
