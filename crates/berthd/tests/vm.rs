@@ -187,6 +187,143 @@ async fn vm_pod_not_ready_when_its_vm_dies() {
     d.remove_all_and_check().await;
 }
 
+/// The pod's shim killed: the pod becomes NotReady, and stopping it ends
+/// its VM all the same (the shim binary's `delete`, as after any dead shim).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_pod_whose_shim_dies_is_not_ready_and_leaves_nothing() {
+    let d = Berthd::start_with("vmshim", VM_CONFIG);
+    d.pull_busybox().await;
+    let pod_cfg = d.pod_config("vm-shim", false);
+    let pod = tokio::time::timeout(BOOT, d.run_pod(&pod_cfg, "vm"))
+        .await
+        .expect("RunPodSandbox within the boot limit");
+    let (qemu, vm_dir) = qemu_of(&pod).expect("the pod's QEMU");
+    d.sleeper(&pod, &pod_cfg, "c").await;
+    let shims: Vec<i32> = processes_mentioning(d.socket.to_str().unwrap())
+        .into_iter()
+        .filter(|p| cmdline(*p).contains("containerd-shim-berth-vm-v2"))
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(shims[0]).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pod_state(&d.pod_status(&pod, false).await)
+        != cri::PodSandboxState::SandboxNotready as i32
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod stayed ready with its shim dead\n{}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.stop_pod(&pod).await;
+    assert!(!alive(qemu), "QEMU outlived the pod's stop");
+    d.remove_pod(&pod).await;
+    assert_vm_gone(&vm_dir).await;
+    d.remove_all_and_check().await;
+}
+
+/// berthd killed and started again: the VM pod is still ready, its
+/// container still runs and answers ExecSync (berthd finds the shim, which
+/// kept the VM), and QEMU's death is still noticed afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_pod_survives_a_berthd_restart() {
+    let mut d = Berthd::start_with("vmrestart", VM_CONFIG);
+    d.pull_busybox().await;
+    let pod_cfg = d.pod_config("vm-restart", false);
+    let pod = tokio::time::timeout(BOOT, d.run_pod(&pod_cfg, "vm"))
+        .await
+        .expect("RunPodSandbox within the boot limit");
+    let (qemu, vm_dir) = qemu_of(&pod).expect("the pod's QEMU");
+    let c = d.sleeper(&pod, &pod_cfg, "c").await;
+    d.kill();
+    d.spawn();
+    assert_eq!(
+        pod_state(&d.pod_status(&pod, false).await),
+        cri::PodSandboxState::SandboxReady as i32,
+        "{}",
+        d.log_tail()
+    );
+    assert_eq!(state_name(d.status(&c).await.state), "running");
+    assert_eq!(d.sh(&c, "echo still-here").await, "still-here");
+    assert_eq!(qemu_of(&pod).map(|q| q.0), Some(qemu), "the same VM");
+    // The restarted berthd watches the sandbox again.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(qemu).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pod_state(&d.pod_status(&pod, false).await)
+        != cri::PodSandboxState::SandboxNotready as i32
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod stayed ready with its VM dead after the restart\n{}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.stop_pod(&pod).await;
+    d.remove_pod(&pod).await;
+    assert_vm_gone(&vm_dir).await;
+    d.remove_all_and_check().await;
+}
+
+/// A guest that does not boot in time, and one whose kernel finds no init:
+/// RunPodSandbox fails saying so, and nothing is left (no QEMU, no VM
+/// directory, no pod).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_boot_failures_are_reported_and_leave_nothing() {
+    // Paths of this test's own, so that its QEMUs are found by them.
+    let guest = std::env::temp_dir().join(unique("vm-guest"));
+    std::fs::create_dir_all(&guest).unwrap();
+    let real = std::env::var_os("BERTH_VM_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/berth/vm"));
+    for f in ["vmlinux", "initramfs.cpio"] {
+        std::os::unix::fs::symlink(real.join(f), guest.join(f)).unwrap();
+    }
+    let empty = guest.join("empty.cpio");
+    std::fs::write(&empty, b"").unwrap();
+    let d = Berthd::start_with(
+        "vmboot",
+        &format!(
+            "[runtimes.slow]\nruntime_type = \"io.containerd.berth-vm.v2\"\nguest_dir = \"{g}\"\nboot_timeout = 1\n\
+             [runtimes.broken]\nruntime_type = \"io.containerd.berth-vm.v2\"\nguest_dir = \"{g}\"\ninitramfs = \"{e}\"\n",
+            g = guest.display(),
+            e = empty.display()
+        ),
+    );
+    let slow = d
+        .try_run_pod(&d.pod_config("vm-slow", false), "slow")
+        .await
+        .unwrap_err();
+    assert!(
+        slow.message().contains("did not answer within 1.0 s"),
+        "{slow:?}\n{}",
+        d.log_tail()
+    );
+    let broken = d
+        .try_run_pod(&d.pod_config("vm-broken", false), "broken")
+        .await
+        .unwrap_err();
+    assert!(
+        broken.message().contains("exited during boot"),
+        "{broken:?}\n{}",
+        d.log_tail()
+    );
+    assert!(d.pods(None).await.is_empty());
+    let left = processes_mentioning(guest.to_str().unwrap());
+    assert!(left.is_empty(), "QEMU left running: {left:?}");
+    d.remove_all_and_check().await;
+    let _ = std::fs::remove_dir_all(&guest);
+}
+
 /// What a VM cannot do is refused, by name: the host's namespaces, a
 /// pod-wide PID namespace, VM settings on another handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -439,6 +439,28 @@ impl Drop for Berthd {
         self.stop();
         // The shims this test's berthd started name its socket.
         kill_processes_mentioning(self.socket.to_str().unwrap());
+        // A VM pod's QEMU outlives a killed shim: the vm shim's `delete`
+        // ends it, as berthd and containerd do after a dead shim.
+        let vm_shim = Path::new(BERTHD).with_file_name("containerd-shim-berth-vm-v2");
+        for e in std::fs::read_dir(self.state.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let bundle = e.path().join("pause");
+            if vm_shim.is_file() && bundle.join("config.json").is_file() {
+                let _ = Command::new(&vm_shim)
+                    .args(["-namespace", "k8s.io", "-address", "/dev/null", "-id"])
+                    .arg(e.file_name())
+                    .arg("-bundle")
+                    .arg(&bundle)
+                    .arg("delete")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
         remove_cgroup_tree(&self.cgroup_parent);
         forget_oci_runtime_state(&self.dir);
         unmount_under(&self.dir);

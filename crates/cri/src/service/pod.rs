@@ -295,11 +295,27 @@ impl Cri {
         let Some(address) = &pod.shim_address else {
             return;
         };
-        self.end_task(address, &pod.id).await;
+        if !self.end_task(address, &pod.id).await {
+            // The shim is gone (killed, crashed): what it held may not be,
+            // a VM above all. Its binary's `delete` ends it, as containerd
+            // does after a dead shim.
+            let handler = self
+                .config
+                .handler(&pod.runtime_handler)
+                .unwrap_or_default();
+            if let Err(e) = self
+                .shims
+                .delete(&handler, &pod.id, &pod.dir.join("pause"))
+                .await
+            {
+                tracing::warn!(pod = %pod.id, "cleaning up after the pod's dead shim: {e}");
+            }
+        }
     }
 
-    /// Kills, waits for and deletes a task in a shim, whatever its state.
-    pub(super) async fn end_task(&self, address: &str, id: &str) {
+    /// Kills, waits for and deletes a task in a shim, whatever its state;
+    /// whether the shim answered the delete.
+    pub(super) async fn end_task(&self, address: &str, id: &str) -> bool {
         let mut kill = api::KillRequest::new();
         kill.id = id.to_owned();
         kill.signal = 9;
@@ -314,7 +330,10 @@ impl Cri {
         .await;
         let mut del = api::DeleteRequest::new();
         del.id = id.to_owned();
-        let _ = self.shims.delete_task(address, &del, 10 * SECOND).await;
+        match self.shims.delete_task(address, &del, 10 * SECOND).await {
+            Ok(_) | Err(Error::NotFound(_)) => true,
+            Err(_) => false,
+        }
     }
 
     /// Releases a pod's namespaces, shm and files. Idempotent.
