@@ -500,6 +500,13 @@ impl Cri {
                 "pod sandbox {id} is not ready"
             )));
         }
+        if self.runs_in_vm(&pod) {
+            // Its listeners are in the guest, out of reach of the pod's
+            // network namespace's loopback, where port-forward connects.
+            return Err(Error::Unimplemented(format!(
+                "pod sandbox {id} runs in a VM: port-forward into VM pods is not supported yet"
+            )));
+        }
         let ports =
             r.port
                 .iter()

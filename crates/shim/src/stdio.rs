@@ -228,7 +228,16 @@ async fn copy_fd_to_fd(from: OwnedFd, to: OwnedFd, mut stop: Option<oneshot::Rec
     loop {
         let n = match &mut stop {
             Some(rx) => tokio::select! {
-                _ = rx => return,
+                _ = rx => {
+                    // Closed (CloseIO): what the client wrote before it
+                    // closed is already in the FIFO, and still goes in.
+                    while let Ok(n) = r.try_read(&mut buf) {
+                        if n == 0 || w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    return;
+                }
                 n = r.read(&mut buf) => n,
             },
             None => r.read(&mut buf).await,

@@ -694,20 +694,43 @@ fn relay_stdio(
         let console = io.console.ok_or_else(|| {
             ShimError::Other("a terminal process without a console socket".into())
         })?;
-        let slave =
+        let (output, input) =
             host_terminal(&console).context(|| "making the host side of the terminal".into())?;
-        let input = rustix::io::dup(&slave).context(|| "duplicating the terminal".into())?;
-        spawn_output(agent.clone(), id.clone(), exec_id.clone(), false, slave);
+        // Once the guest's output ends, the input side lets go of the
+        // terminal too: the master then reads EOF, and every relay ends.
+        let (done, ended) = tokio::sync::oneshot::channel();
+        spawn_output(
+            agent.clone(),
+            id.clone(),
+            exec_id.clone(),
+            false,
+            output,
+            Some(done),
+        );
         if stdin {
-            spawn_input(agent.clone(), id, exec_id, input);
+            spawn_terminal_input(agent.clone(), id, exec_id, input, ended);
         }
         return Ok(());
     }
     let Some([stdin_fd, stdout_fd, stderr_fd]) = io.stdio else {
         return Err(ShimError::Other("a process without stdio".into()));
     };
-    spawn_output(agent.clone(), id.clone(), exec_id.clone(), false, stdout_fd);
-    spawn_output(agent.clone(), id.clone(), exec_id.clone(), true, stderr_fd);
+    spawn_output(
+        agent.clone(),
+        id.clone(),
+        exec_id.clone(),
+        false,
+        stdout_fd,
+        None,
+    );
+    spawn_output(
+        agent.clone(),
+        id.clone(),
+        exec_id.clone(),
+        true,
+        stderr_fd,
+        None,
+    );
     if stdin {
         spawn_input(agent.clone(), id, exec_id, stdin_fd);
     }
@@ -716,32 +739,47 @@ fn relay_stdio(
 
 /// A host terminal standing for the guest's: its master goes to the
 /// console socket (the task service relays it as for any terminal), its
-/// slave, raw so it changes nothing, carries the guest's bytes.
-fn host_terminal(console: &UnixStream) -> std::io::Result<OwnedFd> {
+/// slave, raw so it changes nothing, carries the guest's bytes: opened
+/// twice, for output (blocking) and for input (non-blocking, so that its
+/// reader can stop).
+fn host_terminal(console: &UnixStream) -> std::io::Result<(OwnedFd, OwnedFd)> {
     use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
     let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
     grantpt(&master)?;
     unlockpt(&master)?;
     let name = ptsname(&master, Vec::new())?;
-    let slave: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(std::ffi::OsStr::from_bytes(name.as_bytes()))?
-        .into();
-    let mut attrs = rustix::termios::tcgetattr(&slave)?;
+    let open = |extra: i32| -> std::io::Result<OwnedFd> {
+        Ok(std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC | extra)
+            .open(std::ffi::OsStr::from_bytes(name.as_bytes()))?
+            .into())
+    };
+    let output = open(0)?;
+    let input = open(libc::O_NONBLOCK)?;
+    let mut attrs = rustix::termios::tcgetattr(&output)?;
     attrs.make_raw();
-    rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &attrs)?;
+    rustix::termios::tcsetattr(&output, rustix::termios::OptionalActions::Now, &attrs)?;
     berth_common::socket::send_fd(console, b"console", master.as_fd())?;
-    Ok(slave)
+    Ok((output, input))
 }
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 
-/// Guest output → `to`, until the guest's stream ends (then `to` closes).
-fn spawn_output(agent: AgentClient, id: String, exec_id: String, stderr: bool, to: OwnedFd) {
+/// Guest output → `to`, until the guest's stream ends (then `to` closes
+/// and `done` fires).
+fn spawn_output(
+    agent: AgentClient,
+    id: String,
+    exec_id: String,
+    stderr: bool,
+    to: OwnedFd,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     runtime().spawn(async move {
+        let _done = done;
         let mut file = Some(std::fs::File::from(to));
         loop {
             let chunk = if stderr {
@@ -768,6 +806,42 @@ fn spawn_output(agent: AgentClient, id: String, exec_id: String, stderr: bool, t
                 Err(_) => return,
             }
         }
+    });
+}
+
+/// The host terminal's input → the guest process's stdin, until the
+/// master closes or the guest's output `ended`.
+fn spawn_terminal_input(
+    agent: AgentClient,
+    id: String,
+    exec_id: String,
+    from: OwnedFd,
+    mut ended: tokio::sync::oneshot::Receiver<()>,
+) {
+    runtime().spawn(async move {
+        let Ok(fd) = crate::sys::async_fd(std::fs::File::from(from)) else {
+            return;
+        };
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            tokio::select! {
+                _ = &mut ended => break,
+                ready = fd.readable() => {
+                    let Ok(mut guard) = ready else { break };
+                    match guard.try_io(|f| f.get_ref().read(&mut buf)) {
+                        Ok(Ok(0)) | Ok(Err(_)) => break,
+                        Ok(Ok(n)) => {
+                            if agent.write_stdin(&id, &exec_id, &buf[..n], CALL).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_would_block) => continue,
+                    }
+                }
+            }
+        }
+        drop(fd);
+        let _ = agent.close_stdin(&id, &exec_id, CALL).await;
     });
 }
 

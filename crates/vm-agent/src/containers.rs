@@ -356,7 +356,12 @@ impl Containers {
         let mut console = None;
         let mut pipes = None;
         if terminal {
-            let path = pid_file.with_extension("console");
+            // Short whatever the ids (a socket path has at most 107 bytes).
+            static CONSOLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = CONSOLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = Path::new("/run/berth/consoles");
+            std::fs::create_dir_all(dir).map_err(|e| failed("the console directory", e))?;
+            let path = dir.join(n.to_string());
             let _ = std::fs::remove_file(&path);
             let listener = berth_common::socket::bind_unix_private(&path)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -402,11 +407,23 @@ impl Containers {
                     let mut buf = [0u8; 256];
                     berth_common::socket::recv_fd(&conn, &mut buf).map(|(_, fd)| fd)
                 };
-                let (status, master) = tokio::join!(
-                    exited,
-                    tokio::time::timeout(std::time::Duration::from_secs(30), receive)
-                );
-                (status, master.ok().and_then(Result::ok).flatten())
+                let receive = tokio::time::timeout(std::time::Duration::from_secs(30), receive);
+                tokio::pin!(receive);
+                tokio::pin!(exited);
+                tokio::select! {
+                    master = &mut receive => {
+                        (exited.await, master.ok().and_then(Result::ok).flatten())
+                    }
+                    status = &mut exited => {
+                        // A berth that succeeded sent the master before it
+                        // exited; one that failed never will: no waiting.
+                        let master = match &status {
+                            Ok(s) if s.code == 0 => receive.await.ok().and_then(Result::ok).flatten(),
+                            _ => None,
+                        };
+                        (status, master)
+                    }
+                }
             }
             None => (exited.await, None),
         };

@@ -232,7 +232,7 @@ impl Cri {
 
     /// Whether a pod runs in a VM (the `vm` class): its containers' pids
     /// and cgroups are the guest's, not the host's.
-    pub(super) fn runs_in_vm(&self, pod: &crate::store::PodRecord) -> bool {
+    pub(crate) fn runs_in_vm(&self, pod: &crate::store::PodRecord) -> bool {
         self.config
             .handler(&pod.runtime_handler)
             .is_some_and(|h| h.is_vm())
