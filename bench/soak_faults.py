@@ -153,6 +153,15 @@ class Faults:
 
     def fault_client_cancel(self):
         rpc = self.rng.choice(("RunPodSandbox", "PullImage"))
+        if rpc == "PullImage":
+            # A cancelled pull may still finish in berthd: not while another
+            # thread checks that a removal removed.
+            with self.bulk_lock:
+                self.client_cancel(rpc)
+        else:
+            self.client_cancel(rpc)
+
+    def client_cancel(self, rpc):
         delay = self.rng.uniform(0, 0.3)
         w = self.window("client-cancel")
         if rpc == "PullImage":

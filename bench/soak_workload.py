@@ -332,6 +332,10 @@ class Workload:
             self.pull_remove()
 
     def pull_remove(self):
+        with self.bulk_lock:
+            self.pull_remove_locked()
+
+    def pull_remove_locked(self):
         spec = self.pb.ImageSpec(image=self.bulk)
         try:
             self.call("PullImage", deadline=120, image=spec)
