@@ -63,6 +63,15 @@ async fn vm_pod_containers_localhost_logs_exec_stats_oom_and_cleanup() {
     assert_eq!(st.status.as_ref().unwrap().runtime_handler, "vm");
     let (qemu, vm_dir) =
         qemu_of(&pod).unwrap_or_else(|| panic!("no QEMU for pod {pod}\n{}", d.log_tail()));
+    // The verbose status says what the VM is and costs.
+    let verbose = d.pod_status(&pod, true).await;
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    assert_eq!(info["vm"]["guestMemoryMiB"], 256, "{info}");
+    assert_eq!(info["vm"]["qemu"]["pid"], qemu, "{info}");
+    assert!(
+        info["vm"]["qemu"]["anonymousBytes"].as_u64().unwrap() > 0,
+        "{info}"
+    );
 
     let server = d
         .run_container(

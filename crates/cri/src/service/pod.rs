@@ -494,6 +494,10 @@ impl Cri {
                 "podDirectory": p.dir,
                 "config": p.config,
             });
+            let mut v = v;
+            if self.runs_in_vm(&p) {
+                v["vm"] = self.vm_info(&p);
+            }
             info.insert("info".to_owned(), v.to_string());
         }
         Ok(cri::PodSandboxStatusResponse {
@@ -501,6 +505,47 @@ impl Cri {
             info,
             containers_statuses,
             timestamp: now_ns(),
+        })
+    }
+
+    /// What a VM pod costs: the VM's size (as its shim sizes it: the
+    /// handler's vCPUs and memory plus the pod's limits), the overhead the
+    /// pod's RuntimeClass declared, and what QEMU holds on the host beyond
+    /// the guest's RAM now (its anonymous memory: RssAnon less the guest
+    /// RAM it touched, which is shared memory, RssShmem).
+    fn vm_info(&self, p: &crate::store::PodRecord) -> serde_json::Value {
+        let handler = self.config.handler(&p.runtime_handler).unwrap_or_default();
+        let linux = p.config.linux.clone().unwrap_or_default();
+        let limits = linux.resources.clone().unwrap_or_default();
+        let pod_mib = (limits.memory_limit_in_bytes.max(0) as u64).div_ceil(1 << 20);
+        let pod_cpus = if limits.cpu_quota > 0 && limits.cpu_period > 0 {
+            (limits.cpu_quota as u64).div_ceil(limits.cpu_period as u64)
+        } else {
+            0
+        };
+        let qemu = p.pause_pid.and_then(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let kb = |key: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            Some(json!({"pid": pid, "anonymousBytes": kb("RssAnon:")? * 1024,
+                        "guestMemoryTouchedBytes": kb("RssShmem:").unwrap_or(0) * 1024}))
+        });
+        let overhead = linux.overhead.unwrap_or_default();
+        json!({
+            "hypervisor": handler.hypervisor.clone().unwrap_or_else(|| "qemu".into()),
+            "vcpus": handler.vcpus.unwrap_or(1).max(pod_cpus as u32),
+            "guestMemoryMiB": handler.memory_mib.unwrap_or(256) + pod_mib,
+            "runtimeClassOverhead": {
+                "memoryBytes": overhead.memory_limit_in_bytes,
+                "cpuQuota": overhead.cpu_quota,
+                "cpuPeriod": overhead.cpu_period,
+            },
+            "qemu": qemu,
         })
     }
 
