@@ -313,6 +313,10 @@ async fn pods_on_a_bridge_reach_each_other_and_a_host_port() {
     assert_eq!(code, 0, "{page}");
     assert_eq!(page.trim(), "hello-from-the-server");
 
+    // Port-forward to the server (through its IP for a pod in a VM).
+    let page = port_forward_get(&d, &server_pod, 80).await;
+    assert!(page.contains("hello-from-the-server"), "{page:?}");
+
     // The hostPort, reached through the host's own address.
     let (_, route, _) = host(&["ip", "-o", "-4", "addr", "show", "scope", "global"]);
     let host_ip = route
@@ -344,6 +348,55 @@ async fn pods_on_a_bridge_reach_each_other_and_a_host_port() {
 
     d.remove_all_and_check().await;
     net.assert_clean(host_port);
+}
+
+/// `GET /` through a CRI port-forward (WebSocket, v4.channel.k8s.io) to
+/// `port` of the pod: what came back on the data channel.
+async fn port_forward_get(d: &Berthd, pod: &str, port: u16) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = d
+        .runtime()
+        .await
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.to_owned(),
+            port: vec![],
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PortForward: {e:?}"))
+        .into_inner()
+        .url;
+    let url = format!("{url}?port={port}");
+    let mut req = url
+        .replacen("http://", "ws://", 1)
+        .as_str()
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v4.channel.k8s.io".parse().unwrap(),
+    );
+    let host = url.trim_start_matches("http://").split('/').next().unwrap();
+    let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    let mut request = vec![0u8];
+    request.extend_from_slice(b"GET / HTTP/1.0\r\n\r\n");
+    ws.send(Message::binary(request)).await.unwrap();
+    let mut data = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match msg {
+            Message::Binary(b) if b.first() == Some(&0) => data.extend_from_slice(&b[1..]),
+            Message::Close(_) => break,
+            _ => {}
+        }
+        if String::from_utf8_lossy(&data).contains("hello-from-the-server") {
+            break;
+        }
+    }
+    // The first two bytes are the port's number.
+    String::from_utf8_lossy(data.get(2..).unwrap_or_default()).into_owned()
 }
 
 /// A plugin that fails or hangs fails RunPodSandbox with its message, and

@@ -353,6 +353,9 @@ impl Cri {
                 "pod sandbox {pod_id} is not ready"
             )));
         }
+        if self.runs_in_vm(&pod) {
+            return vm_pod_connect(&pod, port).await;
+        }
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         if let (Some(netns), Some(sockets)) = (&pod.namespaces.net, &self.netns_sockets) {
             let ns = std::fs::File::open(netns)
@@ -500,11 +503,11 @@ impl Cri {
                 "pod sandbox {id} is not ready"
             )));
         }
-        if self.runs_in_vm(&pod) {
+        if self.runs_in_vm(&pod) && pod.ips.is_empty() {
             // Its listeners are in the guest, out of reach of the pod's
-            // network namespace's loopback, where port-forward connects.
+            // network namespace's loopback: only its IP leads there.
             return Err(Error::Unimplemented(format!(
-                "pod sandbox {id} runs in a VM: port-forward into VM pods is not supported yet"
+                "pod sandbox {id} runs in a VM and has no pod IP: port-forward reaches VM pods through their IP"
             )));
         }
         let ports =
@@ -520,6 +523,33 @@ impl Cri {
             .port_forward_url(berth_stream::PortForwardRequest { pod_id: id, ports })
             .map_err(|e| Error::ResourceExhausted(e.to_string()))
     }
+}
+
+/// A connection to a VM pod's port: to its IP, from the host (the pod's
+/// veth carries it to the guest's interface); the guest's loopback is out
+/// of reach, as it is for Kata's pods.
+async fn vm_pod_connect(pod: &crate::store::PodRecord, port: u16) -> Result<tokio::net::TcpStream> {
+    let ip: std::net::IpAddr = pod
+        .ips
+        .first()
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "pod sandbox {} runs in a VM and has no pod IP",
+                pod.id
+            ))
+        })?;
+    let addr = std::net::SocketAddr::new(ip, port);
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            Error::FailedPrecondition(format!("connecting to port {port} in the pod: timed out"))
+        })?
+        .map_err(|e| {
+            Error::FailedPrecondition(format!("connecting to port {port} in the pod: {e}"))
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// The stdio combinations CRI allows.
