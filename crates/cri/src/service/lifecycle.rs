@@ -104,8 +104,12 @@ impl Cri {
                     Err(e) => {
                         failures += 1;
                         // A broken connection: reconnect a few times before
-                        // deciding the shim is gone.
-                        if failures > 5 {
+                        // deciding the shim is gone, unless its socket
+                        // refuses connections already (a killed shim; a
+                        // stopped one still accepts them): a container that
+                        // ended with it must not be reported running for
+                        // seconds more (bench/soak).
+                        if failures > 5 || shim_socket_refuses(&address) {
                             tracing::warn!(container = %id, "waiting for the exit: {e}");
                             let bundle = this
                                 .store
@@ -329,4 +333,10 @@ impl Cri {
         }
         Ok(())
     }
+}
+
+/// Whether nothing listens on a shim's socket any more.
+fn shim_socket_refuses(address: &str) -> bool {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    std::os::unix::net::UnixStream::connect(path).is_err()
 }
