@@ -321,6 +321,9 @@ pub struct RuntimeHandler {
     pub memory_mib: Option<u64>,
     /// The longest a guest may take to boot, in seconds.
     pub boot_timeout: Option<u64>,
+    /// Under TCG (no hardware virtualisation), QEMU's translation cache per
+    /// VM, MiB: less host memory, more retranslation (0: QEMU's default).
+    pub tcg_cache_mib: Option<u32>,
 }
 
 /// The `mountOptions` an OCI runtime binary reports in `features` (runc
@@ -398,6 +401,9 @@ impl RuntimeHandler {
         if let Some(t) = self.boot_timeout {
             put("boot_timeout_secs", t.into());
         }
+        if let Some(m) = self.tcg_cache_mib {
+            put("tcg_cache_mib", m.into());
+        }
         serde_json::Value::Object(vm)
     }
 
@@ -408,10 +414,11 @@ impl RuntimeHandler {
             || self.initramfs.is_some()
             || self.vcpus.is_some()
             || self.memory_mib.is_some()
-            || self.boot_timeout.is_some();
+            || self.boot_timeout.is_some()
+            || self.tcg_cache_mib.is_some();
         if vm_fields && !self.is_vm() {
             return Err(Error::Config(format!(
-                "hypervisor, guest_dir, kernel, initramfs, vcpus, memory_mib and boot_timeout \
+                "hypervisor, guest_dir, kernel, initramfs, vcpus, memory_mib, boot_timeout and tcg_cache_mib \
                  are settings of the vm runtime class (runtime_type = \"io.containerd.berth-vm.v2\"), \
                  not of {}",
                 self.shim_binary().unwrap_or_default()

@@ -66,6 +66,8 @@ pub struct VmOptions {
     /// Guest RAM beyond the pod's memory limit.
     pub memory_mib: u64,
     pub boot_timeout_secs: u64,
+    /// Under TCG, QEMU's translation cache, MiB (0: QEMU's default).
+    pub tcg_cache_mib: u32,
 }
 
 impl Default for VmOptions {
@@ -80,6 +82,10 @@ impl Default for VmOptions {
             vcpus: 1,
             memory_mib: 256,
             boot_timeout_secs: 60,
+            // bench/vm-pod-start here: 16 MiB holds a pod's host memory
+            // beyond guest RAM to ~36 MiB (QEMU's default: ~82 MiB) for
+            // ~0.6 s more to a ready pod.
+            tcg_cache_mib: 16,
         }
     }
 }
@@ -226,6 +232,7 @@ impl VmPod {
         config.memory_mib = options.memory_mib + pod_memory_mib(&spec);
         config.boot_timeout = Duration::from_secs(options.boot_timeout_secs.max(1));
         config.network = pod_network(&spec)?;
+        config.tcg_cache_mib = (options.tcg_cache_mib > 0).then_some(options.tcg_cache_mib);
         let hostname = spec["hostname"].as_str().unwrap_or_default().to_owned();
         let sysctls = guest_sysctls(&spec)?;
         let vm = block_on(async move {

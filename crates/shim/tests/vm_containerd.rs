@@ -17,6 +17,21 @@ const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-berth-vm-v2");
 const RUNTIME: &str = "io.containerd.berth-vm.v2";
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
+/// Ends the VMs of a test's pods whatever happens: containerd's harness
+/// kills the shims of a failed test, and a VM outlives its killed shim
+/// (its QEMU and virtiofsd name the VM's directory).
+struct VmGuard(Vec<PathBuf>);
+
+impl Drop for VmGuard {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            kill_processes_mentioning(&dir.display().to_string());
+            unmount_under(dir);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 fn start_containerd() -> Containerd {
     let shim_dir = Path::new(SHIM).parent().unwrap().to_path_buf();
     Containerd::start(Setup {
@@ -88,6 +103,7 @@ fn vm_run_rm_output_exit_code_guest_kernel_and_cleanup() {
     let ctd = start_containerd();
     ctd.import_image();
     let id = unique("vmrun");
+    let _vm = VmGuard(vec![vm_dir(&ctd, &id)]);
     let fifo = ctd.fifo_dir();
     let started = Instant::now();
     let out = ctd.run(
@@ -132,6 +148,7 @@ fn vm_detached_bind_mount_exec_ps_pause_resume_metrics_kill_delete() {
     let ctd = start_containerd();
     ctd.import_image();
     let id = unique("vmdet");
+    let _vm = VmGuard(vec![vm_dir(&ctd, &id)]);
     let fifo = ctd.fifo_dir();
     let out_dir = ctd.dir.join(unique("out"));
     std::fs::create_dir_all(&out_dir).unwrap();
@@ -254,6 +271,7 @@ fn vm_pod_containers_share_one_vm() {
     let ctd = start_containerd();
     ctd.import_image();
     let pod = unique("vmpod");
+    let _vm = VmGuard(vec![vm_dir(&ctd, &pod)]);
     let annotation = format!("{SANDBOX_ID}={pod}");
     let fifo = ctd.fifo_dir();
     let server = unique("server");
@@ -332,6 +350,7 @@ fn vm_run_tty() {
     let ctd = start_containerd();
     ctd.import_image();
     let id = unique("vmtty");
+    let _vm = VmGuard(vec![vm_dir(&ctd, &id)]);
     let fifo = ctd.fifo_dir();
     let ctr = ctd.ctr_words(&[
         "run",
