@@ -231,11 +231,18 @@ impl Shims {
 /// answers on it, as containerd does after a dead shim.
 fn remove_stale_socket(address: &str) {
     let path = Path::new(address.strip_prefix("unix://").unwrap_or(address));
-    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+    if path.exists() && socket_refuses(address) {
         if let Err(e) = std::fs::remove_file(path) {
             tracing::warn!(address, "removing a dead shim's socket: {e}");
         }
     }
+}
+
+/// Whether nothing listens on a shim's socket any more (a killed shim; a
+/// stopped one still accepts connections).
+pub fn socket_refuses(address: &str) -> bool {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    std::os::unix::net::UnixStream::connect(path).is_err()
 }
 
 /// The options read on Create: berth's own (JSON, with runtime flags) for

@@ -87,43 +87,28 @@ impl Cri {
     ) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let mut wait = api::WaitRequest::new();
-            wait.id = id.clone();
-            let mut failures = 0;
-            let (code, at) = loop {
-                match this.shims.wait(&address, &wait, 0).await {
-                    Ok(r) => {
-                        let at = r
-                            .exited_at
-                            .as_ref()
-                            .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
-                            .unwrap_or_else(now_ns);
-                        break (r.exit_status as i32, at);
+            let (code, at) = match this.wait_task(&address, &id).await {
+                Ok(r) => {
+                    let at = r
+                        .exited_at
+                        .as_ref()
+                        .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
+                        .unwrap_or_else(now_ns);
+                    (r.exit_status as i32, at)
+                }
+                Err(Error::NotFound(_)) => (UNKNOWN_EXIT, now_ns()),
+                Err(e) => {
+                    tracing::warn!(container = %id, "waiting for the exit: {e}");
+                    let bundle = this
+                        .store
+                        .container(&id)
+                        .map(|c| c.bundle)
+                        .unwrap_or_default();
+                    let code = exit_record(&bundle).map(|(c, _)| c);
+                    if code.is_none() {
+                        this.end_after_dead_shim(&id, &bundle).await;
                     }
-                    Err(Error::NotFound(_)) => break (UNKNOWN_EXIT, now_ns()),
-                    Err(e) => {
-                        failures += 1;
-                        // A broken connection: reconnect a few times before
-                        // deciding the shim is gone, unless its socket
-                        // refuses connections already (a killed shim; a
-                        // stopped one still accepts them): a container that
-                        // ended with it must not be reported running for
-                        // seconds more (bench/soak).
-                        if failures > 5 || shim_socket_refuses(&address) {
-                            tracing::warn!(container = %id, "waiting for the exit: {e}");
-                            let bundle = this
-                                .store
-                                .container(&id)
-                                .map(|c| c.bundle)
-                                .unwrap_or_default();
-                            let code = exit_record(&bundle).map(|(c, _)| c);
-                            if code.is_none() {
-                                this.end_after_dead_shim(&id, &bundle).await;
-                            }
-                            break (code.unwrap_or(UNKNOWN_EXIT), now_ns());
-                        }
-                        tokio::time::sleep(Duration::from_millis(200 * failures)).await;
-                    }
+                    (code.unwrap_or(UNKNOWN_EXIT), now_ns())
                 }
             };
             let oom = match this.shims.client(&address).await {
@@ -152,21 +137,12 @@ impl Cri {
     pub(super) fn watch_sandbox(self: &Arc<Self>, pod_id: String, address: String) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let mut wait = api::WaitRequest::new();
-            wait.id = pod_id.clone();
-            let mut failures = 0u64;
-            let code = loop {
-                match this.shims.wait(&address, &wait, 0).await {
-                    Ok(r) => break Some(r.exit_status),
-                    Err(Error::NotFound(_)) => break None,
-                    Err(_) if failures < 5 => {
-                        failures += 1;
-                        tokio::time::sleep(Duration::from_millis(200 * failures)).await;
-                    }
-                    // The shim itself is gone: so is the sandbox.
-                    Err(_) => break None,
-                }
-            };
+            // An error: the task or its shim is gone, and so is the sandbox.
+            let code = this
+                .wait_task(&address, &pod_id)
+                .await
+                .ok()
+                .map(|r| r.exit_status);
             let lock = this.pod_lock(&pod_id);
             let _guard = lock.lock().await;
             let was_ready = this
@@ -186,6 +162,29 @@ impl Cri {
                 &pod_id,
             );
         });
+    }
+
+    /// Waits for a task's exit. A broken connection is retried a few times
+    /// before the shim is taken for gone, unless its socket refuses
+    /// connections already (a killed shim): a task that ended with it must
+    /// not be reported running for seconds more (bench/soak). NotFound and
+    /// the last error are the caller's.
+    async fn wait_task(&self, address: &str, id: &str) -> Result<api::WaitResponse> {
+        let mut wait = api::WaitRequest::new();
+        wait.id = id.to_owned();
+        let mut failures = 0;
+        loop {
+            match self.shims.wait(address, &wait, 0).await {
+                Err(e) if !matches!(e, Error::NotFound(_)) => {
+                    failures += 1;
+                    if failures > 5 || crate::shims::socket_refuses(address) {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * failures)).await;
+                }
+                answer => return answer,
+            }
+        }
     }
 
     /// The container's shim died with it still running (killed, OOM):
@@ -333,10 +332,4 @@ impl Cri {
         }
         Ok(())
     }
-}
-
-/// Whether nothing listens on a shim's socket any more.
-fn shim_socket_refuses(address: &str) -> bool {
-    let path = address.strip_prefix("unix://").unwrap_or(address);
-    std::os::unix::net::UnixStream::connect(path).is_err()
 }
