@@ -40,6 +40,28 @@ async fn assert_vm_gone(dir: &std::path::Path) {
     assert!(!mounts.contains(&d), "mounts left under {d}");
 }
 
+fn sigkill(pid: i32) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+}
+
+/// Waits up to 30 s for the pod to be NotReady (`why`: what should make it).
+async fn wait_not_ready(d: &Berthd, pod: &str, why: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pod_state(&d.pod_status(pod, false).await) != cri::PodSandboxState::SandboxNotready as i32
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod stayed ready {why}\n{}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn pod_state(d: &cri::PodSandboxStatusResponse) -> i32 {
     d.status.as_ref().unwrap().state
 }
@@ -66,7 +88,8 @@ async fn vm_pod_containers_localhost_logs_exec_stats_oom_and_cleanup() {
     // The verbose status says what the VM is and costs.
     let verbose = d.pod_status(&pod, true).await;
     let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
-    assert_eq!(info["vm"]["guestMemoryMiB"], 256, "{info}");
+    assert_eq!(info["vm"]["qemu"]["guestMemoryMiB"], 256, "{info}");
+    assert_eq!(info["vm"]["qemu"]["vcpus"], 1, "{info}");
     assert_eq!(info["vm"]["qemu"]["pid"], qemu, "{info}");
     assert!(
         info["vm"]["qemu"]["anonymousBytes"].as_u64().unwrap() > 0,
@@ -171,25 +194,11 @@ async fn vm_pod_not_ready_when_its_vm_dies() {
             &d.container_config("sleeper", &images().busybox, &["sleep", "1000"]),
         )
         .await;
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(qemu).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
+    sigkill(qemu);
     let s = d.wait_container(&c, BOOT, exited).await;
     assert_ne!(s.exit_code, 0, "{s:?}");
     assert!(!s.reason.is_empty(), "an exit without a reason: {s:?}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while pod_state(&d.pod_status(&pod, false).await)
-        != cri::PodSandboxState::SandboxNotready as i32
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pod stayed ready with its VM dead\n{}",
-            d.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_not_ready(&d, &pod, "with its VM dead").await;
     d.stop_pod(&pod).await;
     d.remove_pod(&pod).await;
     assert_vm_gone(&vm_dir).await;
@@ -213,22 +222,8 @@ async fn vm_pod_whose_shim_dies_is_not_ready_and_leaves_nothing() {
         .filter(|p| cmdline(*p).contains("containerd-shim-berth-vm-v2"))
         .collect();
     assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(shims[0]).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while pod_state(&d.pod_status(&pod, false).await)
-        != cri::PodSandboxState::SandboxNotready as i32
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pod stayed ready with its shim dead\n{}",
-            d.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sigkill(shims[0]);
+    wait_not_ready(&d, &pod, "with its shim dead").await;
     d.stop_pod(&pod).await;
     assert!(!alive(qemu), "QEMU outlived the pod's stop");
     d.remove_pod(&pod).await;
@@ -261,22 +256,8 @@ async fn vm_pod_survives_a_berthd_restart() {
     assert_eq!(d.sh(&c, "echo still-here").await, "still-here");
     assert_eq!(qemu_of(&pod).map(|q| q.0), Some(qemu), "the same VM");
     // The restarted berthd watches the sandbox again.
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(qemu).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while pod_state(&d.pod_status(&pod, false).await)
-        != cri::PodSandboxState::SandboxNotready as i32
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pod stayed ready with its VM dead after the restart\n{}",
-            d.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sigkill(qemu);
+    wait_not_ready(&d, &pod, "with its VM dead after the restart").await;
     d.stop_pod(&pod).await;
     d.remove_pod(&pod).await;
     assert_vm_gone(&vm_dir).await;

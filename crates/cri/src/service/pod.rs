@@ -508,21 +508,13 @@ impl Cri {
         })
     }
 
-    /// What a VM pod costs: the VM's size (as its shim sizes it: the
-    /// handler's vCPUs and memory plus the pod's limits), the overhead the
-    /// pod's RuntimeClass declared, and what QEMU holds on the host beyond
-    /// the guest's RAM now (its anonymous memory: RssAnon less the guest
-    /// RAM it touched, which is shared memory, RssShmem).
+    /// What a VM pod costs: the VM its shim booted (QEMU's `-smp` and
+    /// `-m`, read from its command line rather than sized again here), the
+    /// overhead the pod's RuntimeClass declared, and what QEMU holds on the
+    /// host beyond the guest's RAM now (its anonymous memory: RssAnon; the
+    /// guest RAM it touched is shared memory, RssShmem).
     fn vm_info(&self, p: &crate::store::PodRecord) -> serde_json::Value {
         let handler = self.config.handler(&p.runtime_handler).unwrap_or_default();
-        let linux = p.config.linux.clone().unwrap_or_default();
-        let limits = linux.resources.clone().unwrap_or_default();
-        let pod_mib = (limits.memory_limit_in_bytes.max(0) as u64).div_ceil(1 << 20);
-        let pod_cpus = if limits.cpu_quota > 0 && limits.cpu_period > 0 {
-            (limits.cpu_quota as u64).div_ceil(limits.cpu_period as u64)
-        } else {
-            0
-        };
         let qemu = p.pause_pid.and_then(|pid| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             let kb = |key: &str| {
@@ -532,14 +524,30 @@ impl Cri {
                     .and_then(|l| l.split_whitespace().nth(1))
                     .and_then(|v| v.parse::<u64>().ok())
             };
-            Some(json!({"pid": pid, "anonymousBytes": kb("RssAnon:")? * 1024,
-                        "guestMemoryTouchedBytes": kb("RssShmem:").unwrap_or(0) * 1024}))
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let arg = |flag: &str| {
+                args.iter()
+                    .position(|a| *a == flag.as_bytes())
+                    .and_then(|i| args.get(i + 1))
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            Some(json!({
+                "pid": pid,
+                "vcpus": arg("-smp")?.parse::<u32>().ok()?,
+                "guestMemoryMiB": arg("-m")?.trim_end_matches('M').parse::<u64>().ok()?,
+                "anonymousBytes": kb("RssAnon:")? * 1024,
+                "guestMemoryTouchedBytes": kb("RssShmem:").unwrap_or(0) * 1024,
+            }))
         });
-        let overhead = linux.overhead.unwrap_or_default();
+        let overhead = p
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.overhead.clone())
+            .unwrap_or_default();
         json!({
             "hypervisor": handler.hypervisor.clone().unwrap_or_else(|| "qemu".into()),
-            "vcpus": handler.vcpus.unwrap_or(1).max(pod_cpus as u32),
-            "guestMemoryMiB": handler.memory_mib.unwrap_or(256) + pod_mib,
             "runtimeClassOverhead": {
                 "memoryBytes": overhead.memory_limit_in_bytes,
                 "cpuQuota": overhead.cpu_quota,
