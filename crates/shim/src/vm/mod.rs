@@ -19,10 +19,10 @@
 //! The task service is synchronous and single-threaded; the VM's clients
 //! are async, so they run on a runtime of their own ([`block_on`]).
 
+mod stdio;
+
 use std::future::Future;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -40,6 +40,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::ExitWaiter;
 use crate::error::{Context, Result, ShimError};
+use stdio::relay_stdio;
 
 /// How long one agent call may take (berth in the guest runs under TCG here).
 const CALL: Duration = Duration::from_secs(60);
@@ -120,9 +121,21 @@ pub fn vm_dir(namespace: &str, group: &str) -> PathBuf {
 
 /// Ends what is left of a pod's VM whose shim died.
 pub fn cleanup_pod(namespace: &str, group: &str) {
-    let dir = vm_dir(namespace, group);
+    cleanup_leftover(&vm_dir(namespace, group));
+}
+
+fn cleanup_leftover(dir: &Path) {
     if dir.exists() {
-        Vm::cleanup(&dir);
+        Vm::cleanup(dir);
+    }
+}
+
+/// A spec's path: absolute, or relative to the bundle.
+fn in_bundle(bundle: &Path, path: &str) -> PathBuf {
+    if Path::new(path).is_absolute() {
+        PathBuf::from(path)
+    } else {
+        bundle.join(path)
     }
 }
 
@@ -205,10 +218,8 @@ impl VmPod {
     ) -> Result<Arc<VmPod>> {
         let spec = read_spec(bundle)?;
         let dir = vm_dir(namespace, group);
-        if dir.exists() {
-            // What a shim that died left behind.
-            Vm::cleanup(&dir);
-        }
+        // What a shim that died left behind.
+        cleanup_leftover(&dir);
         if let Some(parent) = dir.parent() {
             // The VMs' sockets reach their agents (root in the guest).
             std::fs::DirBuilder::new()
@@ -410,12 +421,7 @@ impl VmContainer {
     /// Shares the container's root and bind mounts into the guest and
     /// points the spec at them; the guest path of the root.
     fn share_for(&self, id: &str, bundle: &Path, spec: &mut Value) -> Result<String> {
-        let root = spec["root"]["path"].as_str().unwrap_or("rootfs");
-        let root = if Path::new(root).is_absolute() {
-            PathBuf::from(root)
-        } else {
-            bundle.join(root)
-        };
+        let root = in_bundle(bundle, spec["root"]["path"].as_str().unwrap_or("rootfs"));
         let guest_root = self.share(&root, id.to_owned(), false)?;
         let Some(mounts) = spec["mounts"].as_array_mut() else {
             return Ok(guest_root);
@@ -441,12 +447,7 @@ impl VmContainer {
                 continue;
             }
             let read_only = options.contains(&"ro");
-            let source = m["source"].as_str().unwrap_or_default();
-            let source = if Path::new(source).is_absolute() {
-                PathBuf::from(source)
-            } else {
-                bundle.join(source)
-            };
+            let source = in_bundle(bundle, m["source"].as_str().unwrap_or_default());
             if source.components().any(|c| c == Component::ParentDir) {
                 return Err(ShimError::InvalidArgument(format!(
                     "mount {destination}: source {} has '..' in it",
@@ -684,200 +685,4 @@ impl VmContainer {
             agent.resize_pty(&id, &exec_id, width, height, CALL).await
         })?)
     }
-}
-
-/// Copies a guest process's stdio into the fds the task service prepared
-/// (pipes, FIFOs, files, or a terminal's console socket).
-fn relay_stdio(
-    agent: &AgentClient,
-    id: &str,
-    exec_id: &str,
-    io: ProcessIo,
-    terminal: bool,
-    stdin: bool,
-) -> Result<()> {
-    let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
-    if terminal {
-        let console = io.console.ok_or_else(|| {
-            ShimError::Other("a terminal process without a console socket".into())
-        })?;
-        let (output, input) =
-            host_terminal(&console).context(|| "making the host side of the terminal".into())?;
-        // Once the guest's output ends, the input side lets go of the
-        // terminal too: the master then reads EOF, and every relay ends.
-        let (done, ended) = tokio::sync::oneshot::channel();
-        spawn_output(
-            agent.clone(),
-            id.clone(),
-            exec_id.clone(),
-            false,
-            output,
-            Some(done),
-        );
-        if stdin {
-            spawn_terminal_input(agent.clone(), id, exec_id, input, ended);
-        }
-        return Ok(());
-    }
-    let Some([stdin_fd, stdout_fd, stderr_fd]) = io.stdio else {
-        return Err(ShimError::Other("a process without stdio".into()));
-    };
-    spawn_output(
-        agent.clone(),
-        id.clone(),
-        exec_id.clone(),
-        false,
-        stdout_fd,
-        None,
-    );
-    spawn_output(
-        agent.clone(),
-        id.clone(),
-        exec_id.clone(),
-        true,
-        stderr_fd,
-        None,
-    );
-    if stdin {
-        spawn_input(agent.clone(), id, exec_id, stdin_fd);
-    }
-    Ok(())
-}
-
-/// A host terminal standing for the guest's: its master goes to the
-/// console socket (the task service relays it as for any terminal), its
-/// slave, raw so it changes nothing, carries the guest's bytes: opened
-/// twice, for output (blocking) and for input (non-blocking, so that its
-/// reader can stop).
-fn host_terminal(console: &UnixStream) -> std::io::Result<(OwnedFd, OwnedFd)> {
-    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
-    grantpt(&master)?;
-    unlockpt(&master)?;
-    let name = ptsname(&master, Vec::new())?;
-    let open = |extra: i32| -> std::io::Result<OwnedFd> {
-        Ok(std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC | extra)
-            .open(std::ffi::OsStr::from_bytes(name.as_bytes()))?
-            .into())
-    };
-    let output = open(0)?;
-    let input = open(libc::O_NONBLOCK)?;
-    let mut attrs = rustix::termios::tcgetattr(&output)?;
-    attrs.make_raw();
-    rustix::termios::tcsetattr(&output, rustix::termios::OptionalActions::Now, &attrs)?;
-    berth_common::socket::send_fd(console, b"console", master.as_fd())?;
-    Ok((output, input))
-}
-
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-
-/// Guest output → `to`, until the guest's stream ends (then `to` closes
-/// and `done` fires).
-fn spawn_output(
-    agent: AgentClient,
-    id: String,
-    exec_id: String,
-    stderr: bool,
-    to: OwnedFd,
-    done: Option<tokio::sync::oneshot::Sender<()>>,
-) {
-    runtime().spawn(async move {
-        let _done = done;
-        let mut file = Some(std::fs::File::from(to));
-        loop {
-            let chunk = if stderr {
-                agent.read_stderr(&id, &exec_id, POLL).await
-            } else {
-                agent.read_stdout(&id, &exec_id, POLL).await
-            };
-            match chunk {
-                Ok(c) if c.eof => return,
-                Ok(c) => {
-                    let Some(mut f) = file.take() else { return };
-                    // A FIFO or file may block: not on a runtime thread.
-                    let written = tokio::task::spawn_blocking(move || {
-                        let r = f.write_all(&c.data);
-                        (f, r)
-                    })
-                    .await;
-                    match written {
-                        Ok((f, Ok(()))) => file = Some(f),
-                        _ => return,
-                    }
-                }
-                Err(VmError::AgentTimeout { .. }) => continue,
-                Err(_) => return,
-            }
-        }
-    });
-}
-
-/// The host terminal's input → the guest process's stdin, until the
-/// master closes or the guest's output `ended`.
-fn spawn_terminal_input(
-    agent: AgentClient,
-    id: String,
-    exec_id: String,
-    from: OwnedFd,
-    mut ended: tokio::sync::oneshot::Receiver<()>,
-) {
-    runtime().spawn(async move {
-        let Ok(fd) = crate::sys::async_fd(std::fs::File::from(from)) else {
-            return;
-        };
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            tokio::select! {
-                _ = &mut ended => break,
-                ready = fd.readable() => {
-                    let Ok(mut guard) = ready else { break };
-                    match guard.try_io(|f| f.get_ref().read(&mut buf)) {
-                        Ok(Ok(0)) | Ok(Err(_)) => break,
-                        Ok(Ok(n)) => {
-                            if agent.write_stdin(&id, &exec_id, &buf[..n], CALL).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(_would_block) => continue,
-                    }
-                }
-            }
-        }
-        drop(fd);
-        let _ = agent.close_stdin(&id, &exec_id, CALL).await;
-    });
-}
-
-/// `from` → the guest process's stdin; its end closes the guest's stdin.
-fn spawn_input(agent: AgentClient, id: String, exec_id: String, from: OwnedFd) {
-    runtime().spawn(async move {
-        let mut file = Some(std::fs::File::from(from));
-        loop {
-            let Some(mut f) = file.take() else { break };
-            let read = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; 32 * 1024];
-                let r = f.read(&mut buf).map(|n| {
-                    buf.truncate(n);
-                    buf
-                });
-                (f, r)
-            })
-            .await;
-            match read {
-                Ok((f, Ok(data))) if !data.is_empty() => {
-                    if agent.write_stdin(&id, &exec_id, &data, CALL).await.is_err() {
-                        return;
-                    }
-                    file = Some(f);
-                }
-                // EOF, or a terminal whose other side closed (EIO).
-                _ => break,
-            }
-        }
-        let _ = agent.close_stdin(&id, &exec_id, CALL).await;
-    });
 }
