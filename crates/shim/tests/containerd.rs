@@ -13,7 +13,7 @@
 //! Run: `cargo test -p berth-shim --test containerd -- --test-threads=1`
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_testkit::containerd::*;
@@ -435,11 +435,6 @@ fn detached_exec_ps_pause_resume_metrics_kill_delete() {
     assert_all_gone(&ctd, &[&id], &[&id]);
 }
 
-/// Quotes `word` for sh.
-fn sh_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
 /// `ctr run --rm -t`: the container's stdio is a terminal (ctr itself runs
 /// on one made by `script`).
 #[test]
@@ -450,44 +445,7 @@ fn run_tty() {
     ctd.import_image();
 
     let id = unique("tty");
-    let fifo = ctd.fifo_dir();
-    let ctr = ctd.ctr_words(&[
-        "run",
-        "--rm",
-        "-t",
-        "--runtime",
-        RUNTIME,
-        "--fifo-dir",
-        &fifo,
-        IMAGE_REF,
-        &id,
-        "sh",
-        "-c",
-        "tty; test -t 0 && test -t 1 && echo stdio-is-a-tty; exit 4",
-    ]);
-    let line = ctr
-        .iter()
-        .map(|w| sh_quote(w))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let out = run_in(
-        &ctd.dir.path,
-        Command::new("script").args(["-qec", &line, "/dev/null"]),
-        SLOW,
-    );
-    let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
-    assert!(
-        // The line may start with `^@`, the echo of a NUL that reaches the
-        // container's terminal when `script` passes on its stdin's EOF.
-        lines
-            .iter()
-            .any(|l| l.trim_start_matches("^@").starts_with("/dev/pts/"))
-            && lines.contains(&"stdio-is-a-tty")
-            && out.code == Some(4),
-        "expected a /dev/pts/N line, `stdio-is-a-tty` and exit code 4 from {}\n{}",
-        out.describe(),
-        ctd.diagnostics()
-    );
+    ctd.assert_run_tty(RUNTIME, IMAGE_REF, &id);
     assert_all_gone(&ctd, &[&id], &[&id]);
 }
 

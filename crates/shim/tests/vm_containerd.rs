@@ -337,10 +337,6 @@ fn vm_pod_containers_share_one_vm() {
     assert_all_gone(&ctd, &[&server, &client], &[&pod]);
 }
 
-fn sh_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
 /// `ctr run --rm -t` (on a terminal made by `script`): the guest process's
 /// stdio is a terminal, its input and output cross the VM boundary.
 #[test]
@@ -351,41 +347,6 @@ fn vm_run_tty() {
     ctd.import_image();
     let id = unique("vmtty");
     let _vm = VmGuard(vec![vm_dir(&ctd, &id)]);
-    let fifo = ctd.fifo_dir();
-    let ctr = ctd.ctr_words(&[
-        "run",
-        "--rm",
-        "-t",
-        "--runtime",
-        RUNTIME,
-        "--fifo-dir",
-        &fifo,
-        IMAGE_REF,
-        &id,
-        "sh",
-        "-c",
-        "tty; test -t 0 && test -t 1 && echo stdio-is-a-tty; exit 4",
-    ]);
-    let line = ctr
-        .iter()
-        .map(|w| sh_quote(w))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let out = run_in(
-        &ctd.dir.path,
-        std::process::Command::new("script").args(["-qec", &line, "/dev/null"]),
-        SLOW,
-    );
-    let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.trim_start_matches("^@").starts_with("/dev/pts/"))
-            && lines.contains(&"stdio-is-a-tty")
-            && out.code == Some(4),
-        "expected a /dev/pts/N line, `stdio-is-a-tty` and exit code 4 from {}\n{}",
-        out.describe(),
-        ctd.diagnostics()
-    );
+    ctd.assert_run_tty(RUNTIME, IMAGE_REF, &id);
     assert_all_gone(&ctd, &[&id], &[&id]);
 }

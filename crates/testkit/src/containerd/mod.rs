@@ -495,6 +495,51 @@ impl Containerd {
         out
     }
 
+    /// `ctr run --rm -t` of container `id` through `runtime`, ctr itself on
+    /// a terminal made by `script`: asserts that the container's stdio is
+    /// a terminal (`tty` names one, `test -t` holds) and its exit code
+    /// reaches ctr.
+    pub fn assert_run_tty(&self, runtime: &str, image: &str, id: &str) {
+        let fifo = self.fifo_dir();
+        let ctr = self.ctr_words(&[
+            "run",
+            "--rm",
+            "-t",
+            "--runtime",
+            runtime,
+            "--fifo-dir",
+            &fifo,
+            image,
+            id,
+            "sh",
+            "-c",
+            "tty; test -t 0 && test -t 1 && echo stdio-is-a-tty; exit 4",
+        ]);
+        let line = ctr
+            .iter()
+            .map(|w| format!("'{}'", w.replace('\'', r"'\''")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let out = run_in(
+            &self.dir.path,
+            Command::new("script").args(["-qec", &line, "/dev/null"]),
+            SLOW,
+        );
+        let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
+        assert!(
+            // The line may start with `^@`, the echo of a NUL that reaches the
+            // container's terminal when `script` passes on its stdin's EOF.
+            lines
+                .iter()
+                .any(|l| l.trim_start_matches("^@").starts_with("/dev/pts/"))
+                && lines.contains(&"stdio-is-a-tty")
+                && out.code == Some(4),
+            "expected a /dev/pts/N line, `stdio-is-a-tty` and exit code 4 from {}\n{}",
+            out.describe(),
+            self.diagnostics()
+        );
+    }
+
     /// After a container's removal: no record in containerd, no runtime
     /// state, no cgroup.
     pub fn assert_container_gone(&self, id: &str) {
