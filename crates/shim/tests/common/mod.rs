@@ -6,6 +6,7 @@
 // Each test binary uses a different subset of these helpers and re-exports.
 #![allow(dead_code, unused_imports)]
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -184,10 +185,25 @@ impl World {
         let address = String::from_utf8(out.stdout).unwrap();
         assert!(address.starts_with("unix://"), "{address}");
         // `start` returns once the daemon's exec has passed the point of no
-        // return, but the kernel sets the new command line a little later:
-        // wait for it, so that counting shims by command line is exact.
+        // return, but the kernel sets the new command line a little later,
+        // and the daemon then execs itself again from a sealed copy of the
+        // binary (with the same window): wait until it runs from that copy
+        // with its command line, so that counting shims by command line is
+        // exact.
+        let daemon = std::fs::read_to_string(bundle.join("shim.pid")).unwrap_or_default();
+        let binary = std::fs::metadata(SHIM).map(|m| (m.dev(), m.ino())).ok();
+        // (No shim.pid: `start` found the pod's running shim.)
+        let settled = || {
+            let sealed = daemon.trim().is_empty() || {
+                let exe = std::fs::metadata(format!("/proc/{}/exe", daemon.trim()))
+                    .map(|m| (m.dev(), m.ino()))
+                    .ok();
+                exe.is_some() && exe != binary
+            };
+            sealed && !self.shim_pids().is_empty()
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.shim_pids().is_empty() && Instant::now() < deadline {
+        while !settled() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         address
