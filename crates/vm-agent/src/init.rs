@@ -1,6 +1,7 @@
 //! What PID 1 does before serving: the guest's basic file systems and the
 //! kernel modules the guest build listed (virtio transport, console,
-//! virtio-fs, overlay, ...), loaded in the order it wrote them.
+//! overlay, and the groups the host names for its devices: virtio-fs,
+//! network, ...), loaded in the order it wrote them.
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -9,9 +10,16 @@ use std::path::Path;
 
 use rustix::mount::{mount, MountFlags};
 
-/// The list `scripts/build-guest` writes: one module path per line,
-/// relative to /lib/modules, dependencies first.
+/// The list `scripts/build-guest` writes: `GROUP PATH` per line, the path
+/// relative to /lib/modules, each group's dependencies first; `GROUP -`
+/// for a group the kernel has built in.
 const MODULE_LIST: &str = "/etc/berth/modules";
+
+/// The group loaded at every boot (the agent's channel, overlay).
+const BASE_GROUP: &str = "base";
+
+/// The kernel command line's parameter naming the other groups to load.
+const GROUPS_PARAM: &str = "berth.modules=";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -29,6 +37,13 @@ pub enum InitError {
     SwitchRoot(io::Error),
     #[error("loading kernel module {path}: {source}")]
     Module { path: String, source: io::Error },
+    #[error("reading the kernel command line: {0}")]
+    Cmdline(io::Error),
+    #[error(
+        "the host asks for the module group {0:?}, which this guest's kernel lacks \
+         (a guest with 9p is built with scripts/build-guest --kernel generic)"
+    )]
+    MissingGroup(String),
 }
 
 /// What the guest keeps of its initramfs once the modules are loaded.
@@ -37,7 +52,8 @@ const KEEP: &[&str] = &["init", "bin", "etc"];
 /// Loads the modules, leaves the initramfs for a tmpfs root, mounts the
 /// guest's file systems; returns the modules loaded.
 pub fn setup() -> Result<Vec<String>, InitError> {
-    let modules = load_modules(Path::new(MODULE_LIST))?;
+    let cmdline = kernel_cmdline().map_err(InitError::Cmdline)?;
+    let modules = load_modules(Path::new(MODULE_LIST), &cmdline)?;
     leave_initramfs().map_err(InitError::SwitchRoot)?;
     let nodev = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     let mounts: [(
@@ -161,7 +177,64 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-fn load_modules(list: &Path) -> Result<Vec<String>, InitError> {
+/// The kernel command line, for the module groups the host names. A
+/// parameter with a dot never reaches init's arguments or environment, so
+/// it is read from /proc, mounted for the moment (the initramfs must have
+/// nothing mounted below it when it is left).
+fn kernel_cmdline() -> io::Result<String> {
+    std::fs::create_dir_all("/proc")?;
+    mount("proc", "/proc", "proc", MountFlags::empty(), Some(c"")).map_err(io::Error::from)?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline");
+    rustix::mount::unmount("/proc", rustix::mount::UnmountFlags::empty())
+        .map_err(io::Error::from)?;
+    cmdline
+}
+
+fn groups_named(cmdline: &str) -> Vec<String> {
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|p| p.strip_prefix(GROUPS_PARAM))
+        .flat_map(|v| v.split(','))
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The module files to load, in order: the base group's, then each wanted
+/// group's; a file in several groups once.
+fn modules_to_load(list: &str, wanted: &[String]) -> Result<Vec<String>, InitError> {
+    let entries = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.split_once(' ').ok_or_else(|| {
+                InitError::ModuleList(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{l:?} is not `GROUP PATH`"),
+                ))
+            })
+        })
+        .collect::<Result<Vec<(&str, &str)>, InitError>>()?;
+    let mut files: Vec<String> = Vec::new();
+    let groups = std::iter::once(BASE_GROUP).chain(wanted.iter().map(String::as_str));
+    for group in groups {
+        let mut listed = false;
+        for (_, file) in entries.iter().filter(|(g, _)| *g == group) {
+            listed = true;
+            if *file != "-" && !files.iter().any(|f| f == file) {
+                files.push((*file).to_owned());
+            }
+        }
+        // A guest listing nothing (every module built in) has no groups.
+        if !listed && !entries.is_empty() {
+            return Err(InitError::MissingGroup(group.to_owned()));
+        }
+    }
+    Ok(files)
+}
+
+fn load_modules(list: &Path, cmdline: &str) -> Result<Vec<String>, InitError> {
     let text = match std::fs::read_to_string(list) {
         Ok(t) => t,
         // A guest whose kernel has everything built in lists nothing.
@@ -169,12 +242,16 @@ fn load_modules(list: &Path) -> Result<Vec<String>, InitError> {
         Err(e) => return Err(InitError::ModuleList(e)),
     };
     let mut loaded = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    for line in modules_to_load(&text, &groups_named(cmdline))? {
         let path = format!("/lib/modules/{line}");
         let fail = |source: io::Error| InitError::Module {
             path: path.clone(),
             source,
         };
+        let name = Path::new(&line)
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".ko").to_owned())
+            .unwrap_or_default();
         let file = File::open(&path).map_err(fail)?;
         match rustix::system::finit_module(&file, c"", 0) {
             Ok(()) => {}
@@ -182,10 +259,6 @@ fn load_modules(list: &Path) -> Result<Vec<String>, InitError> {
             Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(fail(e.into())),
         }
-        let name = Path::new(line)
-            .file_name()
-            .map(|n| n.to_string_lossy().trim_end_matches(".ko").to_owned())
-            .unwrap_or_default();
         loaded.push(name);
     }
     Ok(loaded)
@@ -199,5 +272,39 @@ pub fn power_off() -> ! {
     // Only reached if reboot(2) failed: nothing else to do but wait.
     loop {
         std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIST: &str = "base v/ring.ko\nbase v/mmio.ko\nbase fs/overlay.ko\n\
+                        net v/ring.ko\nnet n/virtio_net.ko\nblk -\n";
+
+    #[test]
+    fn only_the_base_group_and_the_named_groups_load_each_file_once() {
+        let wanted = groups_named("console=ttyS0 berth.modules=net,blk quiet");
+        assert_eq!(wanted, ["net", "blk"]);
+        assert_eq!(
+            modules_to_load(LIST, &wanted).unwrap(),
+            ["v/ring.ko", "v/mmio.ko", "fs/overlay.ko", "n/virtio_net.ko"]
+        );
+        assert_eq!(
+            modules_to_load(LIST, &[]).unwrap(),
+            ["v/ring.ko", "v/mmio.ko", "fs/overlay.ko"]
+        );
+    }
+
+    #[test]
+    fn a_group_the_guest_lacks_is_named() {
+        let err = modules_to_load(LIST, &["9p".to_owned()]).unwrap_err();
+        assert!(err.to_string().contains("\"9p\""), "{err}");
+    }
+
+    #[test]
+    fn a_line_without_a_group_is_refused() {
+        let err = modules_to_load("a.ko\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("not `GROUP PATH`"), "{err}");
     }
 }

@@ -147,6 +147,25 @@ const KERNEL_ARGS: &[&str] = &[
     "i8042.noaux=1",
 ];
 
+/// The guest's module groups (scripts/build-guest) this VM's devices need
+/// beyond the agent's own: the agent loads only these, since under
+/// emulation every module costs tens of milliseconds of boot.
+fn module_groups(config: &VmConfig) -> Vec<&'static str> {
+    let mut groups = Vec::new();
+    match &config.share {
+        Some(Transport::VirtioFs { .. }) => groups.push("virtiofs"),
+        Some(Transport::NineP) => groups.push("9p"),
+        None => {}
+    }
+    if config.network.is_some() {
+        groups.push("net");
+    }
+    if !config.disks.is_empty() {
+        groups.push("blk");
+    }
+    groups
+}
+
 /// Under TCG the guest's TSC runs at the host's rate, but a guest that
 /// must measure it against the emulated PIT fails when the host is busy
 /// (seen here with three VMs booting on two CPUs: "Unable to calibrate
@@ -544,6 +563,7 @@ fn spawn(
     if accel == Accel::Tcg {
         cmdline.extend(emulated_tsc_args());
     }
+    cmdline.push(format!("berth.modules={}", module_groups(config).join(",")));
     cmdline.extend(config.kernel_args.iter().cloned());
     let memory = format!("{}M", config.memory_mib);
     let mut args: Vec<String> = vec![

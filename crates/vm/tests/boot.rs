@@ -12,6 +12,15 @@ fn guest_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/berth/vm"))
 }
 
+/// The guest with Debian's generic kernel, which has 9p
+/// (`scripts/build-guest --kernel generic`): BERTH_GENERIC_GUEST_DIR,
+/// default /var/lib/berth/vm-generic.
+fn generic_guest_dir() -> PathBuf {
+    std::env::var_os("BERTH_GENERIC_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/berth/vm-generic"))
+}
+
 fn guest_manifest() -> serde_json::Value {
     let path = guest_dir().join("guest.json");
     let text = std::fs::read_to_string(&path)
@@ -20,8 +29,11 @@ fn guest_manifest() -> serde_json::Value {
 }
 
 fn config(name: &str) -> (tempfile::TempDir, VmConfig) {
+    config_of(&guest_dir(), name)
+}
+
+fn config_of(g: &Path, name: &str) -> (tempfile::TempDir, VmConfig) {
     let tmp = tempfile::tempdir().unwrap();
-    let g = guest_dir();
     let config = VmConfig::new(
         name,
         tmp.path().join("vm"),
@@ -248,19 +260,48 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn a_shared_directory_reaches_the_guest_read_only_where_asked() {
-    shared_directory(berth_vm::Transport::VirtioFs {
-        virtiofsd: berth_vm::DEFAULT_VIRTIOFSD.into(),
-    })
+    shared_directory(
+        &guest_dir(),
+        berth_vm::Transport::VirtioFs {
+            virtiofsd: berth_vm::DEFAULT_VIRTIOFSD.into(),
+        },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn the_9p_fallback_shares_alike() {
-    shared_directory(berth_vm::Transport::NineP).await;
+    shared_directory(&generic_guest_dir(), berth_vm::Transport::NineP).await;
 }
 
-async fn shared_directory(transport: berth_vm::Transport) {
-    let (tmp, mut config) = config("shared");
+#[tokio::test]
+async fn a_guest_without_9p_refuses_the_9p_transport_by_name_and_leaves_nothing() {
+    // The default guest's kernel (Debian's cloud kernel) has no 9p.
+    let lacking = guest_manifest()["module_groups_lacking"].clone();
+    assert!(
+        lacking.as_array().unwrap().iter().any(|g| g == "9p"),
+        "the default guest should lack 9p: {lacking}"
+    );
+    let (tmp, mut config) = config("no9p");
+    config.share = Some(berth_vm::Transport::NineP);
+    config.boot_timeout = Duration::from_secs(60);
+    let dir = config.dir.clone();
+    let err = Vm::boot(config).await.err().expect("9p must be refused");
+    assert!(matches!(err, VmError::ExitedDuringBoot { .. }), "{err}");
+    assert!(err.to_string().contains("module group \"9p\""), "{err}");
+    assert!(!dir.exists());
+    for _ in 0..100 {
+        if qemu_processes_of(&dir).is_empty() && mounts_under(tmp.path()).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(qemu_processes_of(&dir), Vec::<i32>::new(), "a QEMU is left");
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+}
+
+async fn shared_directory(guest: &Path, transport: berth_vm::Transport) {
+    let (tmp, mut config) = config_of(guest, "shared");
     config.share = Some(transport);
     let dir = config.dir.clone();
     let tools = tmp.path().join("tools");
