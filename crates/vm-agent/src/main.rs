@@ -13,6 +13,7 @@ mod channel;
 mod containers;
 mod fdio;
 mod init;
+mod netconf;
 mod reaper;
 mod service;
 

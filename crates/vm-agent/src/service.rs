@@ -211,66 +211,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Sets the interface with the pod's MAC up with the pod's settings,
-    /// with the guest's busybox `ip` (the build puts it at /bin/busybox).
-    async fn configure_network(&self, r: proto::InterfaceConfig) -> Result<(), AgentError> {
-        let mac = r.mac.to_ascii_lowercase();
-        let name = std::fs::read_dir("/sys/class/net")
-            .map_err(|e| AgentError::Failed(format!("ConfigureNetwork: /sys/class/net: {e}")))?
-            .flatten()
-            .find(|e| {
-                std::fs::read_to_string(e.path().join("address"))
-                    .is_ok_and(|a| a.trim().eq_ignore_ascii_case(&mac))
-            })
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .ok_or_else(|| AgentError::NotFound(format!("an interface with MAC {mac}")))?;
-        let mut commands: Vec<Vec<String>> = Vec::new();
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
-        if r.mtu > 0 {
-            commands.push(s(&["link", "set", "dev", &name, "mtu", &r.mtu.to_string()]));
-        }
-        commands.push(s(&["link", "set", "dev", &name, "up"]));
-        for a in &r.addresses {
-            commands.push(s(&["addr", "add", a, "dev", &name]));
-        }
-        if !r.gateway.is_empty() {
-            commands.push(s(&[
-                "route", "add", "default", "via", &r.gateway, "dev", &name,
-            ]));
-        }
-        if !r.gateway6.is_empty() {
-            commands.push(s(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &r.gateway6,
-                "dev",
-                &name,
-            ]));
-        }
-        for args in commands {
-            let mut argv = vec!["/bin/busybox".to_owned(), "ip".to_owned()];
-            argv.extend(args);
-            let out = self
-                .run_command(proto::RunCommandRequest {
-                    args: argv.clone(),
-                    timeout_ms: 10_000,
-                    ..Default::default()
-                })
-                .await?;
-            if out.exit_code != 0 {
-                return Err(AgentError::Failed(format!(
-                    "ConfigureNetwork: {}: {}",
-                    argv[1..].join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-        }
-        Ok(())
-    }
-
     fn mount(&self, r: proto::MountRequest) -> Result<(), AgentError> {
         const ALLOWED: [&str; 5] = ["virtiofs", "9p", "overlay", "tmpfs", "ext4"];
         if !ALLOWED.contains(&r.fstype.as_str()) {
@@ -402,9 +342,9 @@ pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
             }
             .boxed()
         }),
-        (proto::CONFIGURE_NETWORK, |a, p| {
+        (proto::CONFIGURE_NETWORK, |_, p| {
             async move {
-                a.configure_network(decode(&p)?).await?;
+                crate::netconf::configure(&decode(&p)?).await?;
                 Ok(Vec::new())
             }
             .boxed()
