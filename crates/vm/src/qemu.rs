@@ -87,6 +87,10 @@ pub struct VmConfig {
     pub share: Option<Transport>,
     /// The pod's network to carry into the guest; loopback only without.
     pub network: Option<PodNetwork>,
+    /// The network namespace QEMU is born in when `network` is None (a
+    /// pod without interfaces still has its namespace: whoever looks at
+    /// the pod's reported pid, QEMU's, finds the pod's network there).
+    pub netns: Option<PathBuf>,
     /// Block devices, in order: the guest sees them as /dev/vda, vdb, ...
     /// (microvm has no hotplug: disks are given at boot).
     pub disks: Vec<Disk>,
@@ -125,6 +129,7 @@ impl VmConfig {
                 Transport::NineP
             }),
             network: None,
+            netns: None,
             disks: Vec::new(),
             tcg_cache_mib: None,
         }
@@ -267,14 +272,19 @@ impl Vm {
             None => None,
         };
         let started = Instant::now();
-        let spawned = match &network {
-            // Born in the pod's namespace: the tap is there.
-            Some((net, info)) => {
+        let nic = network.as_ref().map(|(_, info)| info);
+        // Born in the pod's namespace: the tap is there.
+        let spawned = match network
+            .as_ref()
+            .map(|(net, _)| &net.netns)
+            .or(config.netns.as_ref())
+        {
+            Some(netns) => {
                 let runtime = tokio::runtime::Handle::current();
-                network::in_netns(&net.netns, || {
+                network::in_netns(netns, || {
                     // The pidfd's watch registers with this runtime.
                     let _entered = runtime.enter();
-                    spawn(&config, shared.as_ref(), Some(info))
+                    spawn(&config, shared.as_ref(), nic)
                 })
             }
             None => spawn(&config, shared.as_ref(), None),

@@ -243,6 +243,7 @@ impl VmPod {
         config.memory_mib = options.memory_mib + pod_memory_mib(&spec);
         config.boot_timeout = Duration::from_secs(options.boot_timeout_secs.max(1));
         config.network = pod_network(&spec)?;
+        config.netns = netns_path(&spec);
         config.tcg_cache_mib = (options.tcg_cache_mib > 0).then_some(options.tcg_cache_mib);
         let hostname = spec["hostname"].as_str().unwrap_or_default().to_owned();
         let sysctls = guest_sysctls(&spec)?;
