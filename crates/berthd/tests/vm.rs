@@ -148,9 +148,32 @@ async fn vm_pod_containers_localhost_logs_exec_stats_oom_and_cleanup() {
         .into_inner()
         .stats
         .unwrap();
+    let memory = stats.memory.unwrap();
     assert!(
-        stats.memory.unwrap().working_set_bytes.unwrap().value > 0,
+        memory.working_set_bytes.unwrap().value > 0,
         "memory working set from the guest"
+    );
+    assert!(
+        memory.rss_bytes.unwrap().value > 0,
+        "rss from the guest's cgroup v2 (anon)"
+    );
+    // The pod's processes: the guest's, as the shim lists them (the
+    // server's at least; the client has exited).
+    let pod_stats = d
+        .runtime()
+        .await
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let linux = pod_stats.linux.unwrap();
+    assert!(
+        linux.process.unwrap().process_count.unwrap().value >= 1,
+        "guest processes counted"
     );
 
     // An OOM kill inside the VM, by the container's own limit.

@@ -325,6 +325,7 @@ shim_calls! {
     exec => exec: api::ExecProcessRequest => Empty;
     update => update: api::UpdateTaskRequest => Empty;
     stats => stats: api::StatsRequest => api::StatsResponse;
+    pids => pids: api::PidsRequest => api::PidsResponse;
     resize_pty => resize_pty: api::ResizePtyRequest => Empty;
     close_io => close_io: api::CloseIORequest => Empty;
     shutdown_task => shutdown: api::ShutdownRequest => Empty;

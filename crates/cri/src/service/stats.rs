@@ -19,7 +19,18 @@ use super::{blocking, Cri};
 pub(super) const LAYER_USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Containers (or pods) whose stats are gathered at once by the list calls.
-const STATS_CONCURRENCY: usize = 16;
+pub(super) const STATS_CONCURRENCY: usize = 16;
+
+/// The cgroup statistics of a shim's Stats answer (berth's shims send
+/// containerd's cgroups v1 Metrics, whatever the cgroup version).
+pub(super) fn v1_metrics(
+    r: &api::StatsResponse,
+) -> Option<containerd_shim_protos::cgroups::metrics::Metrics> {
+    r.stats
+        .as_ref()
+        .filter(|a| a.type_url.ends_with("io.containerd.cgroups.v1.Metrics"))
+        .and_then(|a| containerd_shim_protos::protobuf::Message::parse_from_bytes(&a.value).ok())
+}
 
 impl Cri {
     pub async fn container_stats_of(&self, c: &ContainerRecord) -> Result<cri::ContainerStats> {
@@ -28,13 +39,7 @@ impl Cri {
         req.id = c.id.clone();
         let r: api::StatsResponse = self.shims.stats(&address, &req, 10 * SECOND).await?;
         let now = now_ns();
-        let metrics: Option<containerd_shim_protos::cgroups::metrics::Metrics> = r
-            .stats
-            .as_ref()
-            .filter(|a| a.type_url.ends_with("io.containerd.cgroups.v1.Metrics"))
-            .and_then(|a| {
-                containerd_shim_protos::protobuf::Message::parse_from_bytes(&a.value).ok()
-            });
+        let metrics = v1_metrics(&r);
         let u = |v: u64| Some(cri::UInt64Value { value: v });
         let mut stats = cri::ContainerStats {
             attributes: Some(cri::ContainerAttributes {
@@ -204,15 +209,22 @@ impl Cri {
                 .map(|c| c.pid)
         });
         let network = pid.and_then(|pid| network_usage(pid, now));
-        // A VM pod's processes are the guest's: not counted from here.
-        let processes: Option<u64> = (!self.runs_in_vm(p)).then(|| {
-            self.store
-                .containers_of(&p.id)
-                .iter()
-                .filter(|c| c.state == ContainerState::Running)
-                .map(|c| count_cgroup_procs(c.pid))
-                .sum()
-        });
+        let running: Vec<ContainerRecord> = self
+            .store
+            .containers_of(&p.id)
+            .into_iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .collect();
+        let processes = if self.runs_in_vm(p) {
+            // The guest's processes, as the shim lists them.
+            let mut n = 0;
+            for c in &running {
+                n += self.shim_process_count(c).await.unwrap_or(0);
+            }
+            n
+        } else {
+            running.iter().map(|c| count_cgroup_procs(c.pid)).sum()
+        };
         cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
                 id: p.id.clone(),
@@ -236,14 +248,24 @@ impl Cri {
                     major_page_faults: None,
                 }),
                 network,
-                process: processes.map(|n| cri::ProcessUsage {
+                process: Some(cri::ProcessUsage {
                     timestamp: now,
-                    process_count: u(n),
+                    process_count: u(processes),
                 }),
                 containers,
             }),
             windows: None,
         }
+    }
+
+    /// The processes of a VM pod's container, as its shim lists them (the
+    /// guest's); None when the shim cannot say.
+    pub(super) async fn shim_process_count(&self, c: &ContainerRecord) -> Option<u64> {
+        let address = self.shim_address_of(c).ok()?;
+        let mut req = api::PidsRequest::new();
+        req.id = c.id.clone();
+        let r = self.shims.pids(&address, &req, 10 * SECOND).await.ok()?;
+        Some(r.processes.len() as u64)
     }
 
     pub async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {

@@ -7,7 +7,8 @@
 //! metric's own (`interface`, `device`, ...). Container metrics carry the
 //! container's name, id and image; pod metrics (the network) an empty
 //! container and image and the pod's id. Values come from the container's
-//! cgroup (berth-cgroups, v1, v2 or hybrid), its CRI resources, its
+//! cgroup (berth-cgroups, v1, v2 or hybrid; for a VM pod's containers, the
+//! guest's cgroup through the shim's Stats and Pids), its CRI resources, its
 //! writable layer and the pod's network namespace. CRI values are
 //! integers: seconds are whole seconds, as containerd and CRI-O report
 //! them. Only ready pods and running containers are reported.
@@ -27,7 +28,13 @@ use k8s_cri::v1 as cri;
 use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState};
 use crate::util::now_ns;
 
-use super::stats::dir_usage;
+use containerd_shim_protos::api;
+use containerd_shim_protos::cgroups::metrics as v1;
+use futures_util::StreamExt;
+
+use crate::shims::SECOND;
+
+use super::stats::{dir_usage, v1_metrics, STATS_CONCURRENCY};
 use super::{blocking, Cri};
 
 mod descriptors;
@@ -88,19 +95,27 @@ impl Cri {
             .filter(|p| p.state == PodState::Ready)
             .collect();
         pods.sort_by_key(|p| p.created_at);
-        let work: Vec<(PodRecord, Vec<ContainerRecord>)> = pods
-            .into_iter()
-            .map(|p| {
-                let mut cs = self.store.containers_of(&p.id);
-                cs.retain(|c| c.state == ContainerState::Running && c.pid > 0);
-                if self.runs_in_vm(&p) {
-                    // Their cgroups are the guest's: not readable here.
-                    cs.clear();
-                }
-                cs.sort_by_key(|c| c.created_at);
-                (p, cs)
-            })
-            .collect();
+        let mut work: Vec<(PodRecord, Vec<(ContainerRecord, Measured)>)> = Vec::new();
+        for p in pods {
+            let mut cs = self.store.containers_of(&p.id);
+            cs.retain(|c| c.state == ContainerState::Running && c.pid > 0);
+            cs.sort_by_key(|c| c.created_at);
+            let measured = if self.runs_in_vm(&p) {
+                // Their cgroups are the guest's: the shim has them.
+                let calls = cs.into_iter().map(|c| async move {
+                    let stats = self.shim_cgroup_stats(&c).await?;
+                    Some((c, stats))
+                });
+                futures_util::stream::iter(calls)
+                    .buffered(STATS_CONCURRENCY)
+                    .filter_map(std::future::ready)
+                    .collect()
+                    .await
+            } else {
+                cs.into_iter().map(|c| (c, Measured::HostCgroup)).collect()
+            };
+            work.push((p, measured));
+        }
         let images = Arc::clone(&self.images);
         // The writable layers' filesystem, named as ContainerStats names it.
         let fs_device = self.config.root.join("images").display().to_string();
@@ -116,9 +131,84 @@ impl Cri {
     }
 }
 
+/// Where a container's cgroup statistics come from.
+enum Measured {
+    /// Its init's cgroup, read here.
+    HostCgroup,
+    /// Its shim's Stats and Pids (a VM pod's containers: their cgroups
+    /// are the guest's): the statistics and the number of processes.
+    Shim(Box<Stats>, u64),
+}
+
+impl Cri {
+    /// A VM pod's container's cgroup statistics and process count, from
+    /// its shim; None when it cannot say (the container has just exited).
+    async fn shim_cgroup_stats(&self, c: &ContainerRecord) -> Option<Measured> {
+        let address = self.shim_address_of(c).ok()?;
+        let mut req = api::StatsRequest::new();
+        req.id = c.id.clone();
+        let r = self.shims.stats(&address, &req, 10 * SECOND).await.ok()?;
+        let stats = stats_of_v1(&v1_metrics(&r)?);
+        let processes = self.shim_process_count(c).await.unwrap_or(0);
+        Some(Measured::Shim(Box::new(stats), processes))
+    }
+}
+
+/// containerd's cgroups v1 Metrics (a shim's Stats) as berth-cgroups
+/// statistics, memory.stat's figures under their v1 keys.
+fn stats_of_v1(m: &v1::Metrics) -> Stats {
+    let mut s = Stats::default();
+    let cpu = &m.cpu;
+    s.cpu.usage.total = cpu.usage.total;
+    s.cpu.usage.user = cpu.usage.user;
+    s.cpu.usage.kernel = cpu.usage.kernel;
+    s.cpu.throttling.periods = cpu.throttling.periods;
+    s.cpu.throttling.throttled_periods = cpu.throttling.throttled_periods;
+    s.cpu.throttling.throttled_time = cpu.throttling.throttled_time;
+    let mem = &m.memory;
+    let entry = |e: &v1::MemoryEntry| berth_cgroups::stats::MemoryEntry {
+        limit: e.limit,
+        usage: e.usage,
+        max: e.max,
+        failcnt: e.failcnt,
+    };
+    s.memory.cache = mem.cache;
+    s.memory.usage = entry(&mem.usage);
+    s.memory.swap = entry(&mem.swap);
+    s.memory.oom_kill = m.memory_oom_control.oom_kill;
+    s.memory.raw = [
+        ("rss", mem.rss),
+        ("total_rss", mem.total_rss),
+        ("mapped_file", mem.mapped_file),
+        ("pgfault", mem.pg_fault),
+        ("pgmajfault", mem.pg_maj_fault),
+        ("inactive_file", mem.inactive_file),
+        ("total_inactive_file", mem.total_inactive_file),
+        ("swap", mem.swap.usage),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    s.pids.current = m.pids.current;
+    s.pids.limit = m.pids.limit;
+    let entries = |list: &[v1::BlkIOEntry]| {
+        list.iter()
+            .map(|e| berth_cgroups::stats::BlkioEntry {
+                major: e.major,
+                minor: e.minor,
+                op: e.op.clone(),
+                value: e.value,
+            })
+            .collect()
+    };
+    s.blkio.io_service_bytes_recursive = entries(&m.blkio.io_service_bytes_recursive);
+    s.blkio.io_serviced_recursive = entries(&m.blkio.io_serviced_recursive);
+    s
+}
+
 fn pod_metrics(
     p: &PodRecord,
-    containers: &[ContainerRecord],
+    containers: &[(ContainerRecord, Measured)],
     images: &ImageStore,
     fs_device: &str,
     devices: &mut HashMap<(u64, u64), String>,
@@ -140,7 +230,7 @@ fn pod_metrics(
     }
     let container_metrics = containers
         .iter()
-        .filter_map(|c| {
+        .filter_map(|(c, measured)| {
             let image = c
                 .config
                 .image
@@ -155,7 +245,7 @@ fn pod_metrics(
                 c.id.clone(),
                 image,
             ];
-            let metrics = container_metrics(c, labels, images, fs_device, devices)?;
+            let metrics = container_metrics(c, measured, labels, images, fs_device, devices)?;
             Some(cri::ContainerMetrics {
                 container_id: c.id.clone(),
                 metrics,
@@ -173,33 +263,36 @@ fn pod_metrics(
 /// has just exited).
 fn container_metrics(
     c: &ContainerRecord,
+    measured: &Measured,
     labels: Vec<String>,
     images: &ImageStore,
     fs_device: &str,
     devices: &mut HashMap<(u64, u64), String>,
 ) -> Option<Vec<cri::Metric>> {
-    let cgroup = berth_cgroups::Manager::of_process(c.pid as i32).ok()?;
-    let stats = cgroup.stats().ok()?;
-    let procs = cgroup.procs().unwrap_or_default();
-    let threads = if stats.pids.current > 0 {
-        stats.pids.current
-    } else {
-        procs.iter().map(|p| count_threads(*p)).sum()
+    let read_here;
+    let (stats, processes, threads) = match measured {
+        Measured::HostCgroup => {
+            let cgroup = berth_cgroups::Manager::of_process(c.pid as i32).ok()?;
+            read_here = cgroup.stats().ok()?;
+            let procs = cgroup.procs().unwrap_or_default();
+            let threads = if read_here.pids.current > 0 {
+                read_here.pids.current
+            } else {
+                procs.iter().map(|p| count_threads(*p)).sum()
+            };
+            (&read_here, procs.len() as u64, threads)
+        }
+        // The guest's cgroup v2: pids.current counts its tasks.
+        Measured::Shim(stats, processes) => (&**stats, *processes, stats.pids.current),
     };
     let now = now_ns();
     let mut out = Out::new(labels, now);
-    cgroup_metrics(
-        &mut out,
-        &stats,
-        procs.len() as u64,
-        threads,
-        &mut |major, minor| {
-            devices
-                .entry((major, minor))
-                .or_insert_with(|| device_name(major, minor))
-                .clone()
-        },
-    );
+    cgroup_metrics(&mut out, stats, processes, threads, &mut |major, minor| {
+        devices
+            .entry((major, minor))
+            .or_insert_with(|| device_name(major, minor))
+            .clone()
+    });
     if let Some(upper) = images
         .rootfs(&c.rootfs_key)
         .ok()
@@ -558,6 +651,62 @@ mod tests {
             .metrics
             .iter()
             .any(|m| m.name == "container_memory_max_usage_bytes"));
+    }
+
+    #[test]
+    fn a_shims_v1_metrics_become_the_same_cadvisor_metrics() {
+        let mut m = v1::Metrics::new();
+        let cpu = m.cpu.mut_or_insert_default();
+        cpu.usage.mut_or_insert_default().total = 3_500_000_000;
+        cpu.usage.mut_or_insert_default().user = 2_000_000_000;
+        cpu.throttling.mut_or_insert_default().periods = 40;
+        let mem = m.memory.mut_or_insert_default();
+        mem.usage.mut_or_insert_default().usage = 100 << 20;
+        mem.cache = 30 << 20;
+        mem.rss = 60 << 20;
+        mem.total_rss = 60 << 20;
+        mem.total_inactive_file = 20 << 20;
+        mem.mapped_file = 1 << 20;
+        mem.swap.mut_or_insert_default().usage = 2 << 20;
+        m.memory_oom_control.mut_or_insert_default().oom_kill = 1;
+        m.pids.mut_or_insert_default().current = 5;
+        let s = stats_of_v1(&m);
+        let mut out = Out::new(
+            vec![
+                "p".into(),
+                "ns".into(),
+                "c".into(),
+                "id".into(),
+                "img".into(),
+            ],
+            1,
+        );
+        cgroup_metrics(&mut out, &s, 2, s.pids.current, &mut |ma, mi| {
+            format!("{ma}:{mi}")
+        });
+        check(&out.metrics);
+        let get = |name: &str| {
+            out.metrics
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("no {name}"))
+                .value
+                .as_ref()
+                .unwrap()
+                .value
+        };
+        assert_eq!(get("container_cpu_usage_seconds_total"), 3);
+        assert_eq!(get("container_cpu_user_seconds_total"), 2);
+        assert_eq!(get("container_cpu_cfs_periods_total"), 40);
+        assert_eq!(get("container_memory_usage_bytes"), 100 << 20);
+        assert_eq!(get("container_memory_working_set_bytes"), 80 << 20);
+        assert_eq!(get("container_memory_rss"), 60 << 20);
+        assert_eq!(get("container_memory_cache"), 30 << 20);
+        assert_eq!(get("container_memory_mapped_file"), 1 << 20);
+        assert_eq!(get("container_memory_swap"), 2 << 20);
+        assert_eq!(get("container_oom_events_total"), 1);
+        assert_eq!(get("container_processes"), 2);
+        assert_eq!(get("container_threads"), 5);
     }
 
     /// This test process's own cgroup, on whatever layout the host has.
