@@ -353,3 +353,84 @@ async fn vm_pod_refuses_host_namespaces() {
     assert!(e.message().contains("PID namespace"), "{e:?}");
     d.remove_all_and_check().await;
 }
+
+/// An emptyDir of medium Memory (kubelet's tmpfs under the pod's
+/// `volumes/kubernetes.io~empty-dir/`) lives in guest memory: one tmpfs
+/// of the same size shared by the pod's containers, read-only where a
+/// container asks; the host's tmpfs stays empty. A disk-backed emptyDir
+/// beside it is the host's directory, shared into the guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_empty_dir_lives_in_guest_memory_shared_by_the_pods_containers() {
+    let d = Berthd::start_with("vmmem", VM_CONFIG);
+    d.pull_busybox().await;
+    let volumes = d
+        .dir
+        .join("kubelet/pods/uid-1/volumes/kubernetes.io~empty-dir");
+    let memory = volumes.join("cache");
+    let disk = volumes.join("scratch");
+    std::fs::create_dir_all(&memory).unwrap();
+    std::fs::create_dir_all(&disk).unwrap();
+    let (ok, _, err) = host(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=16m,mode=0777",
+        "tmpfs",
+        memory.to_str().unwrap(),
+    ]);
+    assert!(ok, "mounting the host tmpfs: {err}");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = host(&["umount", "-l", self.0.to_str().unwrap()]);
+        }
+    }
+    let _unmount = Unmount(memory.clone());
+
+    let pod_cfg = d.pod_config("vm-mem", false);
+    let pod = tokio::time::timeout(BOOT, d.run_pod(&pod_cfg, "vm"))
+        .await
+        .expect("RunPodSandbox within the boot limit");
+    let mount = |path: &PathBuf, at: &str, readonly: bool| cri::Mount {
+        container_path: at.into(),
+        host_path: path.display().to_string(),
+        readonly,
+        ..Default::default()
+    };
+    let mut writer_cfg = d.container_config("writer", &images().busybox, &["sleep", "1000"]);
+    writer_cfg.mounts = vec![
+        mount(&memory, "/cache", false),
+        mount(&disk, "/scratch", false),
+    ];
+    let writer = d.run_container(&pod, &pod_cfg, &writer_cfg).await;
+    let mut reader_cfg = d.container_config("reader", &images().busybox, &["sleep", "1000"]);
+    reader_cfg.mounts = vec![mount(&memory, "/cache", true)];
+    let reader = d.run_container(&pod, &pod_cfg, &reader_cfg).await;
+
+    d.sh(
+        &writer,
+        "echo in-guest > /cache/f && echo on-disk > /scratch/g",
+    )
+    .await;
+    // The other container sees the same tmpfs, read-only for it.
+    assert_eq!(d.sh(&reader, "cat /cache/f").await, "in-guest");
+    assert!(d
+        .sh(&reader, "echo x > /cache/h 2>&1; echo $?")
+        .await
+        .ends_with('1'));
+    // A tmpfs of the host tmpfs's size, in the guest.
+    let df = d.sh(&writer, "df -k /cache | tail -1").await;
+    let fields: Vec<&str> = df.split_whitespace().collect();
+    assert_eq!(fields[0], "tmpfs", "{df}");
+    assert_eq!(fields[1], "16384", "{df}");
+    // Nothing reached the host's tmpfs; the disk-backed one is the host's.
+    assert_eq!(std::fs::read_dir(&memory).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_to_string(disk.join("g")).unwrap(),
+        "on-disk\n"
+    );
+    // (kubelet's own tmpfs, not the runtime's to clean up.)
+    drop(_unmount);
+    d.remove_all_and_check().await;
+}

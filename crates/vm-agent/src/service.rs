@@ -235,6 +235,16 @@ impl Agent {
         }
         std::fs::create_dir_all(target)
             .map_err(|e| AgentError::Failed(format!("Mount: creating {}: {e}", r.target)))?;
+        // Nothing is stacked: a second mount would hide what the first holds
+        // (a pod's memory volume asked for again by its next container).
+        if is_mount_point(target)
+            .map_err(|e| AgentError::Failed(format!("Mount: {}: {e}", r.target)))?
+        {
+            return Err(AgentError::AlreadyExists(format!(
+                "Mount: {} is a mount point already",
+                r.target
+            )));
+        }
         let mut flags = rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV;
         if r.read_only {
             flags |= rustix::mount::MountFlags::RDONLY;
@@ -265,6 +275,20 @@ impl Agent {
             });
         }
     }
+}
+
+/// Whether `path` is the root of a mount: another device than its
+/// parent's, or (a bind of the same file system) listed in mountinfo.
+fn is_mount_point(path: &std::path::Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = path.parent().unwrap_or(path);
+    if std::fs::metadata(path)?.dev() != std::fs::metadata(parent)?.dev() {
+        return Ok(true);
+    }
+    let wanted = path.to_string_lossy();
+    Ok(std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*wanted)))
 }
 
 /// Reads `from` to its end, keeping the first `limit` bytes.

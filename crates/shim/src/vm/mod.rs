@@ -42,6 +42,8 @@ use crate::backend::ExitWaiter;
 use crate::error::{Context, Result, ShimError};
 use stdio::relay_stdio;
 
+mod memory_volume;
+
 /// How long one agent call may take (berth in the guest runs under TCG here).
 const CALL: Duration = Duration::from_secs(60);
 /// A long poll (output, exits) asks again after this long.
@@ -454,6 +456,15 @@ impl VmContainer {
                     "mount {destination}: source {} has '..' in it",
                     source.display()
                 )));
+            }
+            if let Some(volume) = memory_volume::of_source(&source) {
+                let agent = self.pod.agent.clone();
+                let guest_path = volume.guest_path.clone();
+                Result::<()>::Ok(block_on(async move { volume.ensure(&agent, CALL).await })?)
+                    .context(|| format!("mount {destination}: its memory volume in the guest"))?;
+                m["source"] = Value::String(guest_path);
+                kept.push(m);
+                continue;
             }
             let guest = self
                 .share(&source, format!("{id}-m{i}"), read_only)
