@@ -55,5 +55,9 @@ pub mod agent {
         pub const SHUTDOWN: &str = "Shutdown";
         /// The virtio-serial port the agent serves on.
         pub const PORT_NAME: &str = "berth.agent";
+        /// The vsock port it serves on instead, on hosts with vhost-vsock.
+        pub const VSOCK_PORT: u32 = 1024;
+        /// The kernel command line's parameter that selects vsock.
+        pub const VSOCK_PARAM: &str = "berth.channel=vsock";
     }
 }

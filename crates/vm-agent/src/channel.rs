@@ -1,6 +1,7 @@
 //! The agent's end of its channel to the host: the virtio-serial port the
-//! VM was given for it (found by name under /sys/class/virtio-ports), or a
-//! unix socket (`--listen`, for tests on the host).
+//! VM was given for it (found by name under /sys/class/virtio-ports), a
+//! vsock port (hosts with vhost-vsock), or a unix socket (`--listen`, for
+//! tests on the host).
 //!
 //! A virtio-serial port is one byte stream that the host may drop and take
 //! up again (a restarted shim): the listener yields a connection when the
@@ -31,6 +32,14 @@ pub fn unix_listener(path: &Path) -> Result<Listener> {
     let _ = std::fs::remove_file(path);
     Listener::bind(format!("unix://{}", path.display()))
         .with_context(|| format!("listening on {}", path.display()))
+}
+
+/// Connections over vsock, from the host (any context id) to `port`.
+pub fn vsock_listener(port: u32) -> Result<Listener> {
+    let address = format!("vsock://-1:{port}");
+    let listener = Listener::bind(&address).with_context(|| format!("listening on {address}"))?;
+    eprintln!("berth-agent: serving on {address}");
+    Ok(listener)
 }
 
 /// Connections over the virtio-serial port named `name`.
@@ -139,5 +148,20 @@ impl AsyncWrite for SerialPort {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_vsock_listener_binds_any_context_id() {
+        // This host has a vsock transport (it is itself a VM); a guest's
+        // kernel with vmw_vsock_virtio_transport loaded does too.
+        if !std::path::Path::new("/dev/vsock").exists() {
+            let err = super::vsock_listener(1024).err().expect("no vsock here");
+            assert!(format!("{err:#}").contains("vsock://-1:1024"), "{err:#}");
+            return;
+        }
+        super::vsock_listener(40_000 + std::process::id() % 20_000).expect("binding vsock");
     }
 }

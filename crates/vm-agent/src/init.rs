@@ -49,10 +49,21 @@ pub enum InitError {
 /// What the guest keeps of its initramfs once the modules are loaded.
 const KEEP: &[&str] = &["init", "bin", "etc"];
 
+/// What the guest was set up with.
+pub struct Setup {
+    /// The kernel modules loaded.
+    pub modules: Vec<String>,
+    /// The host reaches the agent over vsock (else its virtio-serial port).
+    pub vsock: bool,
+}
+
 /// Loads the modules, leaves the initramfs for a tmpfs root, mounts the
-/// guest's file systems; returns the modules loaded.
-pub fn setup() -> Result<Vec<String>, InitError> {
+/// guest's file systems.
+pub fn setup() -> Result<Setup, InitError> {
     let cmdline = kernel_cmdline().map_err(InitError::Cmdline)?;
+    let vsock = cmdline
+        .split_ascii_whitespace()
+        .any(|p| p == berth_api::agent::v1::VSOCK_PARAM);
     let modules = load_modules(Path::new(MODULE_LIST), &cmdline)?;
     leave_initramfs().map_err(InitError::SwitchRoot)?;
     let nodev = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
@@ -114,7 +125,7 @@ pub fn setup() -> Result<Vec<String>, InitError> {
     // The guest's network namespace is the pod's: its containers reach
     // each other on localhost.
     berth_common::net::bring_up_loopback().map_err(InitError::Loopback)?;
-    Ok(modules)
+    Ok(Setup { modules, vsock })
 }
 
 /// The initramfs is the kernel's rootfs, which pivot_root(2) cannot leave:

@@ -2,8 +2,9 @@
 //! PID 1 of the pod's virtual machine (the initramfs's /init): it sets the
 //! guest up (file systems, the kernel modules the build listed), then
 //! serves `berth.agent.v1.Agent` over ttrpc on the virtio-serial port
-//! "berth.agent" for the shim on the host, reaping every process the guest
-//! leaves behind.
+//! "berth.agent" (or vsock port 1024, when the kernel command line says
+//! `berth.channel=vsock`) for the shim on the host, reaping every process
+//! the guest leaves behind.
 //!
 //! `berth-agent --listen PATH [--berth PATH]` serves on a unix socket
 //! instead, without setting a system up: how its service is tested on the
@@ -51,11 +52,13 @@ fn run(pid1: bool) -> Result<()> {
             ),
         }
     }
-    let modules = if pid1 && listen.is_none() {
-        init::setup().context("setting the guest up")?
+    let setup = if pid1 && listen.is_none() {
+        Some(init::setup().context("setting the guest up")?)
     } else {
-        Vec::new()
+        None
     };
+    let vsock = setup.as_ref().is_some_and(|s| s.vsock);
+    let modules = setup.map(|s| s.modules).unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,6 +74,7 @@ fn run(pid1: bool) -> Result<()> {
         let service = service::Agent::new(reaper, berth, modules, pid1);
         let listener = match listen {
             Some(path) => channel::unix_listener(&path)?,
+            None if vsock => channel::vsock_listener(berth_api::agent::v1::VSOCK_PORT)?,
             None => channel::serial_listener(berth_api::agent::v1::PORT_NAME)?,
         };
         let mut server = ttrpc::r#async::Server::new()

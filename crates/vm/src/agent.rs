@@ -1,9 +1,9 @@
 //! The host's client of the in-guest agent (`berth.agent.v1.Agent`, served
 //! by berth-agent over ttrpc), on the unix socket QEMU's virtio-serial
-//! chardev listens on.
+//! chardev listens on, or over vsock.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_api::agent::v1 as proto;
 use prost::Message;
@@ -26,6 +26,21 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
+    /// Over vsock to the guest `cid`: tried again until the agent listens
+    /// or `deadline` passes (a guest without a listener resets at once).
+    pub async fn connect_vsock(cid: u32, deadline: Instant) -> Result<AgentClient, VmError> {
+        let address = crate::channel::AgentChannel::vsock_address(cid);
+        loop {
+            match ttrpc::r#async::Client::connect(&address).await {
+                Ok(client) => return Ok(AgentClient { client }),
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => return Err(VmError::Agent(format!("connecting to {address}: {e}"))),
+            }
+        }
+    }
+
     pub async fn connect(path: &Path) -> Result<AgentClient, VmError> {
         let stream = UnixStream::connect(path).await.map_err(|e| VmError::Io {
             what: "connecting to the agent's channel",

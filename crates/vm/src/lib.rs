@@ -4,6 +4,7 @@
 //! PID 1, reached over a virtio-serial port ([`AgentClient`]).
 
 mod agent;
+mod channel;
 mod error;
 pub mod network;
 mod process;
@@ -15,6 +16,7 @@ pub use agent::{
     AgentClient, CheckResponse, CreateContainerRequest, ExecProcessRequest, MountRequest,
     ProcessExit, RunCommandRequest, RunCommandResponse, StreamData,
 };
+pub use channel::AgentChannel;
 pub use error::VmError;
 pub use process::Process;
 pub use qemu::{Accel, Disk, Vm, VmConfig, DEFAULT_VIRTIOFSD};

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::agent::AgentClient;
+use crate::channel::AgentChannel;
 use crate::error::VmError;
 use crate::network::{self, InterfaceInfo, PodNetwork};
 use crate::process::{tail, Process};
@@ -87,6 +88,9 @@ pub struct VmConfig {
     pub share: Option<Transport>,
     /// The pod's network to carry into the guest; loopback only without.
     pub network: Option<PodNetwork>,
+    /// The channel to the agent; chosen for the host when None
+    /// ([`AgentChannel::choose`]: vsock under KVM with vhost-vsock).
+    pub channel: Option<AgentChannel>,
     /// The network namespace QEMU is born in when `network` is None (a
     /// pod without interfaces still has its namespace: whoever looks at
     /// the pod's reported pid, QEMU's, finds the pod's network there).
@@ -129,6 +133,7 @@ impl VmConfig {
                 Transport::NineP
             }),
             network: None,
+            channel: None,
             netns: None,
             disks: Vec::new(),
             tcg_cache_mib: None,
@@ -271,6 +276,21 @@ impl Vm {
             },
             None => None,
         };
+        let accel = config.accel.unwrap_or_else(|| Accel::detect().0);
+        let channel = config
+            .channel
+            .unwrap_or_else(|| AgentChannel::choose(accel, &config.dir));
+        if let Err(e) = channel.record(&config.dir) {
+            if let Some(shared) = &shared {
+                shared.stop().await;
+            }
+            let _ = std::fs::remove_dir_all(&config.dir);
+            return Err(VmError::Io {
+                what: "recording the agent's channel",
+                path: config.dir.clone(),
+                source: e,
+            });
+        }
         let started = Instant::now();
         let nic = network.as_ref().map(|(_, info)| info);
         // Born in the pod's namespace: the tap is there.
@@ -284,10 +304,10 @@ impl Vm {
                 network::in_netns(netns, || {
                     // The pidfd's watch registers with this runtime.
                     let _entered = runtime.enter();
-                    spawn(&config, shared.as_ref(), nic)
+                    spawn(&config, accel, channel, shared.as_ref(), nic)
                 })
             }
-            None => spawn(&config, shared.as_ref(), None),
+            None => spawn(&config, accel, channel, shared.as_ref(), None),
         };
         let spawned = spawned.and_then(|qemu| match qemu.record(&config.dir.join("qemu.pid")) {
             Ok(()) => Ok(qemu),
@@ -299,7 +319,7 @@ impl Vm {
         let booted = match spawned {
             Ok(qemu) => {
                 let deadline = started + config.boot_timeout;
-                let connected = match connect(&config, qemu.exited(), deadline).await {
+                let connected = match connect(&config, channel, qemu.exited(), deadline).await {
                     Ok((qmp, agent)) => match &network {
                         Some((_, info)) => {
                             let left = deadline.saturating_duration_since(Instant::now());
@@ -389,10 +409,14 @@ impl Vm {
     /// owner does): the agent serves the next connection once the last
     /// one closed.
     pub async fn reconnect_agent(&mut self, timeout: Duration) -> Result<(), VmError> {
-        let socket = agent_socket(&self.dir);
-        // The old client's socket must be closed before the agent reopens
-        // its port: replace it with the new one only after.
-        let placeholder = AgentClient::connect(&socket).await;
+        let placeholder = match AgentChannel::recorded(&self.dir) {
+            // The old client's socket must be closed before the agent
+            // reopens its port: replace it with the new one only after.
+            AgentChannel::Serial => AgentClient::connect(&agent_socket(&self.dir)).await,
+            AgentChannel::Vsock { cid } => {
+                AgentClient::connect_vsock(cid, Instant::now() + timeout).await
+            }
+        };
         drop(std::mem::replace(&mut self.agent, placeholder?));
         self.agent.check(timeout).await.map(drop)
     }
@@ -563,17 +587,23 @@ fn qemu_log(dir: &Path) -> PathBuf {
 
 fn spawn(
     config: &VmConfig,
+    accel: Accel,
+    channel: AgentChannel,
     shared: Option<&SharedDir>,
     nic: Option<&InterfaceInfo>,
 ) -> Result<Process, VmError> {
-    let accel = config.accel.unwrap_or_else(|| Accel::detect().0);
     let dir = &config.dir;
     let path = |p: PathBuf| p.to_string_lossy().into_owned();
     let mut cmdline: Vec<String> = KERNEL_ARGS.iter().map(|s| s.to_string()).collect();
     if accel == Accel::Tcg {
         cmdline.extend(emulated_tsc_args());
     }
-    cmdline.push(format!("berth.modules={}", module_groups(config).join(",")));
+    let mut groups = module_groups(config);
+    if let Some((param, group)) = channel.guest_args() {
+        cmdline.push(param.into());
+        groups.push(group);
+    }
+    cmdline.push(format!("berth.modules={}", groups.join(",")));
     cmdline.extend(config.kernel_args.iter().cloned());
     let memory = format!("{}M", config.memory_mib);
     let mut args: Vec<String> = vec![
@@ -603,18 +633,6 @@ fn spawn(
         cmdline.join(" "),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", path(qmp_socket(dir))),
-        "-chardev".into(),
-        format!(
-            "socket,id=agent,path={},server=on,wait=off",
-            path(agent_socket(dir))
-        ),
-        "-device".into(),
-        "virtio-serial-device".into(),
-        "-device".into(),
-        format!(
-            "virtserialport,chardev=agent,name={}",
-            berth_api::agent::v1::PORT_NAME
-        ),
         // QEMU's own seccomp filter: a guest that escapes into QEMU cannot
         // exec, raise privileges, change resource controls or use
         // obsolete system calls.
@@ -624,6 +642,7 @@ fn spawn(
         "-global".into(),
         "virtio-mmio.force-legacy=false".into(),
     ];
+    args.extend(channel.qemu_args(&agent_socket(dir)));
     if let Some(shared) = shared {
         args.extend(shared.qemu_args());
     }
@@ -661,6 +680,7 @@ fn spawn(
 /// exits first.
 async fn connect(
     config: &VmConfig,
+    channel: AgentChannel,
     exited: watch::Receiver<bool>,
     deadline: Instant,
 ) -> Result<(Qmp, AgentClient), VmError> {
@@ -675,11 +695,15 @@ async fn connect(
     };
     let work = async {
         // QEMU creates its sockets before the guest starts.
-        while !(qmp_socket(dir).exists() && agent_socket(dir).exists()) {
+        let serial = channel == AgentChannel::Serial;
+        while !(qmp_socket(dir).exists() && (!serial || agent_socket(dir).exists())) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let qmp = Qmp::connect(&qmp_socket(dir)).await?;
-        let agent = AgentClient::connect(&agent_socket(dir)).await?;
+        let agent = match channel {
+            AgentChannel::Serial => AgentClient::connect(&agent_socket(dir)).await?,
+            AgentChannel::Vsock { cid } => AgentClient::connect_vsock(cid, deadline).await?,
+        };
         // The request waits in the channel until the agent opens its port.
         let left = deadline.saturating_duration_since(Instant::now());
         agent.check(left).await?;
