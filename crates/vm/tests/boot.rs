@@ -157,6 +157,36 @@ async fn a_vm_boots_its_agent_answers_and_stop_leaves_nothing() {
     assert!(!dir.exists(), "{} left after stop", dir.display());
 }
 
+/// The agent is the guest's init: when it dies the kernel panics, and a
+/// panicking guest must end its VM (panic=-1 reboots at once, QEMU runs
+/// with -no-reboot) rather than hang with its containers gone. The panic
+/// is made with sysrq: init cannot be killed from inside the guest.
+#[tokio::test]
+async fn a_guest_whose_kernel_panics_ends_its_vm() {
+    let (_tmp, config) = config("panic");
+    let dir = config.dir.clone();
+    let mut vm = Vm::boot(config).await.expect("booting");
+    let crash = RunCommandRequest {
+        args: vec![
+            "/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            "echo c > /proc/sysrq-trigger".into(),
+        ],
+        ..Default::default()
+    };
+    // No answer comes: the guest is gone.
+    let _ = vm.agent().run_command(&crash, Duration::from_secs(5)).await;
+    tokio::time::timeout(Duration::from_secs(30), vm.wait())
+        .await
+        .expect("a panicked guest ends its VM");
+    assert!(!vm.is_running());
+    assert!(vm.reconnect_agent(Duration::from_secs(2)).await.is_err());
+    Vm::cleanup(&dir);
+    assert!(!dir.exists(), "{} left", dir.display());
+    assert_eq!(qemu_processes_of(&dir), Vec::<i32>::new());
+}
+
 #[tokio::test]
 async fn a_killed_hypervisor_is_seen_as_ended() {
     let (_tmp, config) = config("killed");
