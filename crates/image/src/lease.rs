@@ -25,6 +25,24 @@ impl Leases {
         }
     }
 
+    /// Runs `remove` unless some pull holds `key`, with new holds waiting
+    /// until it is done: gc decides from a snapshot of the holds, and a
+    /// pull that holds a key after it must find the key's blob or snapshot
+    /// either still there or already gone (and fetch it again), never taken
+    /// away after it looked. Returns whether `remove` ran.
+    pub(crate) fn remove_unheld<E>(
+        &self,
+        key: &str,
+        remove: impl FnOnce() -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if held.contains_key(key) {
+            return Ok(false);
+        }
+        remove()?;
+        Ok(true)
+    }
+
     /// Every key some pull holds now.
     pub(crate) fn held(&self) -> BTreeSet<String> {
         self.0
@@ -57,5 +75,33 @@ impl Drop for Lease<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_taken_after_gc_looked_still_keeps_its_key() {
+        let leases = Leases::default();
+        // gc reads the holds: none yet.
+        assert!(leases.held().is_empty());
+        // A pull holds a blob it then finds present.
+        let mut lease = leases.lease();
+        lease.hold("sha256:a");
+        // gc's removal sees the hold and leaves the blob.
+        let mut removed = false;
+        let ran = leases
+            .remove_unheld("sha256:a", || {
+                removed = true;
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert!(!ran && !removed);
+        drop(lease);
+        assert!(leases
+            .remove_unheld("sha256:a", || Ok::<(), ()>(()))
+            .unwrap());
     }
 }

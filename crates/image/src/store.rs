@@ -541,17 +541,25 @@ impl ImageStore {
                 next = snapshots.get(&c).and_then(|s| s.parent.clone());
             }
         }
+        // A pull may hold a key after `leased` was read: each removal checks
+        // the holds again, atomically with it.
         let mut stats = GcStats::default();
         for (chain, rec) in &snapshots {
-            if !live.contains(chain) {
-                self.meta.delete_snapshot(chain)?;
-                remove_all(&self.snapshot_dir(rec.id))?;
+            if !live.contains(chain)
+                && self.leased.remove_unheld(chain, || {
+                    self.meta.delete_snapshot(chain)?;
+                    remove_all(&self.snapshot_dir(rec.id))
+                })?
+            {
                 stats.snapshots += 1;
             }
         }
         for d in self.content.list()? {
-            if !blobs.contains(d.as_str()) {
-                self.content.delete(&d)?;
+            if !blobs.contains(d.as_str())
+                && self
+                    .leased
+                    .remove_unheld(d.as_str(), || self.content.delete(&d))?
+            {
                 stats.blobs += 1;
             }
         }
