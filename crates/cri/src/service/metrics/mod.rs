@@ -511,6 +511,29 @@ mod tests {
             .label_keys
     }
 
+    /// `cgroup_metrics` of `s` for a container, checked with [`check`].
+    fn cgroup_metrics_of(s: &Stats, processes: u64, threads: u64) -> Vec<cri::Metric> {
+        let labels = ["p", "ns", "c", "id", "img"].map(String::from).to_vec();
+        let mut out = Out::new(labels, 1);
+        cgroup_metrics(&mut out, s, processes, threads, &mut |ma, mi| {
+            format!("{ma}:{mi}")
+        });
+        check(&out.metrics);
+        out.metrics
+    }
+
+    /// One metric's value, by name.
+    fn value_of(metrics: &[cri::Metric], name: &str) -> u64 {
+        metrics
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .value
+            .as_ref()
+            .unwrap()
+            .value
+    }
+
     /// Every metric has a descriptor, and as many label values as its
     /// descriptor has keys (kubelet drops the metric otherwise).
     fn check(metrics: &[cri::Metric]) {
@@ -605,28 +628,8 @@ mod tests {
             op: "Read".into(),
             value: 4096,
         });
-        let mut out = Out::new(
-            vec![
-                "p".into(),
-                "ns".into(),
-                "c".into(),
-                "id".into(),
-                "img".into(),
-            ],
-            1,
-        );
-        cgroup_metrics(&mut out, &s, 2, 3, &mut |ma, mi| format!("{ma}:{mi}"));
-        check(&out.metrics);
-        let get = |name: &str| {
-            out.metrics
-                .iter()
-                .find(|m| m.name == name)
-                .unwrap_or_else(|| panic!("no {name}"))
-                .value
-                .as_ref()
-                .unwrap()
-                .value
-        };
+        let metrics = cgroup_metrics_of(&s, 2, 3);
+        let get = |name: &str| value_of(&metrics, name);
         assert_eq!(get("container_cpu_usage_seconds_total"), 3);
         assert_eq!(get("container_cpu_user_seconds_total"), 2);
         assert_eq!(get("container_cpu_system_seconds_total"), 1);
@@ -640,15 +643,13 @@ mod tests {
         assert_eq!(get("container_threads_max"), 100);
         assert_eq!(get("container_blkio_device_usage_total"), 4096);
         assert_eq!(get("container_fs_reads_bytes_total"), 4096);
-        let blkio = out
-            .metrics
+        let blkio = metrics
             .iter()
             .find(|m| m.name == "container_blkio_device_usage_total")
             .unwrap();
         assert_eq!(blkio.label_values[5..], ["7:0", "7", "0", "Read"]);
         // No peak known: no max usage rather than a zero.
-        assert!(!out
-            .metrics
+        assert!(!metrics
             .iter()
             .any(|m| m.name == "container_memory_max_usage_bytes"));
     }
@@ -671,30 +672,8 @@ mod tests {
         m.memory_oom_control.mut_or_insert_default().oom_kill = 1;
         m.pids.mut_or_insert_default().current = 5;
         let s = stats_of_v1(&m);
-        let mut out = Out::new(
-            vec![
-                "p".into(),
-                "ns".into(),
-                "c".into(),
-                "id".into(),
-                "img".into(),
-            ],
-            1,
-        );
-        cgroup_metrics(&mut out, &s, 2, s.pids.current, &mut |ma, mi| {
-            format!("{ma}:{mi}")
-        });
-        check(&out.metrics);
-        let get = |name: &str| {
-            out.metrics
-                .iter()
-                .find(|m| m.name == name)
-                .unwrap_or_else(|| panic!("no {name}"))
-                .value
-                .as_ref()
-                .unwrap()
-                .value
-        };
+        let metrics = cgroup_metrics_of(&s, 2, s.pids.current);
+        let get = |name: &str| value_of(&metrics, name);
         assert_eq!(get("container_cpu_usage_seconds_total"), 3);
         assert_eq!(get("container_cpu_user_seconds_total"), 2);
         assert_eq!(get("container_cpu_cfs_periods_total"), 40);
