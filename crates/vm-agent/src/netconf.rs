@@ -117,21 +117,17 @@ async fn apply(
             &format!("adding {addr}/{prefix}"),
         )?;
     }
-    if let Some(gw) = gateway {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gw)
-            .output_interface(index)
-            .build();
-        done(
-            handle.route().add(route).execute().await,
-            &format!("the default route via {gw}"),
-        )?;
-    }
-    if let Some(gw) = gateway6 {
-        let route = RouteMessageBuilder::<Ipv6Addr>::new()
-            .gateway(gw)
-            .output_interface(index)
-            .build();
+    let default_routes = [
+        gateway.map(|gw| {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw);
+            (route.output_interface(index).build(), gw.to_string())
+        }),
+        gateway6.map(|gw| {
+            let route = RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw);
+            (route.output_interface(index).build(), gw.to_string())
+        }),
+    ];
+    for (route, gw) in default_routes.into_iter().flatten() {
         done(
             handle.route().add(route).execute().await,
             &format!("the default route via {gw}"),
