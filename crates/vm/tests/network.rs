@@ -165,6 +165,26 @@ async fn the_guest_has_the_pods_ip_and_answers_on_it() {
     let config = vm_config("net", tmp.path().join("vm"), &pod);
     let vm = Vm::boot(config).await.expect("booting");
     let agent = vm.agent();
+    // The pod's address, MTU and default route, set by the agent.
+    let show = berth_vm::RunCommandRequest {
+        args: [
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "ip -o addr show; ip route; ip -o link show",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    };
+    let shown = agent.run_command(&show, WAIT).await.unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains(&format!("inet {subnet}.2/24")), "{shown}");
+    assert!(
+        shown.contains(&format!("default via {subnet}.1")),
+        "{shown}"
+    );
+    assert!(shown.contains("mtu 1500"), "{shown}");
     let guest_rootfs = vm
         .shared()
         .unwrap()
