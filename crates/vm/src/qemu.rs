@@ -251,6 +251,18 @@ impl Vm {
         // A boot abandoned half-way (its future dropped: a cancelled
         // request) ends what it started, from what it recorded.
         let mut unfinished = CleanupOnDrop(Some(config.dir.clone()));
+        let accel = config.accel.unwrap_or_else(|| Accel::detect().0);
+        let channel = config
+            .channel
+            .unwrap_or_else(|| AgentChannel::choose(accel, &config.dir));
+        if let Err(e) = channel.record(&config.dir) {
+            let _ = std::fs::remove_dir_all(&config.dir);
+            return Err(VmError::Io {
+                what: "recording the agent's channel",
+                path: config.dir.clone(),
+                source: e,
+            });
+        }
         let shared = match &config.share {
             Some(transport) => match SharedDir::start(&config.dir, transport).await {
                 Ok(s) => Some(s),
@@ -276,21 +288,6 @@ impl Vm {
             },
             None => None,
         };
-        let accel = config.accel.unwrap_or_else(|| Accel::detect().0);
-        let channel = config
-            .channel
-            .unwrap_or_else(|| AgentChannel::choose(accel, &config.dir));
-        if let Err(e) = channel.record(&config.dir) {
-            if let Some(shared) = &shared {
-                shared.stop().await;
-            }
-            let _ = std::fs::remove_dir_all(&config.dir);
-            return Err(VmError::Io {
-                what: "recording the agent's channel",
-                path: config.dir.clone(),
-                source: e,
-            });
-        }
         let started = Instant::now();
         let nic = network.as_ref().map(|(_, info)| info);
         // Born in the pod's namespace: the tap is there.
