@@ -357,8 +357,9 @@ async fn vm_pod_refuses_host_namespaces() {
 /// An emptyDir of medium Memory (kubelet's tmpfs under the pod's
 /// `volumes/kubernetes.io~empty-dir/`) lives in guest memory: one tmpfs
 /// of the same size shared by the pod's containers, read-only where a
-/// container asks; the host's tmpfs stays empty. A disk-backed emptyDir
-/// beside it is the host's directory, shared into the guest.
+/// container asks, a kubelet subPath of it bound from the same tmpfs; the
+/// host's tmpfs stays empty. A disk-backed emptyDir beside it is the
+/// host's directory, shared into the guest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_empty_dir_lives_in_guest_memory_shared_by_the_pods_containers() {
     let d = Berthd::start_with("vmmem", VM_CONFIG);
@@ -387,6 +388,20 @@ async fn a_memory_empty_dir_lives_in_guest_memory_shared_by_the_pods_containers(
         }
     }
     let _unmount = Unmount(memory.clone());
+    // kubelet's subPath "logs/app" of the volume: a bind of that directory
+    // of its tmpfs under the pod's volume-subpaths.
+    let logs = memory.join("logs/app");
+    std::fs::create_dir_all(&logs).unwrap();
+    let subpath = d.dir.join("kubelet/pods/uid-1/volume-subpaths/cache/sub/0");
+    std::fs::create_dir_all(&subpath).unwrap();
+    let (ok, _, err) = host(&[
+        "mount",
+        "--bind",
+        logs.to_str().unwrap(),
+        subpath.to_str().unwrap(),
+    ]);
+    assert!(ok, "binding the subPath: {err}");
+    let _unmount_subpath = Unmount(subpath.clone());
 
     let pod_cfg = d.pod_config("vm-mem", false);
     let pod = tokio::time::timeout(BOOT, d.run_pod(&pod_cfg, "vm"))
@@ -407,6 +422,9 @@ async fn a_memory_empty_dir_lives_in_guest_memory_shared_by_the_pods_containers(
     let mut reader_cfg = d.container_config("reader", &images().busybox, &["sleep", "1000"]);
     reader_cfg.mounts = vec![mount(&memory, "/cache", true)];
     let reader = d.run_container(&pod, &pod_cfg, &reader_cfg).await;
+    let mut sub_cfg = d.container_config("sub", &images().busybox, &["sleep", "1000"]);
+    sub_cfg.mounts = vec![mount(&subpath, "/logs", false)];
+    let sub = d.run_container(&pod, &pod_cfg, &sub_cfg).await;
 
     d.sh(
         &writer,
@@ -424,13 +442,21 @@ async fn a_memory_empty_dir_lives_in_guest_memory_shared_by_the_pods_containers(
     let fields: Vec<&str> = df.split_whitespace().collect();
     assert_eq!(fields[0], "tmpfs", "{df}");
     assert_eq!(fields[1], "16384", "{df}");
-    // Nothing reached the host's tmpfs; the disk-backed one is the host's.
-    assert_eq!(std::fs::read_dir(&memory).unwrap().count(), 0);
+    // The subPath is that directory of the same guest tmpfs, both ways.
+    d.sh(&writer, "echo from-volume > /cache/logs/app/v").await;
+    assert_eq!(d.sh(&sub, "cat /logs/v").await, "from-volume");
+    d.sh(&sub, "echo from-subpath > /logs/s").await;
+    assert_eq!(d.sh(&reader, "cat /cache/logs/app/s").await, "from-subpath");
+    // Nothing reached the host's tmpfs (but kubelet's subPath directory);
+    // the disk-backed volume is the host's.
+    assert!(!memory.join("f").exists());
+    assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 0);
     assert_eq!(
         std::fs::read_to_string(disk.join("g")).unwrap(),
         "on-disk\n"
     );
-    // (kubelet's own tmpfs, not the runtime's to clean up.)
+    // (kubelet's own mounts, not the runtime's to clean up.)
+    drop(_unmount_subpath);
     drop(_unmount);
     d.remove_all_and_check().await;
 }

@@ -459,7 +459,7 @@ impl VmContainer {
             }
             if let Some(volume) = memory_volume::of_source(&source) {
                 let agent = self.pod.agent.clone();
-                let guest_path = volume.guest_path.clone();
+                let guest_path = volume.guest_source();
                 Result::<()>::Ok(block_on(async move { volume.ensure(&agent, CALL).await })?)
                     .context(|| format!("mount {destination}: its memory volume in the guest"))?;
                 m["source"] = Value::String(guest_path);
