@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use berth_vm::{AgentClient, MountRequest, RunCommandRequest, VmError};
+use berth_vm::{AgentClient, MountRequest, VmError};
 use sha2::{Digest, Sha256};
 
 /// statfs f_type of tmpfs.
@@ -194,30 +194,26 @@ impl MemoryVolume {
             return Ok(());
         }
         let (mode, uid, gid) = self.inside_owner;
-        let req = RunCommandRequest {
-            // The values as arguments, never in the script.
-            args: vec![
-                "/bin/busybox".into(),
-                "sh".into(),
-                "-c".into(),
-                r#"mkdir -p -m "$1" "$3" && chown "$2" "$3""#.into(),
-                "sh".into(),
-                format!("{mode:o}"),
-                format!("{uid}:{gid}"),
-                self.guest_source(),
-            ],
-            timeout_ms: 10_000,
-            ..Default::default()
-        };
-        let out = agent.run_command(&req, timeout).await?;
-        if out.exit_code != 0 {
-            return Err(VmError::Config(format!(
-                "making {} in the pod's memory volume: {}",
-                self.inside.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        // The values as arguments, never in the script.
+        let args = vec![
+            "/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            r#"mkdir -p -m "$1" "$3" && chown "$2" "$3""#.into(),
+            "sh".into(),
+            format!("{mode:o}"),
+            format!("{uid}:{gid}"),
+            self.guest_source(),
+        ];
+        super::run_in_guest(agent, args, super::GUEST_COMMAND)
+            .await?
+            .map(drop)
+            .map_err(|e| {
+                VmError::Config(format!(
+                    "making {} in the pod's memory volume: {e}",
+                    self.inside.display()
+                ))
+            })
     }
 
     async fn mount(

@@ -46,6 +46,8 @@ mod memory_volume;
 
 /// How long one agent call may take (berth in the guest runs under TCG here).
 const CALL: Duration = Duration::from_secs(60);
+/// How long a command the shim runs in the guest (sysctl, mkdir) may take.
+const GUEST_COMMAND: Duration = Duration::from_secs(10);
 /// A long poll (output, exits) asks again after this long.
 const POLL: Duration = Duration::from_secs(3600);
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -329,29 +331,41 @@ fn guest_sysctls(spec: &Value) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// Runs `args` in the guest, outside any container, for at most
+/// `timeout`: its output, or (the inner error) what it said on stderr when
+/// it failed.
+async fn run_in_guest(
+    agent: &AgentClient,
+    args: Vec<String>,
+    timeout: Duration,
+) -> std::result::Result<std::result::Result<Vec<u8>, String>, VmError> {
+    let req = RunCommandRequest {
+        args,
+        timeout_ms: timeout.as_millis() as u64,
+        ..Default::default()
+    };
+    let out = agent.run_command(&req, CALL).await?;
+    if out.exit_code != 0 {
+        return Ok(Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    Ok(Ok(out.stdout))
+}
+
 async fn set_guest_sysctl(
     agent: &AgentClient,
     key: &str,
     value: &str,
 ) -> std::result::Result<(), VmError> {
-    let req = RunCommandRequest {
-        args: vec![
-            "/bin/busybox".into(),
-            "sysctl".into(),
-            "-w".into(),
-            format!("{key}={value}"),
-        ],
-        timeout_ms: 10_000,
-        ..Default::default()
-    };
-    let out = agent.run_command(&req, CALL).await?;
-    if out.exit_code != 0 {
-        return Err(VmError::Config(format!(
-            "sysctl {key}={value} in the guest: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    let args = vec![
+        "/bin/busybox".into(),
+        "sysctl".into(),
+        "-w".into(),
+        format!("{key}={value}"),
+    ];
+    run_in_guest(agent, args, GUEST_COMMAND)
+        .await?
+        .map(drop)
+        .map_err(|e| VmError::Config(format!("sysctl {key}={value} in the guest: {e}")))
 }
 
 /// A sandbox container (CRI's pause): its task is the VM.
@@ -651,29 +665,22 @@ impl VmContainer {
             return Ok(vec![self.pod.pid]);
         }
         let agent = self.pod.agent.clone();
-        let req = RunCommandRequest {
-            args: [
-                "/bin/berth",
-                "--root",
-                GUEST_STATE_ROOT,
-                "ps",
-                "--format",
-                "json",
-                id,
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-            timeout_ms: CALL.as_millis() as u64,
-            ..Default::default()
-        };
-        let out = block_on(async move { agent.run_command(&req, CALL).await })?;
-        if out.exit_code != 0 {
-            return Err(ShimError::Other(format!(
-                "listing the processes of {id} in the VM: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        serde_json::from_slice(&out.stdout)
+        let args = [
+            "/bin/berth",
+            "--root",
+            GUEST_STATE_ROOT,
+            "ps",
+            "--format",
+            "json",
+            id,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let stdout =
+            block_on(async move { run_in_guest(&agent, args, CALL).await })?.map_err(|e| {
+                ShimError::Other(format!("listing the processes of {id} in the VM: {e}"))
+            })?;
+        serde_json::from_slice(&stdout)
             .map_err(|e| ShimError::Other(format!("reading the guest's process list: {e}")))
     }
 
