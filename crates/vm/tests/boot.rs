@@ -235,19 +235,7 @@ async fn a_kernel_that_does_not_boot_fails_within_the_limit_and_leaves_nothing()
         "{err}"
     );
     assert!(!tmp.path().join("vm").exists());
-    // Killed and seen to exit; give a loaded machine a moment to finish
-    // tearing it down before calling it a leak.
-    for _ in 0..100 {
-        if qemu_processes_of(&tmp.path().join("vm")).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        qemu_processes_of(&tmp.path().join("vm")),
-        Vec::<i32>::new(),
-        "a QEMU is left"
-    );
+    assert_nothing_left(&tmp.path().join("vm"), tmp.path()).await;
 
     let missing = VmConfig::new(
         "missing",
@@ -276,6 +264,25 @@ fn qemu_processes_of(dir: &Path) -> Vec<i32> {
             String::from_utf8_lossy(&cmdline).contains(&needle) && alive(*pid)
         })
         .collect()
+}
+
+/// No process names the VM directory `dir` (QEMU, virtiofsd) and nothing
+/// is mounted under `mounts_below`. A failed boot's processes are killed
+/// and seen to exit, but virtiofsd's sandbox child ends a moment later: a
+/// loaded machine gets up to 5 s before this calls it a leak.
+async fn assert_nothing_left(dir: &Path, mounts_below: &Path) {
+    for _ in 0..100 {
+        if qemu_processes_of(dir).is_empty() && mounts_under(mounts_below).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        qemu_processes_of(dir),
+        Vec::<i32>::new(),
+        "a process is left"
+    );
+    assert_eq!(mounts_under(mounts_below), Vec::<String>::new());
 }
 
 fn mounts_under(dir: &Path) -> Vec<String> {
@@ -320,14 +327,7 @@ async fn a_guest_without_9p_refuses_the_9p_transport_by_name_and_leaves_nothing(
     assert!(matches!(err, VmError::ExitedDuringBoot { .. }), "{err}");
     assert!(err.to_string().contains("module group \"9p\""), "{err}");
     assert!(!dir.exists());
-    for _ in 0..100 {
-        if qemu_processes_of(&dir).is_empty() && mounts_under(tmp.path()).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(qemu_processes_of(&dir), Vec::<i32>::new(), "a QEMU is left");
-    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+    assert_nothing_left(&dir, tmp.path()).await;
 }
 
 async fn shared_directory(guest: &Path, transport: berth_vm::Transport) {
@@ -583,18 +583,5 @@ async fn vsock_is_chosen_only_with_vhost_vsock_and_its_absence_is_named() {
     assert!(matches!(err, VmError::ExitedDuringBoot { .. }), "{err}");
     assert!(err.to_string().contains("vhost-vsock"), "{err}");
     assert!(!dir.exists());
-    // Killed and seen to exit; give a loaded machine a moment to finish
-    // tearing it down (virtiofsd too) before calling it a leak.
-    for _ in 0..100 {
-        if qemu_processes_of(&dir).is_empty() && mounts_under(tmp.path()).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        qemu_processes_of(&dir),
-        Vec::<i32>::new(),
-        "a process is left"
-    );
-    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+    assert_nothing_left(&dir, tmp.path()).await;
 }
