@@ -21,25 +21,29 @@ pub(super) const LAYER_USAGE_TTL: std::time::Duration = std::time::Duration::fro
 /// Containers (or pods) whose stats are gathered at once by the list calls.
 pub(super) const STATS_CONCURRENCY: usize = 16;
 
-/// The cgroup statistics of a shim's Stats answer (berth's shims send
-/// containerd's cgroups v1 Metrics, whatever the cgroup version).
-pub(super) fn v1_metrics(
-    r: &api::StatsResponse,
-) -> Option<containerd_shim_protos::cgroups::metrics::Metrics> {
-    r.stats
-        .as_ref()
-        .filter(|a| a.type_url.ends_with("io.containerd.cgroups.v1.Metrics"))
-        .and_then(|a| containerd_shim_protos::protobuf::Message::parse_from_bytes(&a.value).ok())
-}
-
 impl Cri {
-    pub async fn container_stats_of(&self, c: &ContainerRecord) -> Result<cri::ContainerStats> {
+    /// The container's cgroup statistics as its shim gives them (berth's
+    /// shims send containerd's cgroups v1 Metrics, whatever the cgroup
+    /// version); None for another kind.
+    pub(super) async fn shim_metrics(
+        &self,
+        c: &ContainerRecord,
+    ) -> Result<Option<containerd_shim_protos::cgroups::metrics::Metrics>> {
         let address = self.shim_address_of(c)?;
         let mut req = api::StatsRequest::new();
         req.id = c.id.clone();
         let r: api::StatsResponse = self.shims.stats(&address, &req, 10 * SECOND).await?;
+        Ok(r.stats
+            .as_ref()
+            .filter(|a| a.type_url.ends_with("io.containerd.cgroups.v1.Metrics"))
+            .and_then(|a| {
+                containerd_shim_protos::protobuf::Message::parse_from_bytes(&a.value).ok()
+            }))
+    }
+
+    pub async fn container_stats_of(&self, c: &ContainerRecord) -> Result<cri::ContainerStats> {
+        let metrics = self.shim_metrics(c).await?;
         let now = now_ns();
-        let metrics = v1_metrics(&r);
         let u = |v: u64| Some(cri::UInt64Value { value: v });
         let mut stats = cri::ContainerStats {
             attributes: Some(cri::ContainerAttributes {

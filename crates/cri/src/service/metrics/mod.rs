@@ -28,13 +28,10 @@ use k8s_cri::v1 as cri;
 use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState};
 use crate::util::now_ns;
 
-use containerd_shim_protos::api;
 use containerd_shim_protos::cgroups::metrics as v1;
 use futures_util::StreamExt;
 
-use crate::shims::SECOND;
-
-use super::stats::{dir_usage, v1_metrics, STATS_CONCURRENCY};
+use super::stats::{dir_usage, STATS_CONCURRENCY};
 use super::{blocking, Cri};
 
 mod descriptors;
@@ -144,11 +141,7 @@ impl Cri {
     /// A VM pod's container's cgroup statistics and process count, from
     /// its shim; None when it cannot say (the container has just exited).
     async fn shim_cgroup_stats(&self, c: &ContainerRecord) -> Option<Measured> {
-        let address = self.shim_address_of(c).ok()?;
-        let mut req = api::StatsRequest::new();
-        req.id = c.id.clone();
-        let r = self.shims.stats(&address, &req, 10 * SECOND).await.ok()?;
-        let stats = stats_of_v1(&v1_metrics(&r)?);
+        let stats = stats_of_v1(&self.shim_metrics(c).await.ok()??);
         let processes = self.shim_process_count(c).await.unwrap_or(0);
         Some(Measured::Shim(Box::new(stats), processes))
     }
