@@ -365,21 +365,7 @@ impl Cri {
                     Error::Internal(format!("a socket in the pod's network namespace: {e}"))
                 })?;
                 let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
-                let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
-                    .await
-                    .map_err(|_| {
-                        Error::FailedPrecondition(format!(
-                            "connecting to port {port} in the pod: timed out"
-                        ))
-                    })?
-                    .map_err(|e| {
-                        Error::FailedPrecondition(format!(
-                            "connecting to port {port} in the pod: {e}"
-                        ))
-                    })?;
-                // The client's small writes go out at once, as its own do.
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
+                return connect_in_time(socket.connect(addr), port).await;
             }
         }
         let netns = pod.namespaces.net.clone();
@@ -540,7 +526,16 @@ async fn vm_pod_connect(pod: &crate::store::PodRecord, port: u16) -> Result<toki
             ))
         })?;
     let addr = std::net::SocketAddr::new(ip, port);
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+    connect_in_time(tokio::net::TcpStream::connect(addr), port).await
+}
+
+/// A connection to the pod's `port` within [`CONNECT_TIMEOUT`], sending
+/// the client's small writes at once, as its own do.
+async fn connect_in_time(
+    connecting: impl std::future::Future<Output = std::io::Result<tokio::net::TcpStream>>,
+    port: u16,
+) -> Result<tokio::net::TcpStream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| {
             Error::FailedPrecondition(format!("connecting to port {port} in the pod: timed out"))
