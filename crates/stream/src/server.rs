@@ -78,10 +78,51 @@ where
         .await;
 }
 
+/// Accepts connections until the server is dropped.
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    server: std::sync::Weak<Server>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut dropped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        tracing::error!("the streaming server's listener cannot be registered");
+        return;
+    };
+    loop {
+        let conn = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((conn, _)) => conn,
+                Err(_) => continue,
+            },
+            _ = &mut dropped => return,
+        };
+        // Frames are small and answer each other (SYN_STREAM, its
+        // reply): Nagle would hold one back for the peer's delayed
+        // ACK, 40 ms. Go's servers (containerd's) set it too.
+        let _ = conn.set_nodelay(true);
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                Some(acceptor) => match acceptor.accept(conn).await {
+                    Ok(stream) => serve_connection(server, stream).await,
+                    Err(e) => tracing::debug!("streaming TLS handshake: {e}"),
+                },
+                None => serve_connection(server, conn).await,
+            }
+        });
+    }
+}
+
 pub struct Server {
     pending: TokenCache<Operation>,
     base_url: String,
     backend: Arc<dyn Backend>,
+    /// Dropped with the server: the accept loop and its thread end.
+    _accepting: tokio::sync::oneshot::Sender<()>,
 }
 
 type Body = FullBody<Bytes>;
@@ -100,37 +141,29 @@ impl Server {
             Some((cert, key)) => Some(tls_acceptor(cert, key)?),
             None => None,
         };
-        let listener = tokio::net::TcpListener::bind(config.address).await?;
+        let listener = std::net::TcpListener::bind(config.address)?;
+        listener.set_nonblocking(true)?;
         let local = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let (accepting, dropped) = tokio::sync::oneshot::channel();
         let server = Arc::new(Server {
             pending: TokenCache::new(TOKEN_TTL, MAX_IN_FLIGHT),
             base_url: format!("{scheme}://{local}"),
             backend,
+            _accepting: accepting,
         });
         let weak = Arc::downgrade(&server);
-        tokio::spawn(async move {
-            loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                // Frames are small and answer each other (SYN_STREAM, its
-                // reply): Nagle would hold one back for the peer's delayed
-                // ACK, 40 ms. Go's servers (containerd's) set it too.
-                let _ = conn.set_nodelay(true);
-                let Some(server) = weak.upgrade() else { break };
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    match tls {
-                        Some(acceptor) => match acceptor.accept(conn).await {
-                            Ok(stream) => serve_connection(server, stream).await,
-                            Err(e) => tracing::debug!("streaming TLS handshake: {e}"),
-                        },
-                        None => serve_connection(server, conn).await,
-                    }
-                });
-            }
-        });
+        // A thread and a single-threaded runtime of their own: a connection's
+        // tasks (HTTP, SPDY reader and writer, the relay to the pod) hand
+        // each other every frame, and on a multi-threaded runtime each
+        // socket wake-up may land on another worker (a futex wake and a
+        // cache miss per hop, tens of microseconds of a round trip).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("berth-stream".into())
+            .spawn(move || runtime.block_on(accept_loop(listener, weak, tls, dropped)))?;
         tracing::info!(url = %server.base_url, "streaming server listening");
         Ok(server)
     }
