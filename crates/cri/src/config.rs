@@ -178,6 +178,11 @@ pub struct StreamConfig {
     /// PEM certificate chain and key: the URLs are https.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Microseconds the streaming thread keeps polling its sockets after
+    /// data moved before it sleeps, so that a port-forward's request and
+    /// its answer do not each cost the thread a wake-up; 0: it sleeps at
+    /// once (no CPU spent polling).
+    pub busy_poll_us: u64,
 }
 
 impl Default for StreamConfig {
@@ -187,9 +192,17 @@ impl Default for StreamConfig {
             port: 0,
             tls_cert: None,
             tls_key: None,
+            busy_poll_us: DEFAULT_BUSY_POLL_US,
         }
     }
 }
+
+/// Go's scheduler (containerd's) spins for up to about this long before a
+/// thread parks; a request/answer turn on one host fits in it.
+const DEFAULT_BUSY_POLL_US: u64 = 50;
+
+/// More than this is a thread spinning for no answer.
+const MAX_BUSY_POLL_US: u64 = 1000;
 
 impl StreamConfig {
     /// The address to bind and the TLS files, checked.
@@ -209,9 +222,16 @@ impl StreamConfig {
                 ))
             }
         };
+        if self.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(Error::Config(format!(
+                "stream.busy_poll_us {} is above {MAX_BUSY_POLL_US}",
+                self.busy_poll_us
+            )));
+        }
         Ok(berth_stream::Config {
             address: std::net::SocketAddr::new(ip, self.port),
             tls,
+            busy_poll: std::time::Duration::from_micros(self.busy_poll_us),
         })
     }
 }
@@ -674,6 +694,20 @@ mod tests {
         c.metrics.address = Some("localhost".into());
         let err = c.validate().unwrap_err();
         assert!(err.to_string().contains("metrics.address"), "{err}");
+    }
+
+    #[test]
+    fn stream_busy_poll_is_bounded() {
+        let mut c = Config::default();
+        assert_eq!(
+            c.stream.server_config().unwrap().busy_poll,
+            Duration::from_micros(50)
+        );
+        c.stream.busy_poll_us = 0;
+        assert!(c.stream.server_config().unwrap().busy_poll.is_zero());
+        c.stream.busy_poll_us = 1001;
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("stream.busy_poll_us"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct Config {
     pub address: SocketAddr,
     /// PEM certificate chain and private key: serve https.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// How long the streaming thread keeps polling its sockets after data
+    /// moved before it sleeps (zero: it sleeps at once); see `relay`.
+    pub busy_poll: Duration,
 }
 
 /// A TLS acceptor from PEM files; the error names the file at fault.
@@ -158,12 +161,26 @@ impl Server {
         // each other every frame, and on a multi-threaded runtime each
         // socket wake-up may land on another worker (a futex wake and a
         // cache miss per hop, tens of microseconds of a round trip).
+        let busy_poll = config.busy_poll;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         std::thread::Builder::new()
             .name("berth-stream".into())
-            .spawn(move || runtime.block_on(accept_loop(listener, weak, tls, dropped)))?;
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let accepting = accept_loop(listener, weak, tls, dropped);
+                    match crate::relay::busy_poll_on_this_thread(busy_poll) {
+                        Some(polling) => {
+                            tokio::select! {
+                                () = accepting => {}
+                                () = polling => {}
+                            }
+                        }
+                        None => accepting.await,
+                    }
+                })
+            })?;
         tracing::info!(url = %server.base_url, "streaming server listening");
         Ok(server)
     }
@@ -191,6 +208,8 @@ impl Server {
     }
 
     fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        // The client's next step (its streams, after the 101) follows at once.
+        crate::relay::moved();
         let path = req.uri().path().to_owned();
         let mut parts = path.trim_start_matches('/').splitn(2, '/');
         let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));

@@ -145,6 +145,9 @@ where
     let conn = Connection::server(io, Config::kubernetes());
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     while let Some(stream) = conn.accept().await {
+        // kubectl opens the pair's other stream as soon as this one's
+        // reply reaches it.
+        crate::relay::moved();
         let headers = stream.headers();
         let kind = headers.get("streamtype").map(str::to_owned);
         let request = headers.get("requestid").map(str::to_owned);
@@ -224,11 +227,11 @@ async fn forward(
         Ok(target) => {
             let (mut from_target, mut to_target) = target.into_split();
             let up = async {
-                let _ = tokio::io::copy(&mut from_client, &mut to_target).await;
+                let _ = crate::relay::copy(&mut from_client, &mut to_target).await;
                 let _ = to_target.shutdown().await;
             };
             let down = async {
-                let _ = tokio::io::copy(&mut from_target, &mut to_client).await;
+                let _ = crate::relay::copy(&mut from_target, &mut to_client).await;
                 let _ = to_client.shutdown().await;
             };
             tokio::join!(up, down);

@@ -100,6 +100,7 @@ fn pump(
                     if !outbox.send(channel, &buf[..n]).await {
                         break;
                     }
+                    crate::relay::moved();
                 }
             }
         }
@@ -285,6 +286,7 @@ pub async fn portforward<S>(
                 if w.write_all(&payload).await.is_err() {
                     senders[channel as usize / 2] = None;
                 }
+                crate::relay::moved();
             }
         }
     }

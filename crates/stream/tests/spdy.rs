@@ -48,6 +48,7 @@ async fn server() -> Arc<Server> {
         Config {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: None,
+            busy_poll: std::time::Duration::from_micros(50),
         },
         Arc::new(TestBackend),
     )
@@ -212,4 +213,106 @@ async fn port_forward_over_spdy() {
     let msg = String::from_utf8_lossy(&msg).into_owned();
     assert!(msg.contains(&format!("port {closed}")), "{msg}");
     drop((closed_data, err_open));
+}
+
+/// Threads of this process named `berth-stream` (the servers' threads).
+fn stream_threads() -> Vec<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            (comm.trim() == "berth-stream").then(|| t.file_name().to_str()?.parse().ok())?
+        })
+        .collect()
+}
+
+/// User and system CPU time of thread `tid`, in clock ticks.
+fn cpu_ticks(tid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+        return 0; // ended
+    };
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Busy polling is bounded: with the longest budget berthd accepts, once
+/// a port-forward's data has stopped moving (its connection still open)
+/// the streaming thread sleeps instead of spinning.
+#[tokio::test]
+async fn the_streaming_thread_sleeps_when_no_data_moves() {
+    let server = Server::start(
+        Config {
+            address: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+            busy_poll: Duration::from_millis(1),
+        },
+        Arc::new(TestBackend),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let url = server
+        .port_forward_url(PortForwardRequest {
+            pod_id: "p".into(),
+            ports: vec![port],
+        })
+        .unwrap();
+    let (tcp, _) = upgrade(&url, &["portforward.k8s.io"]).await.unwrap();
+    let conn = Connection::client(tcp, SpdyConfig::kubernetes());
+    let open = |kind: &str| {
+        conn.open(
+            Headers::new()
+                .with("streamType", kind)
+                .with("port", port.to_string())
+                .with("requestID", "0"),
+            false,
+        )
+        .unwrap()
+    };
+    let _error = open("error");
+    let data = open("data");
+    let (mut r, mut w) = data.split();
+    let mut got = [0u8; 4];
+    for _ in 0..100 {
+        w.write_all(b"ping").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), r.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"ping");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Every server's thread (other tests' too: they are short).
+    let threads = stream_threads();
+    assert!(!threads.is_empty());
+    let ticks: u64 = threads.iter().map(|t| cpu_ticks(*t)).sum();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A thread still spinning would have used about 50 ticks (100 Hz).
+    let used = threads
+        .iter()
+        .map(|t| cpu_ticks(*t))
+        .sum::<u64>()
+        .saturating_sub(ticks);
+    assert!(
+        used <= 5,
+        "the idle streaming thread used {used} ticks in 0.5 s"
+    );
+    drop((r, w, conn, server));
 }

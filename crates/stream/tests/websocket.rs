@@ -66,6 +66,7 @@ async fn server() -> (Arc<Server>, Arc<TestBackend>) {
         Config {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: None,
+            busy_poll: std::time::Duration::from_micros(50),
         },
         backend.clone(),
     )
@@ -298,6 +299,7 @@ async fn tls_when_configured() {
         Config {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: Some((cert.clone(), key.clone())),
+            busy_poll: std::time::Duration::ZERO,
         },
         backend,
     )
@@ -335,6 +337,7 @@ async fn tls_when_configured() {
         Config {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: Some((cert.clone(), cert.clone())),
+            busy_poll: std::time::Duration::ZERO,
         },
         Arc::new(TestBackend {
             resizes: Mutex::new(Vec::new()),
