@@ -52,6 +52,9 @@ pub(crate) fn busy_poll_on_this_thread(
             activity.moved.notified().await;
             activity.polling.set(true);
             while activity.last.get().elapsed() < activity.budget {
+                // A process waiting for this CPU (the pod's, the client)
+                // runs first: the poll must not delay the answer it waits for.
+                std::thread::yield_now();
                 // Back to the runtime, which polls its sockets without
                 // sleeping while a task is ready to run.
                 tokio::task::yield_now().await;
