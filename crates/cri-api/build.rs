@@ -7,6 +7,15 @@ fn main() {
     let fds = protox::compile(["api.proto"], ["proto"]).expect("compiling proto/api.proto");
     tonic_prost_build::configure()
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        // Lists the server may send partly pre-encoded (src/listing.rs).
+        .extern_path(
+            ".runtime.v1.ListPodSandboxResponse",
+            "crate::listing::ListPodSandboxResponse",
+        )
+        .extern_path(
+            ".runtime.v1.ListContainersResponse",
+            "crate::listing::ListContainersResponse",
+        )
         .compile_fds(fds)
         .expect("generating runtime.v1");
 }

@@ -8,9 +8,13 @@
 //! Workspace crates depend on this crate under the name `k8s-cri`, so code
 //! reads `k8s_cri::v1` as before.
 
+mod listing;
+
 #[allow(clippy::doc_lazy_continuation, clippy::large_enum_variant)]
 pub mod v1 {
     tonic::include_proto!("runtime.v1");
+
+    pub use crate::listing::{ListContainersResponse, ListPodSandboxResponse};
 }
 
 #[cfg(test)]
@@ -28,5 +32,30 @@ mod tests {
             (m.container_path.as_str(), m.image_sub_path.as_str()),
             ("/v", "dir")
         );
+    }
+
+    /// Items sent already encoded follow the built ones and decode as
+    /// `items`, in order; nothing lands in `encoded` on the client.
+    #[test]
+    fn pre_encoded_items_decode_as_items() {
+        use super::v1::{ListPodSandboxResponse, PodSandbox};
+        let pod = |id: &str| PodSandbox {
+            id: id.into(),
+            created_at: 7,
+            ..Default::default()
+        };
+        let encoded = ListPodSandboxResponse {
+            items: vec![pod("b"), pod("c")],
+            encoded: Vec::new(),
+        }
+        .encode_to_vec();
+        let sent = ListPodSandboxResponse {
+            items: vec![pod("a")],
+            encoded,
+        };
+        let got = ListPodSandboxResponse::decode(&sent.encode_to_vec()[..]).unwrap();
+        assert_eq!(got.items, vec![pod("a"), pod("b"), pod("c")]);
+        assert!(got.encoded.is_empty());
+        assert_eq!(sent.encoded_len(), sent.encode_to_vec().len());
     }
 }

@@ -136,7 +136,8 @@ impl RuntimeService for Server {
         r: Request<cri::ListPodSandboxRequest>,
     ) -> R<cri::ListPodSandboxResponse> {
         ok(cri::ListPodSandboxResponse {
-            items: self.0.list_pod_sandbox(r.into_inner().filter),
+            items: Vec::new(),
+            encoded: self.0.list_pod_sandbox(r.into_inner().filter),
         })
     }
 
@@ -201,7 +202,8 @@ impl RuntimeService for Server {
         r: Request<cri::ListContainersRequest>,
     ) -> R<cri::ListContainersResponse> {
         ok(cri::ListContainersResponse {
-            containers: self.0.list_containers(r.into_inner().filter),
+            containers: Vec::new(),
+            encoded: self.0.list_containers(r.into_inner().filter),
         })
     }
 

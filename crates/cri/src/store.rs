@@ -297,6 +297,16 @@ impl Store {
         self.lock().pods.values().filter_map(f).collect()
     }
 
+    /// Runs `f` on every pod, under the store's lock.
+    pub fn for_each_pod(&self, f: impl FnMut(&PodRecord)) {
+        self.lock().pods.values().for_each(f);
+    }
+
+    /// Runs `f` on every container, under the store's lock.
+    pub fn for_each_container(&self, f: impl FnMut(&ContainerRecord)) {
+        self.lock().containers.values().for_each(f);
+    }
+
     /// [`Store::map_pods`] for containers.
     pub fn map_containers<T>(&self, f: impl FnMut(&ContainerRecord) -> Option<T>) -> Vec<T> {
         self.lock().containers.values().filter_map(f).collect()

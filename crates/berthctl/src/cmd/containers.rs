@@ -324,6 +324,7 @@ pub async fn ps(c: &mut Clients, a: PsArgs) -> Result<()> {
     if print_list(
         &cri::ListContainersResponse {
             containers: list.clone(),
+            ..Default::default()
         },
         a.output,
     ) {

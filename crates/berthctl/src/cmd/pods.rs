@@ -203,6 +203,7 @@ pub async fn pods(c: &mut Clients, a: PodsArgs) -> Result<()> {
     if print_list(
         &cri::ListPodSandboxResponse {
             items: items.clone(),
+            ..Default::default()
         },
         a.output,
     ) {

@@ -15,6 +15,7 @@ mod pod;
 mod recovery;
 mod stats;
 mod status;
+mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -557,26 +557,21 @@ impl Cri {
         })
     }
 
-    pub fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+    /// The pods `filter` keeps, oldest first, in wire form (see
+    /// [`wire`](super::wire)).
+    pub fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<u8> {
         let f = filter.unwrap_or_default();
-        let mut pods = self.store.map_pods(|p| {
+        let mut items = super::wire::Items::default();
+        self.store.for_each_pod(|p| {
+            let state = pod_state_cri(p.state) as i32;
             let keep = (f.id.is_empty() || p.id.starts_with(&f.id))
-                && f.state
-                    .as_ref()
-                    .is_none_or(|s| pod_state_cri(p.state) as i32 == s.state)
+                && f.state.as_ref().is_none_or(|s| state == s.state)
                 && util::labels_match(&p.config.labels, &f.label_selector);
-            keep.then(|| cri::PodSandbox {
-                id: p.id.clone(),
-                metadata: p.config.metadata.clone(),
-                state: pod_state_cri(p.state) as i32,
-                created_at: p.created_at,
-                labels: p.config.labels.clone(),
-                annotations: p.config.annotations.clone(),
-                runtime_handler: p.runtime_handler.clone(),
-            })
+            if keep {
+                items.pod(p, state);
+            }
         });
-        pods.sort_by_key(|p| p.created_at);
-        pods
+        items.into_wire()
     }
 }
 

@@ -86,33 +86,22 @@ impl Cri {
         })
     }
 
-    pub fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+    /// The containers `filter` keeps, oldest first, in wire form (see
+    /// [`wire`](super::wire)).
+    pub fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<u8> {
         let f = filter.unwrap_or_default();
-        let mut cs = self.store.map_containers(|c| {
+        let mut items = super::wire::Items::default();
+        self.store.for_each_container(|c| {
+            let state = container_state_cri(c.state) as i32;
             let keep = (f.id.is_empty() || c.id.starts_with(&f.id))
                 && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
-                && f.state
-                    .as_ref()
-                    .is_none_or(|s| container_state_cri(c.state) as i32 == s.state)
+                && f.state.as_ref().is_none_or(|s| state == s.state)
                 && util::labels_match(&c.config.labels, &f.label_selector);
-            keep.then(|| cri::Container {
-                id: c.id.clone(),
-                pod_sandbox_id: c.pod_id.clone(),
-                metadata: c.config.metadata.clone(),
-                image: Some(cri::ImageSpec {
-                    image: c.image_ref.clone(),
-                    ..Default::default()
-                }),
-                image_ref: c.image_repo_digest.clone(),
-                state: container_state_cri(c.state) as i32,
-                created_at: c.created_at,
-                labels: c.config.labels.clone(),
-                annotations: c.config.annotations.clone(),
-                image_id: c.image_id.clone(),
-            })
+            if keep {
+                items.container(c, state);
+            }
         });
-        cs.sort_by_key(|c| c.created_at);
-        cs
+        items.into_wire()
     }
 }
 
