@@ -46,7 +46,7 @@ fn run() -> i32 {
     let logger = match logger::Logger::install(global.get("log"), format, global.is_set("debug")) {
         Ok(l) => l,
         Err(e) => {
-            logger::early_fatal(&format!("{e:#}"));
+            logger::early_fatal(&error_text(&e));
             return 1;
         }
     };
@@ -63,9 +63,59 @@ fn run() -> i32 {
     match commands::dispatch(&runtime, command, rest) {
         Ok(code) => code,
         Err(e) => {
-            logger.fatal(&format!("{e:#}"));
+            logger.fatal(&error_text(&e));
             e.downcast_ref::<commands::Exit>()
                 .map_or(1, |exit| exit.code)
         }
+    }
+}
+
+/// The error and its causes on one line, like `{:#}`, but a cause whose text
+/// its wrapper already ends with (library errors name their source in their
+/// message) is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    /// An error that names its source in its own message, as the libraries'
+    /// `#[error("...: {source}")]` errors do.
+    #[derive(Debug)]
+    struct Write(std::io::Error);
+
+    impl std::fmt::Display for Write {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "setting /sys/fs/cgroup/x/f to \"1\": {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Write {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let e = anyhow::Error::new(Write(std::io::Error::from_raw_os_error(2)))
+            .context("applying resources");
+        assert_eq!(
+            super::error_text(&e),
+            "applying resources: setting /sys/fs/cgroup/x/f to \"1\": No such file or directory (os error 2)"
+        );
+        let plain = anyhow::anyhow!("bad").context("outer");
+        assert_eq!(super::error_text(&plain), "outer: bad");
     }
 }

@@ -450,12 +450,35 @@ fn v1_cpu(dir: &Path, c: &LinuxCpu) -> Result<()> {
     Ok(())
 }
 
+/// Refusing beats ignoring: a weight nobody enforces is a promise broken.
+fn weight_unsupported(files: &str) -> Error {
+    Error::Unsupported(format!(
+        "blockIO.weight was requested but this host's block I/O scheduler has no cgroup weights \
+         (the cgroup has neither {files}: the CFQ or BFQ scheduler is needed)"
+    ))
+}
+
 fn v1_blkio(dir: &Path, b: &LinuxBlockIo) -> Result<()> {
-    // Kernels with BFQ instead of CFQ name the weights blkio.bfq.*.
+    // Kernels with BFQ instead of CFQ name the weights blkio.bfq.*; with
+    // neither scheduler (none, mq-deadline, kyber) there is no weight at all.
     let prefix = if fs::exists(dir, "blkio.weight") {
-        "blkio"
+        Some("blkio")
+    } else if fs::exists(dir, "blkio.bfq.weight") {
+        Some("blkio.bfq")
     } else {
-        "blkio.bfq"
+        None
+    };
+    let wants_weight = b.weight().is_some_and(|w| w != 0)
+        || b.weight_device()
+            .iter()
+            .flatten()
+            .any(|d| d.weight().is_some());
+    let prefix = match prefix {
+        Some(p) => p,
+        None if wants_weight => {
+            return Err(weight_unsupported("blkio.weight nor blkio.bfq.weight"))
+        }
+        None => "blkio",
     };
     if let Some(w) = b.weight().filter(|w| *w != 0) {
         fs::write(dir, &format!("{prefix}.weight"), w.to_string())?;
@@ -616,6 +639,14 @@ fn apply_v2(dir: &Path, r: &LinuxResources, only_hierarchy: bool) -> Result<()> 
     }
     if let Some(b) = r.block_io().as_ref().filter(|_| has("io")) {
         let bfq = !fs::exists(dir, "io.weight");
+        let wants_weight = b.weight().is_some_and(|w| w != 0)
+            || b.weight_device()
+                .iter()
+                .flatten()
+                .any(|d| d.weight().is_some());
+        if bfq && wants_weight && !fs::exists(dir, "io.bfq.weight") {
+            return Err(weight_unsupported("io.weight nor io.bfq.weight"));
+        }
         if let Some(w) = b.weight().filter(|w| *w != 0) {
             if bfq {
                 fs::write(dir, "io.bfq.weight", w.to_string())?;

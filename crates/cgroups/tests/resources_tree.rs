@@ -247,3 +247,44 @@ fn missing_controller_is_an_error() {
     assert!(err.to_string().contains("memory controller"), "{err}");
     let _ = Path::new("/");
 }
+
+/// Block I/O weights exist only under the CFQ (blkio.weight) or BFQ
+/// (blkio.bfq.weight, io.bfq.weight) scheduler: each name is used where it
+/// exists, and a weight is refused by name where neither does.
+#[test]
+fn blkio_weight_follows_the_scheduler_or_is_refused() {
+    let weight = r#"{"blockIO": {"weight": 300}}"#;
+    let bfq = Tree::new("v1bfq", &[("blkio.bfq.weight", "")]);
+    Manager::from_paths(vec![("blkio".into(), bfq.0.clone())])
+        .apply(&resources(weight))
+        .unwrap();
+    assert_eq!(bfq.read("blkio.bfq.weight"), "300");
+
+    let none = Tree::new("v1noweight", &[("blkio.throttle.read_bps_device", "")]);
+    let err = Manager::from_paths(vec![("blkio".into(), none.0.clone())])
+        .apply(&resources(weight))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("blockIO.weight") && err.contains("scheduler"),
+        "{err}"
+    );
+    assert!(!none.0.join("blkio.weight").exists(), "nothing created");
+    // Throttles alone need no scheduler.
+    Manager::from_paths(vec![("blkio".into(), none.0.clone())])
+        .apply(&resources(
+            r#"{"blockIO": {"throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 7}]}}"#,
+        ))
+        .unwrap();
+    assert_eq!(none.read("blkio.throttle.read_bps_device"), "8:0 7");
+
+    let v2 = Tree::new(
+        "v2noweight",
+        &[("cgroup.controllers", "io"), ("io.max", "")],
+    );
+    let err = Manager::from_paths(vec![(String::new(), v2.0.clone())])
+        .apply(&resources(weight))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("io.bfq.weight"), "{err}");
+}

@@ -47,8 +47,7 @@ fn limits_land_in_cgroup_files_and_update_changes_them() {
         c["linux"]["resources"] = json!({
             "memory": {"limit": 67108864, "reservation": 33554432, "swappiness": 10},
             "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"},
-            "pids": {"limit": 64},
-            "blockIO": {"weight": 300}
+            "pids": {"limit": 64}
         });
     });
     let id = env.id("c");
@@ -100,6 +99,42 @@ fn limits_land_in_cgroup_files_and_update_changes_them() {
     assert!(err.contains("12q"), "{err}");
     env.ok(&["delete", "--force", &id]);
     assert!(!mem.exists());
+}
+
+/// Block I/O weights exist only under the CFQ or BFQ scheduler; hosts with
+/// none, mq-deadline or kyber have no weight file, and there berth refuses
+/// the weight by name (as runc and crun fail) rather than start a container
+/// whose weight nobody enforces.
+#[test]
+fn block_io_weight_lands_or_is_refused_by_name() {
+    let env = Env::new("resblkio");
+    let bundle = env.bundle("b", &["sleep", "60"], |c| {
+        c["linux"]["resources"] = json!({"blockIO": {"weight": 300}});
+    });
+    let id = env.id("c");
+    let root = std::path::Path::new("/sys/fs/cgroup/blkio");
+    let file = ["blkio.weight", "blkio.bfq.weight"]
+        .into_iter()
+        .find(|f| root.join(f).exists());
+    match file {
+        Some(file) => {
+            env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+            assert_eq!(read(&v1_dir(&id, "blkio"), file), "300");
+            env.ok(&["delete", "--force", &id]);
+        }
+        None => {
+            let err = env.fails(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+            assert!(
+                err.contains("blockIO.weight") && err.contains("scheduler"),
+                "{err}"
+            );
+            assert!(!env.state_dir_exists(&id), "state left for {id}");
+            for dir in cgroup_dirs_of(&id) {
+                assert!(!dir.exists(), "{dir:?} left");
+            }
+            assert!(!v1_dir(&id, "blkio").exists(), "blkio cgroup left");
+        }
+    }
 }
 
 #[test]
