@@ -121,13 +121,12 @@ fn v1_line(r: &Rule) -> String {
 /// Writes the rules in order to devices.allow / devices.deny: the v1
 /// controller applies them exactly with the semantics the spec describes.
 pub fn apply_v1(dir: &Path, config: &[LinuxDeviceCgroup]) -> Result<()> {
+    // Each write(2) is one rule: both files are opened once, not per rule.
+    let mut allow = fs::RuleWriter::new(dir, "devices.allow");
+    let mut deny = fs::RuleWriter::new(dir, "devices.deny");
     for r in rules(config) {
-        let file = if r.allow {
-            "devices.allow"
-        } else {
-            "devices.deny"
-        };
-        fs::write(dir, file, v1_line(&r))?;
+        let writer = if r.allow { &mut allow } else { &mut deny };
+        writer.write(&v1_line(&r))?;
     }
     Ok(())
 }

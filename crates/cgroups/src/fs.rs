@@ -21,6 +21,43 @@ pub fn write(dir: &Path, file: &str, value: impl AsRef<str>) -> Result<()> {
         })
 }
 
+/// An interface file opened at its first write and kept open for the next
+/// ones, each a separate write(2) the kernel parses on its own
+/// (devices.allow takes one rule per write).
+pub struct RuleWriter {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl RuleWriter {
+    pub fn new(dir: &Path, file: &str) -> RuleWriter {
+        RuleWriter {
+            path: dir.join(file),
+            file: None,
+        }
+    }
+
+    pub fn write(&mut self, value: &str) -> Result<()> {
+        let written = match &mut self.file {
+            Some(f) => f.write(value.as_bytes()),
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .and_then(|f| self.file.insert(f).write(value.as_bytes())),
+        };
+        let source = match written {
+            Ok(n) if n == value.len() => return Ok(()),
+            Ok(_) => std::io::Error::new(std::io::ErrorKind::WriteZero, "short write"),
+            Err(e) => e,
+        };
+        Err(Error::Write {
+            file: self.path.clone(),
+            value: value.to_owned(),
+            source,
+        })
+    }
+}
+
 /// Reads `dir/file`, trimmed.
 pub fn read(dir: &Path, file: &str) -> Result<String> {
     let path = dir.join(file);

@@ -273,6 +273,13 @@ fn create_dir_chain(dir: &Path, is_cpuset: bool) -> io::Result<()> {
 }
 
 fn remove_tree(dir: &Path) -> io::Result<()> {
+    // Usually the cgroup is empty and has no children: one rmdir, no walk.
+    match fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) => {}
+        Err(e) => return Err(e),
+    }
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

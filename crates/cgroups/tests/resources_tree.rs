@@ -232,9 +232,28 @@ fn v1_files_and_write_order() {
     assert_eq!(cpu.read("cpu.idle"), "1");
     assert_eq!(cpu.read("cpu.cfs_burst_us"), "5");
     assert_eq!(pids.read("pids.max"), "10");
-    // A plain file keeps only the last write: the defaults runc appends end with ptmx.
+    // One rule per write, in order, through one open file (a plain file
+    // here, so the writes follow each other): the spec's rules, then the
+    // defaults runc appends, ending with ptmx.
     assert_eq!(dev.read("devices.deny"), "a *:* rwm");
-    assert_eq!(dev.read("devices.allow"), "c 5:2 rwm");
+    assert_eq!(
+        dev.read("devices.allow"),
+        [
+            "c 10:200 rw",
+            "c *:* m",
+            "b *:* m",
+            "c 1:3 rwm",
+            "c 1:5 rwm",
+            "c 1:7 rwm",
+            "c 5:0 rwm",
+            "c 1:8 rwm",
+            "c 1:9 rwm",
+            "c 5:1 rwm",
+            "c 136:* rwm",
+            "c 5:2 rwm"
+        ]
+        .concat()
+    );
 }
 
 #[test]

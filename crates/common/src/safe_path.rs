@@ -75,9 +75,27 @@ fn mkdir_all_depth(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut current = open_in_root(root, Path::new("."), dir_flags)?;
-    let mut walked = PathBuf::new();
-    for component in path.components() {
+    // Usually only the last component or two are missing: look for the
+    // deepest directory that exists from the end, not from the root.
+    let components: Vec<Component<'_>> = path.components().collect();
+    let mut present = components.len();
+    let mut current = loop {
+        present -= 1;
+        let prefix: PathBuf = components[..present].iter().collect();
+        let prefix = if present == 0 {
+            Path::new(".")
+        } else {
+            prefix.as_path()
+        };
+        match open_in_root(root, prefix, dir_flags) {
+            Ok(fd) => break fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && present > 0 => {}
+            Err(e) => return Err(e),
+        }
+    };
+    let mut walked: PathBuf = components[..present].iter().collect();
+    for component in &components[present..] {
+        let component = *component;
         let Component::Normal(name) = component else {
             if component == Component::ParentDir {
                 walked.push("..");
@@ -86,18 +104,18 @@ fn mkdir_all_depth(
             continue;
         };
         walked.push(name);
-        match open_in_root(root, &walked, dir_flags) {
-            Ok(fd) => {
-                current = fd;
+        match rustix::fs::mkdirat(&current, name, Mode::from_raw_mode(mode)) {
+            Ok(()) => {
+                // Just made: open it where it is, following nothing.
+                current = open_beneath(&current, name, dir_flags)?;
                 continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        match rustix::fs::mkdirat(&current, name, Mode::from_raw_mode(mode)) {
-            Ok(()) => {}
             Err(rustix::io::Errno::EXIST) => {
-                // Something is there but did not resolve: a dangling symlink.
+                // Made meanwhile by someone else, or a dangling symlink.
+                if let Ok(fd) = open_in_root(root, &walked, dir_flags) {
+                    current = fd;
+                    continue;
+                }
                 let target = rustix::fs::readlinkat(&current, name, Vec::new())
                     .map_err(|_| io::Error::from_raw_os_error(libc::ENOTDIR))?;
                 let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));
@@ -113,6 +131,22 @@ fn mkdir_all_depth(
         current = open_in_root(root, &walked, dir_flags)?;
     }
     Ok(current)
+}
+
+/// Opens the single component `name` in `dir`, following no symlink.
+fn open_beneath(dir: &OwnedFd, name: &std::ffi::OsStr, flags: OFlags) -> io::Result<OwnedFd> {
+    loop {
+        match rustix::fs::openat2(
+            dir,
+            name,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+        ) {
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
 }
 
 /// Opens `path` inside `root` as O_PATH, creating an empty regular file
@@ -322,6 +356,33 @@ mod tests {
         let fd = root_fd(&base);
         mkdir_all_in_root(fd.as_fd(), Path::new("/varrun/secrets"), 0o755).unwrap();
         assert!(base.join("run/secrets").is_dir());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// The missing tail of a path is made below its deepest existing
+    /// directory, with `..` and a dangling symlink on the way, and the fd
+    /// returned is the directory made.
+    #[test]
+    fn missing_tails_are_made_below_the_deepest_existing_directory() {
+        let base = tmp("tails");
+        std::fs::create_dir_all(base.join("a/b")).unwrap();
+        symlink("../../c", base.join("a/b/dangling")).unwrap();
+        let fd = root_fd(&base);
+        let made = mkdir_all_in_root(fd.as_fd(), Path::new("/a/b/x/y/z"), 0o755).unwrap();
+        assert!(base.join("a/b/x/y/z").is_dir());
+        let made_ino = stat_fd(&made).unwrap().st_ino;
+        assert_eq!(
+            made_ino,
+            stat_fd(&root_fd(&base.join("a/b/x/y/z"))).unwrap().st_ino
+        );
+        mkdir_all_in_root(fd.as_fd(), Path::new("/a/b/x/../w"), 0o755).unwrap();
+        assert!(base.join("a/b/w").is_dir());
+        // The symlink resolves inside the root (to /c, not above it).
+        mkdir_all_in_root(fd.as_fd(), Path::new("/a/b/dangling/d"), 0o755).unwrap();
+        assert!(base.join("c/d").is_dir());
+        // A file in the way is an error, not replaced.
+        std::fs::write(base.join("a/file"), "").unwrap();
+        assert!(mkdir_all_in_root(fd.as_fd(), Path::new("/a/file/e"), 0o755).is_err());
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

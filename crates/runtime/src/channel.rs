@@ -6,6 +6,10 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use crate::sys;
 
+/// The largest message: an error text is cut to fit (the receive buffer is
+/// on the stack, not a zeroed allocation per message).
+const MAX_MESSAGE: usize = 4096;
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Msg {
     /// Parent: uid maps and cgroup are in place, carry on.
@@ -42,7 +46,11 @@ impl Msg {
             Msg::Start => b"S".to_vec(),
             Msg::Error(text) => {
                 let mut v = b"E".to_vec();
-                v.extend_from_slice(text.as_bytes());
+                let mut end = text.len().min(MAX_MESSAGE - 1);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                v.extend_from_slice(&text.as_bytes()[..end]);
                 v
             }
         }
@@ -100,7 +108,7 @@ impl Channel {
     /// Receives the next message; `Ok(None)` when the other end is closed
     /// (for the parent: the child exec'd or died).
     pub fn recv(&self) -> io::Result<Option<(Msg, Option<OwnedFd>)>> {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = [0u8; MAX_MESSAGE];
         loop {
             match sys::recv_fd(self.fd.as_fd(), &mut buf) {
                 Ok((0, _)) => return Ok(None),
@@ -123,5 +131,24 @@ impl Channel {
                 "the other side exited",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_error_arrives_cut_at_a_character_boundary() {
+        let (a, b) = Channel::pair().unwrap();
+        let text = "é".repeat(5000);
+        a.send(&Msg::Error(text.clone())).unwrap();
+        let Some((Msg::Error(got), None)) = b.recv().unwrap() else {
+            panic!("expected an error message");
+        };
+        assert!(got.len() < MAX_MESSAGE && got.len() > MAX_MESSAGE - 8);
+        assert!(text.starts_with(&got));
+        a.send(&Msg::Pid(42)).unwrap();
+        assert_eq!(b.recv().unwrap().map(|(m, _)| m), Some(Msg::Pid(42)));
     }
 }
