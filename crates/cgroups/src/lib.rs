@@ -20,7 +20,7 @@ pub mod stats;
 
 pub use error::{Error, Result};
 pub use hierarchy::{discover, layout, Hierarchy, HierarchyKind, Layout};
-pub use manager::Manager;
+pub use manager::{Manager, Part};
 pub use oom::OomWatcher;
 pub use path::{resolve_cgroups_path, CgroupPath};
 pub use stats::Stats;

@@ -8,6 +8,30 @@ use std::time::Duration;
 use crate::hierarchy::{self, Hierarchy};
 use crate::{CgroupPath, Error, Result};
 
+/// Which of a cgroup's hierarchies an operation covers. On a host with v1
+/// hierarchies a container's cgroup can be made in two parts: the unified
+/// hierarchy's before its init is cloned (into it), the v1 ones while the
+/// init sets up its mounts (a v1 memory cgroup's mkdir alone takes about
+/// 0.1 ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    All,
+    /// The unified hierarchy only.
+    Unified,
+    /// Every v1 hierarchy.
+    V1,
+}
+
+impl Part {
+    fn covers(self, key: &str) -> bool {
+        match self {
+            Part::All => true,
+            Part::Unified => key.is_empty(),
+            Part::V1 => !key.is_empty(),
+        }
+    }
+}
+
 /// The cgroup directories of one container, one per hierarchy, keyed as
 /// runc keys them (controller list for v1, `""` for the unified hierarchy).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +127,16 @@ impl Manager {
             .map(|(_, p)| p.as_path())
     }
 
+    /// Whether the host has v1 hierarchies.
+    pub fn has_v1(&self) -> bool {
+        self.paths.iter().any(|(k, _)| !k.is_empty())
+    }
+
+    /// The directories `part` covers.
+    pub(crate) fn part(&self, part: Part) -> impl Iterator<Item = &(String, PathBuf)> {
+        self.paths.iter().filter(move |(k, _)| part.covers(k))
+    }
+
     /// The directory of the v1 hierarchy carrying `controller`.
     pub fn v1_path(&self, controller: &str) -> Option<&Path> {
         self.paths
@@ -114,14 +148,19 @@ impl Manager {
     /// Creates the cgroup in every hierarchy (parents included), delegating
     /// the unified hierarchy's controllers down to it.
     pub fn create(&self) -> Result<()> {
-        for (key, dir) in &self.paths {
+        self.create_part(Part::All)
+    }
+
+    /// [`Manager::create`] for the hierarchies `part` covers.
+    pub fn create_part(&self, part: Part) -> Result<()> {
+        for (key, dir) in self.part(part) {
             let is_cpuset = key.split(',').any(|c| c == "cpuset");
             create_dir_chain(dir, is_cpuset).map_err(|source| Error::Create {
                 path: dir.clone(),
                 source,
             })?;
         }
-        if let Some(root) = &self.unified_root {
+        if let Some(root) = self.unified_root.as_ref().filter(|_| part.covers("")) {
             self.enable_v2_controllers(root);
         }
         Ok(())
@@ -146,14 +185,11 @@ impl Manager {
     /// the one placement that skips the kernel's global threadgroup lock,
     /// whose first writer waits a whole RCU grace period (milliseconds):
     /// the caller must be single-threaded, so the thread is the process.
-    /// With `skip_unified`, the unified hierarchy is left to the caller
-    /// (a child cloned with CLONE_INTO_CGROUP is already there).
-    pub fn join_self(&self, skip_unified: bool) -> Result<()> {
-        for (key, dir) in &self.paths {
+    /// Only the hierarchies `part` covers are joined (a child cloned with
+    /// CLONE_INTO_CGROUP is already in the unified one).
+    pub fn join_self(&self, part: Part) -> Result<()> {
+        for (key, dir) in self.part(part) {
             let file = if key.is_empty() {
-                if skip_unified {
-                    continue;
-                }
                 dir.join("cgroup.procs")
             } else {
                 dir.join("tasks")

@@ -7,7 +7,7 @@ use std::path::Path;
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources};
 
 use crate::fs;
-use crate::{Error, Manager, Result};
+use crate::{Error, Manager, Part, Result};
 
 /// cpu.shares (v1, 2..262144) to cpu.weight (v2, 1..10000), as runc maps it.
 pub fn shares_to_weight(shares: u64) -> u64 {
@@ -222,6 +222,14 @@ fn requested_controllers(r: &LinuxResources) -> Vec<(&'static str, &'static str)
 impl Manager {
     /// Applies `r` to every hierarchy. Validates first; errors name the file.
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
+        self.check_resources(r)?;
+        self.apply_part(r, Part::All)
+    }
+
+    /// What [`Manager::apply`] checks before it writes anything: the ranges,
+    /// and that the host has a controller for every kind of limit asked
+    /// for. Reads the unified hierarchy's directory, which must exist.
+    pub fn check_resources(&self, r: &LinuxResources) -> Result<()> {
         validate(r)?;
         let mut available: BTreeSet<String> = BTreeSet::new();
         for (key, dir) in self.paths() {
@@ -244,9 +252,16 @@ impl Manager {
                 });
             }
         }
-        for (key, dir) in self.paths() {
+        Ok(())
+    }
+
+    /// Writes `r` to the hierarchies `part` covers, unchecked: callers run
+    /// [`Manager::check_resources`] first.
+    pub fn apply_part(&self, r: &LinuxResources, part: Part) -> Result<()> {
+        let only_hierarchy = self.paths().len() == 1;
+        for (key, dir) in self.part(part) {
             if key.is_empty() {
-                apply_v2(dir, r, self.paths().len() == 1)?;
+                apply_v2(dir, r, only_hierarchy)?;
             } else {
                 for controller in key.split(',') {
                     apply_v1(controller, dir, r)?;

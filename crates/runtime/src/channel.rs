@@ -14,6 +14,9 @@ const MAX_MESSAGE: usize = 4096;
 pub enum Msg {
     /// Parent: uid maps and cgroup are in place, carry on.
     Go,
+    /// Parent: the v1 cgroups it made while the child set up are ready to
+    /// join (only when the handshake deferred them).
+    CgroupsReady,
     /// Child: please run the prestart/createRuntime hooks now.
     RunHooks,
     /// Parent: those hooks succeeded.
@@ -34,6 +37,7 @@ impl Msg {
     fn encode(&self) -> Vec<u8> {
         match self {
             Msg::Go => b"G".to_vec(),
+            Msg::CgroupsReady => b"g".to_vec(),
             Msg::RunHooks => b"h".to_vec(),
             Msg::HooksDone => b"H".to_vec(),
             Msg::Pid(pid) => {
@@ -61,6 +65,7 @@ impl Msg {
         let (&tag, rest) = buf.split_first().ok_or_else(bad)?;
         Ok(match tag {
             b'G' => Msg::Go,
+            b'g' => Msg::CgroupsReady,
             b'h' => Msg::RunHooks,
             b'H' => Msg::HooksDone,
             b'p' => Msg::Pid(i32::from_le_bytes(rest.try_into().map_err(|_| bad())?)),

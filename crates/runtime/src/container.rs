@@ -1,6 +1,7 @@
 //! The lifecycle operations: create, start, run, exec, state, list, kill,
 //! delete. This is the parent side; the child side lives in `init`.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
@@ -8,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use berth_cgroups::Part;
 use oci_spec::runtime::Process;
 use rustix::fs::{Mode, OFlags};
 
@@ -267,12 +269,31 @@ impl Runtime {
             self.systemd_cgroup,
         )?;
         let cgroups = berth_cgroups::Manager::new(&cg_path)?;
-        cgroups.create()?;
+        let plan = NsPlan::for_container(spec)?;
+        // On a host with v1 hierarchies, their cgroups are made while the
+        // init sets up its mounts, and it joins them before the first step
+        // that needs them. Not when it must join them earlier: before it
+        // becomes a user namespace's root (which may not write the host's
+        // cgroup files), or before its cgroup namespace is made (whose root
+        // is the cgroup it is in then).
+        let defer_v1 =
+            cgroups.has_v1() && !plan.has(libc::CLONE_NEWUSER) && !plan.has(libc::CLONE_NEWCGROUP);
+        let first_part = if defer_v1 { Part::Unified } else { Part::All };
+        cgroups.create_part(first_part)?;
         cleanup.cgroups = Some(cgroups.clone());
         // Limits are in place before any process of the container runs.
-        if let Some(resources) = linux.resources() {
-            cgroups.apply(resources)?;
+        let resources = linux.resources().as_ref();
+        if let Some(resources) = resources {
+            cgroups.check_resources(resources)?;
+            cgroups.apply_part(resources, first_part)?;
         }
+        let make_v1_cgroups = || -> Result<()> {
+            cgroups.create_part(Part::V1)?;
+            if let Some(resources) = resources {
+                cgroups.apply_part(resources, Part::V1)?;
+            }
+            Ok(())
+        };
 
         let console_socket = connect_console(opts.console_socket.as_deref(), console)?;
         let state_dir_fd = if mode == Launch::Create {
@@ -305,7 +326,6 @@ impl Runtime {
         };
 
         seccomp.connect_listener()?;
-        let plan = NsPlan::for_container(spec)?;
         // Id-mapped trees are made here, in berth's user namespace (mapping a
         // mount needs privilege over its filesystem); the init attaches them.
         let idmapped = crate::idmap::prepare_trees(spec, &bundle.dir)?;
@@ -331,6 +351,44 @@ impl Runtime {
             init::run_parent_hooks("prestart", hooks.prestart().as_ref(), &state)?;
             init::run_parent_hooks("createRuntime", hooks.create_runtime().as_ref(), &state)
         };
+        let new_state = |init_pid, init_start_time| {
+            let hooks = spec.hooks().as_ref();
+            State {
+                id: opts.id.clone(),
+                init_pid,
+                init_start_time,
+                bundle: bundle.dir.clone(),
+                rootfs: bundle.rootfs.clone(),
+                created: berth_common::time::rfc3339_nano_padded(SystemTime::now()),
+                owner: owner_name(),
+                annotations: annotations.clone(),
+                cgroup_paths: cgroups.paths().to_vec(),
+                own_pid_ns: plan.new_pid,
+                poststart: hooks
+                    .and_then(|h| h.poststart().clone())
+                    .unwrap_or_default(),
+                poststop: hooks.and_then(|h| h.poststop().clone()).unwrap_or_default(),
+            }
+        };
+        // While the init sets up: its config copy, and its state file under
+        // a name no reader looks for, put in place once the init is ready
+        // (with a two-stage init, whose pid comes later, it is written then).
+        let staged = RefCell::new(None);
+        let meanwhile = |pid: i32| -> Result<()> {
+            // The config holds the container's environment: root-only.
+            util::write_atomic(&dir.config_path(), &bundle.raw, 0o600)
+                .ctx(|| format!("writing {}", dir.config_path().display()))?;
+            if plan.two_stage {
+                return Ok(());
+            }
+            // A child gone already is reported by the handshake.
+            if let Some((_, start_time)) = util::proc_stat(pid) {
+                let state = new_state(pid, start_time);
+                let file = dir.stage(&state)?;
+                *staged.borrow_mut() = Some((state, file));
+            }
+            Ok(())
+        };
         let handshake = Handshake {
             kind: Kind::Init,
             spec,
@@ -342,6 +400,8 @@ impl Runtime {
             preserve_fds: opts.preserve_fds,
             seccomp: &seccomp,
             run_hooks: Some(&run_hooks),
+            deferred_cgroups: defer_v1.then_some(&make_v1_cgroups as &dyn Fn() -> Result<()>),
+            meanwhile: Some(&meanwhile),
         };
         let init = match handshake.run(&mut cleanup)? {
             Forked::Parent(init) => init,
@@ -364,30 +424,20 @@ impl Runtime {
             ),
         };
 
-        let start_time = util::proc_stat(init.pid)
-            .map(|(_, t)| t)
-            .ok_or_else(|| Error::Init("the container init exited during setup".into()))?;
-        let hooks = spec.hooks().as_ref();
-        let state = State {
-            id: opts.id.clone(),
-            init_pid: init.pid,
-            init_start_time: start_time,
-            bundle: bundle.dir.clone(),
-            rootfs: bundle.rootfs.clone(),
-            created: berth_common::time::rfc3339_nano_padded(SystemTime::now()),
-            owner: owner_name(),
-            annotations,
-            cgroup_paths: cgroups.paths().to_vec(),
-            own_pid_ns: plan.new_pid,
-            poststart: hooks
-                .and_then(|h| h.poststart().clone())
-                .unwrap_or_default(),
-            poststop: hooks.and_then(|h| h.poststop().clone()).unwrap_or_default(),
+        let state = match staged.into_inner() {
+            Some((state, file)) if state.init_pid == init.pid => {
+                dir.commit(file)?;
+                state
+            }
+            _ => {
+                let start_time = util::proc_stat(init.pid)
+                    .map(|(_, t)| t)
+                    .ok_or_else(|| Error::Init("the container init exited during setup".into()))?;
+                let state = new_state(init.pid, start_time);
+                dir.save(&state)?;
+                state
+            }
         };
-        // The config holds the container's environment: root-only.
-        util::write_atomic(&dir.config_path(), &bundle.raw, 0o600)
-            .ctx(|| format!("writing {}", dir.config_path().display()))?;
-        dir.save(&state)?;
         if let Some(pid_file) = &opts.pid_file {
             write_pid_file(pid_file, init.pid)?;
         }
@@ -639,6 +689,8 @@ impl Runtime {
             preserve_fds: opts.preserve_fds,
             seccomp: &seccomp,
             run_hooks: None,
+            deferred_cgroups: None,
+            meanwhile: None,
         };
         let child = match handshake.run(&mut cleanup)? {
             Forked::Parent(child) => child,

@@ -191,6 +191,11 @@ pub struct Handshake<'a> {
     /// Runs the prestart and createRuntime hooks when the child asks,
     /// given the init's pid.
     pub run_hooks: Option<&'a dyn Fn(i32) -> Result<()>>,
+    /// Makes the cgroups the child is not born in (the v1 ones), run while
+    /// the child sets up; the child waits for them before it needs them.
+    pub deferred_cgroups: Option<&'a dyn Fn() -> Result<()>>,
+    /// More work for the parent while the child sets up, given its pid.
+    pub meanwhile: Option<&'a dyn Fn(i32) -> Result<()>>,
 }
 
 /// The parent's handle on a child that is set up and waits to be started.
@@ -236,6 +241,8 @@ impl<'a> Handshake<'a> {
                 plan: self.plan,
                 cgroups: self.cgroups,
                 in_unified,
+                cgroups_deferred: self.deferred_cgroups.is_some(),
+                deferred_joined: std::cell::Cell::new(false),
                 console: match (self.console, self.terminal) {
                     (Some(sock), _) => ConsoleTarget::Socket(sock),
                     (None, true) => ConsoleTarget::Parent,
@@ -260,6 +267,15 @@ impl<'a> Handshake<'a> {
         channel
             .send(&Msg::Go)
             .ctx(|| format!("starting {}", kind.name()))?;
+        if let Some(make_cgroups) = self.deferred_cgroups {
+            make_cgroups()?;
+            // A child that failed meanwhile has left its error on the
+            // channel: the loop below reads it.
+            let _ = channel.send(&Msg::CgroupsReady);
+        }
+        if let Some(work) = self.meanwhile {
+            work(first_pid)?;
+        }
 
         let mut pty = None;
         loop {

@@ -1,6 +1,7 @@
 //! The child side of container creation and exec: runs in the forked
 //! process, inside the new namespaces, and ends in exec of the user program.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -10,6 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use berth_cgroups::Part;
 use oci_spec::runtime::{Hook, Process};
 use rustix::fs::OFlags;
 
@@ -81,6 +83,12 @@ pub struct ChildSide<'a> {
     pub cgroups: &'a berth_cgroups::Manager,
     /// Born in the cgroup v2 directory already (CLONE_INTO_CGROUP).
     pub in_unified: bool,
+    /// The v1 cgroups are made by berth while the child sets up: the child
+    /// joins them when berth says they are ready, before it needs them
+    /// ([`ChildSide::join_deferred_cgroups`]).
+    pub cgroups_deferred: bool,
+    /// Whether the deferred cgroups were joined.
+    pub deferred_joined: Cell<bool>,
     pub console: ConsoleTarget<'a>,
     /// Replaces the inherited stdio when set.
     pub stdio: Option<&'a [OwnedFd; 3]>,
@@ -167,19 +175,39 @@ impl ChildSide<'_> {
         process::mark_inherited_fds_cloexec(self.preserve_fds)
     }
 
-    /// Waits for berth's Go (uid maps written), then joins the cgroups and
-    /// enters the namespaces.
+    /// Waits for berth's Go (uid maps written), then joins the cgroups that
+    /// exist (all but deferred ones) and enters the namespaces.
     fn enter(&self) -> Result<()> {
         expect(&self.channel, Msg::Go)?;
-        self.cgroups.join_self(self.in_unified)?;
+        let part = match (self.cgroups_deferred, self.in_unified) {
+            (false, false) => Some(Part::All),
+            (false, true) => Some(Part::V1),
+            (true, false) => Some(Part::Unified),
+            (true, true) => None,
+        };
+        if let Some(part) = part {
+            self.cgroups.join_self(part)?;
+        }
         self.plan.enter()
+    }
+
+    /// Joins the v1 cgroups berth made while this child set up, once it
+    /// says they are ready; does nothing when they were not deferred or are
+    /// joined already. Called before the first step that needs them (a
+    /// cgroup mount, device nodes) and at the latest before the hooks.
+    pub fn join_deferred_cgroups(&self) -> Result<()> {
+        if !self.cgroups_deferred || self.deferred_joined.replace(true) {
+            return Ok(());
+        }
+        expect(&self.channel, Msg::CgroupsReady)?;
+        self.cgroups.join_self(Part::V1)?;
+        Ok(())
     }
 
     /// Whether the process has a namespace of this type other than berth's
     /// (created or joined).
     fn has_ns(&self, flag: libc::c_int) -> bool {
-        (self.plan.clone_flags | self.plan.unshare_flags) & flag != 0
-            || self.plan.joins.iter().any(|(f, _)| *f == flag)
+        self.plan.has(flag)
     }
 
     /// The end of setup, the same for both kinds of child: terminal, cwd,
@@ -268,6 +296,7 @@ fn run_container_init(side: &ChildSide<'_>, ctx: &InitContext<'_>) -> Result<Inf
         cgroupns: side.has_ns(libc::CLONE_NEWCGROUP),
         userns,
         idmapped: ctx.idmapped,
+        before_cgroups: &|| side.join_deferred_cgroups(),
     };
     let mount_ns = side.has_ns(libc::CLONE_NEWNS);
     // Before the init becomes the user namespace's root: that root is a
@@ -325,6 +354,7 @@ fn run_container_init(side: &ChildSide<'_>, ctx: &InitContext<'_>) -> Result<Inf
         Some(root) => Some(setup.prepare(root)?),
         None => None,
     };
+    side.join_deferred_cgroups()?;
 
     let host_pid = own_host_pid();
     let hook_lists = spec.hooks().as_ref();

@@ -150,6 +150,13 @@ impl NsPlan {
     }
 
     /// In the child: join the namespaces to join, then unshare the rest.
+    /// Whether the process gets a namespace of this type other than
+    /// berth's (created or joined).
+    pub fn has(&self, flag: libc::c_int) -> bool {
+        (self.clone_flags | self.unshare_flags) & flag != 0
+            || self.joins.iter().any(|(f, _)| *f == flag)
+    }
+
     pub fn enter(&self) -> Result<()> {
         for (flag, fd) in &self.joins {
             sys::setns(fd.as_fd(), *flag)

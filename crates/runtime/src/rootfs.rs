@@ -31,6 +31,10 @@ pub struct RootfsSetup<'a> {
     pub userns: bool,
     /// Id-mapped trees prepared by berth, by mount index.
     pub idmapped: &'a [(usize, OwnedFd)],
+    /// Called before the first step that needs the container's cgroups to
+    /// exist and hold the init: a cgroup mount, a bind mount from /sys, the
+    /// device nodes. May be called again (it must then do nothing).
+    pub before_cgroups: &'a dyn Fn() -> Result<()>,
 }
 
 fn cstr(p: &Path) -> CString {
@@ -42,6 +46,13 @@ fn mount_err(what: &str, dest: &Path, e: std::io::Error) -> Error {
         context: format!("{what} {}", dest.display()),
         source: e,
     }
+}
+
+/// Whether mounting `m` needs the container's cgroups: a cgroup
+/// filesystem, or a bind from /sys (which may be from a cgroup directory).
+fn needs_cgroups(m: &Mount) -> bool {
+    matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2"))
+        || m.source().as_deref().is_some_and(|s| s.starts_with("/sys"))
 }
 
 /// /proc files a bind mount may cover (lxcfs and friends), as runc allows.
@@ -104,8 +115,12 @@ impl RootfsSetup<'_> {
         let linux = self.spec.linux().as_ref();
         let mounts = self.spec.mounts().as_deref().unwrap_or_default();
         for (index, m) in mounts.iter().enumerate() {
+            if needs_cgroups(m) {
+                (self.before_cgroups)()?;
+            }
             self.mount_entry(root.as_fd(), index, m)?;
         }
+        (self.before_cgroups)()?;
         let bind_dev = mounts.iter().any(|m| {
             normalize_dest(m.destination()) == Path::new("/dev")
                 && (m.typ().as_deref() == Some("bind")

@@ -1,6 +1,8 @@
 //! A container's persistent state under the runtime root, and its status.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +12,8 @@ use crate::util;
 use crate::{Error, Result};
 
 pub const STATE_FILE: &str = "state.json";
+/// Where the state is written while the init sets up.
+const STAGED_STATE_FILE: &str = "state.json.staged";
 pub const CONFIG_FILE: &str = "config.json";
 pub const EXEC_FIFO: &str = "exec.fifo";
 
@@ -65,6 +69,12 @@ pub struct State {
     pub poststop: Vec<oci_spec::runtime::Hook>,
 }
 
+/// A state file written by [`StateDir::stage`], not yet in place.
+#[derive(Debug)]
+pub struct Staged {
+    path: PathBuf,
+}
+
 /// The directory of one container under the runtime root.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -97,6 +107,30 @@ impl StateDir {
         let data = serde_json::to_vec(state).map_err(|e| Error::InvalidConfig(e.to_string()))?;
         let file = self.path.join(STATE_FILE);
         util::write_atomic(&file, &data, 0o600).ctx(|| format!("writing {}", file.display()))
+    }
+
+    /// Writes `state` under a name no reader looks for, to be put in place
+    /// by [`StateDir::commit`]: most of the cost of saving, paid while the
+    /// init sets up.
+    pub fn stage(&self, state: &State) -> Result<Staged> {
+        let data = serde_json::to_vec(state).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        let path = self.path.join(STAGED_STATE_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .ctx(|| format!("writing {}", path.display()))?;
+        file.write_all(&data)
+            .ctx(|| format!("writing {}", path.display()))?;
+        Ok(Staged { path })
+    }
+
+    /// Puts a staged state file in place.
+    pub fn commit(&self, staged: Staged) -> Result<()> {
+        let file = self.path.join(STATE_FILE);
+        std::fs::rename(&staged.path, &file).ctx(|| format!("writing {}", file.display()))
     }
 
     pub fn config_path(&self) -> PathBuf {

@@ -395,6 +395,10 @@ fn bad_resources_leave_nothing_behind() {
             None,
             "page size",
         ),
+        // Passes the checks, refused by the kernel when written: on a host
+        // with v1 hierarchies that is while the init sets up (its cgroups
+        // are made then), and the init goes with them.
+        (json!({"cpu": {"cpus": "97"}}), None, "cpuset.cpus"),
     ] {
         let bundle = env.bundle("b", &["true"], |c| {
             c["linux"]["resources"] = resources.clone();
@@ -411,6 +415,40 @@ fn bad_resources_leave_nothing_behind() {
         }
     }
     assert!(!std::path::Path::new("/sys/fs/cgroup/pids/escape").exists());
+}
+
+/// The init joins its cgroup in every hierarchy before its program runs.
+/// Without a cgroup namespace the v1 cgroups are made (on this hybrid host)
+/// while the init sets up; with one, before the namespace is made, whose
+/// root is then the container's cgroup everywhere.
+#[test]
+fn the_program_runs_in_the_containers_cgroup_in_every_hierarchy() {
+    let env = Env::new("cgjoin");
+    let host = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    for cgroupns in [false, true] {
+        let id = env.id("c");
+        let bundle = env.bundle("b", &["cat", "/proc/self/cgroup"], |c| {
+            let namespaces = c["linux"]["namespaces"].as_array_mut().unwrap();
+            namespaces.retain(|n| n["type"] != "cgroup");
+            if cgroupns {
+                namespaces.push(json!({"type": "cgroup"}));
+            }
+        });
+        let out = env.ok(&["run", "--bundle", bundle.to_str().unwrap(), &id]);
+        assert_eq!(out.lines().count(), host.lines().count(), "{out}");
+        let want = if cgroupns {
+            ":/".to_string()
+        } else {
+            format!("/{id}")
+        };
+        for line in out.lines() {
+            assert!(line.ends_with(&want), "{line} in {out}");
+        }
+        assert!(!env.state_dir_exists(&id));
+        for dir in cgroup_dirs_of(&id) {
+            assert!(!dir.exists(), "{dir:?} left");
+        }
+    }
 }
 
 #[test]
