@@ -345,6 +345,9 @@ impl RootfsSetup<'_> {
             Some(c"mode=755"),
         )
         .map_err(|e| mount_err("mounting tmpfs for cgroups on", dest, e))?;
+        if !self.cgroupns && !self.userns {
+            return self.bind_cgroups_in_tmpfs(root, dest, opts.flags);
+        }
         for (key, host_path) in paths {
             let name = if key.is_empty() {
                 "unified".to_owned()
@@ -376,6 +379,65 @@ impl RootfsSetup<'_> {
                 Some(c"mode=755"),
             )
             .map_err(|e| mount_err("remounting read-only", dest, e))?;
+        }
+        Ok(())
+    }
+
+    /// Binds the container's cgroup of every hierarchy in the tmpfs just
+    /// mounted on `dest`, then sets `flags` (read-only, nosuid...) on the
+    /// tmpfs and every bind at once. The tmpfs is new and berth's: its
+    /// directories are made and opened beneath it without a walk from the
+    /// root (nothing in it can be a symlink).
+    fn bind_cgroups_in_tmpfs(
+        &self,
+        root: BorrowedFd<'_>,
+        dest: &Path,
+        flags: libc::c_ulong,
+    ) -> Result<()> {
+        let tmpfs = reopen(root, dest)?;
+        for (key, host_path) in self.cgroups.paths() {
+            let name = if key.is_empty() {
+                "unified"
+            } else {
+                key.strip_prefix("name=").unwrap_or(key)
+            };
+            let sub = dest.join(name);
+            match rustix::fs::mkdirat(&tmpfs, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(mount_err("creating mount point", &sub, e.into())),
+            }
+            let target = rustix::fs::openat(
+                &tmpfs,
+                name,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| mount_err("opening mount point", &sub, e.into()))?;
+            rbind(&cstr(host_path), &fd_path(target.as_fd())).map_err(|e| {
+                mount_err(
+                    &format!("bind mounting {} on", host_path.display()),
+                    &sub,
+                    e,
+                )
+            })?;
+            if key.contains(',') {
+                for controller in key.split(',') {
+                    match rustix::fs::symlinkat(name, &tmpfs, controller) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => {
+                            return Err(e)
+                                .ctx(|| format!("linking {controller} in {}", dest.display()))
+                        }
+                    }
+                }
+            }
+        }
+        let attr = mount_attr_of(flags);
+        if attr.attr_set != 0 || attr.attr_clr != 0 {
+            // The fd opened before the binds is the tmpfs's root: the
+            // recursive change reaches them below it.
+            sys::mount_setattr(tmpfs.as_fd(), &attr, true)
+                .map_err(|e| mount_err("setting mount flags on", dest, e))?;
         }
         Ok(())
     }
@@ -498,6 +560,44 @@ fn open_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
 /// Creates the directory `dest` to mount on.
 fn mount_point(root: BorrowedFd<'_>, dest: &Path) -> Result<OwnedFd> {
     mkdir_all_in_root(root, dest, 0o755).map_err(|e| mount_err("creating mount point", dest, e))
+}
+
+/// The mount_setattr(2) change that gives a mount the per-mount flags of
+/// mount(2) `flags`: read-only, nosuid, nodev, noexec and the access-time
+/// mode (left as it is unless `flags` names one).
+fn mount_attr_of(flags: libc::c_ulong) -> sys::MountAttr {
+    use mount_opts::attr;
+    let mut set = 0;
+    for (ms, mount_attr) in [
+        (libc::MS_RDONLY, attr::RDONLY),
+        (libc::MS_NOSUID, attr::NOSUID),
+        (libc::MS_NODEV, attr::NODEV),
+        (libc::MS_NOEXEC, attr::NOEXEC),
+        (libc::MS_NODIRATIME, attr::NODIRATIME),
+    ] {
+        if flags & ms != 0 {
+            set |= mount_attr;
+        }
+    }
+    let atime = if flags & libc::MS_NOATIME != 0 {
+        Some(attr::NOATIME)
+    } else if flags & libc::MS_STRICTATIME != 0 {
+        Some(attr::STRICTATIME)
+    } else if flags & libc::MS_RELATIME != 0 {
+        Some(attr::RELATIME)
+    } else {
+        None
+    };
+    let mut clear = 0;
+    if let Some(mode) = atime {
+        set |= mode;
+        clear |= attr::ATIME_MASK;
+    }
+    sys::MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        ..Default::default()
+    }
 }
 
 /// Re-resolves `path` so that a mount just made on it is what we act on.

@@ -271,17 +271,62 @@ fn mount_destination_symlinks_stay_inside_the_rootfs() {
     assert!(!mounts.contains(outside.to_str().unwrap()));
 }
 
+/// With a cgroup namespace the hierarchies are mounted; without one (the
+/// v1 binds of the container's own cgroups in a tmpfs, flags set on all at
+/// once) each still shows the init's cgroup, read-only.
 #[test]
 fn cgroupfs_inside_the_container() {
     let env = Env::new("cgmount");
-    let out = env.run_ok("c", &["sh", "-c", "ls /sys/fs/cgroup; cat /sys/fs/cgroup/*/cgroup.procs | sort -u; touch /sys/fs/cgroup/x 2>&1; true"], |_| {});
-    assert!(
-        out.contains("cgroup.procs") || out.contains("pids") || out.contains("memory"),
-        "{out}"
-    );
-    assert!(
-        out.lines().any(|l| l == "1"),
-        "the init is in its own cgroup: {out}"
-    );
-    assert!(out.contains("Read-only file system"), "{out}");
+    for cgroupns in [true, false] {
+        let out = env.run_ok(
+            "c",
+            &[
+                "sh",
+                "-c",
+                "ls /sys/fs/cgroup; cat /sys/fs/cgroup/*/cgroup.procs | sort -u; \
+                 touch /sys/fs/cgroup/x 2>&1; touch /sys/fs/cgroup/pids/x 2>&1; \
+                 grep ' /sys/fs/cgroup' /proc/self/mountinfo; true",
+            ],
+            |c| {
+                if !cgroupns {
+                    let namespaces = c["linux"]["namespaces"].as_array_mut().unwrap();
+                    namespaces.retain(|n| n["type"] != "cgroup");
+                }
+            },
+        );
+        assert!(
+            out.contains("cgroup.procs") || out.contains("pids") || out.contains("memory"),
+            "{out}"
+        );
+        assert!(
+            out.lines().any(|l| l == "1"),
+            "the init is in its own cgroup: {out}"
+        );
+        assert!(
+            out.contains("touch: /sys/fs/cgroup/x: Read-only file system"),
+            "{out}"
+        );
+        assert!(
+            out.contains("touch: /sys/fs/cgroup/pids/x: Read-only file system"),
+            "{out}"
+        );
+        let mounts: Vec<&str> = out
+            .lines()
+            .filter(|l| {
+                l.split(' ')
+                    .nth(4)
+                    .is_some_and(|mount_point| mount_point.starts_with("/sys/fs/cgroup"))
+            })
+            .collect();
+        assert!(mounts.len() > 1, "{out}");
+        for line in mounts {
+            let options = line.split(' ').nth(5).unwrap_or_default();
+            for flag in ["ro", "nosuid", "nodev", "noexec"] {
+                assert!(
+                    options.split(',').any(|o| o == flag),
+                    "{flag} missing: {line}"
+                );
+            }
+        }
+    }
 }
