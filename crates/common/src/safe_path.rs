@@ -202,6 +202,9 @@ pub fn parent_in_root(
 /// instead, so the mistake is visible. Absolute symlinks are interpreted
 /// inside the root as the container would, and are fine.
 pub fn find_escaping_symlink(root: BorrowedFd<'_>, path: &Path) -> io::Result<Option<PathBuf>> {
+    if has_no_symlink(root, path) {
+        return Ok(None);
+    }
     let mut pending: Vec<std::ffi::OsString> = relative(path)
         .components()
         .rev()
@@ -267,6 +270,40 @@ pub fn find_escaping_symlink(root: BorrowedFd<'_>, path: &Path) -> io::Result<Op
         }
     }
     Ok(None)
+}
+
+/// Whether `path` resolves beneath `root` without meeting a symlink, or
+/// only its last component is missing below a directory that does (the
+/// usual mount destination): one or two lookups instead of a walk.
+fn has_no_symlink(root: BorrowedFd<'_>, path: &Path) -> bool {
+    let beneath = |p: &Path| {
+        rustix::fs::openat2(
+            root,
+            p,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+    };
+    let rel = relative(path);
+    match beneath(&rel) {
+        Ok(_) => true,
+        Err(rustix::io::Errno::NOENT) => {
+            let (Some(parent), Some(_)) = (rel.parent(), rel.file_name()) else {
+                return false;
+            };
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            beneath(parent).is_ok_and(|fd| {
+                rustix::fs::fstat(&fd)
+                    .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir())
+            })
+        }
+        Err(_) => false,
+    }
 }
 
 /// fstat of an O_PATH fd.
@@ -346,6 +383,23 @@ mod tests {
             find_escaping_symlink(fd.as_fd(), Path::new("/../../a")).unwrap(),
             None
         );
+        // The escaping link as the last component, existing or dangling,
+        // is found too (the quick lookup refuses any symlink).
+        symlink("../../../../nowhere", base.join("a/b/dangling")).unwrap();
+        for last in ["up", "dangling"] {
+            assert_eq!(
+                find_escaping_symlink(fd.as_fd(), &Path::new("/a/b").join(last)).unwrap(),
+                Some(Path::new("/a/b").join(last))
+            );
+        }
+        // No symlink on the way: a missing last component or a missing
+        // directory is nothing to refuse.
+        for clean in ["/a/b", "/a/b/missing", "/a/missing/x", "/missing"] {
+            assert_eq!(
+                find_escaping_symlink(fd.as_fd(), Path::new(clean)).unwrap(),
+                None
+            );
+        }
         std::fs::remove_dir_all(&base).unwrap();
     }
 

@@ -620,7 +620,8 @@ impl Runtime {
         }
         let hook_input = hook_state(id, Status::Stopped, 0, &state.bundle, &state.annotations);
         hooks::run_hooks_warn("poststop", &state.poststop, &hook_input);
-        std::fs::remove_dir_all(&dir.path).ctx(|| format!("removing {}", dir.path.display()))?;
+        dir.remove()
+            .ctx(|| format!("removing {}", dir.path.display()))?;
         if let Err(e) = removed {
             log::error!("removing the cgroup of {id}: {e}");
         }

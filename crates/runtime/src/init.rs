@@ -297,6 +297,7 @@ fn run_container_init(side: &ChildSide<'_>, ctx: &InitContext<'_>) -> Result<Inf
         userns,
         idmapped: ctx.idmapped,
         before_cgroups: &|| side.join_deferred_cgroups(),
+        root_path: Default::default(),
     };
     let mount_ns = side.has_ns(libc::CLONE_NEWNS);
     // Before the init becomes the user namespace's root: that root is a

@@ -35,6 +35,8 @@ pub struct RootfsSetup<'a> {
     /// exist and hold the init: a cgroup mount, a bind mount from /sys, the
     /// device nodes. May be called again (it must then do nothing).
     pub before_cgroups: &'a dyn Fn() -> Result<()>,
+    /// The host path of the rootfs fd that `prepare` works in, read once.
+    pub root_path: std::cell::OnceCell<PathBuf>,
 }
 
 fn cstr(p: &Path) -> CString {
@@ -142,6 +144,16 @@ impl RootfsSetup<'_> {
         Ok(root)
     }
 
+    /// The host path of `root` (the rootfs fd `prepare` works in): read
+    /// once, since mounts below it do not move it.
+    fn root_path(&self, root: BorrowedFd<'_>) -> Result<&Path> {
+        if self.root_path.get().is_none() {
+            let path = fd_link(root).ctx(|| "resolving the rootfs".into())?;
+            let _ = self.root_path.set(path);
+        }
+        Ok(self.root_path.get().expect("set above"))
+    }
+
     /// Whether the bundle's rootfs is nosuid on the host only (annotation
     /// [`crate::spec::ROOTFS_HOST_NOSUID`]). In a user namespace the flag is
     /// locked and stays.
@@ -219,7 +231,7 @@ impl RootfsSetup<'_> {
         typ: &str,
     ) -> Result<()> {
         let target = mount_point(root, dest)?;
-        check_resolved_destination(root, target.as_fd(), dest, typ, false)?;
+        check_resolved_destination(self.root_path(root)?, target.as_fd(), dest, typ, false)?;
         let source = m
             .source()
             .as_ref()
@@ -289,7 +301,7 @@ impl RootfsSetup<'_> {
             create_file_in_root(root, dest)
         }
         .map_err(|e| mount_err("creating mount point", dest, e))?;
-        check_resolved_destination(root, target.as_fd(), dest, typ, true)?;
+        check_resolved_destination(self.root_path(root)?, target.as_fd(), dest, typ, true)?;
         let bind_flags = libc::MS_BIND | (opts.flags & libc::MS_REC);
         match idmapped_tree {
             Some(tree) => crate::idmap::attach(tree, target.as_fd(), dest)?,
@@ -562,6 +574,12 @@ fn mount_point(root: BorrowedFd<'_>, dest: &Path) -> Result<OwnedFd> {
     mkdir_all_in_root(root, dest, 0o755).map_err(|e| mount_err("creating mount point", dest, e))
 }
 
+/// Where the kernel says `fd` is (its /proc/self/fd link).
+fn fd_link(fd: BorrowedFd<'_>) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
 /// The mount_setattr(2) change that gives a mount the per-mount flags of
 /// mount(2) `flags`: read-only, nosuid, nodev, noexec and the access-time
 /// mode (left as it is unless `flags` names one).
@@ -690,13 +708,13 @@ fn check_proc_destination(dest: &Path, typ: &str, is_bind: bool) -> Result<()> {
 /// symlink to /proc in the image, must not slip past the check of the string
 /// (runc CVE-2019-16884, CVE-2023-27561).
 fn check_resolved_destination(
-    root: BorrowedFd<'_>,
+    root_path: &Path,
     target: BorrowedFd<'_>,
     dest: &Path,
     typ: &str,
     is_bind: bool,
 ) -> Result<()> {
-    let resolved = resolved_in_root(root, target)
+    let resolved = resolved_in_root(root_path, target)
         .map_err(|e| mount_err("resolving mount destination", dest, e))?;
     check_proc_destination(&resolved, typ, is_bind).map_err(|e| match e {
         Error::InvalidConfig(msg) if resolved != dest => Error::InvalidConfig(format!(
@@ -709,12 +727,10 @@ fn check_resolved_destination(
 }
 
 /// Where `target` is, as a path inside the root `root` is the top of.
-fn resolved_in_root(root: BorrowedFd<'_>, target: BorrowedFd<'_>) -> std::io::Result<PathBuf> {
-    use std::os::fd::AsRawFd;
-    let link = |fd: BorrowedFd<'_>| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-    let root_path = link(root)?;
-    let target_path = link(target)?;
-    let inside = target_path.strip_prefix(&root_path).map_err(|_| {
+/// `root_path` is where the root is ([`RootfsSetup::root_path`]).
+fn resolved_in_root(root_path: &Path, target: BorrowedFd<'_>) -> std::io::Result<PathBuf> {
+    let target_path = fd_link(target)?;
+    let inside = target_path.strip_prefix(root_path).map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("{} is outside the root filesystem", target_path.display()),

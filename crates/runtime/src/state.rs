@@ -133,6 +133,25 @@ impl StateDir {
         std::fs::rename(&staged.path, &file).ctx(|| format!("writing {}", file.display()))
     }
 
+    /// Removes the directory: the files berth keeps there by name, then the
+    /// directory itself, walked only if something else was left in it
+    /// (getdents and a walk cost more than four unlinks).
+    pub fn remove(&self) -> std::io::Result<()> {
+        for name in [STATE_FILE, CONFIG_FILE, EXEC_FIFO, STAGED_STATE_FILE] {
+            match std::fs::remove_file(self.path.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match std::fs::remove_dir(&self.path) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                std::fs::remove_dir_all(&self.path)
+            }
+            other => other,
+        }
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.path.join(CONFIG_FILE)
     }
@@ -267,4 +286,32 @@ pub fn list_ids(root: &Path) -> Result<Vec<String>> {
         .collect();
     ids.sort();
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_takes_the_known_files_and_whatever_else_is_left() {
+        let root = std::env::temp_dir().join(format!("berth-statedir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for extra in [None, Some("leftover.tmp123")] {
+            let dir = StateDir::new(&root, "c");
+            std::fs::create_dir_all(&dir.path).unwrap();
+            std::fs::write(dir.path.join(STATE_FILE), "{}").unwrap();
+            std::fs::write(dir.config_path(), "{}").unwrap();
+            if let Some(name) = extra {
+                std::fs::write(dir.path.join(name), "x").unwrap();
+            }
+            dir.remove().unwrap();
+            assert!(!dir.path.exists(), "{extra:?}");
+        }
+        let missing = StateDir::new(&root, "gone");
+        assert_eq!(
+            missing.remove().unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
