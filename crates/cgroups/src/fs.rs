@@ -61,7 +61,7 @@ impl RuleWriter {
 /// Reads `dir/file`, trimmed.
 pub fn read(dir: &Path, file: &str) -> Result<String> {
     let path = dir.join(file);
-    std::fs::read_to_string(&path)
+    berth_common::kernel_file::read_to_string(&path)
         .map(|s| s.trim().to_owned())
         .map_err(|source| Error::Read { path, source })
 }

@@ -83,10 +83,11 @@ pub fn discover() -> Result<Vec<Hierarchy>> {
 
 fn discover_now() -> Result<Vec<Hierarchy>> {
     let path = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Mountinfo {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text =
+        berth_common::kernel_file::read_to_string(path).map_err(|source| Error::Mountinfo {
+            path: path.to_owned(),
+            source,
+        })?;
     let hierarchies = parse_mountinfo(&text);
     if hierarchies.is_empty() {
         return Err(Error::NoHierarchy);
@@ -188,7 +189,7 @@ pub fn layout(hierarchies: &[Hierarchy]) -> Layout {
 /// `/proc/<pid>/cgroup` keys them: controller list for v1, `""` for v2.
 pub fn process_cgroups(pid: &str) -> Result<Vec<(String, String)>> {
     let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+    let text = berth_common::kernel_file::read_to_string(&path).map_err(|source| Error::Read {
         path: path.clone(),
         source,
     })?;

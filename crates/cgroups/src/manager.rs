@@ -297,9 +297,10 @@ fn create_dir_chain(dir: &Path, is_cpuset: bool) -> io::Result<()> {
     if is_cpuset {
         if let Some(parent) = dir.parent() {
             for file in ["cpuset.cpus", "cpuset.mems"] {
-                let current = fs::read_to_string(dir.join(file)).unwrap_or_default();
+                let current =
+                    berth_common::kernel_file::read_to_string(dir.join(file)).unwrap_or_default();
                 if current.trim().is_empty() {
-                    let from_parent = fs::read_to_string(parent.join(file))?;
+                    let from_parent = berth_common::kernel_file::read_to_string(parent.join(file))?;
                     write_file(&dir.join(file), from_parent.trim().as_bytes())?;
                 }
             }

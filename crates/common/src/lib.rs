@@ -7,6 +7,7 @@ pub mod annotations;
 pub mod fd;
 pub mod idmapped;
 pub mod kernel;
+pub mod kernel_file;
 pub mod logrus;
 pub mod memory;
 pub mod net;

@@ -235,7 +235,7 @@ pub fn check_joined_id_maps(spec: &oci_spec::runtime::Spec) -> Result<()> {
         let Some(maps) = maps.as_ref().filter(|m| !m.is_empty()) else {
             continue;
         };
-        let text = std::fs::read_to_string(format!("/proc/self/{file}"))
+        let text = berth_common::kernel_file::read_to_string(format!("/proc/self/{file}"))
             .ctx(|| format!("reading the joined user namespace's {file}"))?;
         let mut have: Vec<(u32, u32, u32)> = text
             .lines()

@@ -200,7 +200,7 @@ fn cap_mask(set: &Option<Capabilities>) -> Result<u64> {
 }
 
 fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+    berth_common::kernel_file::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40)

@@ -29,7 +29,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
 /// State letter and start time (clock ticks since boot) of a process, from
 /// /proc/<pid>/stat, or None if it does not exist.
 pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let text = berth_common::kernel_file::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: parse after the last ')'.
     let after = &text[text.rfind(')')? + 1..];
     let mut fields = after.split_ascii_whitespace();

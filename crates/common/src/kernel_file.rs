@@ -1,0 +1,31 @@
+//! Reading the small text files of procfs, sysfs and cgroupfs.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+/// Reads the whole file at `path` as text. These files report a size of 0,
+/// so std's `read_to_string` starts with a 32-byte read and grows it (six
+/// reads and a statx for a 1 KiB file); this reads into 4 KiB at once, so
+/// most files take one read and one at the end.
+pub fn read_to_string(path: impl AsRef<Path>) -> io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(4096);
+    file.read_to_end(&mut buf)?;
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_small_and_large_kernel_files_whole() {
+        let stat = super::read_to_string("/proc/self/stat").unwrap();
+        assert!(stat.ends_with('\n') && stat.contains(") "), "{stat}");
+        // Larger than the first read: grown as needed.
+        let maps = super::read_to_string("/proc/self/maps").unwrap();
+        let from_std = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let smaps = super::read_to_string("/proc/self/smaps").unwrap();
+        assert!(smaps.len() > 4096 && from_std.len() > 4096);
+        assert!(maps.lines().count() > 3);
+        assert!(super::read_to_string("/proc/self/no-such-file").is_err());
+    }
+}
