@@ -179,22 +179,27 @@ impl AttachableStdin {
         Ok(())
     }
 
+    /// Ends a session: what its client wrote before it went still goes in.
     pub fn unsubscribe(&self, session: &str) {
-        self.sessions().retain(|(s, t)| {
-            if s == session {
-                t.abort();
-            }
-            s != session
-        });
+        let mut sessions = self.sessions();
+        let (leaving, staying): (Vec<_>, Vec<_>) =
+            sessions.drain(..).partition(|(s, _)| s == session);
+        *sessions = staying;
+        drop(sessions);
+        for (_, task) in leaving {
+            tokio::spawn(drain(task));
+        }
     }
 
-    /// The process sees the end of its input.
+    /// The process sees the end of its input: once what the sessions'
+    /// clients wrote before they went has gone in.
     pub fn close(self: &Arc<Self>) {
-        for (_, t) in self.sessions().drain(..) {
-            t.abort();
-        }
+        let sessions: Vec<_> = self.sessions().drain(..).map(|(_, t)| t).collect();
         let stdin = Arc::clone(self);
         tokio::spawn(async move {
+            for task in sessions {
+                drain(task).await;
+            }
             let mut writer = stdin.writer.lock().await;
             if stdin.terminal {
                 if let Some(w) = writer.as_mut() {
@@ -203,6 +208,20 @@ impl AttachableStdin {
             }
             *writer = None;
         });
+    }
+}
+
+/// Lets a session's task put in what its FIFO still holds (the task ends
+/// at the FIFO's EOF, once the client's writer is closed), for at most a
+/// second; aborting it at once lost input written just before a detach or
+/// CloseIO.
+async fn drain(task: tokio::task::JoinHandle<()>) {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(std::time::Duration::from_secs(1), task)
+        .await
+        .is_err()
+    {
+        abort.abort();
     }
 }
 

@@ -230,10 +230,21 @@ async fn copy_fd_to_fd(from: OwnedFd, to: OwnedFd, mut stop: Option<oneshot::Rec
             Some(rx) => tokio::select! {
                 _ = rx => {
                     // Closed (CloseIO): what the client wrote before it
-                    // closed is already in the FIFO, and still goes in.
-                    while let Ok(n) = r.try_read(&mut buf) {
-                        if n == 0 || w.write_all(&buf[..n]).await.is_err() {
-                            break;
+                    // closed is already in the FIFO, and still goes in. Read
+                    // with the syscall itself until EAGAIN: tokio's try_read
+                    // answers WouldBlock without reading while the reactor
+                    // has not yet seen the FIFO readable, which lost that
+                    // input when CloseIO came right after it.
+                    loop {
+                        match rustix::io::read(&r, &mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                if w.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(rustix::io::Errno::INTR) => continue,
+                            Err(_) => break,
                         }
                     }
                     return;
