@@ -1,8 +1,6 @@
 //! A container's persistent state under the runtime root, and its status.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -115,15 +113,7 @@ impl StateDir {
     pub fn stage(&self, state: &State) -> Result<Staged> {
         let data = serde_json::to_vec(state).map_err(|e| Error::InvalidConfig(e.to_string()))?;
         let path = self.path.join(STAGED_STATE_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .ctx(|| format!("writing {}", path.display()))?;
-        file.write_all(&data)
-            .ctx(|| format!("writing {}", path.display()))?;
+        util::write_file(&path, &data, 0o600).ctx(|| format!("writing {}", path.display()))?;
         Ok(Staged { path })
     }
 
