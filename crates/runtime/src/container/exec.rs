@@ -1,0 +1,182 @@
+//! `exec`: another process in a running container.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use super::{write_pid_file, ExecOptions, ExecResult, ProcessIo, Runtime};
+use crate::error::Op;
+use crate::handshake::{
+    connect_console, foreground_signals, Cleanup, Forked, Handshake, Kind, Seccomp,
+};
+use crate::init::{self, ExecContext};
+use crate::namespaces::NsPlan;
+use crate::state::{hook_state, Status};
+use crate::{io_relay, Error, Result};
+
+impl Runtime {
+    /// `exec`: runs another process in a running container. In the
+    /// foreground, returns its exit code.
+    pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32> {
+        self.exec_with_io(id, opts, ProcessIo::default())
+            .map(|r| r.exit_code.unwrap_or(0))
+    }
+
+    /// `exec` with explicit stdio and terminal socket.
+    pub fn exec_with_io(&self, id: &str, opts: &ExecOptions, io: ProcessIo) -> Result<ExecResult> {
+        let ProcessIo { stdio, console } = io;
+        let (state, dir) = self.load(id)?;
+        let status = state.status(&dir);
+        match status {
+            Status::Running | Status::Created => {}
+            Status::Paused if opts.ignore_paused => {}
+            _ => return Err(Error::wrong_state(id, status, Op::Exec)),
+        }
+        let process = &opts.process;
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(Error::InvalidConfig("exec needs a command to run".into()));
+        }
+        let terminal = process.terminal() == Some(true);
+        if terminal && opts.console_socket.is_none() && console.is_none() && opts.detach {
+            return Err(Error::InvalidConfig(
+                "a detached exec with a terminal needs --console-socket".into(),
+            ));
+        }
+        let console_socket = connect_console(opts.console_socket.as_deref(), console)?;
+        crate::attrs::validate_process(process)?;
+        // Exec'd processes get the container's seccomp profile, as with runc.
+        let container_spec = self.container_config(id)?;
+        let mut seccomp = Seccomp::compile(&container_spec)?;
+        seccomp.connect_listener()?;
+        let plan = NsPlan::for_exec(state.init_pid)?;
+        if !state.init_alive() {
+            return Err(Error::wrong_state(id, Status::Stopped, Op::Exec));
+        }
+        let signals = (!opts.detach)
+            .then(|| foreground_signals(false))
+            .transpose()?;
+        let cgroups = sub_cgroups(state.cgroups(), &opts.sub_cgroups)?;
+        // Into a frozen cgroup the process would freeze mid-setup: it joins
+        // only once it runs its program (`--ignore-paused`), and runs when
+        // the container is resumed.
+        let paused = status == Status::Paused;
+        let setup_cgroups = if paused {
+            berth_cgroups::Manager::from_paths(Vec::new())
+        } else {
+            cgroups.clone()
+        };
+        let mut cleanup = Cleanup::default();
+        let handshake = Handshake {
+            kind: Kind::Exec,
+            spec: &container_spec,
+            plan: &plan,
+            cgroups: &setup_cgroups,
+            terminal,
+            console: console_socket.as_ref(),
+            stdio: stdio.as_ref(),
+            preserve_fds: opts.preserve_fds,
+            seccomp: &seccomp,
+            run_hooks: None,
+            deferred_cgroups: None,
+            meanwhile: None,
+        };
+        let child = match handshake.run(&mut cleanup)? {
+            Forked::Parent(child) => child,
+            Forked::Child(side) => init::exec_init(
+                &side,
+                &ExecContext {
+                    process,
+                    container: &container_spec,
+                    state: hook_state(
+                        id,
+                        Status::Running,
+                        state.init_pid,
+                        &state.bundle,
+                        &state.annotations,
+                    ),
+                },
+            ),
+        };
+        child.start()?;
+        let pid = child.pid;
+        if paused {
+            cgroups.add_process(pid)?;
+        }
+        if let Some(pid_file) = &opts.pid_file {
+            write_pid_file(pid_file, pid)?;
+        }
+        cleanup.disarm();
+        if opts.detach {
+            return Ok(ExecResult {
+                pid,
+                exit_code: None,
+            });
+        }
+        let code = io_relay::wait_foreground(
+            pid,
+            signals.as_ref().map(|s| s.as_fd()),
+            child.pty.as_ref().map(|p| p.as_fd()),
+            false,
+        )?;
+        Ok(ExecResult {
+            pid,
+            exit_code: Some(code),
+        })
+    }
+}
+
+/// The container's cgroups with `subs` applied: each hierarchy a sub-cgroup
+/// names (or all, for one without controllers) is replaced by that existing
+/// sub-directory, as runc's `exec --cgroup`.
+fn sub_cgroups(
+    cgroups: berth_cgroups::Manager,
+    subs: &[(Option<Vec<String>>, PathBuf)],
+) -> Result<berth_cgroups::Manager> {
+    if subs.is_empty() {
+        return Ok(cgroups);
+    }
+    let mut paths = cgroups.paths().to_vec();
+    for (controllers, sub) in subs {
+        if sub.is_absolute()
+            || sub
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "--cgroup {}: must be a relative path below the container's cgroup",
+                sub.display()
+            )));
+        }
+        let mut matched = false;
+        for (key, path) in paths.iter_mut() {
+            let applies = match controllers {
+                None => true,
+                Some(list) => list.iter().any(|c| {
+                    key.split(',')
+                        .any(|k| k == c || k.strip_prefix("name=") == Some(c))
+                        || (key.is_empty() && c == "unified")
+                }),
+            };
+            if !applies {
+                continue;
+            }
+            matched = true;
+            let target = path.join(sub);
+            if !target.is_dir() {
+                return Err(Error::InvalidConfig(format!(
+                    "--cgroup {}: sub-cgroup {} does not exist",
+                    sub.display(),
+                    target.display()
+                )));
+            }
+            *path = target;
+        }
+        if !matched {
+            return Err(Error::InvalidConfig(format!(
+                "--cgroup {}: the container has no cgroup for controllers {:?}",
+                sub.display(),
+                controllers.as_deref().unwrap_or_default()
+            )));
+        }
+    }
+    Ok(berth_cgroups::Manager::from_paths(paths))
+}
