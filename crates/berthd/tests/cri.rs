@@ -8,6 +8,76 @@ use std::time::Duration;
 use common::*;
 use k8s_cri::v1 as cri;
 
+/// (id, state) of every pod and container in the unfiltered lists, asked
+/// twice (berthd keeps these answers until a record changes: the second
+/// must still agree with the records), and checked against the same lists
+/// filtered by each id, which are built afresh.
+async fn listed(rt: &mut Runtime) -> (Vec<(String, i32)>, Vec<(String, i32)>) {
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let mut pods: Vec<(String, i32)> = rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|p| (p.id, p.state))
+            .collect();
+        let mut containers: Vec<(String, i32)> = rt
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| (c.id, c.state))
+            .collect();
+        pods.sort();
+        containers.sort();
+        seen.push((pods, containers));
+    }
+    assert_eq!(seen[0], seen[1], "a second unfiltered list differs");
+    let (pods, containers) = seen.pop().unwrap();
+    for (id, state) in &pods {
+        let one = rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest {
+                filter: Some(cri::PodSandboxFilter {
+                    id: id.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            one[0].state, *state,
+            "pod {id}: filtered and unfiltered lists differ"
+        );
+    }
+    for (id, state) in &containers {
+        let one = rt
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    id: id.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            one[0].state, *state,
+            "container {id}: filtered and unfiltered lists differ"
+        );
+    }
+    (pods, containers)
+}
+
 /// A pod's whole life: pull, run a pod, a container that writes logs and
 /// exits, a long one with ExecSync, stop with a grace period, remove.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,6 +97,8 @@ async fn pod_lifecycle() {
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", d.log_tail()))
         .into_inner()
         .pod_sandbox_id;
+    let ready = cri::PodSandboxState::SandboxReady as i32;
+    assert_eq!(listed(&mut rt).await, (vec![(pod.clone(), ready)], vec![]));
 
     let busybox = images().busybox.clone();
     let cfg = d.container_config(
@@ -87,6 +159,13 @@ async fn pod_lifecycle() {
     })
     .await
     .unwrap();
+    let (running, exited) = (
+        cri::ContainerState::ContainerRunning as i32,
+        cri::ContainerState::ContainerExited as i32,
+    );
+    let mut want = vec![(cid.clone(), exited), (sleeper.clone(), running)];
+    want.sort();
+    assert_eq!(listed(&mut rt).await, (vec![(pod.clone(), ready)], want));
     let r = rt
         .exec_sync(cri::ExecSyncRequest {
             container_id: sleeper.clone(),
@@ -149,6 +228,10 @@ async fn pod_lifecycle() {
         .await
         .unwrap();
     }
+    assert_eq!(
+        listed(&mut rt).await,
+        (vec![(pod.clone(), ready)], vec![(cid.clone(), exited)])
+    );
     for _ in 0..2 {
         rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),
@@ -156,6 +239,11 @@ async fn pod_lifecycle() {
         .await
         .unwrap();
     }
+    let not_ready = cri::PodSandboxState::SandboxNotready as i32;
+    assert_eq!(
+        listed(&mut rt).await,
+        (vec![(pod.clone(), not_ready)], vec![(cid.clone(), exited)])
+    );
     for _ in 0..2 {
         rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
             pod_sandbox_id: pod.clone(),

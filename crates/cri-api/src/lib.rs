@@ -46,12 +46,12 @@ mod tests {
         };
         let encoded = ListPodSandboxResponse {
             items: vec![pod("b"), pod("c")],
-            encoded: Vec::new(),
+            encoded: Default::default(),
         }
         .encode_to_vec();
         let sent = ListPodSandboxResponse {
             items: vec![pod("a")],
-            encoded,
+            encoded: encoded.into(),
         };
         let got = ListPodSandboxResponse::decode(&sent.encode_to_vec()[..]).unwrap();
         assert_eq!(got.items, vec![pod("a"), pod("b"), pod("c")]);

@@ -9,7 +9,7 @@
 //! the same (a repeated field may come in any number of pieces), so a
 //! client decodes every item into `items` and never sees `encoded`.
 
-use prost::bytes::{Buf, BufMut};
+use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{message, skip_field, DecodeContext, WireType};
 use prost::DecodeError;
 
@@ -22,9 +22,10 @@ macro_rules! list_response {
         pub struct $name {
             pub $field: Vec<$item>,
             /// Items already in wire form (each with field 1's key and its
-            /// length), sent after the others.
+            /// length), sent after the others. Shared bytes, so that a
+            /// server can keep a list and answer with it without a copy.
             #[serde(skip)]
-            pub encoded: Vec<u8>,
+            pub encoded: Bytes,
         }
 
         impl prost::Message for $name {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use berth_image::db::ReopeningDb;
 use k8s_cri::v1 as cri;
+use prost::bytes::Bytes;
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
@@ -135,10 +136,16 @@ struct Index {
     /// Pod id -> its containers' ids: kubelet asks for a pod's containers
     /// (PodSandboxStatus, stats) every second, for every pod.
     pod_containers: HashMap<String, std::collections::BTreeSet<String>>,
+    /// The unfiltered ListPodSandbox and ListContainers items in wire form,
+    /// kept until a record of their kind changes: kubelet's PLEG lists the
+    /// whole node every second, and pods change far less often.
+    pod_list: Option<Bytes>,
+    container_list: Option<Bytes>,
 }
 
 impl Index {
     fn insert_container(&mut self, c: ContainerRecord) {
+        self.container_list = None;
         self.pod_containers
             .entry(c.pod_id.clone())
             .or_default()
@@ -148,6 +155,7 @@ impl Index {
 
     fn remove_container(&mut self, id: &str) -> Option<ContainerRecord> {
         let c = self.containers.remove(id)?;
+        self.container_list = None;
         if let Some(ids) = self.pod_containers.get_mut(&c.pod_id) {
             ids.remove(id);
             if ids.is_empty() {
@@ -256,6 +264,7 @@ impl Store {
         )?;
         index.pod_names.insert(name, pod.id.clone());
         index.pods.insert(pod.id.clone(), pod);
+        index.pod_list = None;
         Ok(())
     }
 
@@ -269,6 +278,7 @@ impl Store {
         f(&mut pod);
         self.write(PODS, id, Some(&serde_json::to_vec(&pod).map_err(db_err)?))?;
         index.pods.insert(id.to_owned(), pod.clone());
+        index.pod_list = None;
         Ok(pod)
     }
 
@@ -277,6 +287,7 @@ impl Store {
         if let Some(p) = index.pods.get(id).cloned() {
             self.write(PODS, id, None)?;
             index.pods.remove(id);
+            index.pod_list = None;
             index.pod_names.remove(&p.name());
         }
         Ok(())
@@ -297,14 +308,47 @@ impl Store {
         self.lock().pods.values().filter_map(f).collect()
     }
 
-    /// Runs `f` on every pod, under the store's lock.
-    pub fn for_each_pod(&self, f: impl FnMut(&PodRecord)) {
-        self.lock().pods.values().for_each(f);
+    /// Every pod's ListPodSandbox item as `build` writes them from the
+    /// records, built under the store's lock the first time after a pod
+    /// changed and kept until the next change.
+    pub fn pod_list(
+        &self,
+        build: impl FnOnce(&mut dyn Iterator<Item = &PodRecord>) -> Vec<u8>,
+    ) -> Bytes {
+        let mut index = self.lock();
+        if let Some(list) = &index.pod_list {
+            return list.clone();
+        }
+        let list = Bytes::from(build(&mut index.pods.values()));
+        index.pod_list = Some(list.clone());
+        list
     }
 
-    /// Runs `f` on every container, under the store's lock.
-    pub fn for_each_container(&self, f: impl FnMut(&ContainerRecord)) {
-        self.lock().containers.values().for_each(f);
+    /// What `f` makes of all pods, under the store's lock.
+    pub fn with_pods<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &PodRecord>) -> T) -> T {
+        f(&mut self.lock().pods.values())
+    }
+
+    /// [`Store::with_pods`] for containers.
+    pub fn with_containers<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Iterator<Item = &ContainerRecord>) -> T,
+    ) -> T {
+        f(&mut self.lock().containers.values())
+    }
+
+    /// [`Store::pod_list`] for ListContainers.
+    pub fn container_list(
+        &self,
+        build: impl FnOnce(&mut dyn Iterator<Item = &ContainerRecord>) -> Vec<u8>,
+    ) -> Bytes {
+        let mut index = self.lock();
+        if let Some(list) = &index.container_list {
+            return list.clone();
+        }
+        let list = Bytes::from(build(&mut index.containers.values()));
+        index.container_list = Some(list.clone());
+        list
     }
 
     /// [`Store::map_pods`] for containers.

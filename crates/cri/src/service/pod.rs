@@ -1,6 +1,7 @@
 //! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus and
 //! ListPodSandbox: pods, their namespaces and their pause process.
 
+use prost::bytes::Bytes;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -559,19 +560,26 @@ impl Cri {
 
     /// The pods `filter` keeps, oldest first, in wire form (see
     /// [`wire`](super::wire)).
-    pub fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<u8> {
+    pub fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Bytes {
         let f = filter.unwrap_or_default();
-        let mut items = super::wire::Items::default();
-        self.store.for_each_pod(|p| {
-            let state = pod_state_cri(p.state) as i32;
-            let keep = (f.id.is_empty() || p.id.starts_with(&f.id))
-                && f.state.as_ref().is_none_or(|s| state == s.state)
-                && util::labels_match(&p.config.labels, &f.label_selector);
-            if keep {
-                items.pod(p, state);
+        let write = |pods: &mut dyn Iterator<Item = &PodRecord>| {
+            let mut items = super::wire::Items::default();
+            for p in pods {
+                let state = pod_state_cri(p.state) as i32;
+                let keep = (f.id.is_empty() || p.id.starts_with(&f.id))
+                    && f.state.as_ref().is_none_or(|s| state == s.state)
+                    && util::labels_match(&p.config.labels, &f.label_selector);
+                if keep {
+                    items.pod(p, state);
+                }
             }
-        });
-        items.into_wire()
+            items.into_wire()
+        };
+        // kubelet's PLEG asks for all of them, every second.
+        if f == cri::PodSandboxFilter::default() {
+            return self.store.pod_list(write);
+        }
+        Bytes::from(self.store.with_pods(write))
     }
 }
 

@@ -1,5 +1,6 @@
 //! ContainerStatus and ListContainers.
 
+use prost::bytes::Bytes;
 use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
@@ -88,20 +89,27 @@ impl Cri {
 
     /// The containers `filter` keeps, oldest first, in wire form (see
     /// [`wire`](super::wire)).
-    pub fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<u8> {
+    pub fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Bytes {
         let f = filter.unwrap_or_default();
-        let mut items = super::wire::Items::default();
-        self.store.for_each_container(|c| {
-            let state = container_state_cri(c.state) as i32;
-            let keep = (f.id.is_empty() || c.id.starts_with(&f.id))
-                && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
-                && f.state.as_ref().is_none_or(|s| state == s.state)
-                && util::labels_match(&c.config.labels, &f.label_selector);
-            if keep {
-                items.container(c, state);
+        let write = |containers: &mut dyn Iterator<Item = &ContainerRecord>| {
+            let mut items = super::wire::Items::default();
+            for c in containers {
+                let state = container_state_cri(c.state) as i32;
+                let keep = (f.id.is_empty() || c.id.starts_with(&f.id))
+                    && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
+                    && f.state.as_ref().is_none_or(|s| state == s.state)
+                    && util::labels_match(&c.config.labels, &f.label_selector);
+                if keep {
+                    items.container(c, state);
+                }
             }
-        });
-        items.into_wire()
+            items.into_wire()
+        };
+        // kubelet's PLEG asks for all of them, every second.
+        if f == cri::ContainerFilter::default() {
+            return self.store.container_list(write);
+        }
+        Bytes::from(self.store.with_containers(write))
     }
 }
 

@@ -228,7 +228,7 @@ mod tests {
         let want: Vec<cri::PodSandbox> = pods.into_iter().map(|p| p.1).collect();
         let response = cri::ListPodSandboxResponse {
             items: Vec::new(),
-            encoded: items.into_wire(),
+            encoded: items.into_wire().into(),
         };
         let got = cri::ListPodSandboxResponse::decode(&response.encode_to_vec()[..]).unwrap();
         assert_eq!(got.items, want);
@@ -289,7 +289,7 @@ mod tests {
         }
         let response = cri::ListContainersResponse {
             containers: Vec::new(),
-            encoded: items.into_wire(),
+            encoded: items.into_wire().into(),
         };
         let got = cri::ListContainersResponse::decode(&response.encode_to_vec()[..]).unwrap();
         assert_eq!(got.containers, want);
