@@ -227,13 +227,28 @@ const MIN_PROBES: usize = 10;
 /// times in turn (one at a time, as those loops do), against whatever runs
 /// on the daemon; the single-object calls go to the pods and containers
 /// labelled berth-bench=TAG in turn. Prints per RPC the median, p99 and
-/// mean latency (ms) and the objects the last answer held.
+/// mean latency (ms) and the objects the last answer held. `only`: the
+/// RPCs to probe (all five if empty), to profile one of them.
 async fn cmd_probe(
     channel: Channel,
     limit: Duration,
     tag: &str,
     count: usize,
+    only: &[String],
 ) -> Result<bool, String> {
+    const PROBED: [&str; 5] = [
+        "ListPodSandbox",
+        "ListContainers",
+        "ListPodSandboxStats",
+        "ContainerStats",
+        "PodSandboxStatus",
+    ];
+    if let Some(unknown) = only.iter().find(|o| !PROBED.contains(&o.as_str())) {
+        return Err(format!(
+            "probe --rpcs: {unknown} is not one of {}",
+            PROBED.join(", ")
+        ));
+    }
     let mut rt = RuntimeServiceClient::new(channel);
     let pods: Vec<String> = rpc(
         "ListPodSandbox",
@@ -269,13 +284,10 @@ async fn cmd_probe(
         return Err(format!("probe: no pod or container labelled {LABEL}={tag}"));
     }
     let mut out = serde_json::Map::new();
-    for name in [
-        "ListPodSandbox",
-        "ListContainers",
-        "ListPodSandboxStats",
-        "ContainerStats",
-        "PodSandboxStatus",
-    ] {
+    for name in PROBED {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
         let mut samples = Vec::with_capacity(count);
         let mut objects = 0usize;
         let began = Instant::now();
@@ -506,8 +518,7 @@ async fn warm_up(channel: &Channel, limit: Duration) -> Result<(), String> {
     .map(|_| ())
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let o = match parse() {
         Ok(o) => o,
         Err(e) => {
@@ -533,7 +544,7 @@ async fn main() {
                 let tag = o.tag.clone();
                 cmd_cleanup(channel, limit, &tag).await
             }
-            "probe" => cmd_probe(channel, limit, &o.tag, o.count).await,
+            "probe" => cmd_probe(channel, limit, &o.tag, o.count, &o.rpcs).await,
             "concurrent" => concurrent::cmd_concurrent(o, channel).await,
             "up" => stream::cmd_up(&o, channel).await,
             "stream" => {
@@ -546,9 +557,22 @@ async fn main() {
             }
         }
     };
-    let result = tokio::spawn(work)
-        .await
-        .unwrap_or_else(|e| Err(format!("the client's task failed: {e}")));
+    let flavor = std::env::var("BCB_FLAVOR").unwrap_or_default();
+    let runtime = if flavor == "ct" {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
+    .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        tokio::spawn(work)
+            .await
+            .unwrap_or_else(|e| Err(format!("the client's task failed: {e}")))
+    });
     match result {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),

@@ -9,7 +9,7 @@ use crate::stream;
 pub(crate) const USAGE: &str = "usage: berth-cri-bench --socket PATH [--rpc-timeout SECONDS] \
 (version | pull IMAGE... | run --pods N --image REF --tag TAG --cgroup-parent CG \
 --log-dir DIR [--ids-file FILE] [--hold] [--pod-network] [--runtime-handler NAME] | cleanup --tag TAG \
-| probe --tag TAG [--count K] | concurrent --count N --pods P --image REF --tag TAG \
+| probe --tag TAG [--count K] [--rpcs RPC,...] | concurrent --count N --pods P --image REF --tag TAG \
 --cgroup-parent CG --log-dir DIR [--ids-file FILE] | up --name NAME --image REF --tag TAG --cgroup-parent CG --log-dir DIR [--ids-file FILE] \
 [--port PORT] | stream --pod ID --container ID [--port PORT] [--order KIND,...] [--rtts N] \
 [--payload BYTES] [--pod-ip IP] [--check])";
@@ -49,6 +49,8 @@ pub(crate) struct Opts {
     pub(crate) check: bool,
     /// `probe`: calls of each RPC.
     pub(crate) count: usize,
+    /// `probe`: only these RPCs (all if empty), to profile one.
+    pub(crate) rpcs: Vec<String>,
 }
 
 pub(crate) fn parse() -> Result<Opts, String> {
@@ -76,6 +78,7 @@ pub(crate) fn parse() -> Result<Opts, String> {
         payload: 64,
         check: false,
         count: 100,
+        rpcs: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -112,6 +115,13 @@ pub(crate) fn parse() -> Result<Opts, String> {
             }
             "--order" => {
                 o.order = value("--order")?
+                    .split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }
+            "--rpcs" => {
+                o.rpcs = value("--rpcs")?
                     .split(',')
                     .filter(|k| !k.is_empty())
                     .map(str::to_owned)
