@@ -123,10 +123,12 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
-/// Which commands create processes inside containers (and so must run from
-/// a sealed copy of the binary).
-pub fn enters_containers(command: &str) -> bool {
-    matches!(command, "create" | "run" | "exec")
+/// Which commands create processes inside containers and re-execute from a
+/// sealed copy of the binary before anything else. `run` decides once it
+/// has read the config: an init alone in a new PID namespace needs no copy
+/// (`berth_runtime::cloned_exe::run_needs_sealed_copy`).
+pub fn seals_up_front(command: &str) -> bool {
+    matches!(command, "create" | "exec")
 }
 
 pub fn version() -> String {

@@ -50,7 +50,7 @@ fn run() -> i32 {
             return 1;
         }
     };
-    if commands::enters_containers(command) {
+    if commands::seals_up_front(command) {
         if let Err(e) = berth_runtime::cloned_exe::ensure_sealed() {
             logger.fatal(&e.to_string());
             return 1;

@@ -51,6 +51,38 @@ pub fn is_sealed() -> bool {
     })
 }
 
+/// Whether `run` must start this container's init from the sealed copy.
+/// The copy protects the binary from processes in the container, which
+/// could open /proc/<pid>/exe of a berth process while it sits in the
+/// container's PID namespace. `run`'s init is alone in a PID namespace
+/// its clone makes, until it executes the program: no container process
+/// can exist before then, unless a createContainer or startContainer hook
+/// runs in the container meanwhile (its program may come from the image),
+/// or the namespace is joined or absent (other processes share it), or a
+/// two-stage start puts an intermediate berth process in a joined user
+/// namespace. `exec` waits for the init to have executed its program (see
+/// `State::unsealed_exe`). `create` always uses the copy: its init waits
+/// for `start`, and may be exec'd into meanwhile.
+pub fn run_needs_sealed_copy(
+    spec: &oci_spec::runtime::Spec,
+    plan: &crate::namespaces::NsPlan,
+) -> bool {
+    let in_container_hooks = spec.hooks().as_ref().is_some_and(|h| {
+        h.create_container().as_ref().is_some_and(|v| !v.is_empty())
+            || h.start_container().as_ref().is_some_and(|v| !v.is_empty())
+    });
+    !plan.new_pid || plan.pid_join.is_some() || plan.two_stage || in_container_hooks
+}
+
+/// The device and inode of the running binary, if it is not a sealed copy.
+pub fn unsealed_identity() -> Option<(u64, u64)> {
+    if is_sealed() {
+        return None;
+    }
+    let st = rustix::fs::stat("/proc/self/exe").ok()?;
+    Some((st.st_dev, st.st_ino))
+}
+
 /// Re-executes the current program from a copy that cannot be written,
 /// unless it already runs from one. Returns only if it already does.
 pub fn ensure_sealed() -> Result<()> {
@@ -148,4 +180,80 @@ fn memfd_copy() -> Result<OwnedFd> {
     rustix::fs::fcntl_add_seals(&memfd, REQUIRED_SEALS)
         .ctx(|| "sealing the copy of berth".into())?;
     Ok(memfd)
+}
+
+#[cfg(test)]
+mod tests {
+    use oci_spec::runtime::{
+        HookBuilder, HooksBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Spec,
+    };
+
+    use super::*;
+    use crate::namespaces::NsPlan;
+
+    fn needs_copy(spec: &Spec) -> bool {
+        run_needs_sealed_copy(spec, &NsPlan::for_container(spec).unwrap())
+    }
+
+    fn with_namespaces(spec: &mut Spec, edit: impl FnOnce(&mut Vec<LinuxNamespace>)) {
+        let mut linux = spec.linux().clone().unwrap();
+        let mut namespaces = linux.namespaces().clone().unwrap();
+        edit(&mut namespaces);
+        linux.set_namespaces(Some(namespaces));
+        spec.set_linux(Some(linux));
+    }
+
+    /// Only an init alone in a PID namespace of its own, with no hook run in
+    /// the container before its program, may start without the copy.
+    #[test]
+    fn run_uses_the_copy_unless_the_init_is_alone() {
+        let base = Spec::default();
+        assert!(!needs_copy(&base), "a new PID namespace, no hooks");
+
+        let mut shared = base.clone();
+        with_namespaces(&mut shared, |ns| {
+            ns.retain(|n| n.typ() != LinuxNamespaceType::Pid);
+            ns.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Pid)
+                    .path("/proc/self/ns/pid")
+                    .build()
+                    .unwrap(),
+            );
+        });
+        assert!(needs_copy(&shared), "a joined PID namespace");
+
+        let mut host_pid = base.clone();
+        with_namespaces(&mut host_pid, |ns| {
+            ns.retain(|n| n.typ() != LinuxNamespaceType::Pid)
+        });
+        assert!(needs_copy(&host_pid), "the host's PID namespace");
+
+        let hook = HookBuilder::default().path("/bin/true").build().unwrap();
+        for (name, hooks) in [
+            (
+                "startContainer",
+                HooksBuilder::default().start_container(vec![hook.clone()]),
+            ),
+            (
+                "createContainer",
+                HooksBuilder::default().create_container(vec![hook.clone()]),
+            ),
+        ] {
+            let mut spec = base.clone();
+            spec.set_hooks(Some(hooks.build().unwrap()));
+            assert!(needs_copy(&spec), "a {name} hook");
+        }
+        let mut poststart = base.clone();
+        poststart.set_hooks(Some(
+            HooksBuilder::default()
+                .poststart(vec![hook])
+                .build()
+                .unwrap(),
+        ));
+        assert!(
+            !needs_copy(&poststart),
+            "poststart runs once the program has started"
+        );
+    }
 }

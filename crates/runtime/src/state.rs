@@ -65,6 +65,11 @@ pub struct State {
     pub poststart: Vec<oci_spec::runtime::Hook>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub poststop: Vec<oci_spec::runtime::Hook>,
+    /// Device and inode of the berth binary the init was started from when
+    /// `run` did not use the sealed copy: until the init has executed its
+    /// program, nothing may join it (see `cloned_exe::run_needs_sealed_copy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsealed_exe: Option<(u64, u64)>,
 }
 
 /// A state file written by [`StateDir::stage`], not yet in place.

@@ -86,6 +86,70 @@ fn sealed_copy_protects_the_binary(seal: Option<&str>, expected: &str) {
     );
 }
 
+/// `run` starts an init alone in a new PID namespace from berth's own
+/// binary (no container process can exist before it executes its
+/// program), but from the sealed copy when a hook runs inside the
+/// container first, and `exec` never joins an init still running berth.
+#[test]
+fn run_without_the_copy_leaves_no_berth_process_to_the_container() {
+    let env = Env::new("run-seal");
+    let before = std::fs::read(BERTH).unwrap();
+    let attack = "echo pwned > /proc/1/exe && echo WROTE; readlink /proc/1/exe";
+
+    // A startContainer hook runs in the container while the init waits: it
+    // attacks the init through /proc/1/exe, as a hook from the image could.
+    let bundle = env.bundle("hooked", &["true"], |c| {
+        c["root"]["readonly"] = json!(false);
+        c["hooks"] = json!({"startContainer": [{
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("({attack}) > /hook.out 2>&1")],
+        }]});
+    });
+    let (code, out, err) = env.run(&bundle, &env.id("hooked"));
+    assert_eq!(code, 0, "{out} {err}");
+    let seen = std::fs::read_to_string(bundle.join("rootfs/hook.out")).unwrap();
+    assert!(!seen.contains("WROTE"), "{seen}");
+    assert!(
+        !seen.contains(BERTH),
+        "the hook saw the host binary: {seen}"
+    );
+
+    // Detached, then exec'd into at once, again and again: the exec'd
+    // process never finds berth as the init.
+    for i in 0..5 {
+        let bundle = env.bundle(&format!("plain{i}"), &["sleep", "60"], |_| {});
+        let id = env.id(&format!("plain{i}"));
+        let run = env
+            .cmd(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut exec_out = String::new();
+        for _ in 0..200 {
+            let out = env.berth(&["exec", &id, "sh", "-c", attack]);
+            if out.status.success() || !out.stdout.is_empty() {
+                exec_out = String::from_utf8_lossy(&out.stdout).into_owned();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut run = run;
+        assert!(run.wait().unwrap().success());
+        assert!(!exec_out.contains("WROTE"), "{exec_out}");
+        assert!(
+            !exec_out.contains(BERTH),
+            "exec saw the host binary: {exec_out}"
+        );
+        env.ok(&["delete", "--force", &id]);
+    }
+    assert_eq!(
+        std::fs::read(BERTH).unwrap(),
+        before,
+        "berth binary modified"
+    );
+}
+
 #[test]
 fn host_descriptors_do_not_leak_but_preserved_ones_pass() {
     let env = Env::new("fds");

@@ -2,6 +2,7 @@
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use super::{write_pid_file, ExecOptions, ExecResult, ProcessIo, Runtime};
 use crate::error::Op;
@@ -10,7 +11,7 @@ use crate::handshake::{
 };
 use crate::init::{self, ExecContext};
 use crate::namespaces::NsPlan;
-use crate::state::{hook_state, Status};
+use crate::state::{hook_state, State, Status};
 use crate::{io_relay, Error, Result};
 
 impl Runtime {
@@ -31,6 +32,7 @@ impl Runtime {
             Status::Paused if opts.ignore_paused => {}
             _ => return Err(Error::wrong_state(id, status, Op::Exec)),
         }
+        wait_for_program(&state, INIT_EXEC_WAIT)?;
         let process = &opts.process;
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(Error::InvalidConfig("exec needs a command to run".into()));
@@ -179,4 +181,86 @@ fn sub_cgroups(
         }
     }
     Ok(berth_cgroups::Manager::from_paths(paths))
+}
+
+/// How long `exec` waits for an unsealed init to execute its program.
+const INIT_EXEC_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until the init of a container `run` started without the sealed
+/// copy (`State::unsealed_exe`) has executed its program: before that its
+/// /proc/<pid>/exe is berth's own binary, which a process joining the
+/// container could open and later write (CVE-2019-5736). Once the init's
+/// executable has changed it never changes back.
+fn wait_for_program(state: &State, limit: Duration) -> Result<()> {
+    let Some(berth) = state.unsealed_exe else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        match rustix::fs::stat(format!("/proc/{}/exe", state.init_pid)) {
+            Ok(st) if (st.st_dev, st.st_ino) == berth => {}
+            // Another program, or the init is gone (which the checks that
+            // follow report).
+            _ => return Ok(()),
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Init(format!(
+                "container {:?}: its init has not started its program after {} s; \
+                 nothing may join it before it has",
+                state.id,
+                limit.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_of(pid: i32, unsealed_exe: Option<(u64, u64)>) -> State {
+        State {
+            id: "c".into(),
+            init_pid: pid,
+            init_start_time: 0,
+            bundle: "/".into(),
+            rootfs: "/".into(),
+            created: String::new(),
+            owner: String::new(),
+            annotations: Default::default(),
+            cgroup_paths: Vec::new(),
+            own_pid_ns: true,
+            poststart: Vec::new(),
+            poststop: Vec::new(),
+            unsealed_exe,
+        }
+    }
+
+    /// An init still running the binary it was started from is not joined;
+    /// one running anything else, or a sealed one, is at once.
+    #[test]
+    fn exec_waits_for_an_unsealed_init_to_start_its_program() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let exe = rustix::fs::stat(format!("/proc/{pid}/exe")).unwrap();
+        let still_berth = state_of(pid, Some((exe.st_dev, exe.st_ino)));
+        let began = Instant::now();
+        let err = wait_for_program(&still_berth, Duration::from_millis(200)).unwrap_err();
+        assert!(began.elapsed() >= Duration::from_millis(200));
+        assert!(
+            err.to_string().contains("has not started its program"),
+            "{err}"
+        );
+        let other = state_of(pid, Some((exe.st_dev, exe.st_ino + 1)));
+        wait_for_program(&other, Duration::from_millis(200)).unwrap();
+        wait_for_program(&state_of(pid, None), Duration::ZERO).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Gone: left to the state checks.
+        wait_for_program(&still_berth, Duration::ZERO).unwrap();
+    }
 }

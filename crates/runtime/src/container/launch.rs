@@ -18,7 +18,7 @@ use crate::init::{self, InitContext, StartGate};
 use crate::namespaces::NsPlan;
 use crate::spec::Bundle;
 use crate::state::{hook_state, State, Status};
-use crate::{id, util, Error, Result};
+use crate::{cloned_exe, id, util, Error, Result};
 
 impl Runtime {
     pub(super) fn launch(
@@ -46,6 +46,17 @@ impl Runtime {
                 "--console-socket was given but process.terminal is false".into(),
             ));
         }
+        let plan = NsPlan::for_container(spec)?;
+        // Before anything is made: re-executing starts over. (The CLI seals
+        // `create` and `exec` before it parses anything; a caller that
+        // already runs sealed, like the shim, does not re-execute.)
+        let unsealed_exe =
+            if mode == Launch::Create || cloned_exe::run_needs_sealed_copy(spec, &plan) {
+                cloned_exe::ensure_sealed()?;
+                None
+            } else {
+                cloned_exe::unsealed_identity()
+            };
 
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -79,7 +90,6 @@ impl Runtime {
             self.systemd_cgroup,
         )?;
         let cgroups = berth_cgroups::Manager::new(&cg_path)?;
-        let plan = NsPlan::for_container(spec)?;
         // On a host with v1 hierarchies, their cgroups are made while the
         // init sets up its mounts, and it joins them before the first step
         // that needs them. Not when it must join them earlier: before it
@@ -178,6 +188,7 @@ impl Runtime {
                     .and_then(|h| h.poststart().clone())
                     .unwrap_or_default(),
                 poststop: hooks.and_then(|h| h.poststop().clone()).unwrap_or_default(),
+                unsealed_exe,
             }
         };
         // While the init sets up: its config copy, and its state file under
