@@ -424,6 +424,25 @@ impl Store {
             .collect()
     }
 
+    /// What `f` makes of a pod and its containers, under the store's lock
+    /// without copying the records (kubelet asks for every pod's status
+    /// every second); None if there is no such pod.
+    pub fn with_pod<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&PodRecord, &mut dyn Iterator<Item = &ContainerRecord>) -> T,
+    ) -> Option<T> {
+        let index = self.lock();
+        let pod = index.pods.get(id)?;
+        let mut containers = index
+            .pod_containers
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| index.containers.get(c));
+        Some(f(pod, &mut containers))
+    }
+
     /// Resolves a full id or a unique prefix of one (as crictl users type).
     /// A full id (what kubelet sends) is found without a scan.
     pub fn resolve_pod(&self, id: &str) -> Result<String> {

@@ -474,18 +474,20 @@ impl Cri {
         verbose: bool,
     ) -> Result<cri::PodSandboxStatusResponse> {
         let id = self.store.resolve_pod(id)?;
-        let p = self
+        // Built from the records under the store's lock: copying them (a
+        // pod's and its containers' whole configs) was most of the call.
+        let (status, containers_statuses, verbose_pod) = self
             .store
-            .pod(&id)
+            .with_pod(&id, |p, containers| {
+                (
+                    self.pod_status_of(p),
+                    containers.map(|c| self.container_status_of(c)).collect(),
+                    verbose.then(|| p.clone()),
+                )
+            })
             .ok_or_else(|| Error::NotFound(format!("pod sandbox {id} not found")))?;
         let mut info = HashMap::new();
-        let containers_statuses = self
-            .store
-            .containers_of(&id)
-            .iter()
-            .map(|c| self.container_status_of(c))
-            .collect();
-        if verbose {
+        if let Some(p) = verbose_pod {
             let v = json!({
                 "pid": p.pause_pid.unwrap_or(0),
                 "runtimeHandler": p.runtime_handler,
@@ -502,7 +504,7 @@ impl Cri {
             info.insert("info".to_owned(), v.to_string());
         }
         Ok(cri::PodSandboxStatusResponse {
-            status: Some(self.pod_status_of(&p)),
+            status: Some(status),
             info,
             containers_statuses,
             timestamp: now_ns(),
