@@ -144,6 +144,17 @@ struct Index {
 }
 
 impl Index {
+    fn insert_pod(&mut self, pod: PodRecord) {
+        self.pod_list = None;
+        self.pods.insert(pod.id.clone(), pod);
+    }
+
+    fn remove_pod(&mut self, id: &str) -> Option<PodRecord> {
+        let pod = self.pods.remove(id)?;
+        self.pod_list = None;
+        Some(pod)
+    }
+
     fn insert_container(&mut self, c: ContainerRecord) {
         self.container_list = None;
         self.pod_containers
@@ -171,6 +182,16 @@ pub struct Store {
     db: Arc<ReopeningDb>,
     index: Arc<Mutex<Index>>,
     pub path: PathBuf,
+}
+
+/// The list in `slot`, or the one `build` makes of `records`, kept there.
+fn cached<'a, R: 'a>(
+    slot: &mut Option<Bytes>,
+    records: &mut dyn Iterator<Item = &'a R>,
+    build: impl FnOnce(&mut dyn Iterator<Item = &'a R>) -> Vec<u8>,
+) -> Bytes {
+    slot.get_or_insert_with(|| Bytes::from(build(records)))
+        .clone()
 }
 
 fn db_err(e: impl std::fmt::Display) -> Error {
@@ -263,8 +284,7 @@ impl Store {
             Some(&serde_json::to_vec(&pod).map_err(db_err)?),
         )?;
         index.pod_names.insert(name, pod.id.clone());
-        index.pods.insert(pod.id.clone(), pod);
-        index.pod_list = None;
+        index.insert_pod(pod);
         Ok(())
     }
 
@@ -277,8 +297,7 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("pod sandbox {id} not found")))?;
         f(&mut pod);
         self.write(PODS, id, Some(&serde_json::to_vec(&pod).map_err(db_err)?))?;
-        index.pods.insert(id.to_owned(), pod.clone());
-        index.pod_list = None;
+        index.insert_pod(pod.clone());
         Ok(pod)
     }
 
@@ -286,8 +305,7 @@ impl Store {
         let mut index = self.lock();
         if let Some(p) = index.pods.get(id).cloned() {
             self.write(PODS, id, None)?;
-            index.pods.remove(id);
-            index.pod_list = None;
+            index.remove_pod(id);
             index.pod_names.remove(&p.name());
         }
         Ok(())
@@ -315,13 +333,8 @@ impl Store {
         &self,
         build: impl FnOnce(&mut dyn Iterator<Item = &PodRecord>) -> Vec<u8>,
     ) -> Bytes {
-        let mut index = self.lock();
-        if let Some(list) = &index.pod_list {
-            return list.clone();
-        }
-        let list = Bytes::from(build(&mut index.pods.values()));
-        index.pod_list = Some(list.clone());
-        list
+        let index = &mut *self.lock();
+        cached(&mut index.pod_list, &mut index.pods.values(), build)
     }
 
     /// What `f` makes of all pods, under the store's lock.
@@ -342,13 +355,12 @@ impl Store {
         &self,
         build: impl FnOnce(&mut dyn Iterator<Item = &ContainerRecord>) -> Vec<u8>,
     ) -> Bytes {
-        let mut index = self.lock();
-        if let Some(list) = &index.container_list {
-            return list.clone();
-        }
-        let list = Bytes::from(build(&mut index.containers.values()));
-        index.container_list = Some(list.clone());
-        list
+        let index = &mut *self.lock();
+        cached(
+            &mut index.container_list,
+            &mut index.containers.values(),
+            build,
+        )
     }
 
     /// [`Store::map_pods`] for containers.
