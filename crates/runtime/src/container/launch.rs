@@ -47,16 +47,18 @@ impl Runtime {
             ));
         }
         let plan = NsPlan::for_container(spec)?;
-        // Before anything is made: re-executing starts over. (The CLI seals
-        // `create` and `exec` before it parses anything; a caller that
-        // already runs sealed, like the shim, does not re-execute.)
-        let unsealed_exe =
-            if mode == Launch::Create || cloned_exe::run_needs_sealed_copy(spec, &plan) {
-                cloned_exe::ensure_sealed()?;
-                None
-            } else {
-                cloned_exe::unsealed_identity()
-            };
+        // `create`'s callers run sealed already (the CLI seals `create`
+        // before it parses anything, the shim when it starts). `run` seals
+        // here when it must, before anything is made: re-executing starts
+        // over.
+        let unsealed_exe = if mode == Launch::Create {
+            None
+        } else if cloned_exe::run_needs_sealed_copy(spec, &plan) {
+            cloned_exe::ensure_sealed()?;
+            None
+        } else {
+            cloned_exe::unsealed_identity()
+        };
 
         std::fs::DirBuilder::new()
             .recursive(true)
