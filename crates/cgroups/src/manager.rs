@@ -277,36 +277,49 @@ fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
     f.write_all(data)
 }
 
-/// mkdir -p, copying cpuset.cpus/mems down into each new cpuset cgroup:
-/// a v1 cpuset cgroup with empty sets refuses every task.
+/// mkdir -p, then for a v1 cpuset cgroup its sets: one with empty sets
+/// refuses every task.
 fn create_dir_chain(dir: &Path, is_cpuset: bool) -> io::Result<()> {
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let parent = dir.parent().ok_or(e)?;
-            create_dir_chain(parent, is_cpuset)?;
-            match fs::create_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(e) => return Err(e),
-    }
+    make_dirs(dir)?;
     if is_cpuset {
-        if let Some(parent) = dir.parent() {
-            for file in ["cpuset.cpus", "cpuset.mems"] {
-                let current =
-                    berth_common::kernel_file::read_to_string(dir.join(file)).unwrap_or_default();
-                if current.trim().is_empty() {
-                    let from_parent = berth_common::kernel_file::read_to_string(parent.join(file))?;
-                    write_file(&dir.join(file), from_parent.trim().as_bytes())?;
-                }
-            }
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            fill_cpuset_file(dir, file)?;
         }
     }
     Ok(())
+}
+
+fn make_dirs(dir: &Path) -> io::Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            make_dirs(dir.parent().ok_or(e)?)?;
+            match fs::create_dir(dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies the parent's set into `dir`'s empty `file`, filling the parent
+/// first when it is empty too: a parent that already existed may have been
+/// made a moment ago by another container's create that has not filled it
+/// yet (containers of one pod are created concurrently), and copying its
+/// empty set would leave this cgroup refusing tasks (ENOSPC).
+fn fill_cpuset_file(dir: &Path, file: &str) -> io::Result<String> {
+    let current = berth_common::kernel_file::read_to_string(dir.join(file))?;
+    if !current.trim().is_empty() {
+        return Ok(current);
+    }
+    let Some(parent) = dir.parent() else {
+        return Ok(current);
+    };
+    let from_parent = fill_cpuset_file(parent, file)?;
+    write_file(&dir.join(file), from_parent.trim().as_bytes())?;
+    Ok(from_parent)
 }
 
 fn remove_tree(dir: &Path) -> io::Result<()> {
@@ -384,5 +397,49 @@ mod tests {
         assert!(!dir.exists());
         assert!(!m.exists());
         fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    /// Containers of one pod are created at once, each making the pod's
+    /// cgroup if it is missing: every one of them must end up with usable
+    /// sets, not only the one that made the parent (real v1 cpuset).
+    #[test]
+    fn concurrent_creates_under_a_new_cpuset_parent_all_get_sets() {
+        let root = Path::new("/sys/fs/cgroup/cpuset");
+        if !root.join("cpuset.cpus").exists() {
+            eprintln!("skipped: no v1 cpuset hierarchy here");
+            return;
+        }
+        let want = berth_common::kernel_file::read_to_string(root.join("cpuset.cpus")).unwrap();
+        for round in 0..20 {
+            let parent = root.join(format!("berth-cg-race-{}-{round}", std::process::id()));
+            let children: Vec<PathBuf> = (0..8).map(|i| parent.join(format!("c{i}"))).collect();
+            let barrier = std::sync::Barrier::new(children.len());
+            let results: Vec<(PathBuf, io::Result<()>)> = std::thread::scope(|s| {
+                let handles: Vec<_> = children
+                    .iter()
+                    .map(|c| {
+                        let barrier = &barrier;
+                        s.spawn(move || {
+                            barrier.wait();
+                            (c.clone(), create_dir_chain(c, true))
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let mut bad = Vec::new();
+            for (c, r) in &results {
+                let cpus = berth_common::kernel_file::read_to_string(c.join("cpuset.cpus"))
+                    .unwrap_or_default();
+                if r.is_err() || cpus.trim() != want.trim() {
+                    bad.push(format!("{}: {r:?}, cpus {cpus:?}", c.display()));
+                }
+            }
+            for c in &children {
+                let _ = fs::remove_dir(c);
+            }
+            fs::remove_dir(&parent).unwrap();
+            assert!(bad.is_empty(), "round {round}: {bad:?}");
+        }
     }
 }
