@@ -558,9 +558,41 @@ async fn container_and_pod_stats() {
         .into_inner()
         .stats,
     );
+    let second_cpu = second.cpu.unwrap();
     assert!(
-        second.cpu.unwrap().usage_nano_cores.is_some(),
+        second_cpu.usage_nano_cores.is_some(),
         "usage_nano_cores once there are two samples"
+    );
+    // The shim keeps the cgroup's files open between calls: what runs in
+    // the container after that still shows.
+    let burn = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: c.clone(),
+            cmd: ["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"]
+                .map(String::from)
+                .to_vec(),
+            timeout: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(burn.exit_code, 0);
+    let third = stats(
+        rt.container_stats(cri::ContainerStatsRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats,
+    );
+    let (before, after) = (
+        second_cpu.usage_core_nano_seconds.unwrap().value,
+        third.cpu.unwrap().usage_core_nano_seconds.unwrap().value,
+    );
+    assert!(
+        after >= before + 10_000_000,
+        "the exec's CPU time in the container's usage: {before} -> {after}"
     );
 
     let list = |f: cri::ContainerStatsFilter| {

@@ -87,15 +87,19 @@ pub fn read_u64(dir: &Path, file: &str) -> Result<Option<u64>> {
 
 /// Parses "key value" lines (memory.stat, cpu.stat, memory.events).
 pub fn read_keyed(dir: &Path, file: &str) -> Result<Vec<(String, u64)>> {
-    Ok(read(dir, file)?
-        .lines()
+    Ok(parse_keyed(&read(dir, file)?))
+}
+
+/// "key value" lines; others are skipped.
+pub fn parse_keyed(text: &str) -> Vec<(String, u64)> {
+    text.lines()
         .filter_map(|l| {
             let mut it = l.split_whitespace();
             let k = it.next()?;
             let v = it.next()?.parse().ok()?;
             Some((k.to_owned(), v))
         })
-        .collect())
+        .collect()
 }
 
 pub fn keyed(list: &[(String, u64)], key: &str) -> Option<u64> {

@@ -17,6 +17,7 @@ mod oom;
 mod path;
 pub mod resources;
 pub mod stats;
+mod stats_files;
 
 pub use error::{Error, Result};
 pub use hierarchy::{discover, layout, Hierarchy, HierarchyKind, Layout};
@@ -24,3 +25,4 @@ pub use manager::{Manager, Part};
 pub use oom::OomWatcher;
 pub use path::{resolve_cgroups_path, CgroupPath};
 pub use stats::Stats;
+pub use stats_files::StatsFiles;

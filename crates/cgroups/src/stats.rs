@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::fs;
+use crate::StatsFiles;
 use crate::{Manager, Result};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -103,8 +104,8 @@ pub struct Hugetlb {
 }
 
 /// A counter or limit file; "max" (unlimited) reads as u64::MAX, as runc reports it.
-fn num(dir: &Path, file: &str) -> u64 {
-    match fs::read(dir, file).as_deref() {
+fn num(f: &mut StatsFiles, dir: &Path, file: &str) -> u64 {
+    match f.read(dir, file).as_deref() {
         Ok("max") => u64::MAX,
         Ok(v) => v.parse().unwrap_or(0),
         Err(_) => 0,
@@ -114,28 +115,35 @@ fn num(dir: &Path, file: &str) -> u64 {
 impl Manager {
     /// Reads current usage from every hierarchy the container has.
     pub fn stats(&self) -> Result<Stats> {
+        self.stats_with(&mut StatsFiles::default())
+    }
+
+    /// [`Manager::stats`] through files `f` keeps open from one call to
+    /// the next (the same Manager's, or one with the same paths).
+    pub fn stats_with(&self, f: &mut StatsFiles) -> Result<Stats> {
         let mut s = Stats::default();
         for (key, dir) in self.paths() {
             if key.is_empty() {
-                v2_stats(dir, &mut s);
+                v2_stats(f, dir, &mut s);
                 continue;
             }
             for controller in key.split(',') {
                 match controller {
                     "cpuacct" => {
-                        s.cpu.usage.total = num(dir, "cpuacct.usage");
-                        s.cpu.usage.percpu = fs::read(dir, "cpuacct.usage_percpu")
+                        s.cpu.usage.total = num(f, dir, "cpuacct.usage");
+                        s.cpu.usage.percpu = f
+                            .read(dir, "cpuacct.usage_percpu")
                             .unwrap_or_default()
                             .split_whitespace()
                             .filter_map(|v| v.parse().ok())
                             .collect();
                         // cpuacct.stat counts USER_HZ ticks (100 per second).
-                        let stat = fs::read_keyed(dir, "cpuacct.stat").unwrap_or_default();
+                        let stat = f.read_keyed(dir, "cpuacct.stat").unwrap_or_default();
                         s.cpu.usage.user = fs::keyed(&stat, "user").unwrap_or(0) * 10_000_000;
                         s.cpu.usage.kernel = fs::keyed(&stat, "system").unwrap_or(0) * 10_000_000;
                     }
                     "cpu" => {
-                        let stat = fs::read_keyed(dir, "cpu.stat").unwrap_or_default();
+                        let stat = f.read_keyed(dir, "cpu.stat").unwrap_or_default();
                         s.cpu.throttling.periods = fs::keyed(&stat, "nr_periods").unwrap_or(0);
                         s.cpu.throttling.throttled_periods =
                             fs::keyed(&stat, "nr_throttled").unwrap_or(0);
@@ -144,37 +152,37 @@ impl Manager {
                     }
                     "memory" => {
                         s.memory.usage = MemoryEntry {
-                            limit: num(dir, "memory.limit_in_bytes"),
-                            usage: num(dir, "memory.usage_in_bytes"),
-                            max: num(dir, "memory.max_usage_in_bytes"),
-                            failcnt: num(dir, "memory.failcnt"),
+                            limit: num(f, dir, "memory.limit_in_bytes"),
+                            usage: num(f, dir, "memory.usage_in_bytes"),
+                            max: num(f, dir, "memory.max_usage_in_bytes"),
+                            failcnt: num(f, dir, "memory.failcnt"),
                         };
-                        if fs::exists(dir, "memory.memsw.usage_in_bytes") {
+                        if f.exists(dir, "memory.memsw.usage_in_bytes") {
                             s.memory.swap = MemoryEntry {
-                                limit: num(dir, "memory.memsw.limit_in_bytes"),
-                                usage: num(dir, "memory.memsw.usage_in_bytes"),
-                                max: num(dir, "memory.memsw.max_usage_in_bytes"),
-                                failcnt: num(dir, "memory.memsw.failcnt"),
+                                limit: num(f, dir, "memory.memsw.limit_in_bytes"),
+                                usage: num(f, dir, "memory.memsw.usage_in_bytes"),
+                                max: num(f, dir, "memory.memsw.max_usage_in_bytes"),
+                                failcnt: num(f, dir, "memory.memsw.failcnt"),
                             };
                         }
-                        let raw = fs::read_keyed(dir, "memory.stat").unwrap_or_default();
+                        let raw = f.read_keyed(dir, "memory.stat").unwrap_or_default();
                         s.memory.cache = fs::keyed(&raw, "total_cache")
                             .or(fs::keyed(&raw, "cache"))
                             .unwrap_or(0);
                         s.memory.raw = raw.into_iter().collect();
-                        s.memory.oom_kill = oom_kills_v1(dir);
+                        s.memory.oom_kill = oom_kills_v1(f, dir);
                     }
                     "pids" => {
-                        s.pids.current = num(dir, "pids.current");
-                        s.pids.limit = pids_limit(dir);
+                        s.pids.current = num(f, dir, "pids.current");
+                        s.pids.limit = pids_limit(f, dir);
                     }
                     "blkio" => {
                         s.blkio.io_service_bytes_recursive =
-                            blkio_entries(dir, "blkio.throttle.io_service_bytes_recursive");
+                            blkio_entries(f, dir, "blkio.throttle.io_service_bytes_recursive");
                         s.blkio.io_serviced_recursive =
-                            blkio_entries(dir, "blkio.throttle.io_serviced_recursive");
+                            blkio_entries(f, dir, "blkio.throttle.io_serviced_recursive");
                     }
-                    "hugetlb" => hugetlb_stats(dir, "limit_in_bytes", "usage_in_bytes", &mut s),
+                    "hugetlb" => hugetlb_stats(f, dir, "limit_in_bytes", "usage_in_bytes", &mut s),
                     _ => {}
                 }
             }
@@ -185,7 +193,7 @@ impl Manager {
     /// OOM kills recorded for the cgroup so far.
     pub fn oom_kill_count(&self) -> u64 {
         if let Some(dir) = self.v1_path("memory") {
-            return oom_kills_v1(dir);
+            return oom_kills_v1(&mut StatsFiles::default(), dir);
         }
         self.unified_path()
             .and_then(|dir| fs::read_keyed(dir, "memory.events").ok())
@@ -194,22 +202,22 @@ impl Manager {
     }
 }
 
-fn pids_limit(dir: &Path) -> u64 {
-    match fs::read(dir, "pids.max").as_deref() {
+fn pids_limit(f: &mut StatsFiles, dir: &Path) -> u64 {
+    match f.read(dir, "pids.max").as_deref() {
         Ok("max") | Err(_) => 0,
         Ok(v) => v.parse().unwrap_or(0),
     }
 }
 
-fn oom_kills_v1(dir: &Path) -> u64 {
-    fs::read_keyed(dir, "memory.oom_control")
+fn oom_kills_v1(f: &mut StatsFiles, dir: &Path) -> u64 {
+    f.read_keyed(dir, "memory.oom_control")
         .ok()
         .and_then(|c| fs::keyed(&c, "oom_kill"))
         .unwrap_or(0)
 }
 
-fn blkio_entries(dir: &Path, file: &str) -> Vec<BlkioEntry> {
-    fs::read(dir, file)
+fn blkio_entries(f: &mut StatsFiles, dir: &Path, file: &str) -> Vec<BlkioEntry> {
+    f.read(dir, file)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
@@ -228,12 +236,14 @@ fn blkio_entries(dir: &Path, file: &str) -> Vec<BlkioEntry> {
         .collect()
 }
 
-fn hugetlb_stats(dir: &Path, limit_suffix: &str, usage_suffix: &str, s: &mut Stats) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+fn hugetlb_stats(
+    f: &mut StatsFiles,
+    dir: &Path,
+    limit_suffix: &str,
+    usage_suffix: &str,
+    s: &mut Stats,
+) {
+    for name in f.names(dir) {
         let Some(size) = name
             .strip_prefix("hugetlb.")
             .and_then(|n| n.strip_suffix(&format!(".{usage_suffix}")))
@@ -244,19 +254,21 @@ fn hugetlb_stats(dir: &Path, limit_suffix: &str, usage_suffix: &str, s: &mut Sta
             continue;
         }
         let entry = s.hugetlb.entry(size.to_owned()).or_default();
-        entry.usage = num(dir, &name);
-        entry.max = num(dir, &format!("hugetlb.{size}.{limit_suffix}"));
-        let events = fs::read_keyed(dir, &format!("hugetlb.{size}.events")).unwrap_or_default();
+        entry.usage = num(f, dir, &name);
+        entry.max = num(f, dir, &format!("hugetlb.{size}.{limit_suffix}"));
+        let events = f
+            .read_keyed(dir, &format!("hugetlb.{size}.events"))
+            .unwrap_or_default();
         entry.failcnt = fs::keyed(&events, "max")
-            .unwrap_or_else(|| num(dir, &format!("hugetlb.{size}.failcnt")));
+            .unwrap_or_else(|| num(f, dir, &format!("hugetlb.{size}.failcnt")));
     }
 }
 
-fn v2_stats(dir: &Path, s: &mut Stats) {
-    let controllers = fs::read(dir, "cgroup.controllers").unwrap_or_default();
+fn v2_stats(f: &mut StatsFiles, dir: &Path, s: &mut Stats) {
+    let controllers = f.read(dir, "cgroup.controllers").unwrap_or_default();
     let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
     // cpu.stat exists without the cpu controller (usage only).
-    if let Ok(stat) = fs::read_keyed(dir, "cpu.stat") {
+    if let Ok(stat) = f.read_keyed(dir, "cpu.stat") {
         if s.cpu.usage.total == 0 {
             s.cpu.usage.total = fs::keyed(&stat, "usage_usec").unwrap_or(0) * 1000;
             s.cpu.usage.user = fs::keyed(&stat, "user_usec").unwrap_or(0) * 1000;
@@ -271,36 +283,42 @@ fn v2_stats(dir: &Path, s: &mut Stats) {
     }
     if has("memory") {
         s.memory.usage = MemoryEntry {
-            limit: num(dir, "memory.max"),
-            usage: num(dir, "memory.current"),
-            max: fs::read_u64(dir, "memory.peak").ok().flatten().unwrap_or(0),
-            failcnt: fs::read_keyed(dir, "memory.events")
+            limit: num(f, dir, "memory.max"),
+            usage: num(f, dir, "memory.current"),
+            max: f
+                .read(dir, "memory.peak")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            failcnt: f
+                .read_keyed(dir, "memory.events")
                 .ok()
                 .and_then(|e| fs::keyed(&e, "max"))
                 .unwrap_or(0),
         };
-        if fs::exists(dir, "memory.swap.current") {
+        if f.exists(dir, "memory.swap.current") {
             s.memory.swap = MemoryEntry {
-                limit: num(dir, "memory.swap.max"),
-                usage: num(dir, "memory.swap.current"),
+                limit: num(f, dir, "memory.swap.max"),
+                usage: num(f, dir, "memory.swap.current"),
                 max: 0,
                 failcnt: 0,
             };
         }
-        let raw = fs::read_keyed(dir, "memory.stat").unwrap_or_default();
+        let raw = f.read_keyed(dir, "memory.stat").unwrap_or_default();
         s.memory.cache = fs::keyed(&raw, "file").unwrap_or(0);
         s.memory.raw = raw.into_iter().collect();
-        s.memory.oom_kill = fs::read_keyed(dir, "memory.events")
+        s.memory.oom_kill = f
+            .read_keyed(dir, "memory.events")
             .ok()
             .and_then(|e| fs::keyed(&e, "oom_kill"))
             .unwrap_or(0);
     }
     if has("pids") {
-        s.pids.current = num(dir, "pids.current");
-        s.pids.limit = pids_limit(dir);
+        s.pids.current = num(f, dir, "pids.current");
+        s.pids.limit = pids_limit(f, dir);
     }
     if has("io") {
-        for line in fs::read(dir, "io.stat").unwrap_or_default().lines() {
+        for line in f.read(dir, "io.stat").unwrap_or_default().lines() {
             let mut it = line.split_whitespace();
             let Some((major, minor)) = it.next().and_then(|d| d.split_once(':')) else {
                 continue;
@@ -330,6 +348,46 @@ fn v2_stats(dir: &Path, s: &mut Stats) {
         }
     }
     if has("hugetlb") {
-        hugetlb_stats(dir, "max", "current", s);
+        hugetlb_stats(f, dir, "max", "current", s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CgroupPath;
+
+    /// The files kept open report the present, not what they held when
+    /// opened: a process moved in after the first read shows in the next
+    /// (real cgroups of this host, whatever their layout).
+    #[test]
+    fn kept_open_files_read_fresh_values() {
+        let path = CgroupPath::Absolute(format!("/berth-stats-test-{}", std::process::id()));
+        let m = Manager::new(&path).unwrap();
+        m.create().unwrap();
+        let mut files = StatsFiles::default();
+        let before = m.stats_with(&mut files).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let moved = m.add_process(child.id() as i32);
+        let after = moved
+            .as_ref()
+            .ok()
+            .map(|_| m.stats_with(&mut files).unwrap());
+        let fresh = m.stats().ok();
+        let _ = child.kill();
+        let _ = child.wait();
+        m.remove().unwrap();
+        moved.unwrap();
+        let (after, fresh) = (after.unwrap(), fresh.unwrap());
+        assert_eq!(before.pids.current, 0);
+        assert_eq!(after.pids.current, 1, "{after:?}");
+        assert!(!after.memory.raw.is_empty());
+        // The same figures as files opened afresh.
+        assert_eq!(after.pids.current, fresh.pids.current);
+        assert_eq!(after.memory.raw.len(), fresh.memory.raw.len());
+        assert_eq!(after.memory.usage.limit, fresh.memory.usage.limit);
     }
 }

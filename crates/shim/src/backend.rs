@@ -278,12 +278,25 @@ impl Backend {
         }
     }
 
-    /// Resource usage, runc's `events --stats` data.
-    pub fn stats(&self, id: &str, init_pid: i32) -> Result<berth_cgroups::Stats> {
-        match self {
-            Backend::Vm(vm) => vm.stats(id),
-            _ => Ok(self.cgroups(id, init_pid)?.stats()?),
+    /// Resource usage, runc's `events --stats` data, through the
+    /// container's `cache` (its cgroup and open files, set up at the first
+    /// call).
+    pub fn stats(
+        &self,
+        id: &str,
+        init_pid: i32,
+        cache: &mut StatsCache,
+    ) -> Result<berth_cgroups::Stats> {
+        if let Backend::Vm(vm) = self {
+            return vm.stats(id);
         }
+        let (cgroups, files) = match &mut cache.0 {
+            Some(c) => c,
+            None => cache
+                .0
+                .insert((self.cgroups(id, init_pid)?, Default::default())),
+        };
+        Ok(cgroups.stats_with(files)?)
     }
 
     /// Signals an exec (by its pid on the host, or through the VM's agent).
@@ -307,6 +320,13 @@ impl Backend {
         }
     }
 }
+
+/// A container's cgroup and the files its usage is read from, kept
+/// between Stats calls (the cgroup does not move while the container
+/// lives): finding the cgroup loads the runtime's state, and each file
+/// read afresh would cost a path walk, an open and a close.
+#[derive(Default)]
+pub struct StatsCache(Option<(berth_cgroups::Manager, berth_cgroups::StatsFiles)>);
 
 fn read_pid(path: &Path) -> Result<i32> {
     std::fs::read_to_string(path)

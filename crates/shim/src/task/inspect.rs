@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -90,9 +91,15 @@ impl Service {
     }
 
     pub(super) fn stats(&self, req: &api::StatsRequest) -> Result<api::StatsResponse> {
-        let (pid, ..) = self.process_status(&req.id, "")?;
-        let backend = self.backend(&req.id)?;
-        let stats = backend.stats(&req.id, pid)?;
+        let (pid, backend, cache) = {
+            let inner = self.lock();
+            let c = inner.container(&req.id)?;
+            (c.init.pid, Arc::clone(&c.backend), Arc::clone(&c.stats))
+        };
+        let stats = {
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            backend.stats(&req.id, pid, &mut cache)?
+        };
         let mut r = api::StatsResponse::new();
         r.stats = MessageField::some(crate::metrics::to_any(&stats));
         Ok(r)

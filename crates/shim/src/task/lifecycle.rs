@@ -89,6 +89,7 @@ impl Service {
                 execs: HashMap::new(),
                 rootfs_mounted: mounted,
                 oom_killed: Arc::clone(&oom),
+                stats: Default::default(),
             },
         );
         if backend.host_pids() {

@@ -70,6 +70,7 @@ pub(super) struct Container {
     pub(super) execs: HashMap<String, Proc>,
     pub(super) rootfs_mounted: bool,
     pub(super) oom_killed: Arc<AtomicBool>,
+    pub(super) stats: Arc<std::sync::Mutex<crate::backend::StatsCache>>,
 }
 
 /// How a request names a process that is not there.
