@@ -228,27 +228,29 @@ def find_tool(name, package=None, candidates=()):
     return p
 
 
-def cargo_build(packages, outputs):
-    """`cargo build --release -p <package>...` in the repository (incremental,
-    so a stale binary is never measured); returns the paths of the outputs
-    (names in target/release), dies with cargo's stderr if one is missing."""
-    cmd = ["cargo", "build", "--release"]
+def cargo_build(packages, outputs, profile="release"):
+    """`cargo build --profile <profile> -p <package>...` in the repository
+    (incremental, so a stale binary is never measured); returns the paths of
+    the outputs (names in target/<profile>), dies with cargo's stderr if one
+    is missing. The CRI client is built with the bench-client profile
+    (Cargo.toml says why)."""
+    cmd = ["cargo", "build", "--profile", profile]
     for p in packages:
         cmd += ["-p", p]
     r = subprocess.run(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
-    paths = [os.path.join(REPO, "target/release", o) for o in outputs]
+    paths = [os.path.join(REPO, "target", profile, o) for o in outputs]
     if r.returncode != 0 or not all(os.access(p, os.X_OK) for p in paths):
         die(f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{r.stderr.strip()[-6000:]}")
     return paths
 
 
-def find_built(var, package, output):
-    """$var (made absolute) if set, else target/release/<output> built now by
-    cargo_build([package])."""
+def find_built(var, package, output, profile="release"):
+    """$var (made absolute) if set, else target/<profile>/<output> built now
+    by cargo_build([package])."""
     if os.environ.get(var):
         return os.path.abspath(os.environ[var])
-    return cargo_build([package], [output])[0]
+    return cargo_build([package], [output], profile)[0]
 
 
 def find_berth():
