@@ -568,9 +568,13 @@ async fn container_and_pod_stats() {
     let burn = rt
         .exec_sync(cri::ExecSyncRequest {
             container_id: c.clone(),
-            cmd: ["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"]
-                .map(String::from)
-                .to_vec(),
+            cmd: [
+                "sh",
+                "-c",
+                "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
+            ]
+            .map(String::from)
+            .to_vec(),
             timeout: 60,
         })
         .await
