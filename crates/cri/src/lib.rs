@@ -3,6 +3,7 @@
 //! exits) and its own records (pods, containers), which survive restarts.
 
 pub mod config;
+mod cri_conn;
 pub mod error;
 pub mod grpc;
 pub mod images;
@@ -65,7 +66,11 @@ pub async fn serve(
                 .max_encoding_message_size(64 << 20),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            {
+                use tokio_stream::StreamExt;
+                tokio_stream::wrappers::UnixListenerStream::new(listener)
+                    .map(|accepted| accepted.and_then(cri_conn::CriConnection::new))
+            },
             shutdown,
         )
         .await
