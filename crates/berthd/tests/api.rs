@@ -521,16 +521,18 @@ async fn container_and_pod_stats() {
     .await;
 
     let mut rt = d.runtime().await;
-    let stats = |s: Option<cri::ContainerStats>| s.unwrap();
-    let first = stats(
-        rt.container_stats(cri::ContainerStatsRequest {
-            container_id: c.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ContainerStats: {e:?}\n{}", d.log_tail()))
-        .into_inner()
-        .stats,
-    );
+    let container_stats = |mut rt: cri::runtime_service_client::RuntimeServiceClient<_>| {
+        let (id, d) = (c.clone(), &d);
+        async move {
+            rt.container_stats(cri::ContainerStatsRequest { container_id: id })
+                .await
+                .unwrap_or_else(|e| panic!("ContainerStats: {e:?}\n{}", d.log_tail()))
+                .into_inner()
+                .stats
+                .unwrap()
+        }
+    };
+    let first = container_stats(rt.clone()).await;
     let attrs = first.attributes.clone().unwrap();
     assert_eq!(attrs.id, c);
     assert_eq!(attrs.metadata.unwrap().name, "busy");
@@ -549,15 +551,7 @@ async fn container_and_pod_stats() {
     assert!(wl.inodes_used.unwrap().value >= 1);
     assert!(!wl.fs_id.unwrap().mountpoint.is_empty());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let second = stats(
-        rt.container_stats(cri::ContainerStatsRequest {
-            container_id: c.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats,
-    );
+    let second = container_stats(rt.clone()).await;
     let second_cpu = second.cpu.unwrap();
     assert!(
         second_cpu.usage_nano_cores.is_some(),
@@ -581,15 +575,7 @@ async fn container_and_pod_stats() {
         .unwrap()
         .into_inner();
     assert_eq!(burn.exit_code, 0);
-    let third = stats(
-        rt.container_stats(cri::ContainerStatsRequest {
-            container_id: c.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats,
-    );
+    let third = container_stats(rt.clone()).await;
     let (before, after) = (
         second_cpu.usage_core_nano_seconds.unwrap().value,
         third.cpu.unwrap().usage_core_nano_seconds.unwrap().value,

@@ -282,6 +282,7 @@ fn v2_stats(f: &mut StatsFiles, dir: &Path, s: &mut Stats) {
         }
     }
     if has("memory") {
+        let events = f.read_keyed(dir, "memory.events").unwrap_or_default();
         s.memory.usage = MemoryEntry {
             limit: num(f, dir, "memory.max"),
             usage: num(f, dir, "memory.current"),
@@ -290,11 +291,7 @@ fn v2_stats(f: &mut StatsFiles, dir: &Path, s: &mut Stats) {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
-            failcnt: f
-                .read_keyed(dir, "memory.events")
-                .ok()
-                .and_then(|e| fs::keyed(&e, "max"))
-                .unwrap_or(0),
+            failcnt: fs::keyed(&events, "max").unwrap_or(0),
         };
         if f.exists(dir, "memory.swap.current") {
             s.memory.swap = MemoryEntry {
@@ -307,11 +304,7 @@ fn v2_stats(f: &mut StatsFiles, dir: &Path, s: &mut Stats) {
         let raw = f.read_keyed(dir, "memory.stat").unwrap_or_default();
         s.memory.cache = fs::keyed(&raw, "file").unwrap_or(0);
         s.memory.raw = raw.into_iter().collect();
-        s.memory.oom_kill = f
-            .read_keyed(dir, "memory.events")
-            .ok()
-            .and_then(|e| fs::keyed(&e, "oom_kill"))
-            .unwrap_or(0);
+        s.memory.oom_kill = fs::keyed(&events, "oom_kill").unwrap_or(0);
     }
     if has("pids") {
         s.pids.current = num(f, dir, "pids.current");
