@@ -23,6 +23,9 @@ pub struct CriConnection {
     /// While a write would block: the socket again, registered for
     /// writability.
     room: Option<AsyncFd<OwnedFd>>,
+    /// Sends made so far (the tests count an answer's writes).
+    #[cfg(test)]
+    sends: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl CriConnection {
@@ -32,6 +35,8 @@ impl CriConnection {
         Ok(CriConnection {
             stream: register(stream, Interest::READABLE)?,
             room: None,
+            #[cfg(test)]
+            sends: Default::default(),
         })
     }
 
@@ -44,6 +49,9 @@ impl CriConnection {
             match send(self.stream.get_ref()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 done => {
+                    #[cfg(test)]
+                    self.sends
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.room = None;
                     return Poll::Ready(done);
                 }
@@ -84,8 +92,16 @@ impl AsyncRead for CriConnection {
         loop {
             let mut guard = ready!(self.stream.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
+            let wanted = unfilled.len();
             match guard.try_io(|s| s.get_ref().read(unfilled)) {
                 Ok(Ok(n)) => {
+                    // A stream socket reads short only when it has nothing
+                    // more queued: wait for the next event rather than
+                    // learning that from another read's EAGAIN, a syscall
+                    // per RPC (tokio's own sockets do the same).
+                    if n > 0 && n < wanted {
+                        guard.clear_ready();
+                    }
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
@@ -113,8 +129,13 @@ impl AsyncWrite for CriConnection {
         self.get_mut().poll_send(cx, |mut s| s.write_vectored(bufs))
     }
 
+    /// No: h2 then copies a DATA frame of up to 1 KiB into its write
+    /// buffer, where the trailers follow it, instead of chaining every
+    /// payload over 256 bytes and flushing it before it takes the trailers.
+    /// A unary answer of that size (a PodSandboxStatus, a ContainerStatus)
+    /// leaves in one write, and wakes kubelet once instead of twice.
     fn is_write_vectored(&self) -> bool {
-        true
+        false
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -166,5 +187,86 @@ mod tests {
             conn.room.is_none(),
             "the writability registration is dropped"
         );
+    }
+
+    /// A unary gRPC answer as tonic gives it to h2 (headers, one DATA frame
+    /// of a PodSandboxStatus's size, trailers) leaves in a single write:
+    /// the client is woken once per call, not once for the message and
+    /// again for its trailers.
+    #[test]
+    fn a_small_answer_and_its_trailers_leave_in_one_write() {
+        const ANSWER: usize = 700;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let (sends_tx, sends_rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let conn =
+                    CriConnection::new(tokio::net::UnixStream::from_std(ours).unwrap()).unwrap();
+                sends_tx.send(std::sync::Arc::clone(&conn.sends)).unwrap();
+                let mut h2 = h2::server::handshake(conn).await.unwrap();
+                while let Some(Ok((_request, mut respond))) = h2.accept().await {
+                    let response = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let mut send = respond.send_response(response, false).unwrap();
+                    send.send_data(bytes::Bytes::from(vec![7u8; ANSWER]), false)
+                        .unwrap();
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    send.send_trailers(trailers).unwrap();
+                }
+            });
+        });
+        let sends = sends_rx.recv().unwrap();
+        let writes = move || sends.load(std::sync::atomic::Ordering::Relaxed);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let io = tokio::net::UnixStream::from_std(theirs).unwrap();
+            let (client, connection) = h2::client::handshake(io).await.unwrap();
+            tokio::spawn(connection);
+            let mut client = client.ready().await.unwrap();
+            let mut call = || {
+                let request =
+                    http::Request::post("http://berthd/runtime.v1.RuntimeService/PodSandboxStatus")
+                        .body(())
+                        .unwrap();
+                let (response, _) = client.send_request(request, true).unwrap();
+                async move {
+                    let mut body = response.await.unwrap().into_body();
+                    let mut got = 0;
+                    while let Some(data) = body.data().await {
+                        got += data.unwrap().len();
+                    }
+                    assert_eq!(got, ANSWER);
+                    let trailers = body.trailers().await.unwrap().expect("trailers");
+                    assert_eq!(trailers["grpc-status"], "0");
+                }
+            };
+            // The first calls also carry the connection's settings acks.
+            for _ in 0..3 {
+                call().await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            for i in 0..20 {
+                let before = writes();
+                call().await;
+                // Anything the server would write after the trailers.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let after = writes();
+                assert_eq!(after - before, 1, "writes for call {i}");
+            }
+        });
+        drop(rt);
+        server.join().unwrap();
     }
 }
