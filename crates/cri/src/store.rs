@@ -303,10 +303,11 @@ impl Store {
 
     pub fn remove_pod(&self, id: &str) -> Result<()> {
         let mut index = self.lock();
-        if let Some(p) = index.pods.get(id).cloned() {
+        if index.pods.contains_key(id) {
             self.write(PODS, id, None)?;
-            index.remove_pod(id);
-            index.pod_names.remove(&p.name());
+            if let Some(p) = index.remove_pod(id) {
+                index.pod_names.remove(&p.name());
+            }
         }
         Ok(())
     }
