@@ -557,17 +557,10 @@ fn main() {
             }
         }
     };
-    let flavor = std::env::var("BCB_FLAVOR").unwrap_or_default();
-    let runtime = if flavor == "ct" {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    }
-    .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = runtime.block_on(async {
         tokio::spawn(work)
             .await
