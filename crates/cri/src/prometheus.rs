@@ -13,11 +13,12 @@
 //! tonic puts a failed call's status; a stream that fails after its first
 //! message counts as OK, and its latency is the time to its first headers.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -59,6 +60,13 @@ struct RpcResult {
 }
 
 impl Rpc {
+    fn unknown() -> Rpc {
+        Rpc {
+            grpc_service: "unknown".into(),
+            grpc_method: "unknown".into(),
+        }
+    }
+
     /// From a gRPC path, `/runtime.v1.RuntimeService/ListContainers`;
     /// anything else is `unknown` (no label made of arbitrary text).
     fn of(path: &str) -> Rpc {
@@ -73,13 +81,34 @@ impl Rpc {
             .strip_prefix('/')
             .and_then(|p| p.split_once('/'))
             .and_then(|(s, m)| Some((name(s)?, name(m)?)));
-        let (grpc_service, grpc_method) =
-            parsed.unwrap_or_else(|| ("unknown".into(), "unknown".into()));
-        Rpc {
-            grpc_service,
-            grpc_method,
+        match parsed {
+            Some((grpc_service, grpc_method)) => Rpc {
+                grpc_service,
+                grpc_method,
+            },
+            None => Rpc::unknown(),
         }
     }
+
+    fn is_unknown(&self) -> bool {
+        self.grpc_service == "unknown" && self.grpc_method == "unknown"
+    }
+}
+
+/// Distinct RPCs labelled by name; calls to any further path count as
+/// `unknown` (CRI and berth's API have about 60 methods: only a client
+/// making up method names gets there, and it must not grow the families
+/// without bound).
+const MAX_RPCS: usize = 256;
+
+/// One RPC's series, looked up once per gRPC path: a call then counts
+/// without building label sets or hashing them into the families (it did
+/// both, with five small allocations, on every call).
+struct RpcMetrics {
+    rpc: Rpc,
+    started: Counter,
+    handling: Histogram,
+    handled_ok: Counter,
 }
 
 /// gRPC code names as grpc-go spells them (go-grpc-prometheus' labels).
@@ -122,6 +151,9 @@ pub struct Metrics {
     started: Family<Rpc, Counter>,
     handled: Family<RpcResult, Counter>,
     handling: Family<Rpc, Histogram>,
+    by_path: RwLock<HashMap<Box<str>, Arc<RpcMetrics>>>,
+    /// Made on first use: no `unknown` series until a call needs one.
+    unknown: OnceLock<Arc<RpcMetrics>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -160,6 +192,8 @@ impl Metrics {
             started,
             handled,
             handling,
+            by_path: RwLock::new(HashMap::new()),
+            unknown: OnceLock::new(),
         })
     }
 
@@ -170,19 +204,75 @@ impl Metrics {
         Ok(text)
     }
 
-    fn start(&self, rpc: &Rpc) {
-        self.started.get_or_create(rpc).inc();
+    /// The series of the RPC at gRPC `path`.
+    fn rpc(&self, path: &str) -> Arc<RpcMetrics> {
+        let by_path = self.by_path.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = by_path.get(path) {
+            return Arc::clone(m);
+        }
+        drop(by_path);
+        let rpc = Rpc::of(path);
+        if rpc.is_unknown() {
+            return self.unknown();
+        }
+        let mut by_path = self.by_path.write().unwrap_or_else(PoisonError::into_inner);
+        if by_path.len() >= MAX_RPCS && !by_path.contains_key(path) {
+            return self.unknown();
+        }
+        let m = by_path
+            .entry(path.into())
+            .or_insert_with(|| Arc::new(series(&self.started, &self.handled, &self.handling, rpc)));
+        Arc::clone(m)
     }
 
-    fn finish(&self, rpc: Rpc, code: tonic::Code, seconds: f64) {
-        self.handling.get_or_create(&rpc).observe(seconds);
+    fn unknown(&self) -> Arc<RpcMetrics> {
+        let m = self.unknown.get_or_init(|| {
+            Arc::new(series(
+                &self.started,
+                &self.handled,
+                &self.handling,
+                Rpc::unknown(),
+            ))
+        });
+        Arc::clone(m)
+    }
+
+    fn finish(&self, rpc: &RpcMetrics, code: tonic::Code, seconds: f64) {
+        rpc.handling.observe(seconds);
+        if code == tonic::Code::Ok {
+            rpc.handled_ok.inc();
+            return;
+        }
         self.handled
             .get_or_create(&RpcResult {
-                grpc_service: rpc.grpc_service,
-                grpc_method: rpc.grpc_method,
+                grpc_service: rpc.rpc.grpc_service.clone(),
+                grpc_method: rpc.rpc.grpc_method.clone(),
                 grpc_code: code_name(code).to_owned(),
             })
             .inc();
+    }
+}
+
+/// `rpc`'s series in the families (each metric is a handle on the one the
+/// family holds).
+fn series(
+    started: &Family<Rpc, Counter>,
+    handled: &Family<RpcResult, Counter>,
+    handling: &Family<Rpc, Histogram>,
+    rpc: Rpc,
+) -> RpcMetrics {
+    let handled_ok = handled
+        .get_or_create(&RpcResult {
+            grpc_service: rpc.grpc_service.clone(),
+            grpc_method: rpc.grpc_method.clone(),
+            grpc_code: code_name(tonic::Code::Ok).to_owned(),
+        })
+        .clone();
+    RpcMetrics {
+        started: started.get_or_create(&rpc).clone(),
+        handling: handling.get_or_create(&rpc).clone(),
+        handled_ok,
+        rpc,
     }
 }
 
@@ -298,8 +388,8 @@ where
     }
 
     fn call(&mut self, req: Http<B>) -> Self::Future {
-        let rpc = Rpc::of(req.uri().path());
-        self.metrics.start(&rpc);
+        let rpc = self.metrics.rpc(req.uri().path());
+        rpc.started.inc();
         let began = Instant::now();
         let response = self.inner.call(req);
         let metrics = Arc::clone(&self.metrics);
@@ -309,7 +399,7 @@ where
                 Ok(resp) => response_code(resp.headers()),
                 Err(_) => tonic::Code::Unknown,
             };
-            metrics.finish(rpc, code, began.elapsed().as_secs_f64());
+            metrics.finish(&rpc, code, began.elapsed().as_secs_f64());
             r
         })
     }
@@ -421,14 +511,14 @@ mod tests {
     #[test]
     fn counts_requests_errors_and_latency_in_prometheus_text() {
         let m = Metrics::new(Weak::new());
-        let rpc = Rpc::of("/runtime.v1.RuntimeService/ContainerStatus");
         for code in [
             tonic::Code::Ok,
             tonic::Code::NotFound,
             tonic::Code::NotFound,
         ] {
-            m.start(&rpc);
-            m.finish(rpc.clone(), code, 0.003);
+            let rpc = m.rpc("/runtime.v1.RuntimeService/ContainerStatus");
+            rpc.started.inc();
+            m.finish(&rpc, code, 0.003);
         }
         let text = m.encode().unwrap();
         let labels = r#"grpc_service="runtime.v1.RuntimeService",grpc_method="ContainerStatus""#;
@@ -446,6 +536,40 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+    }
+
+    /// Every call of an RPC counts in the same series; made-up paths past
+    /// the bound count as `unknown`, and so do malformed ones.
+    #[test]
+    fn rpcs_share_their_series_and_made_up_ones_are_bounded() {
+        let m = Metrics::new(Weak::new());
+        let status = "/runtime.v1.RuntimeService/PodSandboxStatus";
+        assert!(Arc::ptr_eq(&m.rpc(status), &m.rpc(status)));
+        for i in 0..MAX_RPCS + 50 {
+            m.rpc(&format!("/made.up/Method{i}")).started.inc();
+        }
+        m.rpc("/not a path").started.inc();
+        assert_eq!(m.by_path.read().unwrap().len(), MAX_RPCS);
+        m.rpc(status).started.inc();
+        let text = m.encode().unwrap();
+        let count = |labels: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("grpc_server_started_total{{{labels}}} ")))
+                .map(|v| v.parse::<u64>().unwrap())
+        };
+        assert_eq!(
+            count(r#"grpc_service="runtime.v1.RuntimeService",grpc_method="PodSandboxStatus""#),
+            Some(1),
+            "{text}"
+        );
+        // One labelled RPC was the status call's: 255 made-up ones fit.
+        assert_eq!(
+            count(r#"grpc_service="unknown",grpc_method="unknown""#),
+            Some(50 + 1 + 1),
+            "{text}"
+        );
+        assert!(text.contains(r#"grpc_method="Method254""#));
+        assert!(!text.contains(r#"grpc_method="Method255""#));
     }
 
     #[test]
