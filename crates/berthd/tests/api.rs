@@ -10,15 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use k8s_cri::v1 as cri;
 
-fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-const UNKNOWN: &str = "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeed";
-
 /// Every idempotent RPC twice and on unknown ids: OK each time
 /// (api.proto: "must not return an error if ... already").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,6 @@ use common::*;
 use k8s_cri::v1 as cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const UNKNOWN: &str = "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeed";
-
 const BASE_KEYS: [&str; 5] = ["pod", "namespace", "container", "id", "image"];
 
 /// What kubelet's cAdvisor-compatible collector expects at least.

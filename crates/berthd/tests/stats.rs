@@ -5,20 +5,10 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
 use k8s_cri::v1 as cri;
-
-fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-const UNKNOWN: &str = "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeed";
 
 /// ContainerStats, ListContainerStats, PodSandboxStats,
 /// ListPodSandboxStats: CPU, memory working set, the writable layer.

@@ -40,6 +40,17 @@ use berth_testkit::procs::{kill_processes_mentioning, terminate};
 
 pub const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
 
+/// An id in the form of a pod's or a container's that nothing has.
+pub const UNKNOWN: &str = "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeed";
+
+/// A label (or annotation) map from pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// The shim berthd starts: built beside berthd by `cargo build`.
 pub fn shim_binary() -> PathBuf {
     let p = Path::new(BERTHD).with_file_name("containerd-shim-berth-v2");
