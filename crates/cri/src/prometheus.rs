@@ -221,20 +221,34 @@ impl Metrics {
         }
         let m = by_path
             .entry(path.into())
-            .or_insert_with(|| Arc::new(series(&self.started, &self.handled, &self.handling, rpc)));
+            .or_insert_with(|| Arc::new(self.series(rpc)));
         Arc::clone(m)
     }
 
     fn unknown(&self) -> Arc<RpcMetrics> {
-        let m = self.unknown.get_or_init(|| {
-            Arc::new(series(
-                &self.started,
-                &self.handled,
-                &self.handling,
-                Rpc::unknown(),
-            ))
-        });
-        Arc::clone(m)
+        Arc::clone(
+            self.unknown
+                .get_or_init(|| Arc::new(self.series(Rpc::unknown()))),
+        )
+    }
+
+    /// `rpc`'s series in the families (each metric is a handle on the one
+    /// the family holds).
+    fn series(&self, rpc: Rpc) -> RpcMetrics {
+        let handled_ok = self
+            .handled
+            .get_or_create(&RpcResult {
+                grpc_service: rpc.grpc_service.clone(),
+                grpc_method: rpc.grpc_method.clone(),
+                grpc_code: code_name(tonic::Code::Ok).to_owned(),
+            })
+            .clone();
+        RpcMetrics {
+            started: self.started.get_or_create(&rpc).clone(),
+            handling: self.handling.get_or_create(&rpc).clone(),
+            handled_ok,
+            rpc,
+        }
     }
 
     fn finish(&self, rpc: &RpcMetrics, code: tonic::Code, seconds: f64) {
@@ -250,29 +264,6 @@ impl Metrics {
                 grpc_code: code_name(code).to_owned(),
             })
             .inc();
-    }
-}
-
-/// `rpc`'s series in the families (each metric is a handle on the one the
-/// family holds).
-fn series(
-    started: &Family<Rpc, Counter>,
-    handled: &Family<RpcResult, Counter>,
-    handling: &Family<Rpc, Histogram>,
-    rpc: Rpc,
-) -> RpcMetrics {
-    let handled_ok = handled
-        .get_or_create(&RpcResult {
-            grpc_service: rpc.grpc_service.clone(),
-            grpc_method: rpc.grpc_method.clone(),
-            grpc_code: code_name(tonic::Code::Ok).to_owned(),
-        })
-        .clone();
-    RpcMetrics {
-        started: started.get_or_create(&rpc).clone(),
-        handling: handling.get_or_create(&rpc).clone(),
-        handled_ok,
-        rpc,
     }
 }
 
