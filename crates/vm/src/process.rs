@@ -95,8 +95,14 @@ impl Process {
         let _ = pidfd_send_signal(self.pidfd.as_fd(), signal);
     }
 
-    /// SIGKILL, and wait for the end.
+    /// SIGKILL to its process group, and wait for its end. The group
+    /// takes the children it forked along (virtiofsd's sandbox child,
+    /// which would otherwise end only on its parent-death SIGTERM, a
+    /// moment later).
     pub async fn kill(&self) {
+        if self.is_running() {
+            kill_group(self.pid);
+        }
         self.signal(Signal::KILL);
         self.wait().await;
     }
@@ -169,6 +175,7 @@ pub fn kill_recorded(pid_file: &Path, owner_dir: &Path) {
     if !String::from_utf8_lossy(&cmdline).contains(needle.as_ref()) {
         return;
     }
+    kill_group(pid.as_raw_nonzero().get());
     let _ = pidfd_send_signal(pidfd.as_fd(), Signal::KILL);
     let mut fds = [rustix::event::PollFd::new(
         &pidfd,
@@ -183,4 +190,13 @@ pub fn kill_recorded(pid_file: &Path, owner_dir: &Path) {
         WaitId::PidFd(pidfd.as_fd()),
         WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
     );
+}
+
+/// SIGKILL to the process group `leader` leads (each helper is spawned
+/// leading a group of its own). Called only while the leader is not reaped,
+/// so the group's ID cannot name someone else's group.
+fn kill_group(leader: i32) {
+    if let Some(pgid) = rustix::process::Pid::from_raw(leader) {
+        let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+    }
 }

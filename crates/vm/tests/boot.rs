@@ -547,14 +547,16 @@ async fn a_disk_reaches_the_guest_read_only_where_asked() {
 
 #[tokio::test]
 async fn a_boot_abandoned_half_way_leaves_nothing() {
-    let (_tmp, config) = config("abandoned");
+    let (tmp, config) = config("abandoned");
     let dir = config.dir.clone();
     // Long enough for QEMU and virtiofsd to start, not for the guest.
     let booting = tokio::time::timeout(Duration::from_millis(600), Vm::boot(config)).await;
     assert!(booting.is_err(), "booted within 600 ms under emulation?");
     assert!(!dir.exists(), "{} left", dir.display());
-    assert_eq!(qemu_processes_of(&dir), Vec::<i32>::new(), "a QEMU is left");
-    assert_eq!(mounts_under(&dir), Vec::<String>::new());
+    // QEMU and virtiofsd are killed and reaped before the drop returns;
+    // virtiofsd's sandbox child follows on its parent-death signal, a
+    // moment later (CI on 7e51b3f caught it still there).
+    assert_nothing_left(&dir, tmp.path()).await;
 }
 
 /// vsock is the agent's channel under KVM on hosts with vhost-vsock; it is
