@@ -224,7 +224,8 @@ const PROBE_BUDGET: Duration = Duration::from_secs(20);
 const MIN_PROBES: usize = 10;
 
 /// The calls kubelet's PLEG and stats loops make every second, each `count`
-/// times in turn (one at a time, as those loops do), against whatever runs
+/// times and for at least `seconds` in turn (one at a time, as those loops
+/// do; a slow RPC stops after PROBE_BUDGET), against whatever runs
 /// on the daemon; the single-object calls go to the pods and containers
 /// labelled berth-bench=TAG in turn. Prints per RPC the median, p99 and
 /// mean latency (ms) and the objects the last answer held. `only`: the
@@ -234,6 +235,7 @@ async fn cmd_probe(
     limit: Duration,
     tag: &str,
     count: usize,
+    seconds: Duration,
     only: &[String],
 ) -> Result<bool, String> {
     const PROBED: [&str; 5] = [
@@ -291,9 +293,13 @@ async fn cmd_probe(
         let mut samples = Vec::with_capacity(count);
         let mut objects = 0usize;
         let began = Instant::now();
-        for i in 0..count {
+        for i in 0.. {
+            let elapsed = began.elapsed();
+            if i >= count && elapsed >= seconds {
+                break;
+            }
             // A slow call is sampled fewer times (at least MIN_PROBES).
-            if i >= MIN_PROBES && began.elapsed() > PROBE_BUDGET {
+            if i >= MIN_PROBES && elapsed > PROBE_BUDGET {
                 break;
             }
             let t = Instant::now();
@@ -544,7 +550,7 @@ fn main() {
                 let tag = o.tag.clone();
                 cmd_cleanup(channel, limit, &tag).await
             }
-            "probe" => cmd_probe(channel, limit, &o.tag, o.count, &o.rpcs).await,
+            "probe" => cmd_probe(channel, limit, &o.tag, o.count, o.seconds, &o.rpcs).await,
             "concurrent" => concurrent::cmd_concurrent(o, channel).await,
             "up" => stream::cmd_up(&o, channel).await,
             "stream" => {

@@ -9,7 +9,7 @@ use crate::stream;
 pub(crate) const USAGE: &str = "usage: berth-cri-bench --socket PATH [--rpc-timeout SECONDS] \
 (version | pull IMAGE... | run --pods N --image REF --tag TAG --cgroup-parent CG \
 --log-dir DIR [--ids-file FILE] [--hold] [--pod-network] [--runtime-handler NAME] | cleanup --tag TAG \
-| probe --tag TAG [--count K] [--rpcs RPC,...] | concurrent --count N --pods P --image REF --tag TAG \
+| probe --tag TAG [--count K] [--seconds S] [--rpcs RPC,...] | concurrent --count N --pods P --image REF --tag TAG \
 --cgroup-parent CG --log-dir DIR [--ids-file FILE] | up --name NAME --image REF --tag TAG --cgroup-parent CG --log-dir DIR [--ids-file FILE] \
 [--port PORT] | stream --pod ID --container ID [--port PORT] [--order KIND,...] [--rtts N] \
 [--payload BYTES] [--pod-ip IP] [--check])";
@@ -49,6 +49,8 @@ pub(crate) struct Opts {
     pub(crate) check: bool,
     /// `probe`: calls of each RPC.
     pub(crate) count: usize,
+    /// `probe`: and each RPC called for at least this long.
+    pub(crate) seconds: Duration,
     /// `probe`: only these RPCs (all if empty), to profile one.
     pub(crate) rpcs: Vec<String>,
 }
@@ -78,6 +80,7 @@ pub(crate) fn parse() -> Result<Opts, String> {
         payload: 64,
         check: false,
         count: 100,
+        seconds: Duration::ZERO,
         rpcs: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -131,6 +134,13 @@ pub(crate) fn parse() -> Result<Opts, String> {
                 o.count = value("--count")?
                     .parse()
                     .map_err(|e| format!("--count: {e}"))?
+            }
+            "--seconds" => {
+                let s: f64 = value("--seconds")?
+                    .parse()
+                    .map_err(|e| format!("--seconds: {e}"))?;
+                o.seconds =
+                    Duration::try_from_secs_f64(s).map_err(|e| format!("--seconds: {e}"))?;
             }
             "--rtts" => {
                 o.rtts = value("--rtts")?
