@@ -90,8 +90,10 @@ fn main() -> Result<()> {
     if let Some(s) = flags.socket {
         config.socket = s;
     }
+    berth_cri::busy_poll::CRI.set_budget(config.grpc.busy_poll()?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_park(|| berth_cri::busy_poll::CRI.before_sleep())
         .enable_all()
         .build()
         .context("starting the async runtime")?;

@@ -45,6 +45,8 @@ pub struct Config {
     pub unpack: UnpackConfig,
     /// Pod networking through CNI plugins.
     pub cni: CniConfig,
+    /// The CRI server's own settings.
+    pub grpc: GrpcConfig,
     /// The streaming server for Exec, Attach and PortForward.
     pub stream: StreamConfig,
     /// berthd's own Prometheus endpoint.
@@ -164,6 +166,38 @@ impl MetricsConfig {
                 })
             })
             .transpose()
+    }
+}
+
+/// `[grpc]` in berth.toml: the CRI server (its socket is `socket`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Microseconds a berthd thread with nothing left to do keeps polling
+    /// the CRI connections after a call before it sleeps, so that the next
+    /// call of a burst (kubelet's relist, its stats loop) does not wait for
+    /// a thread to wake; 0: threads sleep at once (no CPU spent polling).
+    pub busy_poll_us: u64,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            busy_poll_us: DEFAULT_BUSY_POLL_US,
+        }
+    }
+}
+
+impl GrpcConfig {
+    /// The polling budget, checked.
+    pub fn busy_poll(&self) -> Result<std::time::Duration> {
+        if self.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(Error::Config(format!(
+                "grpc.busy_poll_us {} is above {MAX_BUSY_POLL_US}",
+                self.busy_poll_us
+            )));
+        }
+        Ok(std::time::Duration::from_micros(self.busy_poll_us))
     }
 }
 
@@ -540,6 +574,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             unpack: UnpackConfig::default(),
             cni: CniConfig::default(),
+            grpc: GrpcConfig::default(),
             stream: StreamConfig::default(),
             metrics: MetricsConfig::default(),
             nri: NriConfig::default(),
@@ -610,6 +645,7 @@ impl Config {
                 .and_then(|_| h.validate_vm())
                 .map_err(|e| Error::Config(format!("runtimes.{name}: {e}")))?;
         }
+        self.grpc.busy_poll()?;
         self.stream.server_config()?;
         self.metrics.socket_addr()?;
         self.nri.nri_config()?;
@@ -694,6 +730,20 @@ mod tests {
         c.metrics.address = Some("localhost".into());
         let err = c.validate().unwrap_err();
         assert!(err.to_string().contains("metrics.address"), "{err}");
+    }
+
+    #[test]
+    fn grpc_busy_poll_is_bounded() {
+        let mut c = Config::default();
+        assert_eq!(
+            c.grpc.busy_poll().unwrap(),
+            std::time::Duration::from_micros(50)
+        );
+        c.grpc.busy_poll_us = 0;
+        assert!(c.grpc.busy_poll().unwrap().is_zero());
+        c.grpc.busy_poll_us = 1001;
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("grpc.busy_poll_us"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,7 @@ impl CriConnection {
     pub fn new(accepted: tokio::net::UnixStream) -> io::Result<CriConnection> {
         // Non-blocking still: tokio's into_std keeps the mode.
         let stream = accepted.into_std()?;
+        crate::busy_poll::CRI.watch(&stream);
         Ok(CriConnection {
             stream: register(stream, Interest::READABLE)?,
             room: None,
@@ -49,6 +50,9 @@ impl CriConnection {
             match send(self.stream.get_ref()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 done => {
+                    if done.is_ok() {
+                        crate::busy_poll::CRI.moved();
+                    }
                     #[cfg(test)]
                     self.sends
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -101,6 +105,9 @@ impl AsyncRead for CriConnection {
                     // per RPC (tokio's own sockets do the same).
                     if n > 0 && n < wanted {
                         guard.clear_ready();
+                    }
+                    if n > 0 {
+                        crate::busy_poll::CRI.moved();
                     }
                     buf.advance(n);
                     return Poll::Ready(Ok(()));

@@ -2,6 +2,7 @@
 //! store (images, rootfs snapshots), the shims (containers, stdio, logs,
 //! exits) and its own records (pods, containers), which survive restarts.
 
+pub mod busy_poll;
 pub mod config;
 mod cri_conn;
 pub mod error;
