@@ -91,27 +91,6 @@ async fn calls_of_a_burst_find_berthd_awake_and_an_idle_berthd_sleeps() {
 
 #[test]
 fn a_budget_past_the_bound_is_refused_by_name() {
-    let d = tempfile_dir("busy-poll-bound");
-    let config = d.join("berth.toml");
-    std::fs::write(&config, "[grpc]\nbusy_poll_us = 5000\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--root")
-        .arg(d.join("root"))
-        .arg("--state")
-        .arg(d.join("state"))
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&d);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = berthd_refusing("[grpc]\nbusy_poll_us = 5000\n");
     assert!(stderr.contains("grpc.busy_poll_us 5000"), "{stderr}");
-}
-
-fn tempfile_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("bd-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

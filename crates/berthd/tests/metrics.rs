@@ -558,21 +558,6 @@ async fn no_metrics_listener_unless_configured() {
         assert!(!text.contains("grpc_server_started_total"), "{text}");
     }
 
-    let dir = std::env::temp_dir().join(unique("berthd-bad-metrics"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("berth.toml");
-    std::fs::write(&config, "[metrics]\naddress = \"localhost\"\n").unwrap();
-    let out = std::process::Command::new(BERTHD)
-        .arg("--config")
-        .arg(&config)
-        .arg("--root")
-        .arg(dir.join("root"))
-        .arg("--state")
-        .arg(dir.join("state"))
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = berthd_refusing("[metrics]\naddress = \"localhost\"\n");
     assert!(stderr.contains("metrics.address"), "{stderr}");
 }

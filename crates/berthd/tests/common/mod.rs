@@ -40,6 +40,27 @@ use berth_testkit::procs::{kill_processes_mentioning, terminate};
 
 pub const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
 
+/// berthd started with `config` as its berth.toml must refuse to start;
+/// what it printed on stderr.
+pub fn berthd_refusing(config: &str) -> String {
+    let dir = std::env::temp_dir().join(unique("berthd-refusing"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("berth.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(BERTHD)
+        .arg("--config")
+        .arg(&path)
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success(), "berthd started with {config:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// An id in the form of a pod's or a container's that nothing has.
 pub const UNKNOWN: &str = "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeedf00dfeed";
 
