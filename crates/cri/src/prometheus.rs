@@ -68,8 +68,9 @@ impl Rpc {
     }
 
     /// From a gRPC path, `/runtime.v1.RuntimeService/ListContainers`;
-    /// anything else is `unknown` (no label made of arbitrary text).
-    fn of(path: &str) -> Rpc {
+    /// None for anything else (counted as `unknown`: no label made of
+    /// arbitrary text).
+    fn of(path: &str) -> Option<Rpc> {
         let name = |s: &str| {
             (!s.is_empty()
                 && s.len() <= 128
@@ -77,21 +78,11 @@ impl Rpc {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_'))
             .then(|| s.to_owned())
         };
-        let parsed = path
-            .strip_prefix('/')
-            .and_then(|p| p.split_once('/'))
-            .and_then(|(s, m)| Some((name(s)?, name(m)?)));
-        match parsed {
-            Some((grpc_service, grpc_method)) => Rpc {
-                grpc_service,
-                grpc_method,
-            },
-            None => Rpc::unknown(),
-        }
-    }
-
-    fn is_unknown(&self) -> bool {
-        self.grpc_service == "unknown" && self.grpc_method == "unknown"
+        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+        Some(Rpc {
+            grpc_service: name(service)?,
+            grpc_method: name(method)?,
+        })
     }
 }
 
@@ -211,10 +202,9 @@ impl Metrics {
             return Arc::clone(m);
         }
         drop(by_path);
-        let rpc = Rpc::of(path);
-        if rpc.is_unknown() {
+        let Some(rpc) = Rpc::of(path) else {
             return self.unknown();
-        }
+        };
         let mut by_path = self.by_path.write().unwrap_or_else(PoisonError::into_inner);
         if by_path.len() >= MAX_RPCS && !by_path.contains_key(path) {
             return self.unknown();
@@ -486,11 +476,11 @@ mod tests {
 
     #[test]
     fn rpc_labels_come_from_grpc_paths_only() {
-        let r = Rpc::of("/runtime.v1.RuntimeService/ListContainers");
+        let r = Rpc::of("/runtime.v1.RuntimeService/ListContainers").unwrap();
         assert_eq!(r.grpc_service, "runtime.v1.RuntimeService");
         assert_eq!(r.grpc_method, "ListContainers");
         for bad in ["", "/", "/x", "/a/", "//b", "/a/b c", "/a/{x}"] {
-            let r = Rpc::of(bad);
+            let r = Rpc::of(bad).unwrap_or_else(Rpc::unknown);
             assert_eq!(
                 (r.grpc_service.as_str(), r.grpc_method.as_str()),
                 ("unknown", "unknown"),
