@@ -8,40 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_spdy::{Config as SpdyConfig, Connection, Headers};
-use berth_stream::{
-    AttachRequest, Backend, Config, ExecRequest, PortForwardRequest, Server, StreamIo,
-};
+use berth_stream::{Config, ExecRequest, PortForwardRequest, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// exec: stdin to stdout, "err" on stderr, exit 5.
-struct TestBackend;
-
-#[async_trait::async_trait]
-impl Backend for TestBackend {
-    async fn exec(&self, _req: &ExecRequest, mut io: StreamIo) -> Result<i32, String> {
-        if let Some(e) = io.stderr.as_mut() {
-            e.write_all(b"err").await.unwrap();
-            e.shutdown().await.unwrap();
-        }
-        if let (Some(mut stdin), Some(mut stdout)) = (io.stdin.take(), io.stdout.take()) {
-            let mut buf = Vec::new();
-            stdin.read_to_end(&mut buf).await.unwrap();
-            stdout.write_all(&buf).await.unwrap();
-            stdout.shutdown().await.unwrap();
-        }
-        Ok(5)
-    }
-
-    async fn attach(&self, _req: &AttachRequest, _io: StreamIo) -> Result<(), String> {
-        Ok(())
-    }
-
-    async fn port_forward(&self, _pod: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
+mod common;
+use common::{upgrade, TestBackend};
 
 async fn server() -> Arc<Server> {
     Server::start(
@@ -54,43 +25,6 @@ async fn server() -> Arc<Server> {
     )
     .await
     .unwrap()
-}
-
-/// The HTTP upgrade to SPDY/3.1; the protocol the server chose, or the
-/// status line it refused with.
-async fn upgrade(url: &str, protocols: &[&str]) -> Result<(tokio::net::TcpStream, String), String> {
-    let rest = url.trim_start_matches("http://");
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut tcp = tokio::net::TcpStream::connect(host).await.unwrap();
-    let mut req = format!(
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-    );
-    for p in protocols {
-        req.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
-    }
-    req.push_str("Content-Length: 0\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if tcp.read(&mut byte).await.unwrap() == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    if !head.starts_with("HTTP/1.1 101") {
-        return Err(head.lines().next().unwrap_or_default().to_owned());
-    }
-    let chosen = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .starts_with("x-stream-protocol-version:")
-                .then(|| l.split_once(':').unwrap().1.trim().to_owned())
-        })
-        .unwrap_or_default();
-    Ok((tcp, chosen))
 }
 
 #[tokio::test]
@@ -213,106 +147,4 @@ async fn port_forward_over_spdy() {
     let msg = String::from_utf8_lossy(&msg).into_owned();
     assert!(msg.contains(&format!("port {closed}")), "{msg}");
     drop((closed_data, err_open));
-}
-
-/// Threads of this process named `berth-stream` (the servers' threads).
-fn stream_threads() -> Vec<u32> {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .flatten()
-        .filter_map(|t| {
-            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
-            (comm.trim() == "berth-stream").then(|| t.file_name().to_str()?.parse().ok())?
-        })
-        .collect()
-}
-
-/// User and system CPU time of thread `tid`, in clock ticks.
-fn cpu_ticks(tid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
-        return 0; // ended
-    };
-    // The fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-/// Busy polling is bounded: with the longest budget berthd accepts, once
-/// a port-forward's data has stopped moving (its connection still open)
-/// the streaming thread sleeps instead of spinning.
-#[tokio::test]
-async fn the_streaming_thread_sleeps_when_no_data_moves() {
-    let server = Server::start(
-        Config {
-            address: "127.0.0.1:0".parse().unwrap(),
-            tls: None,
-            busy_poll: Duration::from_millis(1),
-        },
-        Arc::new(TestBackend),
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = [0u8; 64];
-        while let Ok(n) = s.read(&mut buf).await {
-            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-    });
-    let url = server
-        .port_forward_url(PortForwardRequest {
-            pod_id: "p".into(),
-            ports: vec![port],
-        })
-        .unwrap();
-    let (tcp, _) = upgrade(&url, &["portforward.k8s.io"]).await.unwrap();
-    let conn = Connection::client(tcp, SpdyConfig::kubernetes());
-    let open = |kind: &str| {
-        conn.open(
-            Headers::new()
-                .with("streamType", kind)
-                .with("port", port.to_string())
-                .with("requestID", "0"),
-            false,
-        )
-        .unwrap()
-    };
-    let _error = open("error");
-    let data = open("data");
-    let (mut r, mut w) = data.split();
-    let mut got = [0u8; 4];
-    for _ in 0..100 {
-        w.write_all(b"ping").await.unwrap();
-        tokio::time::timeout(Duration::from_secs(5), r.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&got, b"ping");
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // Every server's thread (other tests' too: they are short).
-    let threads = stream_threads();
-    assert!(!threads.is_empty());
-    let ticks: u64 = threads.iter().map(|t| cpu_ticks(*t)).sum();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // A thread still spinning would have used about 50 ticks (100 Hz).
-    let used = threads
-        .iter()
-        .map(|t| cpu_ticks(*t))
-        .sum::<u64>()
-        .saturating_sub(ticks);
-    assert!(
-        used <= 5,
-        "the idle streaming thread used {used} ticks in 0.5 s"
-    );
-    drop((r, w, conn, server));
 }
