@@ -420,9 +420,6 @@ pub enum FrameError {
     /// out of step with the peer's, and the connection cannot go on.
     #[error("header compression context lost by an earlier error")]
     CompressionContextLost,
-    /// zlib could not deflate a block.
-    #[error("header block does not deflate: {0}")]
-    Compress(String),
 }
 
 /// A frame's fixed 8-byte header.
@@ -717,10 +714,10 @@ impl Decoder {
     }
 }
 
-/// Writes frames to one peer: holds the deflate side of the connection's
+/// Writes frames to one peer: holds the sending side of the connection's
 /// header compression, so frames must go on the wire in the order they
 /// were encoded. An error from a header-carrying frame after its block was
-/// deflated leaves the context out of step with the peer's
+/// written leaves the context out of step with the peer's
 /// ([`FrameError::CompressionContextLost`] from then on); every check that
 /// can be made first is made first.
 pub struct Encoder {
@@ -899,13 +896,10 @@ impl Encoder {
         let start = out.len();
         control_head(frame_type, flags, 0, out);
         out.extend_from_slice(fixed);
-        if let Err(e) = self.deflate.compress(&raw, out) {
-            self.broken = true;
-            return Err(e);
-        }
+        self.deflate.compress(&raw, out);
         let length = out.len() - start - HEADER_LEN;
-        // Headers::encode() capped the raw block at 8 MiB, which deflates
-        // to well under 16 MiB; should that fail, the context is spent.
+        // Headers::encode() capped the raw block at 8 MiB, stored in well
+        // under 16 MiB; should that fail, the context is spent.
         let length = match frame_len("header", length) {
             Ok(length) => length,
             Err(e) => {

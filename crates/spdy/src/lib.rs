@@ -8,8 +8,9 @@
 //! DATA until FIN or RST_STREAM.
 //!
 //! - [`frame`]: the frame codec ([`Encoder`], [`Decoder`]) with header blocks
-//!   deflated against the SPDY/3 dictionary in one zlib context per
-//!   direction, under [`Limits`].
+//!   in one zlib stream per direction primed with the SPDY/3 dictionary
+//!   (inflated under [`Limits`]; sent stored, as zlib's level 0 writes
+//!   them: no deflate state per connection).
 //! - [`conn`]: a multiplexed [`Connection`] over any tokio
 //!   `AsyncRead + AsyncWrite`, whose [`Stream`]s are `AsyncRead +
 //!   AsyncWrite`, with SPDY/3.1 flow control.

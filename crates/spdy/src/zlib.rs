@@ -1,89 +1,69 @@
 //! The header-block compression contexts: one zlib stream per direction per
 //! connection, primed with the SPDY/3 dictionary and sync-flushed after each
 //! block, so every block depends on all earlier ones (section 2.6.10.1).
+//!
+//! Outgoing blocks are stored, not compressed: the zlib stream this side
+//! writes is byte for byte what zlib writes at compression level 0
+//! (`Z_NO_COMPRESSION`) with the dictionary and a sync flush after each
+//! block, which every inflater reads. A deflate state is ~270 KiB that zlib
+//! zero-fills, per connection: on this kind of machine (page faults under a
+//! software KVM's shadow paging) making one took 150-400 µs, most of a
+//! stream's first round trip on every kubectl exec and port-forward, and a
+//! node with a hundred exec sessions open would hold 27 MiB of them. What
+//! compression would save is a few dozen bytes per stream: the blocks the
+//! streaming server sends are its SYN_REPLYs, with no headers at all.
 
-use std::sync::{Mutex, PoisonError};
-
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use flate2::{Decompress, FlushDecompress, Status};
 
 use crate::dictionary::{DICTIONARY, DICTIONARY_ID};
 use crate::frame::FrameError;
 
-/// Deflates outgoing header blocks.
+/// The zlib stream's header: deflate with a 32 KiB window (CMF 0x78), the
+/// fastest level and a preset dictionary (FLG 0x3f, its check bits as zlib
+/// sets them), then the dictionary's Adler-32 (RFC 1950, section 2.2).
+const STREAM_HEADER: [u8; 6] = {
+    let id = DICTIONARY_ID.to_be_bytes();
+    [0x78, 0x3f, id[0], id[1], id[2], id[3]]
+};
+
+/// The most one stored block holds (its LEN field is 16 bits).
+const MAX_STORED: usize = 0xffff;
+
+/// Writes outgoing header blocks into this side's zlib stream.
 pub(crate) struct HeaderCompressor {
-    inner: Option<Compress>,
-}
-
-/// Deflate states of ended connections, reset for the next ones. A new
-/// state is ~270 KiB that zlib zero-fills: on this kind of machine (page
-/// faults under a software KVM's shadow paging) making one took 150-400 µs,
-/// most of a stream's first round trip, on every kubectl exec and
-/// port-forward; a reset one is ready in a few µs.
-static SPARE_DEFLATES: Mutex<Vec<Compress>> = Mutex::new(Vec::new());
-
-/// How many reset deflate states are kept (~270 KiB each).
-const SPARE_DEFLATES_KEPT: usize = 4;
-
-fn fresh_deflate() -> Compress {
-    let spare = SPARE_DEFLATES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .pop();
-    match spare {
-        Some(mut deflate) => {
-            deflate.reset();
-            deflate
-        }
-        None => Compress::new(Compression::default(), true),
-    }
-}
-
-impl Drop for HeaderCompressor {
-    fn drop(&mut self) {
-        if let Some(deflate) = self.inner.take() {
-            let mut spare = SPARE_DEFLATES
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if spare.len() < SPARE_DEFLATES_KEPT {
-                spare.push(deflate);
-            }
-        }
-    }
+    started: bool,
 }
 
 impl HeaderCompressor {
     pub(crate) fn new() -> Self {
-        HeaderCompressor { inner: None }
+        HeaderCompressor { started: false }
     }
 
-    /// Appends the deflated `raw` block to `out`, ending on a sync flush so
-    /// the peer can inflate it whole.
-    pub(crate) fn compress(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
-        let deflate = match &mut self.inner {
-            Some(deflate) => deflate,
-            None => {
-                let mut deflate = fresh_deflate();
-                deflate
-                    .set_dictionary(DICTIONARY)
-                    .map_err(|e| FrameError::Compress(e.to_string()))?;
-                self.inner.insert(deflate)
-            }
-        };
-        let mut consumed = 0usize;
-        loop {
-            out.reserve(raw.len() - consumed + 64);
-            let before = deflate.total_in();
-            deflate
-                .compress_vec(&raw[consumed..], out, FlushCompress::Sync)
-                .map_err(|e| FrameError::Compress(e.to_string()))?;
-            consumed += usize::try_from(deflate.total_in() - before)
-                .map_err(|_| FrameError::Compress("input count overflow".into()))?;
-            // Done once all input is in and the flush left room to spare.
-            if consumed == raw.len() && out.len() < out.capacity() {
-                return Ok(());
-            }
+    /// Appends `raw` to `out` as stored deflate blocks, then an empty one:
+    /// a sync flush, so the peer inflates the block whole (RFC 1951,
+    /// section 3.2.4). The stream header goes before the first block.
+    pub(crate) fn compress(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        let blocks = raw.len().div_ceil(MAX_STORED);
+        out.reserve(STREAM_HEADER.len() + raw.len() + 5 * (blocks + 1));
+        if !self.started {
+            out.extend_from_slice(&STREAM_HEADER);
+            self.started = true;
+        }
+        for chunk in raw.chunks(MAX_STORED).chain([&[][..]]) {
+            stored_block(chunk, out);
         }
     }
+}
+
+/// One stored block, not the last: a byte holding BFINAL 0 and BTYPE 00
+/// (this stream is always at a byte boundary between blocks), LEN and its
+/// one's complement, little-endian, then the bytes.
+fn stored_block(chunk: &[u8], out: &mut Vec<u8>) {
+    let len = u16::try_from(chunk.len()).unwrap_or(u16::MAX);
+    out.push(0);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(&chunk[..usize::from(len)]);
 }
 
 /// Inflates incoming header blocks, refusing to produce more than a limit.
@@ -170,31 +150,67 @@ impl HeaderDecompressor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flate2::{Compress, Compression, FlushCompress};
+
+    /// What zlib itself writes for `blocks` at level 0 with the dictionary,
+    /// sync-flushing after each.
+    fn zlib_level_0(blocks: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut deflate = Compress::new(Compression::none(), true);
+        deflate.set_dictionary(DICTIONARY).unwrap();
+        blocks
+            .iter()
+            .map(|raw| {
+                let mut z = Vec::with_capacity(raw.len() + 64);
+                deflate
+                    .compress_vec(raw, &mut z, FlushCompress::Sync)
+                    .unwrap();
+                z
+            })
+            .collect()
+    }
 
     #[test]
-    fn a_reused_deflate_state_starts_a_new_stream() {
-        let block = b"\0\0\0\x01\0\0\0\x0astreamtype\0\0\0\x05error".to_vec();
-        // An ended connection's compressor, with history, goes back...
-        let mut old = HeaderCompressor::new();
-        let mut out = Vec::new();
-        old.compress(b"\0\0\0\x01\0\0\0\x04port\0\0\0\x048080", &mut out)
-            .unwrap();
-        old.compress(&block, &mut out).unwrap();
-        drop(old);
-        // ...and the next connection's first block reads alone, without
-        // the old history, as a new compressor's would.
-        let mut reused = HeaderCompressor::new();
-        let mut a = Vec::new();
-        reused.compress(&block, &mut a).unwrap();
-        assert_eq!(
-            HeaderDecompressor::new().decompress(&a, 1024).unwrap(),
-            block
-        );
-        let mut second = Vec::new();
-        reused.compress(&block, &mut second).unwrap();
+    fn blocks_are_what_zlib_writes_at_level_0() {
+        let blocks: [&[u8]; 3] = [
+            b"\0\0\0\0",
+            b"\0\0\0\x01\0\0\0\x0astreamtype\0\0\0\x05error",
+            &[7u8; 3000],
+        ];
+        let mut c = HeaderCompressor::new();
+        let ours: Vec<Vec<u8>> = blocks
+            .iter()
+            .map(|raw| {
+                let mut z = Vec::new();
+                c.compress(raw, &mut z);
+                z
+            })
+            .collect();
+        assert_eq!(ours, zlib_level_0(&blocks));
+        // And they inflate, in order, in one context.
         let mut d = HeaderDecompressor::new();
-        assert_eq!(d.decompress(&a, 1024).unwrap(), block);
-        assert_eq!(d.decompress(&second, 1024).unwrap(), block);
+        for (z, raw) in ours.iter().zip(blocks) {
+            assert_eq!(d.decompress(z, 1 << 20).unwrap(), raw);
+        }
+        // An empty block (zlib would write nothing) is an empty stored one.
+        let mut z = Vec::new();
+        c.compress(b"", &mut z);
+        assert_eq!(z, [0, 0, 0, 0xff, 0xff]);
+        assert_eq!(d.decompress(&z, 1024).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_block_larger_than_a_stored_block_is_split() {
+        let raw: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut c = HeaderCompressor::new();
+        let mut z = Vec::new();
+        c.compress(b"first", &mut z);
+        let mut d = HeaderDecompressor::new();
+        assert_eq!(d.decompress(&z, 1024).unwrap(), b"first");
+        let mut z = Vec::new();
+        c.compress(&raw, &mut z);
+        // Four blocks of data (three full), and the empty one.
+        assert_eq!(z.len(), raw.len() + 5 * 5);
+        assert_eq!(d.decompress(&z, 1 << 20).unwrap(), raw);
     }
 
     #[test]
@@ -203,23 +219,44 @@ mod tests {
         let mut d = HeaderDecompressor::new();
         let first = b"\0\0\0\x01\0\0\0\x0astreamtype\0\0\0\x05stdin".to_vec();
         let mut a = Vec::new();
-        c.compress(&first, &mut a).unwrap();
+        c.compress(&first, &mut a);
         let mut b = Vec::new();
-        c.compress(&first, &mut b).unwrap();
-        // The second copy refers back to the first: much shorter.
-        assert!(b.len() < a.len(), "{} !< {}", b.len(), a.len());
+        c.compress(&first, &mut b);
         assert_eq!(d.decompress(&a, 1024).unwrap(), first);
         assert_eq!(d.decompress(&b, 1024).unwrap(), first);
-        // A fresh context cannot read the second block alone.
+        // A fresh context cannot read the second block alone: the stream's
+        // header was in the first.
         assert!(HeaderDecompressor::new().decompress(&b, 1024).is_err());
+        // Compressed blocks from a peer refer back to earlier ones.
+        let z = zlib_like_a_peer(&[&first, &first]);
+        let mut d = HeaderDecompressor::new();
+        assert_eq!(d.decompress(&z[0], 1024).unwrap(), first);
+        assert!(z[1].len() < z[0].len());
+        assert_eq!(d.decompress(&z[1], 1024).unwrap(), first);
+    }
+
+    /// Blocks deflated as kubectl's zlib does (default level, dictionary,
+    /// sync flush after each).
+    fn zlib_like_a_peer(blocks: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut deflate = Compress::new(Compression::default(), true);
+        deflate.set_dictionary(DICTIONARY).unwrap();
+        blocks
+            .iter()
+            .map(|raw| {
+                let mut z = Vec::with_capacity(raw.len() + 64);
+                deflate
+                    .compress_vec(raw, &mut z, FlushCompress::Sync)
+                    .unwrap();
+                z
+            })
+            .collect()
     }
 
     #[test]
     fn output_limit_is_enforced() {
-        let mut c = HeaderCompressor::new();
+        // A small block that inflates to 100 kB, as a hostile peer sends.
         let raw = vec![b'a'; 100_000];
-        let mut z = Vec::new();
-        c.compress(&raw, &mut z).unwrap();
+        let z = zlib_like_a_peer(&[&raw]).remove(0);
         assert!(z.len() < 1000);
         let mut d = HeaderDecompressor::new();
         assert_eq!(
