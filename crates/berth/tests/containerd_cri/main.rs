@@ -4,7 +4,8 @@
 //! kubelet drives it: RunPodSandbox (host network; the sandbox process is a
 //! busybox sleep from an image built here), a container that runs, one
 //! that exits at once, one OOM-killed by its memory limit (OOMKilled, 137),
-//! ExecSync, one stopped by SIGTERM, StopPodSandbox, RemovePodSandbox. Each
+//! ExecSync, a streaming Exec over SPDY/3.1 as kubectl's, one stopped by
+//! SIGTERM, StopPodSandbox, RemovePodSandbox. Each
 //! request must answer within a few seconds, and afterwards nothing of the
 //! pod may be left: no shim, no sandbox or container process, no mount, no
 //! cgroup, no runtime state. The same life runs with runc as `BinaryName`
@@ -14,6 +15,7 @@
 //! Run: `cargo test -p berth --test containerd_cri -- --nocapture`
 
 mod harness;
+mod spdy;
 
 use std::time::{Duration, Instant};
 
@@ -114,6 +116,27 @@ fn lifecycle(cri: &Cri, handler: &str, round: usize) -> Vec<(&'static str, Durat
     );
     if code != 3 {
         fail("ExecSync", &format!("exit {code}, want 3"));
+    }
+
+    // kubectl exec: the Exec RPC, then its URL over SPDY/3.1.
+    let url = timed!(
+        "Exec",
+        client.exec_url(&runs, &["sh", "-c", "cat; echo oops >&2; exit 4"], true)
+    );
+    match spdy::exec(&url, b"through spdy\n") {
+        Ok(e)
+            if e.stdout == "through spdy\n"
+                && e.stderr == "oops\n"
+                && e.status["reason"] == "NonZeroExitCode"
+                && e.status["details"]["causes"][0]["message"] == "4" => {}
+        Ok(e) => fail(
+            "Exec over SPDY",
+            &format!(
+                "stdout {:?}, stderr {:?}, status {}",
+                e.stdout, e.stderr, e.status
+            ),
+        ),
+        Err(e) => fail("Exec over SPDY", &e),
     }
 
     // One that outgrows its memory limit: the kernel kills it, containerd

@@ -474,6 +474,21 @@ impl Client {
             })
     }
 
+    /// Exec, streaming, without a tty: the URL to upgrade at.
+    pub fn exec_url(&self, id: &str, cmd: &[&str], stdin: bool) -> Result<String, RpcError> {
+        let mut rs = self.rs.clone();
+        let req = cri::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: false,
+            stdin,
+            stdout: true,
+            stderr: true,
+        };
+        self.call("Exec", async move { rs.exec(req).await })
+            .map(|r| r.url)
+    }
+
     pub fn stop_container(&self, id: &str, timeout: i64) -> Result<(), RpcError> {
         let mut rs = self.rs.clone();
         let req = cri::StopContainerRequest {
