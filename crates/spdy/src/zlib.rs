@@ -152,10 +152,10 @@ mod tests {
     use super::*;
     use flate2::{Compress, Compression, FlushCompress};
 
-    /// What zlib itself writes for `blocks` at level 0 with the dictionary,
-    /// sync-flushing after each.
-    fn zlib_level_0(blocks: &[&[u8]]) -> Vec<Vec<u8>> {
-        let mut deflate = Compress::new(Compression::none(), true);
+    /// What zlib writes for `blocks` at `level` with the dictionary,
+    /// sync-flushing after each (at the default level: as kubectl's zlib).
+    fn zlib(level: Compression, blocks: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut deflate = Compress::new(level, true);
         deflate.set_dictionary(DICTIONARY).unwrap();
         blocks
             .iter()
@@ -185,7 +185,7 @@ mod tests {
                 z
             })
             .collect();
-        assert_eq!(ours, zlib_level_0(&blocks));
+        assert_eq!(ours, zlib(Compression::none(), &blocks));
         // And they inflate, in order, in one context.
         let mut d = HeaderDecompressor::new();
         for (z, raw) in ours.iter().zip(blocks) {
@@ -228,35 +228,18 @@ mod tests {
         // header was in the first.
         assert!(HeaderDecompressor::new().decompress(&b, 1024).is_err());
         // Compressed blocks from a peer refer back to earlier ones.
-        let z = zlib_like_a_peer(&[&first, &first]);
+        let z = zlib(Compression::default(), &[&first, &first]);
         let mut d = HeaderDecompressor::new();
         assert_eq!(d.decompress(&z[0], 1024).unwrap(), first);
         assert!(z[1].len() < z[0].len());
         assert_eq!(d.decompress(&z[1], 1024).unwrap(), first);
     }
 
-    /// Blocks deflated as kubectl's zlib does (default level, dictionary,
-    /// sync flush after each).
-    fn zlib_like_a_peer(blocks: &[&[u8]]) -> Vec<Vec<u8>> {
-        let mut deflate = Compress::new(Compression::default(), true);
-        deflate.set_dictionary(DICTIONARY).unwrap();
-        blocks
-            .iter()
-            .map(|raw| {
-                let mut z = Vec::with_capacity(raw.len() + 64);
-                deflate
-                    .compress_vec(raw, &mut z, FlushCompress::Sync)
-                    .unwrap();
-                z
-            })
-            .collect()
-    }
-
     #[test]
     fn output_limit_is_enforced() {
         // A small block that inflates to 100 kB, as a hostile peer sends.
         let raw = vec![b'a'; 100_000];
-        let z = zlib_like_a_peer(&[&raw]).remove(0);
+        let z = zlib(Compression::default(), &[&raw]).remove(0);
         assert!(z.len() < 1000);
         let mut d = HeaderDecompressor::new();
         assert_eq!(
