@@ -54,13 +54,7 @@ impl Default for GrpcConfig {
 impl GrpcConfig {
     /// The polling budget, checked.
     pub fn busy_poll(&self) -> Result<std::time::Duration> {
-        if self.busy_poll_us > MAX_BUSY_POLL_US {
-            return Err(Error::Config(format!(
-                "grpc.busy_poll_us {} is above {MAX_BUSY_POLL_US}",
-                self.busy_poll_us
-            )));
-        }
-        Ok(std::time::Duration::from_micros(self.busy_poll_us))
+        busy_poll_budget("grpc.busy_poll_us", self.busy_poll_us)
     }
 }
 
@@ -101,6 +95,17 @@ const DEFAULT_BUSY_POLL_US: u64 = 50;
 /// More than this is a thread spinning for no answer.
 const MAX_BUSY_POLL_US: u64 = 1000;
 
+/// A `busy_poll_us` (named `key` in errors) as a polling budget, refused
+/// past MAX_BUSY_POLL_US.
+fn busy_poll_budget(key: &str, us: u64) -> Result<std::time::Duration> {
+    if us > MAX_BUSY_POLL_US {
+        return Err(Error::Config(format!(
+            "{key} {us} is above {MAX_BUSY_POLL_US}"
+        )));
+    }
+    Ok(std::time::Duration::from_micros(us))
+}
+
 impl StreamConfig {
     /// The address to bind and the TLS files, checked.
     pub fn server_config(&self) -> Result<berth_stream::Config> {
@@ -119,16 +124,10 @@ impl StreamConfig {
                 ))
             }
         };
-        if self.busy_poll_us > MAX_BUSY_POLL_US {
-            return Err(Error::Config(format!(
-                "stream.busy_poll_us {} is above {MAX_BUSY_POLL_US}",
-                self.busy_poll_us
-            )));
-        }
         Ok(berth_stream::Config {
             address: std::net::SocketAddr::new(ip, self.port),
             tls,
-            busy_poll: std::time::Duration::from_micros(self.busy_poll_us),
+            busy_poll: busy_poll_budget("stream.busy_poll_us", self.busy_poll_us)?,
         })
     }
 }
