@@ -195,7 +195,8 @@ fn runsc_works_alone() -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     let rootfs = dir.join("bundle/rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).map_err(|e| e.to_string())?;
+    berth_testkit::rootfs::copy_executable(Path::new("/bin/busybox"), &rootfs.join("bin/busybox"))
+        .map_err(|e| e.to_string())?;
     let config = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {"args": ["/bin/busybox", "echo", "ok"], "cwd": "/", "user": {"uid": 0, "gid": 0},

@@ -97,9 +97,7 @@ impl TestNet {
     /// A plugin of the test's own: a shell script.
     fn fake_plugin(&self, kind: &str, script: &str) {
         let path = self.dir.join("bin").join(kind);
-        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        berth_testkit::rootfs::write_executable(&path, &format!("#!/bin/sh\n{script}\n")).unwrap();
     }
 
     /// Host interfaces attached to this network's bridge (pods' veths).

@@ -69,7 +69,7 @@ async fn local_users_cannot_run_setuid_binaries_from_a_container_rootfs() {
         "rootfs is mounted at {rootfs:?}"
     );
     let planted = rootfs.join("suid-id");
-    std::fs::copy("/usr/bin/id", &planted).unwrap();
+    berth_testkit::rootfs::copy_executable(Path::new("/usr/bin/id"), &planted).unwrap();
     std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o4755)).unwrap();
     assert_eq!(d.sh(&c, "stat -c %a /suid-id").await, "4755");
 

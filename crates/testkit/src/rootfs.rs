@@ -33,6 +33,39 @@ fn link_applets(busybox: &Path, bin: &Path) -> usize {
     applets
 }
 
+/// Copies the executable `from` to `to` with `cp`, in a child process.
+///
+/// `std::fs::copy` would hold `to` open for writing in this process, and
+/// a test thread forking at that moment hands the descriptor to a child
+/// until the child execs. While any process holds it, executing `to`
+/// fails with ETXTBSY ("Text file busy"). `cp` keeps the descriptor in a
+/// process that never forks.
+pub fn copy_executable(from: &Path, to: &Path) -> std::io::Result<()> {
+    let out = Command::new("cp").arg("--").arg(from).arg(to).output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!(
+        "cp {} {}: {}",
+        from.display(),
+        to.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// Writes `contents` as the executable `path` (mode 0755), through
+/// [`copy_executable`] for the same reason.
+pub fn write_executable(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut draft = path.as_os_str().to_owned();
+    draft.push(".draft");
+    let draft = PathBuf::from(draft);
+    std::fs::write(&draft, contents)?;
+    std::fs::set_permissions(&draft, std::fs::Permissions::from_mode(0o755))?;
+    let copied = copy_executable(&draft, path);
+    std::fs::remove_file(&draft)?;
+    copied
+}
+
 /// A root filesystem with busybox and its applets, /etc/passwd (root and
 /// user 1000) and /etc/group (root, user 1000, extra 2000).
 pub fn make_busybox_rootfs(rootfs: &Path) {
@@ -50,7 +83,7 @@ pub fn make_busybox_rootfs(rootfs: &Path) {
     }
     // A copy, never a hard link: a container writing its busybox must not
     // reach the host's.
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    copy_executable(Path::new("/bin/busybox"), &rootfs.join("bin/busybox")).unwrap();
     link_applets(Path::new("/bin/busybox"), &rootfs.join("bin"));
     std::fs::write(
         rootfs.join("etc/passwd"),
@@ -108,7 +141,7 @@ pub fn busybox_oci_archive(dir: &Path, repo: &str, pause: bool) -> PathBuf {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
     std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy(&busybox, rootfs.join("bin/busybox")).expect("copying busybox");
+    copy_executable(&busybox, &rootfs.join("bin/busybox")).expect("copying busybox");
     std::fs::set_permissions(
         rootfs.join("bin/busybox"),
         std::fs::Permissions::from_mode(0o755),
