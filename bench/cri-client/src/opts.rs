@@ -12,7 +12,7 @@ pub(crate) const USAGE: &str = "usage: berth-cri-bench --socket PATH [--rpc-time
 | probe --tag TAG [--count K] [--seconds S] [--rpcs RPC,...] | concurrent --count N --pods P --image REF --tag TAG \
 --cgroup-parent CG --log-dir DIR [--ids-file FILE] | up --name NAME --image REF --tag TAG --cgroup-parent CG --log-dir DIR [--ids-file FILE] \
 [--port PORT] | stream --pod ID --container ID [--port PORT] [--order KIND,...] [--rtts N] \
-[--payload BYTES] [--pod-ip IP] [--check])";
+[--payload BYTES] [--pod-ip IP] [--relay-port PORT] [--check])";
 
 /// The parsed command line.
 pub(crate) struct Opts {
@@ -45,6 +45,9 @@ pub(crate) struct Opts {
     pub(crate) payload: usize,
     /// `stream`: the pod's IP, for `direct`.
     pub(crate) pod_ip: Option<std::net::IpAddr>,
+    /// `stream`: the port of bench/helpers/minimal-relay on 127.0.0.1, for
+    /// `relay`.
+    pub(crate) relay_port: Option<u16>,
     /// `stream`: the untimed checks of every transport's output first.
     pub(crate) check: bool,
     /// `probe`: calls of each RPC.
@@ -77,6 +80,7 @@ pub(crate) fn parse() -> Result<Opts, String> {
         order: stream::KINDS.iter().map(|k| k.to_string()).collect(),
         rtts: 50,
         pod_ip: None,
+        relay_port: None,
         payload: 64,
         check: false,
         count: 100,
@@ -152,6 +156,13 @@ pub(crate) fn parse() -> Result<Opts, String> {
                     value("--pod-ip")?
                         .parse()
                         .map_err(|e| format!("--pod-ip: {e}"))?,
+                )
+            }
+            "--relay-port" => {
+                o.relay_port = Some(
+                    value("--relay-port")?
+                        .parse()
+                        .map_err(|e| format!("--relay-port: {e}"))?,
                 )
             }
             "--payload" => {

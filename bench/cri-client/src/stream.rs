@@ -37,6 +37,9 @@
 //!   connection straight to the pod's IP (`--pod-ip`) and port from the
 //!   host; `first_ms` from the connect started to the first echoed byte,
 //!   then the same round trips as `port-forward`.
+//! - `relay`: the same as `direct` through bench/helpers/minimal-relay
+//!   (`--relay-port` on 127.0.0.1), which connects to the port on the
+//!   pod's loopback as the daemons do: the floor under any relay.
 //!
 //! Every TCP connection has TCP_NODELAY, as Go's net package (kubectl,
 //! the API server) sets it. A RST_STREAM(CANCEL) from the server ends a
@@ -74,6 +77,7 @@ pub const KINDS: &[&str] = &[
     "exec-ws",
     "port-forward",
     "direct",
+    "relay",
 ];
 
 const V4: &str = "v4.channel.k8s.io";
@@ -231,7 +235,16 @@ pub async fn cmd_stream(o: &Opts, channel: Channel) -> Result<bool, String> {
                     .await
                     .and_then(|r| r.success().map(|()| r.times())),
                 "port-forward" => port_forward(o, &mut rt, o.rtts, 0).await,
-                "direct" => direct(o).await,
+                "direct" => match o.pod_ip {
+                    Some(ip) => echo_straight(o, std::net::SocketAddr::new(ip, o.port)).await,
+                    None => Err("direct needs --pod-ip".to_string()),
+                },
+                "relay" => match o.relay_port {
+                    Some(port) => {
+                        echo_straight(o, std::net::SocketAddr::from(([127, 0, 0, 1], port))).await
+                    }
+                    None => Err("relay needs --relay-port".to_string()),
+                },
                 _ => Err(format!("unknown measurement {kind}")),
             };
             match r {
@@ -556,10 +569,9 @@ async fn round_trips(
     Ok(samples)
 }
 
-/// The floor under port-forward: the same echoes over a TCP connection
-/// straight to the pod.
-async fn direct(o: &Opts) -> Result<Value, String> {
-    let addr = std::net::SocketAddr::new(o.pod_ip.ok_or("direct needs --pod-ip")?, o.port);
+/// A floor under port-forward: the same echoes over a TCP connection to
+/// `addr`, straight to the pod or through the minimal relay.
+async fn echo_straight(o: &Opts, addr: std::net::SocketAddr) -> Result<Value, String> {
     let run = async {
         let t0 = Instant::now();
         let conn = tokio::net::TcpStream::connect(addr)
@@ -581,14 +593,14 @@ async fn direct(o: &Opts) -> Result<Value, String> {
             .await
             .map_err(|e| format!("reading from {addr}: {e}"))?;
         if got != first {
-            return Err("the first direct echo differs".to_string());
+            return Err(format!("the first echo from {addr} differs"));
         }
         let samples = round_trips(&mut r, &mut w, o.rtts, o.payload, 0).await?;
         Ok(json!({"first_ms": ms(first_at), "rtt_ms": samples}))
     };
     tokio::time::timeout(o.rpc_timeout, run)
         .await
-        .map_err(|_| format!("direct: not done within {} s", o.rpc_timeout.as_secs()))?
+        .map_err(|_| format!("{addr}: not done within {} s", o.rpc_timeout.as_secs()))?
 }
 
 /// The port-forward measurement: first echoed byte, then `rtts` round
