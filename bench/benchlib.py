@@ -1124,6 +1124,22 @@ def links():
                           "master": e.get("master", "")} for e in entries}
 
 
+def netns_holding(ip):
+    """/proc/<pid>/ns/net of a process in the network namespace (not ours)
+    that has `ip` as a local address, or None."""
+    ours = os.readlink("/proc/self/ns/net")
+    for pid in live_pids():
+        try:
+            with open(f"/proc/{pid}/net/fib_trie") as f:
+                if f"|-- {ip}\n" not in f.read():
+                    continue
+            if os.readlink(f"/proc/{pid}/ns/net") != ours:
+                return f"/proc/{pid}/ns/net"
+        except OSError:
+            continue
+    return None
+
+
 def delete_link(name):
     """`ip link del name`; returns "" or the error."""
     r = subprocess.run(["ip", "link", "del", name], capture_output=True, text=True)
