@@ -46,8 +46,21 @@ fn create_start_kill_delete() {
 
     env.ok(&["start", &id]);
     assert_eq!(env.state(&id)["status"], "running");
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    assert!(String::from_utf8_lossy(&cmdline).starts_with("sleep"));
+    // As with runc, `start` returns once the init has been released through
+    // the exec fifo; its execve of the user program may come a moment later.
+    let mut cmdline = String::new();
+    for _ in 0..500 {
+        cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+            .into_owned();
+        if cmdline.starts_with("sleep") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        cmdline.starts_with("sleep"),
+        "init never ran the program: {cmdline:?}"
+    );
     let err = env.fails(&["start", &id]);
     assert!(err.contains("running"), "{err}");
 
