@@ -637,6 +637,7 @@ async fn port_forward(
                 .with("requestID", "0")
         };
         let error = open_stream(&conn, headers("error")).await?;
+        let error_opened = t0.elapsed();
         let (mut er, mut ew) = error.split();
         // kubectl closes its side of the error stream at once
         ew.shutdown()
@@ -713,6 +714,7 @@ async fn port_forward(
             "first_ms": ms(first_at),
             "rpc_ms": ms(rpc_done),
             "upgrade_ms": ms(upgraded),
+            "error_stream_ms": ms(error_opened),
             "streams_ms": ms(opened),
             "close_ms": ms(closed),
             "peer_cancels": cancels.load(std::sync::atomic::Ordering::Relaxed),
