@@ -172,15 +172,9 @@ async fn shared_pid_namespace_has_a_pause_and_sees_all_processes() {
     assert!(pause > 0 && alive(pause), "pause pid {pause}: {info}");
     // The sandbox's start returns once its init is released; the execve of
     // /pause may follow a moment later.
-    let mut pause_cmdline = Vec::new();
-    for _ in 0..500 {
-        pause_cmdline = std::fs::read(format!("/proc/{pause}/cmdline")).unwrap();
-        if pause_cmdline == b"/pause\0" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(pause_cmdline, b"/pause\0", "the pause runs berth's /pause");
+    wait_for_exec(pause as i32, "/pause", Duration::from_secs(5));
+    let cmdline = std::fs::read(format!("/proc/{pause}/cmdline")).unwrap();
+    assert_eq!(cmdline, b"/pause\0", "the pause runs berth's /pause");
     assert_eq!(
         st.status
             .unwrap()

@@ -18,6 +18,21 @@ pub fn cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// Waits up to `within` for process `pid` to run `program` (the first word
+/// of its command line), as it does once its execve is done: a runtime's
+/// start returns when the init is released, a moment before that. The
+/// command line then, or as it was at the deadline.
+pub fn wait_for_exec(pid: i32, program: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let line = cmdline(pid);
+        if line.split(' ').next() == Some(program) || Instant::now() >= deadline {
+            return line;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Whether process `pid` exists and is not a zombie.
 pub fn alive(pid: impl Into<i64>) -> bool {
     std::fs::read_to_string(format!("/proc/{}/stat", pid.into()))

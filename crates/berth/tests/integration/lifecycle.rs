@@ -2,7 +2,9 @@
 //! podman drive them.
 
 use std::path::Path;
+use std::time::Duration;
 
+use berth_testkit::procs::wait_for_exec;
 use serde_json::Value;
 
 use crate::common::{alive, cgroup_dirs_of, Env};
@@ -48,15 +50,7 @@ fn create_start_kill_delete() {
     assert_eq!(env.state(&id)["status"], "running");
     // As with runc, `start` returns once the init has been released through
     // the exec fifo; its execve of the user program may come a moment later.
-    let mut cmdline = String::new();
-    for _ in 0..500 {
-        cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
-            .into_owned();
-        if cmdline.starts_with("sleep") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let cmdline = wait_for_exec(pid as i32, "sleep", Duration::from_secs(5));
     assert!(
         cmdline.starts_with("sleep"),
         "init never ran the program: {cmdline:?}"
