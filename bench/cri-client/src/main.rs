@@ -44,6 +44,7 @@
 
 mod concurrent;
 mod opts;
+mod portforward;
 mod run;
 mod stream;
 mod transport;
