@@ -423,3 +423,66 @@ async fn attach_to_running_containers() {
     d.remove_pod(&pod).await;
     d.remove_all_and_check().await;
 }
+
+/// `[stream] idle_timeout`: an interactive exec whose client went quiet is
+/// closed after the timeout (containerd's `stream_idle_timeout`), its
+/// stdin is closed so the command ends, and berthd goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_exec_session_is_closed_after_the_idle_timeout() {
+    let d = Berthd::start_with("stream-idle", "[stream]\nidle_timeout = \"2s\"\n");
+    d.pull_busybox().await;
+    let pod_cfg = d.pod_config("stream-idle", false);
+    let pod = d.run_pod(&pod_cfg, "").await;
+    let c = d.sleeper(&pod, &pod_cfg, "idle").await;
+    let url = exec_url(&d, &c, &["sh", "-c", "exec cat"], false, true)
+        .await
+        .unwrap();
+    let mut ws = connect(&url, "v5.channel.k8s.io").await.unwrap();
+    ws.send(Message::binary(b"\x00typed\n".to_vec()))
+        .await
+        .unwrap();
+    read_until(&mut ws, 1, "typed").await;
+    assert!(
+        !cats_in(&d, &c).await.is_empty(),
+        "the exec's cat is not found"
+    );
+    let quiet_from = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    let quiet = quiet_from.elapsed();
+    assert!(ended.is_ok(), "an idle exec session still open after 15 s");
+    assert!(quiet >= Duration::from_secs(2), "closed after {quiet:?}");
+    // The exec's `cat` saw its stdin end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let cats = cats_in(&d, &c).await;
+        if cats.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle session's cat is still running: {cats}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    d.stop_pod(&pod).await;
+    d.remove_pod(&pod).await;
+    d.remove_all_and_check().await;
+}
+
+/// The pids of the processes named `cat` in container `c` (found with the
+/// shell's own `read`, not a `cat` of their comm files).
+async fn cats_in(d: &Berthd, c: &str) -> String {
+    d.sh(
+        c,
+        "for p in /proc/[0-9]*; do read -r n < $p/comm 2>/dev/null && [ \"$n\" = cat ] && echo ${p#/proc/}; done; true",
+    )
+    .await
+}

@@ -6,6 +6,7 @@
 //! nothing of pods or shims itself.
 
 mod backend;
+mod idle;
 mod relay;
 mod remotecommand;
 mod server;

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::backend::{AttachRequest, Backend, ExecRequest, PortForwardRequest};
+use crate::idle::IdleTimeout;
 use crate::token::{Full, TokenCache};
 use crate::{spdy, websocket, Operation};
 
@@ -22,7 +23,7 @@ use crate::{spdy, websocket, Operation};
 const TOKEN_TTL: Duration = Duration::from_secs(60);
 const MAX_IN_FLIGHT: usize = 1000;
 
-/// Where the server listens.
+/// Where the server listens, and how long it waits for its clients.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address to bind; port 0 picks a free one.
@@ -32,6 +33,47 @@ pub struct Config {
     /// How long the streaming thread keeps polling its sockets after data
     /// moved before it sleeps (zero: it sleeps at once); see `relay`.
     pub busy_poll: Duration,
+    /// An upgraded connection with no byte either way for this long is
+    /// closed (None: never); see `idle`.
+    pub idle_timeout: Option<Duration>,
+    /// How long a client has, after the upgrade, to open the streams it
+    /// asked for: an exec's channels, a port-forward's second stream of a
+    /// pair.
+    pub stream_creation_timeout: Duration,
+    /// How long a new connection has to finish its TLS handshake and send
+    /// its request's head.
+    pub request_timeout: Duration,
+}
+
+impl Default for Config {
+    /// Loopback on a free port, no TLS, no busy polling, and the kubelet's
+    /// streaming server's timeouts: 4 hours idle, 30 s to create streams,
+    /// 30 s for a request's head.
+    fn default() -> Self {
+        Config {
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            busy_poll: Duration::ZERO,
+            idle_timeout: Some(Duration::from_secs(4 * 3600)),
+            stream_creation_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// TCP keep-alive on accepted connections, as Go's servers (containerd's)
+/// set it: a peer that vanished without closing is found within minutes,
+/// long before any idle timeout.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_PROBES: u32 = 9;
+
+fn set_keepalive(conn: &tokio::net::TcpStream) -> rustix::io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_socket_keepalive(conn, true)?;
+    sockopt::set_tcp_keepidle(conn, KEEPALIVE_IDLE)?;
+    sockopt::set_tcp_keepintvl(conn, KEEPALIVE_INTERVAL)?;
+    sockopt::set_tcp_keepcnt(conn, KEEPALIVE_PROBES)
 }
 
 /// A TLS acceptor from PEM files; the error names the file at fault.
@@ -66,8 +108,10 @@ fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves one connection (plain or TLS) with upgrades.
-async fn serve_connection<S>(server: Arc<Server>, io: S)
+/// Serves one connection (plain or TLS) until its upgrade. A streaming
+/// request has no body: the client has `request_timeout` to send it (and
+/// any request before it that is refused), then the connection is closed.
+async fn serve_connection<S>(server: Arc<Server>, io: S, request_timeout: Duration)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -75,10 +119,15 @@ where
         let server = Arc::clone(&server);
         async move { Ok::<_, std::convert::Infallible>(server.handle(req)) }
     });
-    let _ = hyper::server::conn::http1::Builder::new()
+    let serving = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await;
+        .with_upgrades();
+    if tokio::time::timeout(request_timeout, serving)
+        .await
+        .is_err()
+    {
+        tracing::debug!("streaming connection: no upgrade within {request_timeout:?}");
+    }
 }
 
 /// Accepts connections until the server is dropped.
@@ -86,6 +135,7 @@ async fn accept_loop(
     listener: std::net::TcpListener,
     server: std::sync::Weak<Server>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    request_timeout: Duration,
     mut dropped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
@@ -104,17 +154,25 @@ async fn accept_loop(
         // reply): Nagle would hold one back for the peer's delayed
         // ACK, 40 ms. Go's servers (containerd's) set it too.
         let _ = conn.set_nodelay(true);
+        if let Err(e) = set_keepalive(&conn) {
+            tracing::debug!("streaming connection: TCP keep-alive: {e}");
+        }
         let Some(server) = server.upgrade() else {
             return;
         };
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                Some(acceptor) => match acceptor.accept(conn).await {
-                    Ok(stream) => serve_connection(server, stream).await,
-                    Err(e) => tracing::debug!("streaming TLS handshake: {e}"),
-                },
-                None => serve_connection(server, conn).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(request_timeout, acceptor.accept(conn)).await {
+                        Ok(Ok(stream)) => serve_connection(server, stream, request_timeout).await,
+                        Ok(Err(e)) => tracing::debug!("streaming TLS handshake: {e}"),
+                        Err(_) => tracing::debug!(
+                            "streaming TLS handshake: not done within {request_timeout:?}"
+                        ),
+                    }
+                }
+                None => serve_connection(server, conn, request_timeout).await,
             }
         });
     }
@@ -124,6 +182,8 @@ pub struct Server {
     pending: TokenCache<Operation>,
     base_url: String,
     backend: Arc<dyn Backend>,
+    idle_timeout: Option<Duration>,
+    stream_creation_timeout: Duration,
     /// Dropped with the server: the accept loop and its thread end.
     _accepting: tokio::sync::oneshot::Sender<()>,
 }
@@ -153,6 +213,8 @@ impl Server {
             pending: TokenCache::new(TOKEN_TTL, MAX_IN_FLIGHT),
             base_url: format!("{scheme}://{local}"),
             backend,
+            idle_timeout: config.idle_timeout,
+            stream_creation_timeout: config.stream_creation_timeout,
             _accepting: accepting,
         });
         let weak = Arc::downgrade(&server);
@@ -161,7 +223,7 @@ impl Server {
         // each other every frame, and on a multi-threaded runtime each
         // socket wake-up may land on another worker (a futex wake and a
         // cache miss per hop, tens of microseconds of a round trip).
-        let busy_poll = config.busy_poll;
+        let (busy_poll, request_timeout) = (config.busy_poll, config.request_timeout);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -169,7 +231,7 @@ impl Server {
             .name("berth-stream".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let accepting = accept_loop(listener, weak, tls, dropped);
+                    let accepting = accept_loop(listener, weak, tls, request_timeout, dropped);
                     match crate::relay::busy_poll_on_this_thread(busy_poll) {
                         Some(polling) => {
                             tokio::select! {
@@ -270,6 +332,7 @@ impl Server {
         };
         let backend = Arc::clone(&self.backend);
         let chosen = protocol.clone();
+        let (idle_timeout, creation) = (self.idle_timeout, self.stream_creation_timeout);
         tokio::spawn(async move {
             let upgraded = match hyper::upgrade::on(req).await {
                 Ok(u) => u,
@@ -278,10 +341,10 @@ impl Server {
                     return;
                 }
             };
-            let io = TokioIo::new(upgraded);
+            let io = IdleTimeout::new(TokioIo::new(upgraded), idle_timeout);
             match op {
-                Operation::PortForward(req) => spdy::portforward(io, req, backend).await,
-                op => spdy::remotecommand(io, &chosen, op, backend).await,
+                Operation::PortForward(req) => spdy::portforward(io, req, creation, backend).await,
+                op => spdy::remotecommand(io, &chosen, op, creation, backend).await,
             }
         });
         let mut r = plain(StatusCode::SWITCHING_PROTOCOLS, "");
@@ -333,6 +396,7 @@ impl Server {
         let accept = derive_accept_key(key.as_bytes());
         let backend = Arc::clone(&self.backend);
         let chosen = protocol.clone();
+        let idle_timeout = self.idle_timeout;
         tokio::spawn(async move {
             let upgraded = match hyper::upgrade::on(req).await {
                 Ok(u) => u,
@@ -341,8 +405,8 @@ impl Server {
                     return;
                 }
             };
-            let ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let io = IdleTimeout::new(TokioIo::new(upgraded), idle_timeout);
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
             match op {
                 Operation::PortForward(req) => {
                     websocket::portforward(ws, &chosen, req, ports.unwrap_or_default(), backend)

@@ -26,9 +26,6 @@ pub const REMOTECOMMAND_PROTOCOLS: &[&str] = &[
 
 pub const PORTFORWARD_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
 
-/// How long the client has to open the streams it asked for.
-const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Reads the resize stream's JSON objects, one after another.
 fn resizes(mut stream: impl AsyncRead + Unpin + Send + 'static) -> mpsc::Receiver<TerminalSize> {
     let (tx, rx) = mpsc::channel(8);
@@ -55,8 +52,13 @@ fn resizes(mut stream: impl AsyncRead + Unpin + Send + 'static) -> mpsc::Receive
 }
 
 /// Exec or attach over SPDY, then the status on the error stream.
-pub async fn remotecommand<T>(io: T, protocol: &str, op: Operation, backend: Arc<dyn Backend>)
-where
+pub async fn remotecommand<T>(
+    io: T,
+    protocol: &str,
+    op: Operation,
+    creation_timeout: Duration,
+    backend: Arc<dyn Backend>,
+) where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let version = Version::from_protocol(protocol).unwrap_or(Version::V1);
@@ -70,7 +72,7 @@ where
     expected += usize::from(want_stderr && !tty);
     expected += usize::from(tty && version.has_resize());
     let mut streams: HashMap<String, Stream> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + creation_timeout;
     while streams.len() < expected {
         let Ok(Some(stream)) = tokio::time::timeout_at(deadline, conn.accept()).await else {
             tracing::debug!(
@@ -132,19 +134,36 @@ where
 /// Port-forward over SPDY: streams come in pairs (error, data) sharing a
 /// `requestID`; each data stream is relayed to a connection to its port
 /// in the pod; a port that cannot be reached is reported on the pair's
-/// error stream, and only that pair ends.
+/// error stream, and only that pair ends. A pair whose data stream does
+/// not come within `creation_timeout` is ended the same way, with its
+/// connection to the pod, as the kubelet's server does.
 ///
 /// kubectl opens a pair's error stream first and its data stream after
 /// the error stream's reply, a round trip later; the connection to the pod
 /// is started when the first stream of the pair arrives, so that round
 /// trip and the pod's accept overlap.
-pub async fn portforward<T>(io: T, req: PortForwardRequest, backend: Arc<dyn Backend>)
-where
+pub async fn portforward<T>(
+    io: T,
+    req: PortForwardRequest,
+    creation_timeout: Duration,
+    backend: Arc<dyn Backend>,
+) where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let conn = Connection::server(io, Config::kubernetes());
     let mut pairs: HashMap<String, Pair> = HashMap::new();
-    while let Some(stream) = conn.accept().await {
+    loop {
+        let accepted = match pairs.values().map(|p| p.deadline).min() {
+            None => conn.accept().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, conn.accept()).await {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    end_incomplete_pairs(&mut pairs, creation_timeout);
+                    continue;
+                }
+            },
+        };
+        let Some(stream) = accepted else { break };
         // kubectl opens the pair's other stream as soon as this one's
         // reply reaches it.
         crate::relay::moved();
@@ -166,13 +185,13 @@ where
         if kind == "error" {
             pairs
                 .entry(request)
-                .or_insert_with(|| Pair::new(port, &req, &backend))
+                .or_insert_with(|| Pair::new(port, &req, &backend, creation_timeout))
                 .error = Some(stream);
             continue;
         }
         let pair = pairs
             .remove(&request)
-            .unwrap_or_else(|| Pair::new(port, &req, &backend));
+            .unwrap_or_else(|| Pair::new(port, &req, &backend, creation_timeout));
         if pair.port != port {
             stream.reset(RstStatus::ProtocolError);
             continue;
@@ -188,16 +207,52 @@ where
     }
 }
 
+/// Ends the pairs whose data stream is overdue: the reason on the error
+/// stream, and the connection to the pod, made or under way, closed.
+fn end_incomplete_pairs(pairs: &mut HashMap<String, Pair>, creation_timeout: Duration) {
+    let now = tokio::time::Instant::now();
+    let overdue: Vec<String> = pairs
+        .iter()
+        .filter(|(_, p)| p.deadline <= now)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in overdue {
+        let Some(pair) = pairs.remove(&id) else {
+            continue;
+        };
+        pair.connecting.abort();
+        tracing::debug!("port-forward request {id}: no data stream within {creation_timeout:?}");
+        if let Some(error) = pair.error {
+            tokio::spawn(async move {
+                let (_r, mut w) = error.split();
+                let msg = format!(
+                    "timed out waiting for streams: request {id} opened no data stream within {}s",
+                    creation_timeout.as_secs_f64()
+                );
+                let _ = w.write_all(msg.as_bytes()).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    }
+}
+
 /// The streams of one `requestID` seen so far, and its connection to the
 /// pod, under way since the pair's first stream.
 struct Pair {
     port: u16,
     error: Option<Stream>,
     connecting: tokio::task::JoinHandle<Result<TcpStream, String>>,
+    /// When the pair's first stream is given up on if the other has not come.
+    deadline: tokio::time::Instant,
 }
 
 impl Pair {
-    fn new(port: u16, req: &PortForwardRequest, backend: &Arc<dyn Backend>) -> Pair {
+    fn new(
+        port: u16,
+        req: &PortForwardRequest,
+        backend: &Arc<dyn Backend>,
+        creation_timeout: Duration,
+    ) -> Pair {
         let allowed = req.ports.is_empty() || req.ports.contains(&port);
         let backend = Arc::clone(backend);
         let pod_id = req.pod_id.clone();
@@ -211,6 +266,7 @@ impl Pair {
             port,
             error: None,
             connecting,
+            deadline: tokio::time::Instant::now() + creation_timeout,
         }
     }
 }

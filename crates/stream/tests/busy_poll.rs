@@ -24,6 +24,7 @@ async fn start(budget: Duration) -> (Arc<Server>, u32) {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: None,
             busy_poll: budget,
+            ..Config::default()
         },
         Arc::new(TestBackend),
     )

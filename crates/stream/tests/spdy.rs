@@ -12,7 +12,7 @@ use berth_stream::{Config, ExecRequest, PortForwardRequest, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{upgrade, TestBackend};
+use common::{cat_exec, port_forward_stream, upgrade, TestBackend};
 
 async fn server() -> Arc<Server> {
     Server::start(
@@ -20,6 +20,7 @@ async fn server() -> Arc<Server> {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: None,
             busy_poll: std::time::Duration::from_micros(50),
+            ..Config::default()
         },
         Arc::new(TestBackend),
     )
@@ -30,16 +31,7 @@ async fn server() -> Arc<Server> {
 #[tokio::test]
 async fn exec_over_spdy_v4() {
     let server = server().await;
-    let url = server
-        .exec_url(ExecRequest {
-            container_id: "c".into(),
-            cmd: vec!["cat".into()],
-            tty: false,
-            stdin: true,
-            stdout: true,
-            stderr: true,
-        })
-        .unwrap();
+    let url = server.exec_url(cat_exec(true)).unwrap();
     let (tcp, chosen) = upgrade(&url, &["v4.channel.k8s.io", "v3.channel.k8s.io"])
         .await
         .unwrap();
@@ -115,16 +107,8 @@ async fn port_forward_over_spdy() {
     let (tcp, chosen) = upgrade(&url, &["portforward.k8s.io"]).await.unwrap();
     assert_eq!(chosen, "portforward.k8s.io");
     let conn = Connection::client(tcp, SpdyConfig::kubernetes());
-    let pair = |kind: &str, port: u16, request: &str| {
-        conn.open(
-            Headers::new()
-                .with("streamType", kind)
-                .with("port", port.to_string())
-                .with("requestID", request),
-            false,
-        )
-        .unwrap()
-    };
+    let pair =
+        |kind: &str, port: u16, request: &str| port_forward_stream(&conn, kind, port, request);
     // A port nothing listens on: the message comes on its error stream.
     let closed_err = pair("error", closed, "0");
     let closed_data = pair("data", closed, "0");

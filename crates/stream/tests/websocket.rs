@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+mod common;
+
 /// exec: `cat` copies stdin to stdout, says "err" on stderr, and exits
 /// with the number of resize events it saw plus 3; `fail` cannot run.
 /// port-forward: to a local listener's port on 127.0.0.1.
@@ -67,6 +69,7 @@ async fn server() -> (Arc<Server>, Arc<TestBackend>) {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: None,
             busy_poll: std::time::Duration::from_micros(50),
+            ..Config::default()
         },
         backend.clone(),
     )
@@ -261,37 +264,7 @@ async fn port_forward_reaches_a_listener_and_reports_a_closed_port() {
 async fn tls_when_configured() {
     use rustls_pki_types::pem::PemObject;
     let dir = std::env::temp_dir().join(format!("berth-stream-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let (cert, key) = common::self_signed_certificate(&dir);
     let backend = Arc::new(TestBackend {
         resizes: Mutex::new(Vec::new()),
     });
@@ -300,6 +273,7 @@ async fn tls_when_configured() {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: Some((cert.clone(), key.clone())),
             busy_poll: std::time::Duration::ZERO,
+            ..Config::default()
         },
         backend,
     )
@@ -338,6 +312,7 @@ async fn tls_when_configured() {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: Some((cert.clone(), cert.clone())),
             busy_poll: std::time::Duration::ZERO,
+            ..Config::default()
         },
         Arc::new(TestBackend {
             resizes: Mutex::new(Vec::new()),

@@ -74,6 +74,10 @@ pub struct StreamConfig {
     /// its answer do not each cost the thread a wake-up; 0: it sleeps at
     /// once (no CPU spent polling).
     pub busy_poll_us: u64,
+    /// An exec, attach or port-forward connection with no byte either way
+    /// for this long is closed (containerd's `stream_idle_timeout`, a Go
+    /// duration; "0": never). kubectl's PINGs keep a quiet session open.
+    pub idle_timeout: String,
 }
 
 impl Default for StreamConfig {
@@ -84,6 +88,7 @@ impl Default for StreamConfig {
             tls_cert: None,
             tls_key: None,
             busy_poll_us: DEFAULT_BUSY_POLL_US,
+            idle_timeout: "4h".into(),
         }
     }
 }
@@ -124,10 +129,18 @@ impl StreamConfig {
                 ))
             }
         };
+        let idle_timeout = super::parse_go_duration(&self.idle_timeout).ok_or_else(|| {
+            Error::Config(format!(
+                "stream.idle_timeout {:?} is not a duration (e.g. \"4h\", \"30m\"; \"0\": never)",
+                self.idle_timeout
+            ))
+        })?;
         Ok(berth_stream::Config {
             address: std::net::SocketAddr::new(ip, self.port),
             tls,
             busy_poll: busy_poll_budget("stream.busy_poll_us", self.busy_poll_us)?,
+            idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
+            ..berth_stream::Config::default()
         })
     }
 }
@@ -179,5 +192,19 @@ mod tests {
         c.stream.busy_poll_us = 1001;
         let err = c.validate().unwrap_err();
         assert!(err.to_string().contains("stream.busy_poll_us"), "{err}");
+    }
+
+    #[test]
+    fn stream_idle_timeout_is_containerds_and_a_go_duration() {
+        let mut c = Config::default();
+        let idle = |c: &Config| c.stream.server_config().unwrap().idle_timeout;
+        assert_eq!(idle(&c), Some(Duration::from_secs(4 * 3600)));
+        c.stream.idle_timeout = "1m30s".into();
+        assert_eq!(idle(&c), Some(Duration::from_secs(90)));
+        c.stream.idle_timeout = "0".into();
+        assert_eq!(idle(&c), None);
+        c.stream.idle_timeout = "4 hours".into();
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("stream.idle_timeout"), "{err}");
     }
 }

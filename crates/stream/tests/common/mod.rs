@@ -36,6 +36,36 @@ impl Backend for TestBackend {
     }
 }
 
+/// An exec of `cat` with stdin and stdout, without a terminal.
+pub fn cat_exec(stderr: bool) -> ExecRequest {
+    ExecRequest {
+        container_id: "c".into(),
+        cmd: vec!["cat".into()],
+        tty: false,
+        stdin: true,
+        stdout: true,
+        stderr,
+    }
+}
+
+/// A port-forward stream (`error` or `data`) of request `request` to
+/// `port`, opened by the client.
+pub fn port_forward_stream(
+    conn: &berth_spdy::Connection,
+    kind: &str,
+    port: u16,
+    request: &str,
+) -> berth_spdy::Stream {
+    conn.open(
+        berth_spdy::Headers::new()
+            .with("streamType", kind)
+            .with("port", port.to_string())
+            .with("requestID", request),
+        false,
+    )
+    .unwrap()
+}
+
 /// The HTTP upgrade to SPDY/3.1; the protocol the server chose, or the
 /// status line it refused with.
 pub async fn upgrade(
@@ -74,4 +104,41 @@ pub async fn upgrade(
         })
         .unwrap_or_default();
     Ok((tcp, chosen))
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, written in `dir`
+/// (made now) by openssl.
+pub fn self_signed_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    (cert, key)
 }
