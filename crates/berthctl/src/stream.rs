@@ -20,6 +20,19 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
+/// How often a session pings the server, as kubectl does: a quiet session
+/// (a shell nobody types in, a port-forward nobody uses) stays open across
+/// the server's idle timeout (berthd's and containerd's `stream_idle_timeout`)
+/// and any proxy's on the way.
+const PING_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn ping_interval() -> tokio::time::Interval {
+    let mut every =
+        tokio::time::interval_at(tokio::time::Instant::now() + PING_PERIOD, PING_PERIOD);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every
+}
+
 /// Opens a WebSocket to a streaming URL with `protocols` (preferred
 /// first); the protocol the server chose.
 async fn connect(url: &str, protocols: &str) -> Result<(Ws, String)> {
@@ -95,7 +108,21 @@ pub async fn remotecommand(url: &str, stdin: bool, tty: bool) -> Result<i32> {
     let raw = (tty && std::io::stdin().is_terminal()).then(RawTerminal::enable);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(32);
     let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
+        let mut ping = ping_interval();
+        // Pings go on after the last input (none at all without stdin),
+        // until the session ends.
+        let mut input_open = true;
+        loop {
+            let m = tokio::select! {
+                m = rx.recv(), if input_open => match m {
+                    Some(m) => m,
+                    None => {
+                        input_open = false;
+                        continue;
+                    }
+                },
+                _ = ping.tick() => Message::Ping(Vec::new().into()),
+            };
             if sink.send(m).await.is_err() {
                 break;
             }
@@ -144,12 +171,17 @@ pub async fn remotecommand(url: &str, stdin: bool, tty: bool) -> Result<i32> {
     }
     drop(tx);
     let mut status = Vec::new();
+    let mut failure = None;
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     while let Some(msg) = source.next().await {
         let data = match msg {
             Ok(Message::Binary(d)) => d,
-            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(Message::Close(_)) => break,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
             Ok(_) => continue,
         };
         let Some((&channel, payload)) = data.split_first() else {
@@ -170,14 +202,18 @@ pub async fn remotecommand(url: &str, stdin: bool, tty: bool) -> Result<i32> {
     }
     writer.abort();
     drop(raw);
+    if status.is_empty() {
+        // v4 and v5 always end with a status, success included.
+        bail!(
+            "the streaming connection ended before the command's exit status{}",
+            failure.map(|e| format!(": {e}")).unwrap_or_default()
+        );
+    }
     exit_code(&status)
 }
 
 /// The exit code a v4/v5 status carries.
 fn exit_code(status: &[u8]) -> Result<i32> {
-    if status.is_empty() {
-        return Ok(0);
-    }
     let v: serde_json::Value = serde_json::from_slice(status)
         .map_err(|_| anyhow!("{}", String::from_utf8_lossy(status)))?;
     if v["status"] == "Success" {
@@ -213,12 +249,18 @@ pub async fn forward_connection(
     let mut seen_prefix = [false, false];
     let upstream = async {
         let mut buf = vec![0u8; 32 * 1024];
+        let mut ping = ping_interval();
         loop {
-            let n = rd.read(&mut buf).await?;
-            if n == 0 {
-                break;
+            tokio::select! {
+                n = rd.read(&mut buf) => {
+                    let n = n?;
+                    if n == 0 {
+                        break;
+                    }
+                    sink.send(frame(0, &buf[..n])).await?;
+                }
+                _ = ping.tick() => sink.send(Message::Ping(Vec::new().into())).await?,
             }
-            sink.send(frame(0, &buf[..n])).await?;
         }
         anyhow::Ok(())
     };

@@ -286,3 +286,44 @@ async fn a_client_hanging_up_mid_creation_leaves_nothing() {
     }
     assert!(left.is_empty(), "{left:?}\n{}", d.log_tail());
 }
+
+/// A quiet `berthctl exec` (no input, no output for a while) under
+/// berthd's `[stream] idle_timeout`: berthctl pings every 5 s as kubectl
+/// does, so a session quiet for longer than the timeout goes on and ends
+/// with its exit code; with a timeout shorter than the pings the server
+/// cuts it, and berthctl says so and fails instead of reporting success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_exec_session_and_the_idle_timeout() {
+    for (idle_timeout, survives) in [("7s", true), ("1s", false)] {
+        let d = Berthd::start_with(
+            "ctl-idle",
+            &format!("[stream]\nidle_timeout = \"{idle_timeout}\"\n"),
+        );
+        d.pull_busybox().await;
+        let pod_cfg = d.pod_config("ctl-idle", false);
+        let pod = d.run_pod(&pod_cfg, "").await;
+        let c = d.sleeper(&pod, &pod_cfg, "quiet").await;
+        let quiet = if survives { "16" } else { "4" };
+        let script = format!("sleep {quiet}; echo spoke-after-{quiet}s; exit 4");
+        let started = std::time::Instant::now();
+        let (code, out, err) = ctl(&d, &["exec", &c, "sh", "-c", &script]);
+        if survives {
+            assert_eq!(
+                (code, out.as_str()),
+                (4, "spoke-after-16s\n"),
+                "berthctl said: {err}"
+            );
+        } else {
+            assert_ne!(code, 0, "{out}{err}");
+            assert!(
+                err.contains("ended before the command's exit status"),
+                "{err}"
+            );
+            let cut_after = started.elapsed();
+            assert!(cut_after < Duration::from_secs(4), "{cut_after:?}");
+        }
+        d.stop_pod(&pod).await;
+        d.remove_pod(&pod).await;
+        d.remove_all_and_check().await;
+    }
+}

@@ -212,10 +212,24 @@ pub async fn remotecommand<S>(
             }
         }
     });
-    let result = match &op {
-        Operation::Exec(r) => backend.exec(r, io).await,
-        Operation::Attach(r) => backend.attach(r, io).await.map(|()| 0),
-        Operation::PortForward(_) => unreachable!(),
+    let mut reader = reader;
+    let session = async {
+        match &op {
+            Operation::Exec(r) => backend.exec(r, io).await,
+            Operation::Attach(r) => backend.attach(r, io).await.map(|()| 0),
+            Operation::PortForward(_) => unreachable!(),
+        }
+    };
+    tokio::pin!(session);
+    let result = tokio::select! {
+        result = &mut session => result,
+        _ = &mut reader => {
+            // The client is gone (it closed, its connection failed or was
+            // idle past the timeout): the connection is closed now, not
+            // when the process ends; the process's output finds no reader.
+            writer.abort();
+            session.await
+        }
     };
     // Output the process wrote before it ended is delivered first.
     for p in pumps {

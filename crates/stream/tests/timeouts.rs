@@ -102,15 +102,16 @@ async fn an_idle_spdy_connection_is_closed_with_its_pod_connection() {
         .await
         .expect("an idle connection still open after 10 s");
     let idle = quiet_from.elapsed();
+    // The server's last byte went out a moment before the client read it.
     assert!(
-        idle >= SHORT,
+        idle >= SHORT * 9 / 10,
         "closed after {idle:?} of quiet, before the timeout"
     );
     let pod_end = tokio::time::timeout(Duration::from_secs(5), pod_ended.recv())
         .await
         .expect("the pod connection outlived the streaming connection by 5 s")
         .unwrap();
-    assert!(pod_end >= quiet_from + SHORT);
+    assert!(pod_end >= quiet_from + SHORT * 9 / 10);
 }
 
 #[tokio::test]
@@ -164,7 +165,7 @@ async fn an_idle_websocket_is_closed_with_its_pod_connection() {
     })
     .await;
     assert!(end.is_ok(), "an idle WebSocket still open after 10 s");
-    assert!(quiet_from.elapsed() >= SHORT);
+    assert!(quiet_from.elapsed() >= SHORT * 9 / 10);
     tokio::time::timeout(Duration::from_secs(5), pod_ended.recv())
         .await
         .expect("the pod connection outlived the WebSocket by 5 s");
