@@ -290,8 +290,16 @@ async fn a_silent_tls_client_is_dropped() {
 async fn accepted_connections_have_tcp_keepalive() {
     let server = server().await;
     let host = server.base_url().trim_start_matches("http://").to_owned();
-    let tcp = TcpStream::connect(&host).await.unwrap();
+    let mut tcp = TcpStream::connect(&host).await.unwrap();
     let client_port = tcp.local_addr().unwrap().port();
+    // An answer (404) means the server has accepted the connection and
+    // set its options, which it does before reading.
+    tcp.write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 404");
     // The server's end of it, as the kernel shows it: a keepalive timer.
     let out = std::process::Command::new("ss")
         .args(["-tnoH", "state", "established"])
