@@ -332,16 +332,10 @@ impl Server {
         };
         let backend = Arc::clone(&self.backend);
         let chosen = protocol.clone();
-        let (idle_timeout, creation) = (self.idle_timeout, self.stream_creation_timeout);
+        let creation = self.stream_creation_timeout;
+        let upgrading = upgraded(req, self.idle_timeout, "SPDY");
         tokio::spawn(async move {
-            let upgraded = match hyper::upgrade::on(req).await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!("SPDY upgrade: {e}");
-                    return;
-                }
-            };
-            let io = IdleTimeout::new(TokioIo::new(upgraded), idle_timeout);
+            let Some(io) = upgrading.await else { return };
             match op {
                 Operation::PortForward(req) => spdy::portforward(io, req, creation, backend).await,
                 op => spdy::remotecommand(io, &chosen, op, creation, backend).await,
@@ -396,16 +390,9 @@ impl Server {
         let accept = derive_accept_key(key.as_bytes());
         let backend = Arc::clone(&self.backend);
         let chosen = protocol.clone();
-        let idle_timeout = self.idle_timeout;
+        let upgrading = upgraded(req, self.idle_timeout, "websocket");
         tokio::spawn(async move {
-            let upgraded = match hyper::upgrade::on(req).await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!("websocket upgrade: {e}");
-                    return;
-                }
-            };
-            let io = IdleTimeout::new(TokioIo::new(upgraded), idle_timeout);
+            let Some(io) = upgrading.await else { return };
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
             match op {
                 Operation::PortForward(req) => {
@@ -428,6 +415,22 @@ impl Server {
             }
         }
         r
+    }
+}
+
+/// The connection once the 101 has gone out, under the idle timeout;
+/// None (logged) if the upgrade failed.
+async fn upgraded(
+    req: Request<Incoming>,
+    idle_timeout: Option<Duration>,
+    protocol: &'static str,
+) -> Option<IdleTimeout<TokioIo<hyper::upgrade::Upgraded>>> {
+    match hyper::upgrade::on(req).await {
+        Ok(u) => Some(IdleTimeout::new(TokioIo::new(u), idle_timeout)),
+        Err(e) => {
+            tracing::debug!("{protocol} upgrade: {e}");
+            None
+        }
     }
 }
 

@@ -181,7 +181,7 @@ pub async fn remotecommand<S>(
         resize_tx = Some(tx);
     }
     let base64 = outbox.base64;
-    let reader = tokio::spawn(async move {
+    let mut reader = tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             if matches!(msg, Message::Close(_)) {
                 break;
@@ -212,7 +212,6 @@ pub async fn remotecommand<S>(
             }
         }
     });
-    let mut reader = reader;
     let session = async {
         match &op {
             Operation::Exec(r) => backend.exec(r, io).await,
