@@ -9,10 +9,18 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// The shim daemons of `d`'s pods. A child the shim has just forked to run
+/// the runtime shows the shim's command line until its execve: it is left
+/// out by its parent, a shim.
 fn shim_pids(d: &Berthd) -> Vec<i32> {
-    processes_mentioning(d.socket.to_str().unwrap())
+    let matching: Vec<i32> = processes_mentioning(d.socket.to_str().unwrap())
         .into_iter()
         .filter(|pid| cmdline(*pid).contains("containerd-shim-berth-v2"))
+        .collect();
+    matching
+        .iter()
+        .copied()
+        .filter(|pid| parent(*pid).is_none_or(|p| !matching.contains(&p)))
         .collect()
 }
 

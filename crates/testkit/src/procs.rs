@@ -44,6 +44,18 @@ pub fn alive(pid: impl Into<i64>) -> bool {
         .unwrap_or(false)
 }
 
+/// The parent of process `pid`, if it exists.
+pub fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: the state, then the parent.
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// (pid, command line with spaces for NULs) of every process except this
 /// one whose command line mentions `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {

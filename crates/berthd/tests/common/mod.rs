@@ -35,7 +35,7 @@ use berth_testkit::mounts::unmount_under;
 pub use berth_testkit::names::unique;
 /// The live processes' pids.
 pub use berth_testkit::procs::pids_mentioning as processes_mentioning;
-pub use berth_testkit::procs::{alive, cmdline, wait_for_exec};
+pub use berth_testkit::procs::{alive, cmdline, parent, wait_for_exec};
 use berth_testkit::procs::{kill_processes_mentioning, terminate};
 
 pub const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
