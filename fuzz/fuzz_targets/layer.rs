@@ -26,12 +26,16 @@ fn world() -> &'static World {
 }
 
 fn check_outside(base: &Path) {
-    let count = std::fs::read_dir(base.join("outside")).map(|d| d.count()).unwrap_or(0);
+    let count = std::fs::read_dir(base.join("outside"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(count, 0, "a layer wrote outside its snapshot");
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let Some((mode, body)) = data.split_first() else { return };
+    let Some((mode, body)) = data.split_first() else {
+        return;
+    };
     match mode % 4 {
         0 => {
             let _ = berth_image::pull::manifest_parts(body);
@@ -49,7 +53,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 _ => berth_image::unpack::Compression::Zstd,
             };
             if let Ok(reader) = compression.decoder(body) {
-                let _ = berth_image::unpack::apply_layer(reader, "fuzz", &upper, &[w.base.join("lower")]);
+                let _ = berth_image::unpack::apply_layer(
+                    reader,
+                    "fuzz",
+                    &upper,
+                    &[w.base.join("lower")],
+                );
             }
             check_outside(&w.base);
         }
