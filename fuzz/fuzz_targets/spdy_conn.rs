@@ -21,78 +21,20 @@
 //! millisecond, and a script runs in microseconds whatever it waits for.
 #![no_main]
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use berth_spdy::{
-    Config, Connection, Decoder, Encoder, Frame, GoAwayStatus, Headers, Limits, RstStatus, Setting,
-    Stream,
-};
+#[path = "spdy_peer.rs"]
+mod spdy_peer;
+
+use berth_spdy::{Config, Connection, Encoder, Headers, Limits, Stream};
+use spdy_peer::{check_server_output, PeerFrame, RST, SENT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A stream id: mostly small ones, so that frames meet the streams that
-/// earlier ones opened, and now and then the edges.
-#[derive(Arbitrary, Debug, Clone, Copy)]
-struct Id(u8);
-
-impl Id {
-    fn get(self) -> u32 {
-        match self.0 {
-            0..=239 => u32::from(self.0 % 24),
-            240..=247 => 0x7fff_fff0 + u32::from(self.0 - 240) * 2 + 1,
-            248..=251 => 0x8000_0000 | u32::from(self.0),
-            _ => u32::MAX,
-        }
-    }
-}
 
 #[derive(Arbitrary, Debug)]
 enum Step {
-    // What the peer sends.
-    Syn {
-        id: Id,
-        fin: bool,
-        unidirectional: bool,
-        associated: Id,
-        priority: u8,
-        stream_type: u8,
-    },
-    Reply {
-        id: Id,
-        fin: bool,
-    },
-    Data {
-        id: Id,
-        fin: bool,
-        /// In units of 512 bytes, under 16 MiB: past any window.
-        len: u16,
-    },
-    Rst {
-        id: Id,
-        status: u8,
-    },
-    Settings {
-        clear: bool,
-        entries: Vec<(u8, u32)>,
-    },
-    Ping {
-        id: u32,
-    },
-    GoAway {
-        last: Id,
-        status: u8,
-    },
-    Headers {
-        id: Id,
-        fin: bool,
-        big: bool,
-    },
-    WindowUpdate {
-        id: Id,
-        delta: u32,
-    },
-    Raw(Vec<u8>),
+    /// What the peer sends.
+    Peer(PeerFrame),
     // What the server's application does; `stream` picks one it holds.
     Accept,
     Read {
@@ -128,25 +70,8 @@ struct Script {
     steps: Vec<Step>,
 }
 
-const STREAM_TYPES: [&str; 6] = ["data", "error", "stdin", "stdout", "resize", ""];
-const RST: [RstStatus; 12] = [
-    RstStatus::ProtocolError,
-    RstStatus::InvalidStream,
-    RstStatus::RefusedStream,
-    RstStatus::UnsupportedVersion,
-    RstStatus::Cancel,
-    RstStatus::InternalError,
-    RstStatus::FlowControlError,
-    RstStatus::StreamInUse,
-    RstStatus::StreamAlreadyClosed,
-    RstStatus::InvalidCredentials,
-    RstStatus::FrameTooLarge,
-    RstStatus::Other(99),
-];
-
-/// The byte of every DATA frame the peer sends, and of everything the
-/// application writes: a byte out of place was corrupted or misrouted.
-const SENT: u8 = 0x5a;
+/// The byte of everything the application writes: with [`SENT`], what the
+/// peer sends, a byte out of place was corrupted or misrouted.
 const WRITTEN: u8 = 0xa5;
 
 /// Long enough for any step to have done what it can.
@@ -154,132 +79,6 @@ const STEP: Duration = Duration::from_millis(1);
 /// What the end of a connection may take once the peer hung up: the
 /// writer's grace for a peer that stopped reading is 5 s.
 const END: Duration = Duration::from_secs(60);
-
-fn peer_frame(step: &Step) -> Option<Frame> {
-    Some(match *step {
-        Step::Syn {
-            id,
-            fin,
-            unidirectional,
-            associated,
-            priority,
-            stream_type,
-        } => Frame::SynStream {
-            stream_id: id.get(),
-            associated_to: associated.get() & 0x7fff_ffff,
-            priority: priority % 8,
-            slot: 0,
-            fin,
-            unidirectional,
-            headers: Headers::new()
-                .with(
-                    "streamtype",
-                    STREAM_TYPES[usize::from(stream_type) % STREAM_TYPES.len()],
-                )
-                .with("port", "80")
-                .with("requestid", stream_type.to_string()),
-        },
-        Step::Reply { id, fin } => Frame::SynReply {
-            stream_id: id.get(),
-            fin,
-            headers: Headers::new().with("x", "y"),
-        },
-        Step::Data { id, fin, len } => Frame::Data {
-            stream_id: id.get(),
-            fin,
-            data: vec![SENT; usize::from(len) * 512 % (16 << 20)],
-        },
-        Step::Rst { id, status } => Frame::RstStream {
-            stream_id: id.get(),
-            status: RST[usize::from(status) % RST.len()],
-        },
-        Step::Settings { clear, ref entries } => Frame::Settings {
-            clear,
-            entries: entries
-                .iter()
-                .take(16)
-                .map(|&(id, value)| Setting {
-                    flags: 0,
-                    id: u32::from(id % 10),
-                    value,
-                })
-                .collect(),
-        },
-        Step::Ping { id } => Frame::Ping { id },
-        Step::GoAway { last, status } => Frame::GoAway {
-            last_good_stream_id: last.get() & 0x7fff_ffff,
-            status: GoAwayStatus::from_code(u32::from(status % 4)),
-        },
-        Step::Headers { id, fin, big } => Frame::Headers {
-            stream_id: id.get(),
-            fin,
-            headers: Headers::new().with("h", vec![b'v'; if big { 40 << 10 } else { 1 }]),
-        },
-        Step::WindowUpdate { id, delta } => Frame::WindowUpdate {
-            stream_id: id.get(),
-            delta,
-        },
-        _ => return None,
-    })
-}
-
-/// Reads what the server writes, as the peer's reader does, and checks it.
-async fn check_server_output(mut from_server: tokio::io::ReadHalf<tokio::io::DuplexStream>) {
-    let mut decoder = Decoder::new(Limits::default());
-    let mut wire = Vec::new();
-    let mut buf = vec![0u8; 64 << 10];
-    let mut finished = HashSet::new();
-    loop {
-        let n = from_server.read(&mut buf).await.unwrap_or(0);
-        if n == 0 {
-            return;
-        }
-        wire.extend_from_slice(&buf[..n]);
-        let mut used_total = 0;
-        loop {
-            let frame = match decoder.decode(&wire[used_total..]) {
-                Ok(Some((frame, used))) => {
-                    used_total += used;
-                    frame
-                }
-                Ok(None) => break,
-                Err(e) => panic!("the server wrote a frame that does not decode: {e}"),
-            };
-            match frame {
-                Frame::SynStream { stream_id, fin, .. } => {
-                    assert_eq!(stream_id % 2, 0, "server-opened stream {stream_id} is odd");
-                    if fin {
-                        finished.insert(stream_id);
-                    }
-                }
-                Frame::SynReply { stream_id, fin, .. } | Frame::Headers { stream_id, fin, .. } => {
-                    if fin {
-                        finished.insert(stream_id);
-                    }
-                }
-                Frame::Data {
-                    stream_id,
-                    fin,
-                    data,
-                } => {
-                    assert!(
-                        data.iter().all(|&b| b == WRITTEN),
-                        "DATA on stream {stream_id} carries bytes the application did not write"
-                    );
-                    assert!(
-                        !finished.contains(&stream_id),
-                        "the server sent DATA on stream {stream_id} after its FIN"
-                    );
-                    if fin {
-                        finished.insert(stream_id);
-                    }
-                }
-                _ => {}
-            }
-        }
-        wire.drain(..used_total);
-    }
-}
 
 async fn run(script: Script) {
     let (server_io, peer_io) = tokio::io::duplex(256 << 10);
@@ -300,7 +99,9 @@ async fn run(script: Script) {
     }
     let conn = Connection::server(server_io, config);
     let (from_server, mut to_server) = tokio::io::split(peer_io);
-    let checker = tokio::spawn(check_server_output(from_server));
+    let checker = tokio::spawn(check_server_output(from_server, |data| {
+        data.iter().all(|&b| b == WRITTEN)
+    }));
 
     let mut encoder = Encoder::new();
     let mut streams: Vec<Stream> = Vec::new();
@@ -311,16 +112,10 @@ async fn run(script: Script) {
     };
 
     for step in script.steps.iter().take(200) {
-        if let Some(frame) = peer_frame(step) {
-            let mut wire = Vec::new();
-            if encoder.encode(&frame, &mut wire).is_ok() {
-                let _ = tokio::time::timeout(STEP, to_server.write_all(&wire)).await;
-            }
-            continue;
-        }
         match *step {
-            Step::Raw(ref bytes) => {
-                let _ = tokio::time::timeout(STEP, to_server.write_all(bytes)).await;
+            Step::Peer(ref frame) => {
+                let wire = frame.wire(&mut encoder, 80);
+                let _ = tokio::time::timeout(STEP, to_server.write_all(&wire)).await;
             }
             Step::Accept => {
                 if let Ok(Some(stream)) = tokio::time::timeout(STEP, conn.accept()).await {
@@ -369,7 +164,6 @@ async fn run(script: Script) {
             }
             Step::GoAwayLocal => conn.goaway(),
             Step::Idle => tokio::time::sleep(STEP).await,
-            _ => unreachable!("peer frames are sent above"),
         }
     }
 
