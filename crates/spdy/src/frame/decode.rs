@@ -110,8 +110,10 @@ impl Decoder {
             });
         }
         let kind = head.kind();
-        let fixed = |expected_len: u32, expected: &'static str| {
-            if head.length == expected_len {
+        // The payload's length is right for its frame type, or the error
+        // names what was expected.
+        let length_is = |right: bool, expected: &'static str| {
+            if right {
                 Ok(())
             } else {
                 Err(FrameError::BadLength {
@@ -121,17 +123,8 @@ impl Decoder {
                 })
             }
         };
-        let at_least = |min: u32, expected: &'static str| {
-            if head.length >= min {
-                Ok(())
-            } else {
-                Err(FrameError::BadLength {
-                    kind,
-                    length: head.length,
-                    expected,
-                })
-            }
-        };
+        let fixed = |len: u32, expected| length_is(head.length == len, expected);
+        let at_least = |min: u32, expected| length_is(head.length >= min, expected);
         let word = |i: usize| {
             u32::from_be_bytes([payload[i], payload[i + 1], payload[i + 2], payload[i + 3]])
         };
