@@ -202,9 +202,21 @@ async fn pod_sandbox_metrics_from_cgroups_and_the_pods_network() {
     let first = loop {
         let pods = pod_metrics(&d).await;
         let written = value(container(&pods, &memory), "container_memory_usage_bytes") >= 40 << 20;
-        let traffic = pods.iter().flat_map(|p| &p.metrics).any(|m| {
-            m.name == "container_network_transmit_packets_total"
-                && m.value.as_ref().unwrap().value > 0
+        // Both ends sent and received, as asserted below: each end sends its
+        // neighbour discovery at its own time, up to seconds apart.
+        let traffic = ["bv0", "bv1"].iter().all(|interface| {
+            [
+                "container_network_transmit_packets_total",
+                "container_network_receive_packets_total",
+            ]
+            .iter()
+            .all(|name| {
+                pods.iter().flat_map(|p| &p.metrics).any(|m| {
+                    m.name == *name
+                        && m.label_values.last().map(String::as_str) == Some(*interface)
+                        && m.value.as_ref().unwrap().value > 0
+                })
+            })
         });
         if written && traffic {
             break pods;
