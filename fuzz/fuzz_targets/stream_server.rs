@@ -390,9 +390,58 @@ async fn pause(ms: u8) {
     tokio::time::sleep(Duration::from_millis(u64::from(ms % 5))).await;
 }
 
+/// What a step puts on the wire, or a pause.
+enum Wire {
+    Bytes(Vec<u8>),
+    Pause(u8),
+}
+
+/// Sends an upgrade request; on a 101, checks what the server sends with
+/// `check` while it sends each step's bytes, then hangs up: the server must
+/// then close its end (`protocol` names it in the failure).
+async fn converse<S, C>(
+    mut tcp: tokio::net::TcpStream,
+    request: (&str, &str, &str, &str),
+    protocol: &str,
+    check: impl FnOnce(tokio::net::tcp::OwnedReadHalf) -> C,
+    steps: &[S],
+    mut wire: impl FnMut(&S) -> Wire,
+) where
+    C: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (method, url, query, headers) = request;
+    let head = tokio::time::timeout(END, upgrade(&mut tcp, method, url, query, headers))
+        .await
+        .expect("the server answers the upgrade");
+    if !head.is_some_and(|h| h.starts_with("HTTP/1.1 101")) {
+        return;
+    }
+    let (from_server, mut to_server) = tcp.into_split();
+    let checker = tokio::spawn(check(from_server));
+    for step in steps.iter().take(100) {
+        match wire(step) {
+            Wire::Bytes(bytes) => {
+                if !send(&mut to_server, &bytes).await {
+                    break;
+                }
+            }
+            Wire::Pause(ms) => pause(ms).await,
+        }
+    }
+    // The client hangs up.
+    drop(to_server);
+    match tokio::time::timeout(END, checker).await {
+        Err(_) => {
+            panic!("the server kept its {protocol} connection {END:?} after its client hung up")
+        }
+        Ok(Err(e)) => panic!("the server's {protocol} output is not well-formed: {e}"),
+        Ok(Ok(())) => {}
+    }
+}
+
 async fn spdy_session(
     w: &World,
-    mut tcp: tokio::net::TcpStream,
+    tcp: tokio::net::TcpStream,
     url: &str,
     protocols: u8,
     steps: &[Step],
@@ -401,18 +450,16 @@ async fn spdy_session(
         "Upgrade: SPDY/3.1\r\n{}",
         offered("X-Stream-Protocol-Version", &PROTOCOLS, protocols)
     );
-    let head = tokio::time::timeout(END, upgrade(&mut tcp, "POST", url, "", &headers))
-        .await
-        .expect("the server answers the upgrade");
-    if !head.is_some_and(|h| h.starts_with("HTTP/1.1 101")) {
-        return;
-    }
-    let (from_server, mut to_server) = tcp.into_split();
-    let checker = tokio::spawn(check_server_output(from_server, |_| true));
     let mut encoder = berth_spdy::Encoder::new();
-    for step in steps.iter().take(100) {
-        let wire = match *step {
-            Step::Peer(ref frame) => frame.wire(&mut encoder, w.pod_port),
+    let check = |r| async move { check_server_output(r, |_| true).await };
+    converse(
+        tcp,
+        ("POST", url, "", &headers),
+        "SPDY",
+        check,
+        steps,
+        |step| match *step {
+            Step::Peer(ref frame) => Wire::Bytes(frame.wire(&mut encoder, w.pod_port)),
             Step::Resize {
                 id,
                 width,
@@ -426,23 +473,12 @@ async fn spdy_session(
                     data: resize_json(width, height, malformed),
                 };
                 let _ = encoder.encode(&frame, &mut wire);
-                wire
+                Wire::Bytes(wire)
             }
-            Step::Pause(ms) => {
-                pause(ms).await;
-                continue;
-            }
-        };
-        if !send(&mut to_server, &wire).await {
-            break;
-        }
-    }
-    // The client hangs up.
-    drop(to_server);
-    tokio::time::timeout(END, checker)
-        .await
-        .expect("the server closes the connection once its client hung up")
-        .expect("the server's output is well-formed");
+            Step::Pause(ms) => Wire::Pause(ms),
+        },
+    )
+    .await;
 }
 
 fn resize_json(width: u16, height: u16, malformed: bool) -> Vec<u8> {
@@ -565,7 +601,7 @@ async fn check_ws_output(mut from_server: tokio::net::tcp::OwnedReadHalf) {
 
 async fn ws_session(
     w: &World,
-    mut tcp: tokio::net::TcpStream,
+    tcp: tokio::net::TcpStream,
     url: &str,
     protocols: u8,
     port: u8,
@@ -582,37 +618,24 @@ async fn ws_session(
         2 => "?port=http".to_owned(),
         _ => String::new(),
     };
-    let head = tokio::time::timeout(END, upgrade(&mut tcp, "GET", url, &query, &headers))
-        .await
-        .expect("the server answers the upgrade");
-    if !head.is_some_and(|h| h.starts_with("HTTP/1.1 101")) {
-        return;
-    }
-    let (from_server, mut to_server) = tcp.into_split();
-    let checker = tokio::spawn(check_ws_output(from_server));
-    for step in steps.iter().take(100) {
-        let wire = match *step {
+    converse(
+        tcp,
+        ("GET", url, &query, &headers),
+        "WebSocket",
+        check_ws_output,
+        steps,
+        |step| match *step {
             WsStep::Message {
                 opcode,
                 fin,
                 channel,
                 ref payload,
-            } => ws_message(opcode, fin, channel, payload),
-            WsStep::Raw(ref bytes) => bytes.clone(),
-            WsStep::Pause(ms) => {
-                pause(ms).await;
-                continue;
-            }
-        };
-        if !send(&mut to_server, &wire).await {
-            break;
-        }
-    }
-    drop(to_server);
-    tokio::time::timeout(END, checker)
-        .await
-        .expect("the server closes the WebSocket once its client hung up")
-        .expect("the server's WebSocket frames are well-formed");
+            } => Wire::Bytes(ws_message(opcode, fin, channel, payload)),
+            WsStep::Raw(ref bytes) => Wire::Bytes(bytes.clone()),
+            WsStep::Pause(ms) => Wire::Pause(ms),
+        },
+    )
+    .await;
 }
 
 async fn run(w: &World, input: Input) {
