@@ -11,6 +11,12 @@
 //! scheduler spins before it parks and as the kernel's socket busy polling
 //! does. A thread with nothing moving sleeps as before: an idle stream
 //! costs nothing.
+//!
+//! The same holds for a client that was just handed a URL: the kubelet
+//! connects to it right after the Exec, Attach or PortForward call
+//! returns, so from the moment the URL is issued the thread polls (for
+//! [`EXPECTED_CLIENT_WINDOW`] at most, less once the client is there)
+//! instead of sleeping until the client's connection wakes it.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -23,9 +29,16 @@ use tokio::sync::Notify;
 /// poll takes well under a microsecond.
 const POLLS_PER_YIELD: u32 = 8;
 
+/// How long the thread polls for a client that was handed a URL: its
+/// connection comes within a few hundred microseconds of the call's
+/// answer, unless it is not coming at all.
+pub(crate) const EXPECTED_CLIENT_WINDOW: Duration = Duration::from_millis(1);
+
 struct Activity {
     budget: Duration,
     last: Cell<Instant>,
+    /// Until when a client handed a URL is waited for.
+    expected_client: Cell<Option<Instant>>,
     polling: Cell<bool>,
     moved: Notify,
 }
@@ -47,6 +60,7 @@ pub(crate) fn busy_poll_on_this_thread(
     let activity = Rc::new(Activity {
         budget,
         last: Cell::new(Instant::now()),
+        expected_client: Cell::new(None),
         polling: Cell::new(false),
         moved: Notify::new(),
     });
@@ -56,7 +70,12 @@ pub(crate) fn busy_poll_on_this_thread(
             activity.moved.notified().await;
             activity.polling.set(true);
             let mut polls = 0u32;
-            while activity.last.get().elapsed() < activity.budget {
+            while activity.last.get().elapsed() < activity.budget
+                || activity
+                    .expected_client
+                    .get()
+                    .is_some_and(|until| Instant::now() < until)
+            {
                 // A process waiting for this CPU (the pod's, the client)
                 // gets it within a few polls: the poll must not delay the
                 // answer it waits for. Not at every poll: the data this
@@ -85,6 +104,30 @@ pub(crate) fn moved() {
             }
         }
     });
+}
+
+/// A client was handed a URL: poll until it comes, for
+/// [`EXPECTED_CLIENT_WINDOW`] at most.
+pub(crate) fn client_expected() {
+    ACTIVITY.with(|a| {
+        if let Some(a) = &*a.borrow() {
+            a.expected_client
+                .set(Some(Instant::now() + EXPECTED_CLIENT_WINDOW));
+            if !a.polling.get() {
+                a.moved.notify_one();
+            }
+        }
+    });
+}
+
+/// A client with a URL came: the ordinary budget applies again.
+pub(crate) fn client_came() {
+    ACTIVITY.with(|a| {
+        if let Some(a) = &*a.borrow() {
+            a.expected_client.set(None);
+        }
+    });
+    moved();
 }
 
 /// Copies `from` to `to` until `from` ends, marking each write as data

@@ -184,6 +184,9 @@ pub struct Server {
     backend: Arc<dyn Backend>,
     idle_timeout: Option<Duration>,
     stream_creation_timeout: Duration,
+    /// Tells the streaming thread that a client was handed a URL (None:
+    /// the thread does not busy-poll).
+    client_expected: Option<Arc<tokio::sync::Notify>>,
     /// Dropped with the server: the accept loop and its thread end.
     _accepting: tokio::sync::oneshot::Sender<()>,
 }
@@ -209,12 +212,15 @@ impl Server {
         let local = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (accepting, dropped) = tokio::sync::oneshot::channel();
+        let client_expected =
+            (!config.busy_poll.is_zero()).then(|| Arc::new(tokio::sync::Notify::new()));
         let server = Arc::new(Server {
             pending: TokenCache::new(TOKEN_TTL, MAX_IN_FLIGHT),
             base_url: format!("{scheme}://{local}"),
             backend,
             idle_timeout: config.idle_timeout,
             stream_creation_timeout: config.stream_creation_timeout,
+            client_expected: client_expected.clone(),
             _accepting: accepting,
         });
         let weak = Arc::downgrade(&server);
@@ -234,9 +240,19 @@ impl Server {
                     let accepting = accept_loop(listener, weak, tls, request_timeout, dropped);
                     match crate::relay::busy_poll_on_this_thread(busy_poll) {
                         Some(polling) => {
+                            let expecting = async {
+                                let Some(client_expected) = client_expected else {
+                                    return std::future::pending().await;
+                                };
+                                loop {
+                                    client_expected.notified().await;
+                                    crate::relay::client_expected();
+                                }
+                            };
                             tokio::select! {
                                 () = accepting => {}
                                 () = polling => {}
+                                () = expecting => {}
                             }
                         }
                         None => accepting.await,
@@ -266,12 +282,15 @@ impl Server {
 
     fn url(&self, kind: &str, op: Operation) -> Result<String, Full> {
         let token = self.pending.insert(op)?;
+        if let Some(client_expected) = &self.client_expected {
+            client_expected.notify_one();
+        }
         Ok(format!("{}/{kind}/{token}", self.base_url))
     }
 
     fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         // The client's next step (its streams, after the 101) follows at once.
-        crate::relay::moved();
+        crate::relay::client_came();
         let path = req.uri().path().to_owned();
         let mut parts = path.trim_start_matches('/').splitn(2, '/');
         let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));

@@ -200,3 +200,81 @@ async fn the_streaming_thread_sleeps_when_no_data_moves() {
     );
     drop((forward, server));
 }
+
+/// The scheduler's state of thread `tid`: 'R' running or waiting for a
+/// CPU, 'S' asleep.
+fn state(tid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    stat.rsplit_once(')')
+        .unwrap()
+        .1
+        .trim_start()
+        .chars()
+        .next()
+        .unwrap()
+}
+
+/// Waits (blocking: the server has a thread of its own) until thread
+/// `tid` sleeps; false if it has not within 2 s.
+fn asleep_soon(tid: u32) -> bool {
+    for _ in 0..400 {
+        if state(tid) == 'S' {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// How many of 20 URLs, each handed out to a streaming thread asleep,
+/// found it awake (polling) 200 us later, before any client came; each
+/// time, the thread must be asleep again soon after, the URL unused.
+fn awake_after_urls(server: &Server, thread: u32) -> usize {
+    let mut awake = 0;
+    for _ in 0..20 {
+        assert!(asleep_soon(thread), "the streaming thread does not sleep");
+        server
+            .port_forward_url(PortForwardRequest {
+                pod_id: "p".into(),
+                ports: vec![1],
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+        if state(thread) == 'R' {
+            awake += 1;
+        }
+    }
+    assert!(
+        asleep_soon(thread),
+        "the streaming thread still spins after a URL nobody used"
+    );
+    awake
+}
+
+/// The kubelet connects to a URL right after the call that returned it:
+/// from the moment the URL is handed out, the streaming thread polls
+/// instead of sleeping, so the client's connection does not wait for it
+/// to wake; a URL nobody uses stops the polling soon after. Without busy
+/// polling the thread sleeps throughout, which shows the state read
+/// tells the two apart.
+#[tokio::test]
+async fn a_client_handed_a_url_finds_the_streaming_thread_awake() {
+    let _serial = SERIAL.lock().await;
+    let (server, thread) = start(Duration::from_millis(1)).await;
+    let polling = awake_after_urls(&server, thread);
+    drop(server);
+    let (server, thread) = start(Duration::ZERO).await;
+    let sleeping = awake_after_urls(&server, thread);
+    drop(server);
+    eprintln!(
+        "URLs that found the streaming thread awake: {polling}/20 polling, {sleeping}/20 not"
+    );
+    assert!(
+        polling >= 15,
+        "only {polling} of 20 URLs found the streaming thread awake"
+    );
+    assert!(
+        sleeping <= 2,
+        "{sleeping} of 20 URLs found a thread that does not poll awake"
+    );
+}

@@ -71,8 +71,10 @@ pub struct StreamConfig {
     pub tls_key: Option<PathBuf>,
     /// Microseconds the streaming thread keeps polling its sockets after
     /// data moved before it sleeps, so that a port-forward's request and
-    /// its answer do not each cost the thread a wake-up; 0: it sleeps at
-    /// once (no CPU spent polling).
+    /// its answer do not each cost the thread a wake-up; when not 0, the
+    /// thread also polls from the moment it hands out a URL until the
+    /// client comes (1 ms at most). 0: it sleeps at once (no CPU spent
+    /// polling).
     pub busy_poll_us: u64,
     /// An exec, attach or port-forward connection with no byte either way
     /// for this long is closed (containerd's `stream_idle_timeout`, a Go
