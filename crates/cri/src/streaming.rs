@@ -360,13 +360,11 @@ impl Cri {
         if let (Some(netns), Some(sockets)) = (&pod.namespaces.net, &self.netns_sockets) {
             let ns = std::fs::File::open(netns)
                 .map_err(|e| Error::Internal(format!("opening {}: {e}", netns.display())))?;
-            if let Some(made) = sockets.socket(ns).await {
-                let fd = made.map_err(|e| {
-                    Error::Internal(format!("a socket in the pod's network namespace: {e}"))
-                })?;
-                let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
-                return connect_in_time(socket.connect(addr), port).await;
-            }
+            let fd = sockets.socket(&ns).map_err(|e| {
+                Error::Internal(format!("a socket in the pod's network namespace: {e}"))
+            })?;
+            let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+            return connect_in_time(socket.connect(addr), port).await;
         }
         let netns = pod.namespaces.net.clone();
         let stream = tokio::task::spawn_blocking(move || -> Result<std::net::TcpStream> {
