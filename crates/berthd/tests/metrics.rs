@@ -307,6 +307,13 @@ async fn pod_sandbox_metrics_from_cgroups_and_the_pods_network() {
         assert!(iface("container_network_receive_packets_total", i) > 0);
         assert!(iface("container_network_receive_bytes_total", i) > 0);
     }
+    // Read from inside the pod's network namespace, by threads that came
+    // back from it.
+    let stray = d.threads_outside_the_host_network_namespace();
+    assert!(
+        stray.is_empty(),
+        "berthd threads in another network namespace: {stray:?}"
+    );
 
     // Memory: the 40 MiB above what the idle container uses.
     let mem = container(&first, &memory);

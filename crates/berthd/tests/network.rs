@@ -318,7 +318,7 @@ async fn pods_on_a_bridge_reach_each_other_and_a_host_port() {
         let page = port_forward_get(&d, &server_pod, 80).await;
         assert!(page.contains("hello-from-the-server"), "{page:?}");
     }
-    let stray = threads_outside_the_host_network_namespace(d.pid().unwrap());
+    let stray = d.threads_outside_the_host_network_namespace();
     assert!(
         stray.is_empty(),
         "berthd threads in another network namespace: {stray:?}"
@@ -355,20 +355,6 @@ async fn pods_on_a_bridge_reach_each_other_and_a_host_port() {
 
     d.remove_all_and_check().await;
     net.assert_clean(host_port);
-}
-
-/// Threads of process `pid` whose network namespace is not this test's
-/// (the host's): `tid -> namespace`.
-fn threads_outside_the_host_network_namespace(pid: u32) -> Vec<String> {
-    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .filter_map(|t| {
-            let ns = std::fs::read_link(t.path().join("ns/net")).ok()?;
-            (ns != host).then(|| format!("{} -> {}", t.file_name().to_string_lossy(), ns.display()))
-        })
-        .collect()
 }
 
 /// `GET /` through a CRI port-forward (WebSocket, v4.channel.k8s.io) to

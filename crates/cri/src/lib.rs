@@ -8,7 +8,7 @@ mod cri_conn;
 pub mod error;
 pub mod grpc;
 pub mod images;
-mod netns_socket;
+mod netns;
 pub mod network;
 mod nri;
 pub mod prometheus;

@@ -6,7 +6,6 @@
 //! besides the log); a TCP connection made from inside the pod's network
 //! namespace.
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -357,51 +356,21 @@ impl Cri {
             return vm_pod_connect(&pod, port).await;
         }
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        if let (Some(netns), Some(sockets)) = (&pod.namespaces.net, &self.netns_sockets) {
-            let ns = std::fs::File::open(netns)
-                .map_err(|e| Error::Internal(format!("opening {}: {e}", netns.display())))?;
-            let fd = sockets.socket(&ns).map_err(|e| {
-                Error::Internal(format!("a socket in the pod's network namespace: {e}"))
-            })?;
-            let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
-            return connect_in_time(socket.connect(addr), port).await;
-        }
-        let netns = pod.namespaces.net.clone();
-        let stream = tokio::task::spawn_blocking(move || -> Result<std::net::TcpStream> {
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            let Some(netns) = netns else {
-                // A host-network pod: the host's loopback is the pod's.
-                return std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-                    .map_err(|e| Error::FailedPrecondition(format!("connecting to {addr}: {e}")));
-            };
-            let ns = std::fs::File::open(&netns)
-                .map_err(|e| Error::Internal(format!("opening {}: {e}", netns.display())))?;
-            // A thread of its own: setns changes only the calling thread,
-            // and this one ends right after the connect.
-            std::thread::spawn(move || -> Result<std::net::TcpStream> {
-                rustix::thread::move_into_link_name_space(
-                    ns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .map_err(|e| {
-                    Error::Internal(format!("entering the pod's network namespace: {e}"))
-                })?;
-                std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| {
-                    Error::FailedPrecondition(format!("connecting to port {port} in the pod: {e}"))
-                })
-            })
-            .join()
-            .map_err(|_| Error::Internal("the port-forward thread panicked".into()))?
-        })
-        .await
-        .map_err(|e| Error::internal("port-forward", e))??;
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| Error::internal("port-forward socket", e))?;
-        // The client's small writes go out at once, as its own do.
-        let _ = stream.set_nodelay(true);
-        tokio::net::TcpStream::from_std(stream)
-            .map_err(|e| Error::internal("port-forward socket", e))
+        let Some(netns) = &pod.namespaces.net else {
+            // A host-network pod: the host's loopback is the pod's.
+            return connect_in_time(tokio::net::TcpStream::connect(addr), port).await;
+        };
+        let ns = std::fs::File::open(netns)
+            .map_err(|e| Error::Internal(format!("opening {}: {e}", netns.display())))?;
+        let fd = crate::netns::in_network_namespace(
+            self.host_netns.as_deref(),
+            ns,
+            crate::netns::tcp_socket,
+        )
+        .and_then(|made| made)
+        .map_err(|e| Error::Internal(format!("a socket in the pod's network namespace: {e}")))?;
+        let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+        connect_in_time(socket.connect(addr), port).await
     }
 }
 

@@ -222,6 +222,23 @@ impl Berthd {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// berthd's threads whose network namespace is not this test's (the
+    /// host's), as `tid -> namespace`: a thread that entered a pod's to
+    /// make a socket or read counters must have come back.
+    pub fn threads_outside_the_host_network_namespace(&self) -> Vec<String> {
+        let pid = self.pid().expect("berthd runs");
+        let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| {
+                let ns = std::fs::read_link(t.path().join("ns/net")).ok()?;
+                (ns != host)
+                    .then(|| format!("{} -> {}", t.file_name().to_string_lossy(), ns.display()))
+            })
+            .collect()
+    }
+
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -65,8 +65,9 @@ pub struct Cri {
     pub pulls: Arc<crate::pull_progress::Board>,
     /// Pod networking (CNI).
     pub network: crate::network::Network,
-    /// Makes port-forward sockets in pods' network namespaces.
-    pub(crate) netns_sockets: Option<crate::netns_socket::NetnsSockets>,
+    /// The host's network namespace, to come back to from a pod's
+    /// (port-forward sockets, metrics).
+    pub(crate) host_netns: Option<Arc<crate::netns::HostNetns>>,
     /// The streaming server, started once the service exists.
     pub stream: std::sync::OnceLock<Arc<berth_stream::Server>>,
     /// NRI plugins' socket and connections (crate::nri), started after
@@ -181,7 +182,7 @@ impl Cri {
             idmapped_rootfs,
             pulls: Arc::default(),
             network,
-            netns_sockets: crate::netns_socket::NetnsSockets::start(),
+            host_netns: crate::netns::HostNetns::pin().map(Arc::new),
             stream: std::sync::OnceLock::new(),
             nri: std::sync::OnceLock::new(),
         });

@@ -17,7 +17,6 @@
 //! `descriptors.rs`.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,6 +24,7 @@ use berth_cgroups::stats::Stats;
 use berth_image::ImageStore;
 use k8s_cri::v1 as cri;
 
+use crate::netns::HostNetns;
 use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState};
 use crate::util::now_ns;
 
@@ -116,11 +116,21 @@ impl Cri {
         let images = Arc::clone(&self.images);
         // The writable layers' filesystem, named as ContainerStats names it.
         let fs_device = self.config.root.join("images").display().to_string();
+        let host_netns = self.host_netns.clone();
         blocking(move || {
             let mut devices = HashMap::new();
             Ok(work
                 .iter()
-                .map(|(p, cs)| pod_metrics(p, cs, &images, &fs_device, &mut devices))
+                .map(|(p, cs)| {
+                    pod_metrics(
+                        p,
+                        host_netns.as_deref(),
+                        cs,
+                        &images,
+                        &fs_device,
+                        &mut devices,
+                    )
+                })
                 .collect())
         })
         .await
@@ -201,6 +211,7 @@ fn stats_of_v1(m: &v1::Metrics) -> Stats {
 
 fn pod_metrics(
     p: &PodRecord,
+    host_netns: Option<&HostNetns>,
     containers: &[(ContainerRecord, Measured)],
     images: &ImageStore,
     fs_device: &str,
@@ -218,7 +229,12 @@ fn pod_metrics(
         now_ns(),
     );
     // A host-network pod has no interfaces of its own.
-    if let Some(dev) = p.namespaces.net.as_deref().and_then(netns_dev) {
+    if let Some(dev) = p
+        .namespaces
+        .net
+        .as_deref()
+        .and_then(|netns| netns_dev(host_netns, netns))
+    {
         network_metrics(&mut pod, &dev);
     }
     let container_metrics = containers
@@ -457,23 +473,15 @@ fn parse_net_dev(text: &str) -> Vec<(String, [u64; 16])> {
         .collect()
 }
 
-/// /proc/net/dev as seen from inside a network namespace (a pinned one),
-/// read from a thread of its own: setns moves only the calling thread,
-/// and this one ends after the read.
-fn netns_dev(netns: &Path) -> Option<String> {
+/// /proc/net/dev as seen from inside a network namespace (a pinned one).
+fn netns_dev(host: Option<&HostNetns>, netns: &Path) -> Option<String> {
     let ns = std::fs::File::open(netns).ok()?;
-    std::thread::spawn(move || {
-        rustix::thread::move_into_link_name_space(
-            ns.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .ok()?;
-        // thread-self: /proc/self/net is the main thread's namespace.
-        std::fs::read_to_string("/proc/thread-self/net/dev").ok()
+    // thread-self: /proc/self/net is the main thread's namespace.
+    crate::netns::in_network_namespace(host, ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/dev")
     })
-    .join()
+    .ok()?
     .ok()
-    .flatten()
 }
 
 fn count_threads(pid: i32) -> u64 {
