@@ -66,6 +66,18 @@ pub fn tcp_socket() -> io::Result<OwnedFd> {
     )?)
 }
 
+/// The interface counters (/proc/net/dev's text) of the network namespace
+/// pinned at `netns`.
+pub fn net_dev(host: Option<&HostNetns>, netns: &std::path::Path) -> Option<String> {
+    let ns = File::open(netns).ok()?;
+    // thread-self: /proc/self/net is the main thread's namespace.
+    in_network_namespace(host, ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/dev")
+    })
+    .ok()?
+    .ok()
+}
+
 fn enter(netns: &File) -> io::Result<()> {
     rustix::thread::move_into_link_name_space(netns.as_fd(), Some(LinkNameSpaceType::Network))?;
     Ok(())

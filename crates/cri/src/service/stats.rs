@@ -205,14 +205,15 @@ impl Cri {
                 .map(|v| v.value)
         });
         let u = |v: u64| Some(cri::UInt64Value { value: v });
-        let pid = p.pause_pid.or_else(|| {
-            self.store
-                .containers_of(&p.id)
-                .iter()
-                .find(|c| c.state == ContainerState::Running)
-                .map(|c| c.pid)
-        });
-        let network = pid.and_then(|pid| network_usage(pid, now));
+        // The pod's own namespace, as containerd reads it: none for a
+        // host-network pod (the host's traffic is not the pod's), and
+        // whether or not a process of the pod still runs.
+        let network = p
+            .namespaces
+            .net
+            .as_deref()
+            .and_then(|netns| crate::netns::net_dev(self.host_netns.as_deref(), netns))
+            .map(|dev| network_usage(&dev, now));
         let running: Vec<ContainerRecord> = self
             .store
             .containers_of(&p.id)
@@ -322,13 +323,13 @@ pub(super) fn dir_usage(dir: &Path) -> (u64, u64) {
     (bytes, inodes)
 }
 
-/// Interface counters of the pod's network namespace, seen through one of
-/// its processes.
-pub(super) fn network_usage(pid: u32, now: i64) -> Option<cri::NetworkUsage> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok()?;
+/// Interface counters from a network namespace's /proc/net/dev text.
+pub(super) fn network_usage(net_dev: &str, now: i64) -> cri::NetworkUsage {
     let mut interfaces = Vec::new();
-    for line in text.lines().skip(2) {
-        let (name, rest) = line.split_once(':')?;
+    for line in net_dev.lines().skip(2) {
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
         let f: Vec<u64> = rest
             .split_whitespace()
             .filter_map(|x| x.parse().ok())
@@ -349,11 +350,11 @@ pub(super) fn network_usage(pid: u32, now: i64) -> Option<cri::NetworkUsage> {
         .find(|i| i.name == "eth0")
         .or_else(|| interfaces.iter().find(|i| i.name != "lo"))
         .cloned();
-    Some(cri::NetworkUsage {
+    cri::NetworkUsage {
         timestamp: now,
         default_interface,
         interfaces,
-    })
+    }
 }
 
 /// Processes in the cgroup of a container's init, on either cgroup

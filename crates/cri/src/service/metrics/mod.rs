@@ -17,7 +17,6 @@
 //! `descriptors.rs`.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use berth_cgroups::stats::Stats;
@@ -233,7 +232,7 @@ fn pod_metrics(
         .namespaces
         .net
         .as_deref()
-        .and_then(|netns| netns_dev(host_netns, netns))
+        .and_then(|netns| crate::netns::net_dev(host_netns, netns))
     {
         network_metrics(&mut pod, &dev);
     }
@@ -471,17 +470,6 @@ fn parse_net_dev(text: &str) -> Vec<(String, [u64; 16])> {
             (n == 16).then(|| (name.trim().to_owned(), f))
         })
         .collect()
-}
-
-/// /proc/net/dev as seen from inside a network namespace (a pinned one).
-fn netns_dev(host: Option<&HostNetns>, netns: &Path) -> Option<String> {
-    let ns = std::fs::File::open(netns).ok()?;
-    // thread-self: /proc/self/net is the main thread's namespace.
-    crate::netns::in_network_namespace(host, ns, || {
-        std::fs::read_to_string("/proc/thread-self/net/dev")
-    })
-    .ok()?
-    .ok()
 }
 
 fn count_threads(pid: i32) -> u64 {
