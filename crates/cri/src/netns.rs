@@ -78,6 +78,23 @@ pub fn net_dev(host: Option<&HostNetns>, netns: &std::path::Path) -> Option<Stri
     .ok()
 }
 
+/// (interface, its 16 counters) from /proc/net/dev text.
+pub fn parse_net_dev(text: &str) -> Vec<(String, [u64; 16])> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let mut f = [0u64; 16];
+            let mut n = 0;
+            for (slot, v) in f.iter_mut().zip(rest.split_whitespace()) {
+                *slot = v.parse().ok()?;
+                n += 1;
+            }
+            (n == 16).then(|| (name.trim().to_owned(), f))
+        })
+        .collect()
+}
+
 fn enter(netns: &File) -> io::Result<()> {
     rustix::thread::move_into_link_name_space(netns.as_fd(), Some(LinkNameSpaceType::Network))?;
     Ok(())

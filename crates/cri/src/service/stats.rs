@@ -325,26 +325,16 @@ pub(super) fn dir_usage(dir: &Path) -> (u64, u64) {
 
 /// Interface counters from a network namespace's /proc/net/dev text.
 pub(super) fn network_usage(net_dev: &str, now: i64) -> cri::NetworkUsage {
-    let mut interfaces = Vec::new();
-    for line in net_dev.lines().skip(2) {
-        let Some((name, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if f.len() < 16 {
-            continue;
-        }
-        interfaces.push(cri::NetworkInterfaceUsage {
-            name: name.trim().to_owned(),
+    let interfaces: Vec<cri::NetworkInterfaceUsage> = crate::netns::parse_net_dev(net_dev)
+        .into_iter()
+        .map(|(name, f)| cri::NetworkInterfaceUsage {
+            name,
             rx_bytes: Some(cri::UInt64Value { value: f[0] }),
             rx_errors: Some(cri::UInt64Value { value: f[2] }),
             tx_bytes: Some(cri::UInt64Value { value: f[8] }),
             tx_errors: Some(cri::UInt64Value { value: f[10] }),
-        });
-    }
+        })
+        .collect();
     let default_interface = interfaces
         .iter()
         .find(|i| i.name == "eth0")

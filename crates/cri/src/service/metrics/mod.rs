@@ -23,7 +23,7 @@ use berth_cgroups::stats::Stats;
 use berth_image::ImageStore;
 use k8s_cri::v1 as cri;
 
-use crate::netns::HostNetns;
+use crate::netns::{parse_net_dev, HostNetns};
 use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState};
 use crate::util::now_ns;
 
@@ -453,23 +453,6 @@ fn network_metrics(out: &mut Out, dev: &str) {
         out.push_with(&NET_TX_ERRORS, &name, f[10]);
         out.push_with(&NET_TX_DROPPED, &name, f[11]);
     }
-}
-
-/// (interface, its 16 counters) from /proc/net/dev text.
-fn parse_net_dev(text: &str) -> Vec<(String, [u64; 16])> {
-    text.lines()
-        .skip(2)
-        .filter_map(|line| {
-            let (name, rest) = line.split_once(':')?;
-            let mut f = [0u64; 16];
-            let mut n = 0;
-            for (slot, v) in f.iter_mut().zip(rest.split_whitespace()) {
-                *slot = v.parse().ok()?;
-                n += 1;
-            }
-            (n == 16).then(|| (name.trim().to_owned(), f))
-        })
-        .collect()
 }
 
 fn count_threads(pid: i32) -> u64 {
