@@ -183,6 +183,38 @@ async fn a_user_namespaced_pod() {
         }
     }
     assert!(seen >= 1);
+    // Its network namespace belongs to its user namespace: berthd still
+    // reads its counters (stats and metrics), and comes back to the host's.
+    let mut rt = d.runtime().await;
+    let stats = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PodSandboxStats: {e:?}"))
+        .into_inner()
+        .stats
+        .unwrap();
+    let network = stats.linux.unwrap().network.unwrap();
+    assert!(
+        network.interfaces.iter().any(|i| i.name == "lo"),
+        "{network:?}"
+    );
+    let metrics = rt
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    assert!(
+        metrics.iter().any(|m| m.pod_sandbox_id == pod),
+        "{metrics:?}"
+    );
+    let stray = d.threads_outside_the_host_network_namespace();
+    assert!(
+        stray.is_empty(),
+        "berthd threads in another network namespace: {stray:?}"
+    );
 
     // What the kubelet never sends.
     for (name, u) in [
