@@ -155,18 +155,7 @@ async fn host_network_pod_uses_the_host_network() {
     assert_ne!(d.sh(&c, "readlink /proc/self/ns/ipc").await, host_ns("ipc"));
     // The host's traffic is not the pod's: no network usage, as containerd
     // (which reads it from the pod's own namespace only).
-    let stats = d
-        .runtime()
-        .await
-        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PodSandboxStats: {e:?}"))
-        .into_inner()
-        .stats
-        .unwrap();
-    let linux = stats.linux.unwrap();
+    let linux = d.pod_stats(&pod).await.linux.unwrap();
     assert!(linux.cpu.is_some(), "{linux:?}");
     assert_eq!(linux.network, None, "a host-network pod's network usage");
     d.remove_all_and_check().await;

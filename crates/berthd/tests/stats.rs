@@ -160,15 +160,7 @@ async fn container_and_pod_stats() {
         vec![c.clone()]
     );
 
-    let ps = rt
-        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PodSandboxStats: {e:?}\n{}", d.log_tail()))
-        .into_inner()
-        .stats
-        .unwrap();
+    let ps = d.pod_stats(&pod).await;
     assert_eq!(ps.attributes.as_ref().unwrap().id, pod);
     assert_eq!(ps.attributes.as_ref().unwrap().labels, pod_cfg.labels);
     let linux = ps.linux.unwrap();

@@ -185,22 +185,14 @@ async fn a_user_namespaced_pod() {
     assert!(seen >= 1);
     // Its network namespace belongs to its user namespace: berthd still
     // reads its counters (stats and metrics), and comes back to the host's.
-    let mut rt = d.runtime().await;
-    let stats = rt
-        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PodSandboxStats: {e:?}"))
-        .into_inner()
-        .stats
-        .unwrap();
-    let network = stats.linux.unwrap().network.unwrap();
+    let network = d.pod_stats(&pod).await.linux.unwrap().network.unwrap();
     assert!(
         network.interfaces.iter().any(|i| i.name == "lo"),
         "{network:?}"
     );
-    let metrics = rt
+    let metrics = d
+        .runtime()
+        .await
         .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
         .await
         .unwrap()

@@ -159,18 +159,7 @@ async fn vm_pod_containers_localhost_logs_exec_stats_oom_and_cleanup() {
     );
     // The pod's processes: the guest's, as the shim lists them (the
     // server's at least; the client has exited).
-    let pod_stats = d
-        .runtime()
-        .await
-        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
-    let linux = pod_stats.linux.unwrap();
+    let linux = d.pod_stats(&pod).await.linux.unwrap();
     assert!(
         linux.process.unwrap().process_count.unwrap().value >= 1,
         "guest processes counted"

@@ -238,12 +238,13 @@ impl Server {
             .spawn(move || {
                 runtime.block_on(async move {
                     let accepting = accept_loop(listener, weak, tls, request_timeout, dropped);
-                    match crate::relay::busy_poll_on_this_thread(busy_poll) {
-                        Some(polling) => {
+                    // Both or neither: a thread that polls waits for clients too.
+                    match (
+                        crate::relay::busy_poll_on_this_thread(busy_poll),
+                        client_expected,
+                    ) {
+                        (Some(polling), Some(client_expected)) => {
                             let expecting = async {
-                                let Some(client_expected) = client_expected else {
-                                    return std::future::pending().await;
-                                };
                                 loop {
                                     client_expected.notified().await;
                                     crate::relay::client_expected();
@@ -255,7 +256,7 @@ impl Server {
                                 () = expecting => {}
                             }
                         }
-                        None => accepting.await,
+                        _ => accepting.await,
                     }
                 })
             })?;

@@ -222,6 +222,20 @@ impl Berthd {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// PodSandboxStats of `pod`, which must succeed.
+    pub async fn pod_stats(&self, pod: &str) -> cri::PodSandboxStats {
+        self.runtime()
+            .await
+            .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+                pod_sandbox_id: pod.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("PodSandboxStats: {e:?}\n{}", self.log_tail()))
+            .into_inner()
+            .stats
+            .unwrap()
+    }
+
     /// berthd's threads whose network namespace is not this test's (the
     /// host's), as `tid -> namespace`: a thread that entered a pod's to
     /// make a socket or read counters must have come back.
