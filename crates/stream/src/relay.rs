@@ -18,8 +18,9 @@
 //! [`EXPECTED_CLIENT_WINDOW`] at most, less once the client is there)
 //! instead of sleeping until the client's connection wakes it.
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -34,48 +35,70 @@ const POLLS_PER_YIELD: u32 = 8;
 /// answer, unless it is not coming at all.
 pub(crate) const EXPECTED_CLIENT_WINDOW: Duration = Duration::from_millis(1);
 
-struct Activity {
+/// The streaming thread's polling: when data last moved there, and until
+/// when a client handed a URL is waited for. The server holds it too: it
+/// hands out URLs from the CRI server's threads.
+pub(crate) struct BusyPoll {
     budget: Duration,
-    last: Cell<Instant>,
-    /// Until when a client handed a URL is waited for.
-    expected_client: Cell<Option<Instant>>,
-    polling: Cell<bool>,
-    moved: Notify,
+    /// What the times below count from.
+    epoch: Instant,
+    /// When data last moved (ns since `epoch`).
+    last_ns: AtomicU64,
+    /// Until when a client handed a URL is waited for (ns since `epoch`;
+    /// 0: no client is).
+    expected_client_ns: AtomicU64,
+    /// The thread polls now: data moving on it need not wake the poller.
+    polling: AtomicBool,
+    wake: Notify,
 }
 
 thread_local! {
-    static ACTIVITY: RefCell<Option<Rc<Activity>>> = const { RefCell::new(None) };
+    static THIS_THREAD: RefCell<Option<Arc<BusyPoll>>> = const { RefCell::new(None) };
 }
 
-/// Makes the calling thread (the streaming server's) poll for `budget`
-/// after data moved; the returned future does the polling and must run on
-/// this thread's runtime for as long as the server. `None` when `budget`
-/// is zero: the thread sleeps whenever it has nothing to do.
-pub(crate) fn busy_poll_on_this_thread(
-    budget: Duration,
-) -> Option<impl std::future::Future<Output = ()>> {
-    if budget.is_zero() {
-        return None;
+impl BusyPoll {
+    /// Polling for `budget` after data moved; `None` when `budget` is zero:
+    /// the thread sleeps whenever it has nothing to do.
+    pub(crate) fn new(budget: Duration) -> Option<Arc<BusyPoll>> {
+        if budget.is_zero() {
+            return None;
+        }
+        Some(Arc::new(BusyPoll {
+            budget,
+            epoch: Instant::now(),
+            last_ns: AtomicU64::new(0),
+            expected_client_ns: AtomicU64::new(0),
+            polling: AtomicBool::new(false),
+            wake: Notify::new(),
+        }))
     }
-    let activity = Rc::new(Activity {
-        budget,
-        last: Cell::new(Instant::now()),
-        expected_client: Cell::new(None),
-        polling: Cell::new(false),
-        moved: Notify::new(),
-    });
-    ACTIVITY.with(|a| *a.borrow_mut() = Some(Rc::clone(&activity)));
-    Some(async move {
+
+    /// Makes the calling thread the one that polls: the streaming server's,
+    /// whose runtime must run [`BusyPoll::run`] for as long as the server.
+    pub(crate) fn on_this_thread(self: &Arc<Self>) {
+        THIS_THREAD.with(|t| *t.borrow_mut() = Some(Arc::clone(self)));
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether to keep polling: data moved within the budget, or a client
+    /// handed a URL has not come yet and may still.
+    fn busy(&self) -> bool {
+        let now = self.now_ns();
+        let budget = u64::try_from(self.budget.as_nanos()).unwrap_or(u64::MAX);
+        now.saturating_sub(self.last_ns.load(Ordering::Relaxed)) < budget
+            || now < self.expected_client_ns.load(Ordering::Relaxed)
+    }
+
+    /// The poller: sleeps until woken, then polls while [`Self::busy`].
+    pub(crate) async fn run(&self) {
         loop {
-            activity.moved.notified().await;
-            activity.polling.set(true);
+            self.wake.notified().await;
+            self.polling.store(true, Ordering::Relaxed);
             let mut polls = 0u32;
-            while activity.last.get().elapsed() < activity.budget
-                || activity
-                    .expected_client
-                    .get()
-                    .is_some_and(|until| Instant::now() < until)
-            {
+            while self.busy() {
                 // A process waiting for this CPU (the pod's, the client)
                 // gets it within a few polls: the poll must not delay the
                 // answer it waits for. Not at every poll: the data this
@@ -89,45 +112,47 @@ pub(crate) fn busy_poll_on_this_thread(
                 // sleeping while a task is ready to run.
                 tokio::task::yield_now().await;
             }
-            activity.polling.set(false);
+            self.polling.store(false, Ordering::Relaxed);
         }
-    })
+    }
+
+    /// A client was handed a URL (on any thread): poll until it comes, for
+    /// [`EXPECTED_CLIENT_WINDOW`] at most. The poller is woken whether or
+    /// not it polls now: a wake-up it does not need costs it one look at
+    /// the clock, one it misses costs the client a sleeping thread.
+    pub(crate) fn client_expected(&self) {
+        let window = u64::try_from(EXPECTED_CLIENT_WINDOW.as_nanos()).unwrap_or(u64::MAX);
+        self.expected_client_ns
+            .store(self.now_ns().saturating_add(window), Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Data moved on the streaming thread.
+    fn moved(&self) {
+        self.last_ns.store(self.now_ns(), Ordering::Relaxed);
+        if !self.polling.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
 }
 
 /// Data moved: keep polling for the budget from now.
 pub(crate) fn moved() {
-    ACTIVITY.with(|a| {
-        if let Some(a) = &*a.borrow() {
-            a.last.set(Instant::now());
-            if !a.polling.get() {
-                a.moved.notify_one();
-            }
-        }
-    });
-}
-
-/// A client was handed a URL: poll until it comes, for
-/// [`EXPECTED_CLIENT_WINDOW`] at most.
-pub(crate) fn client_expected() {
-    ACTIVITY.with(|a| {
-        if let Some(a) = &*a.borrow() {
-            a.expected_client
-                .set(Some(Instant::now() + EXPECTED_CLIENT_WINDOW));
-            if !a.polling.get() {
-                a.moved.notify_one();
-            }
+    THIS_THREAD.with(|t| {
+        if let Some(poll) = &*t.borrow() {
+            poll.moved();
         }
     });
 }
 
 /// A client with a URL came: the ordinary budget applies again.
 pub(crate) fn client_came() {
-    ACTIVITY.with(|a| {
-        if let Some(a) = &*a.borrow() {
-            a.expected_client.set(None);
+    THIS_THREAD.with(|t| {
+        if let Some(poll) = &*t.borrow() {
+            poll.expected_client_ns.store(0, Ordering::Relaxed);
+            poll.moved();
         }
     });
-    moved();
 }
 
 /// Copies `from` to `to` until `from` ends, marking each write as data

@@ -15,6 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::backend::{AttachRequest, Backend, ExecRequest, PortForwardRequest};
 use crate::idle::IdleTimeout;
+use crate::relay::BusyPoll;
 use crate::token::{Full, TokenCache};
 use crate::{spdy, websocket, Operation};
 
@@ -184,9 +185,9 @@ pub struct Server {
     backend: Arc<dyn Backend>,
     idle_timeout: Option<Duration>,
     stream_creation_timeout: Duration,
-    /// Tells the streaming thread that a client was handed a URL (None:
-    /// the thread does not busy-poll).
-    client_expected: Option<Arc<tokio::sync::Notify>>,
+    /// The streaming thread's polling, told when a client is handed a URL
+    /// (None: the thread does not busy-poll).
+    busy_poll: Option<Arc<BusyPoll>>,
     /// Dropped with the server: the accept loop and its thread end.
     _accepting: tokio::sync::oneshot::Sender<()>,
 }
@@ -212,15 +213,14 @@ impl Server {
         let local = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (accepting, dropped) = tokio::sync::oneshot::channel();
-        let client_expected =
-            (!config.busy_poll.is_zero()).then(|| Arc::new(tokio::sync::Notify::new()));
+        let busy_poll = BusyPoll::new(config.busy_poll);
         let server = Arc::new(Server {
             pending: TokenCache::new(TOKEN_TTL, MAX_IN_FLIGHT),
             base_url: format!("{scheme}://{local}"),
             backend,
             idle_timeout: config.idle_timeout,
             stream_creation_timeout: config.stream_creation_timeout,
-            client_expected: client_expected.clone(),
+            busy_poll: busy_poll.clone(),
             _accepting: accepting,
         });
         let weak = Arc::downgrade(&server);
@@ -229,7 +229,7 @@ impl Server {
         // each other every frame, and on a multi-threaded runtime each
         // socket wake-up may land on another worker (a futex wake and a
         // cache miss per hop, tens of microseconds of a round trip).
-        let (busy_poll, request_timeout) = (config.busy_poll, config.request_timeout);
+        let request_timeout = config.request_timeout;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -238,25 +238,15 @@ impl Server {
             .spawn(move || {
                 runtime.block_on(async move {
                     let accepting = accept_loop(listener, weak, tls, request_timeout, dropped);
-                    // Both or neither: a thread that polls waits for clients too.
-                    match (
-                        crate::relay::busy_poll_on_this_thread(busy_poll),
-                        client_expected,
-                    ) {
-                        (Some(polling), Some(client_expected)) => {
-                            let expecting = async {
-                                loop {
-                                    client_expected.notified().await;
-                                    crate::relay::client_expected();
-                                }
-                            };
+                    match busy_poll {
+                        Some(busy_poll) => {
+                            busy_poll.on_this_thread();
                             tokio::select! {
                                 () = accepting => {}
-                                () = polling => {}
-                                () = expecting => {}
+                                () = busy_poll.run() => {}
                             }
                         }
-                        _ => accepting.await,
+                        None => accepting.await,
                     }
                 })
             })?;
@@ -283,8 +273,8 @@ impl Server {
 
     fn url(&self, kind: &str, op: Operation) -> Result<String, Full> {
         let token = self.pending.insert(op)?;
-        if let Some(client_expected) = &self.client_expected {
-            client_expected.notify_one();
+        if let Some(busy_poll) = &self.busy_poll {
+            busy_poll.client_expected();
         }
         Ok(format!("{}/{kind}/{token}", self.base_url))
     }
