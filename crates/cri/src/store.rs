@@ -422,6 +422,12 @@ impl Store {
         self.lock().containers.get(id).cloned()
     }
 
+    /// What `f` makes of a container, under the store's lock without
+    /// copying the record; None if there is no such container.
+    pub fn with_container<T>(&self, id: &str, f: impl FnOnce(&ContainerRecord) -> T) -> Option<T> {
+        self.lock().containers.get(id).map(f)
+    }
+
     pub fn containers(&self) -> Vec<ContainerRecord> {
         self.lock().containers.values().cloned().collect()
     }

@@ -343,24 +343,37 @@ impl Cri {
         pod_id: &str,
         port: u16,
     ) -> Result<tokio::net::TcpStream> {
-        let pod = self
+        // Only what the connection needs, not a copy of the pod's record:
+        // this is on the path of the connection's first byte.
+        let target = self
             .store
-            .pod(pod_id)
-            .ok_or_else(|| Error::NotFound(format!("pod sandbox {pod_id} not found")))?;
-        if pod.state != PodState::Ready {
-            return Err(Error::FailedPrecondition(format!(
-                "pod sandbox {pod_id} is not ready"
-            )));
-        }
-        if self.runs_in_vm(&pod) {
-            return vm_pod_connect(&pod, port).await;
-        }
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let Some(netns) = &pod.namespaces.net else {
-            // A host-network pod: the host's loopback is the pod's.
-            return connect_in_time(tokio::net::TcpStream::connect(addr), port).await;
+            .with_pod(pod_id, |pod, _| {
+                if pod.state != PodState::Ready {
+                    return Err(Error::FailedPrecondition(format!(
+                        "pod sandbox {pod_id} is not ready"
+                    )));
+                }
+                if self.runs_in_vm(pod) {
+                    return vm_pod_address(pod, port).map(PodPort::Vm);
+                }
+                Ok(match &pod.namespaces.net {
+                    Some(netns) => PodPort::Netns(netns.clone()),
+                    // A host-network pod: the host's loopback is the pod's.
+                    None => PodPort::Host,
+                })
+            })
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {pod_id} not found")))??;
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let netns = match target {
+            PodPort::Vm(addr) => {
+                return connect_in_time(tokio::net::TcpStream::connect(addr), port).await
+            }
+            PodPort::Host => {
+                return connect_in_time(tokio::net::TcpStream::connect(loopback), port).await
+            }
+            PodPort::Netns(netns) => netns,
         };
-        let ns = std::fs::File::open(netns)
+        let ns = std::fs::File::open(&netns)
             .map_err(|e| Error::Internal(format!("opening {}: {e}", netns.display())))?;
         let fd = crate::netns::in_network_namespace(
             self.host_netns.as_deref(),
@@ -370,8 +383,18 @@ impl Cri {
         .and_then(|made| made)
         .map_err(|e| Error::Internal(format!("a socket in the pod's network namespace: {e}")))?;
         let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
-        connect_in_time(socket.connect(addr), port).await
+        connect_in_time(socket.connect(loopback), port).await
     }
+}
+
+/// Where a port-forward reaches a pod's port.
+enum PodPort {
+    /// The host's loopback: a host-network pod's.
+    Host,
+    /// The loopback of this network namespace (its pinned path).
+    Netns(std::path::PathBuf),
+    /// A VM pod's IP, from the host.
+    Vm(std::net::SocketAddr),
 }
 
 #[async_trait::async_trait]
@@ -411,7 +434,7 @@ impl Cri {
 
     /// Exec: checks the request and the container, then a single-use URL.
     pub fn exec_url(&self, r: k8s_cri::v1::ExecRequest) -> Result<String> {
-        let id = self.running_container(&r.container_id)?.id;
+        let id = self.with_running_container(&r.container_id, |c| c.id.clone())?;
         if r.cmd.is_empty() {
             return Err(Error::InvalidArgument("Exec: cmd is empty".into()));
         }
@@ -430,16 +453,17 @@ impl Cri {
 
     /// Attach: checks the request and the container, then a single-use URL.
     pub fn attach_url(&self, r: k8s_cri::v1::AttachRequest) -> Result<String> {
-        let c = self.running_container(&r.container_id)?;
+        let (container_id, tty) =
+            self.with_running_container(&r.container_id, |c| (c.id.clone(), c.config.tty))?;
         check_stdio(r.tty, r.stdin, r.stdout, r.stderr)?;
         self.stream_server()?
             .attach_url(AttachRequest {
-                container_id: c.id,
+                container_id,
                 // The container's terminal decides, whatever the client said.
-                tty: c.config.tty,
+                tty,
                 stdin: r.stdin,
                 stdout: r.stdout,
-                stderr: r.stderr && !c.config.tty,
+                stderr: r.stderr && !tty,
             })
             .map_err(|e| Error::ResourceExhausted(e.to_string()))
     }
@@ -447,22 +471,24 @@ impl Cri {
     /// PortForward: checks the pod, then a single-use URL.
     pub fn port_forward_url(&self, r: k8s_cri::v1::PortForwardRequest) -> Result<String> {
         let id = self.store.resolve_pod(&r.pod_sandbox_id)?;
-        let pod = self
-            .store
-            .pod(&id)
-            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id} not found")))?;
-        if pod.state != PodState::Ready {
-            return Err(Error::FailedPrecondition(format!(
-                "pod sandbox {id} is not ready"
-            )));
-        }
-        if self.runs_in_vm(&pod) && pod.ips.is_empty() {
-            // Its listeners are in the guest, out of reach of the pod's
-            // network namespace's loopback: only its IP leads there.
-            return Err(Error::Unimplemented(format!(
-                "pod sandbox {id} runs in a VM and has no pod IP: port-forward reaches VM pods through their IP"
-            )));
-        }
+        self.store
+            .with_pod(&id, |pod, _| {
+                if pod.state != PodState::Ready {
+                    return Err(Error::FailedPrecondition(format!(
+                        "pod sandbox {id} is not ready"
+                    )));
+                }
+                if self.runs_in_vm(pod) && pod.ips.is_empty() {
+                    // Its listeners are in the guest, out of reach of the
+                    // pod's network namespace's loopback: only its IP
+                    // leads there.
+                    return Err(Error::Unimplemented(format!(
+                        "pod sandbox {id} runs in a VM and has no pod IP: port-forward reaches VM pods through their IP"
+                    )));
+                }
+                Ok(())
+            })
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id} not found")))??;
         let ports =
             r.port
                 .iter()
@@ -481,7 +507,7 @@ impl Cri {
 /// A connection to a VM pod's port: to its IP, from the host (the pod's
 /// veth carries it to the guest's interface); the guest's loopback is out
 /// of reach, as it is for Kata's pods.
-async fn vm_pod_connect(pod: &crate::store::PodRecord, port: u16) -> Result<tokio::net::TcpStream> {
+fn vm_pod_address(pod: &crate::store::PodRecord, port: u16) -> Result<std::net::SocketAddr> {
     let ip: std::net::IpAddr = pod
         .ips
         .first()
@@ -492,8 +518,7 @@ async fn vm_pod_connect(pod: &crate::store::PodRecord, port: u16) -> Result<toki
                 pod.id
             ))
         })?;
-    let addr = std::net::SocketAddr::new(ip, port);
-    connect_in_time(tokio::net::TcpStream::connect(addr), port).await
+    Ok(std::net::SocketAddr::new(ip, port))
 }
 
 /// A connection to the pod's `port` within [`CONNECT_TIMEOUT`], sending

@@ -33,17 +33,27 @@ pub(crate) struct ExecTarget {
 impl Cri {
     /// A container by id or prefix, which must be running.
     pub(crate) fn running_container(&self, id: &str) -> Result<ContainerRecord> {
+        self.with_running_container(id, ContainerRecord::clone)
+    }
+
+    /// What `f` makes of a running container (by id or prefix), without
+    /// copying its record.
+    pub(crate) fn with_running_container<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&ContainerRecord) -> T,
+    ) -> Result<T> {
         let id = self.store.resolve_container(id)?;
-        let c = self
-            .store
-            .container(&id)
-            .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
-        if c.state != ContainerState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {id} is not running"
-            )));
-        }
-        Ok(c)
+        self.store
+            .with_container(&id, |c| {
+                if c.state != ContainerState::Running {
+                    return Err(Error::FailedPrecondition(format!(
+                        "container {id} is not running"
+                    )));
+                }
+                Ok(f(c))
+            })
+            .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?
     }
 
     /// The container's process spec with `cmd`, and a fresh exec id and
