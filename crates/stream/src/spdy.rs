@@ -179,19 +179,21 @@ pub async fn portforward<T>(
             stream.reset(RstStatus::ProtocolError);
             continue;
         }
+        // The connection to the pod starts before the reply is written:
+        // it is the longer way (the pod has yet to accept and answer), and
+        // this thread runs its tasks in the order they were woken.
+        let mut pair = match pairs.remove(&request) {
+            Some(pair) => pair,
+            None => Pair::new(port, &req, &backend, creation_timeout),
+        };
         if stream.reply(Headers::new(), false).is_err() {
             break;
         }
         if kind == "error" {
-            pairs
-                .entry(request)
-                .or_insert_with(|| Pair::new(port, &req, &backend, creation_timeout))
-                .error = Some(stream);
+            pair.error = Some(stream);
+            pairs.insert(request, pair);
             continue;
         }
-        let pair = pairs
-            .remove(&request)
-            .unwrap_or_else(|| Pair::new(port, &req, &backend, creation_timeout));
         if pair.port != port {
             stream.reset(RstStatus::ProtocolError);
             continue;
