@@ -364,26 +364,27 @@ impl Cri {
             })
             .ok_or_else(|| Error::NotFound(format!("pod sandbox {pod_id} not found")))??;
         let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let netns = match target {
+        let fd = match target {
             PodPort::Vm(addr) => {
                 return connect_in_time(tokio::net::TcpStream::connect(addr), port).await
             }
-            PodPort::Host => {
-                return connect_in_time(tokio::net::TcpStream::connect(loopback), port).await
+            PodPort::Host => crate::netns::tcp_socket()
+                .map_err(|e| Error::Internal(format!("a socket for port {port}: {e}")))?,
+            PodPort::Netns(netns) => {
+                let ns = std::fs::File::open(&netns)
+                    .map_err(|e| Error::Internal(format!("opening {}: {e}", netns.display())))?;
+                crate::netns::in_network_namespace(
+                    self.host_netns.as_deref(),
+                    ns,
+                    crate::netns::tcp_socket,
+                )
+                .and_then(|made| made)
+                .map_err(|e| {
+                    Error::Internal(format!("a socket in the pod's network namespace: {e}"))
+                })?
             }
-            PodPort::Netns(netns) => netns,
         };
-        let ns = std::fs::File::open(&netns)
-            .map_err(|e| Error::Internal(format!("opening {}: {e}", netns.display())))?;
-        let fd = crate::netns::in_network_namespace(
-            self.host_netns.as_deref(),
-            ns,
-            crate::netns::tcp_socket,
-        )
-        .and_then(|made| made)
-        .map_err(|e| Error::Internal(format!("a socket in the pod's network namespace: {e}")))?;
-        let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
-        connect_in_time(socket.connect(loopback), port).await
+        connect_in_time(crate::netns::connect_tcp(fd, loopback), port).await
     }
 }
 
