@@ -83,17 +83,7 @@ async fn exercise(d: &Berthd, handler: &str, binary: &str, pause: bool) {
         let ps = d.sh(&c, "ps -o args").await;
         assert!(ps.contains("/pause"), "{ps}");
     }
-    let stats = d
-        .runtime()
-        .await
-        .container_stats(cri::ContainerStatsRequest {
-            container_id: c.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ContainerStats: {e:?}\n{}", d.log_tail()))
-        .into_inner()
-        .stats
-        .unwrap();
+    let stats = d.container_stats(&c).await;
     assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
     d.stop_container(&c, 1).await;
     let s = d.status(&c).await;

@@ -48,18 +48,7 @@ async fn container_and_pod_stats() {
     .await;
 
     let mut rt = d.runtime().await;
-    let container_stats = |mut rt: cri::runtime_service_client::RuntimeServiceClient<_>| {
-        let (id, d) = (c.clone(), &d);
-        async move {
-            rt.container_stats(cri::ContainerStatsRequest { container_id: id })
-                .await
-                .unwrap_or_else(|e| panic!("ContainerStats: {e:?}\n{}", d.log_tail()))
-                .into_inner()
-                .stats
-                .unwrap()
-        }
-    };
-    let first = container_stats(rt.clone()).await;
+    let first = d.container_stats(&c).await;
     let attrs = first.attributes.clone().unwrap();
     assert_eq!(attrs.id, c);
     assert_eq!(attrs.metadata.unwrap().name, "busy");
@@ -78,7 +67,7 @@ async fn container_and_pod_stats() {
     assert!(wl.inodes_used.unwrap().value >= 1);
     assert!(!wl.fs_id.unwrap().mountpoint.is_empty());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let second = container_stats(rt.clone()).await;
+    let second = d.container_stats(&c).await;
     let second_cpu = second.cpu.unwrap();
     assert!(
         second_cpu.usage_nano_cores.is_some(),
@@ -102,7 +91,7 @@ async fn container_and_pod_stats() {
         .unwrap()
         .into_inner();
     assert_eq!(burn.exit_code, 0);
-    let third = container_stats(rt.clone()).await;
+    let third = d.container_stats(&c).await;
     let (before, after) = (
         second_cpu.usage_core_nano_seconds.unwrap().value,
         third.cpu.unwrap().usage_core_nano_seconds.unwrap().value,

@@ -137,17 +137,7 @@ async fn vm_pod_containers_localhost_logs_exec_stats_oom_and_cleanup() {
     assert_eq!(d.sh(&server, "hostname").await, "vm-pod");
 
     // Stats from the guest's cgroup.
-    let stats = d
-        .runtime()
-        .await
-        .container_stats(cri::ContainerStatsRequest {
-            container_id: server.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
+    let stats = d.container_stats(&server).await;
     let memory = stats.memory.unwrap();
     assert!(
         memory.working_set_bytes.unwrap().value > 0,

@@ -236,6 +236,20 @@ impl Berthd {
             .unwrap()
     }
 
+    /// ContainerStats of `container`, which must succeed.
+    pub async fn container_stats(&self, container: &str) -> cri::ContainerStats {
+        self.runtime()
+            .await
+            .container_stats(cri::ContainerStatsRequest {
+                container_id: container.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ContainerStats: {e:?}\n{}", self.log_tail()))
+            .into_inner()
+            .stats
+            .unwrap()
+    }
+
     /// berthd's threads whose network namespace is not this test's (the
     /// host's), as `tid -> namespace`: a thread that entered a pod's to
     /// make a socket or read counters must have come back.
