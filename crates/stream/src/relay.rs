@@ -39,7 +39,8 @@ pub(crate) const EXPECTED_CLIENT_WINDOW: Duration = Duration::from_millis(1);
 /// when a client handed a URL is waited for. The server holds it too: it
 /// hands out URLs from the CRI server's threads.
 pub(crate) struct BusyPoll {
-    budget: Duration,
+    /// How long to poll after data moved (ns).
+    budget_ns: u64,
     /// What the times below count from.
     epoch: Instant,
     /// When data last moved (ns since `epoch`).
@@ -64,7 +65,7 @@ impl BusyPoll {
             return None;
         }
         Some(Arc::new(BusyPoll {
-            budget,
+            budget_ns: nanos(budget),
             epoch: Instant::now(),
             last_ns: AtomicU64::new(0),
             expected_client_ns: AtomicU64::new(0),
@@ -80,15 +81,14 @@ impl BusyPoll {
     }
 
     fn now_ns(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        nanos(self.epoch.elapsed())
     }
 
     /// Whether to keep polling: data moved within the budget, or a client
     /// handed a URL has not come yet and may still.
     fn busy(&self) -> bool {
         let now = self.now_ns();
-        let budget = u64::try_from(self.budget.as_nanos()).unwrap_or(u64::MAX);
-        now.saturating_sub(self.last_ns.load(Ordering::Relaxed)) < budget
+        now.saturating_sub(self.last_ns.load(Ordering::Relaxed)) < self.budget_ns
             || now < self.expected_client_ns.load(Ordering::Relaxed)
     }
 
@@ -121,9 +121,10 @@ impl BusyPoll {
     /// not it polls now: a wake-up it does not need costs it one look at
     /// the clock, one it misses costs the client a sleeping thread.
     pub(crate) fn client_expected(&self) {
-        let window = u64::try_from(EXPECTED_CLIENT_WINDOW.as_nanos()).unwrap_or(u64::MAX);
-        self.expected_client_ns
-            .store(self.now_ns().saturating_add(window), Ordering::Relaxed);
+        self.expected_client_ns.store(
+            self.now_ns().saturating_add(nanos(EXPECTED_CLIENT_WINDOW)),
+            Ordering::Relaxed,
+        );
         self.wake.notify_one();
     }
 
@@ -134,6 +135,10 @@ impl BusyPoll {
             self.wake.notify_one();
         }
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Data moved: keep polling for the budget from now.

@@ -182,10 +182,9 @@ pub async fn portforward<T>(
         // The connection to the pod starts before the reply is written:
         // it is the longer way (the pod has yet to accept and answer), and
         // this thread runs its tasks in the order they were woken.
-        let mut pair = match pairs.remove(&request) {
-            Some(pair) => pair,
-            None => Pair::new(port, &req, &backend, creation_timeout),
-        };
+        let mut pair = pairs
+            .remove(&request)
+            .unwrap_or_else(|| Pair::new(port, &req, &backend, creation_timeout));
         if stream.reply(Headers::new(), false).is_err() {
             break;
         }
