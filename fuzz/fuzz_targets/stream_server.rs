@@ -118,7 +118,8 @@ enum Script {
     WebSocket {
         /// Which `Sec-WebSocket-Protocol`s the upgrade offers.
         protocols: u8,
-        /// The port-forward's `?port=`: the pod's, another, malformed, none.
+        /// The port-forward's `?port=`: the pod's, another, malformed, none (the
+        /// CRI request's ports then).
         port: u8,
         steps: Vec<WsStep>,
     },

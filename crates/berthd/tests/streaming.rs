@@ -203,6 +203,46 @@ async fn exec_and_port_forward_over_websocket() {
         let err = String::from_utf8_lossy(&closed_err[2..]).into_owned();
         assert!(err.contains("8081") && err.contains("refused"), "{err}");
         drop(ws);
+
+        // As a kubelet does it: the ports in the PortForward request, and
+        // the client's upgrade proxied to the URL without its query. (The
+        // server's `nc` listens again a moment after each connection.)
+        let (mut answered, mut errors) = (false, Vec::new());
+        for _ in 0..50 {
+            let url = d
+                .runtime()
+                .await
+                .port_forward(cri::PortForwardRequest {
+                    pod_sandbox_id: pod.clone(),
+                    port: vec![8080],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .url;
+            let mut ws = connect(&url, "v4.channel.k8s.io").await.unwrap();
+            let (mut data, mut error) = (Vec::new(), Vec::new());
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while let Ok(Some(Ok(Message::Binary(b)))) =
+                tokio::time::timeout_at(deadline, ws.next()).await
+            {
+                match b[0] {
+                    0 => data.extend_from_slice(&b[1..]),
+                    1 => error.extend_from_slice(&b[1..]),
+                    _ => {}
+                }
+                if String::from_utf8_lossy(&data).contains("hello-through-port-forward") {
+                    break;
+                }
+            }
+            if String::from_utf8_lossy(&data).contains("hello-through-port-forward") {
+                answered = true;
+                break;
+            }
+            errors.push(String::from_utf8_lossy(&error).into_owned());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(answered, "port 8080 never answered: {errors:?}");
     }
 
     // A stopped container, a bad request, a pod that is gone.

@@ -389,14 +389,15 @@ impl Server {
                 )
             }
         };
-        let ports = query_ports(req.uri().query().unwrap_or(""));
-        if let Operation::PortForward(_) = &op {
-            match &ports {
-                Ok(p) if !p.is_empty() => {}
-                Ok(_) => return plain(StatusCode::BAD_REQUEST, "no port given (?port=N)"),
-                Err(e) => return plain(StatusCode::BAD_REQUEST, e.clone()),
+        let ports = match &op {
+            Operation::PortForward(pf) => {
+                match forwarded_ports(req.uri().query().unwrap_or(""), &pf.ports) {
+                    Ok(ports) => ports,
+                    Err(e) => return plain(StatusCode::BAD_REQUEST, e),
+                }
             }
-        }
+            _ => Vec::new(),
+        };
         let accept = derive_accept_key(key.as_bytes());
         let backend = Arc::clone(&self.backend);
         let chosen = protocol.clone();
@@ -406,8 +407,7 @@ impl Server {
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
             match op {
                 Operation::PortForward(req) => {
-                    websocket::portforward(ws, &chosen, req, ports.unwrap_or_default(), backend)
-                        .await
+                    websocket::portforward(ws, &chosen, req, ports, backend).await
                 }
                 op => websocket::remotecommand(ws, &chosen, op, backend).await,
             }
@@ -454,27 +454,78 @@ fn header(req: &Request<Incoming>, name: &str) -> String {
 }
 
 /// The `port` parameters of a port-forward URL.
-fn query_ports(query: &str) -> Result<Vec<u16>, String> {
-    query
+/// The ports of a WebSocket port-forward, a data and an error channel
+/// each: those of the URL's query (`port=N`, repeated or comma-separated,
+/// as the kubelet reads them) or else those of the PortForward request. A
+/// kubelet puts the ports of its own request into the PortForward request
+/// and proxies the client's upgrade to the URL without its query, so a
+/// server that read only the query would refuse every such port-forward;
+/// containerd's reads only the request.
+fn forwarded_ports(query: &str, requested: &[u16]) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for (_, value) in query
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .filter(|(k, _)| *k == "port")
-        .map(|(_, v)| {
-            v.parse::<u16>()
+    {
+        for v in value.split(',') {
+            let port = v
+                .parse::<u16>()
                 .ok()
                 .filter(|p| *p > 0)
-                .ok_or_else(|| format!("invalid port {v:?}"))
-        })
-        .collect()
+                .ok_or_else(|| format!("invalid port {v:?} in the query"))?;
+            ports.push(port);
+        }
+    }
+    if ports.is_empty() {
+        ports = requested.to_vec();
+    }
+    if ports.is_empty() {
+        return Err(
+            "no port to forward: neither the PortForward request nor the URL (?port=N) names one"
+                .into(),
+        );
+    }
+    // Two channels per port, numbered by one byte.
+    if ports.len() > MAX_WEBSOCKET_PORTS {
+        return Err(format!(
+            "{} ports; a WebSocket port-forward carries at most {MAX_WEBSOCKET_PORTS}",
+            ports.len()
+        ));
+    }
+    Ok(ports)
 }
+
+const MAX_WEBSOCKET_PORTS: usize = 128;
 
 #[cfg(test)]
 mod tests {
+    use super::forwarded_ports;
+
     #[test]
-    fn ports_from_the_query() {
-        assert_eq!(super::query_ports("port=80&port=8080"), Ok(vec![80, 8080]));
-        assert_eq!(super::query_ports(""), Ok(vec![]));
-        assert!(super::query_ports("port=0").is_err());
-        assert!(super::query_ports("port=99999").is_err());
+    fn ports_from_the_query_or_else_from_the_request() {
+        assert_eq!(
+            forwarded_ports("port=80&port=8080", &[]),
+            Ok(vec![80, 8080])
+        );
+        assert_eq!(
+            forwarded_ports("port=80,8080&port=9", &[]),
+            Ok(vec![80, 8080, 9])
+        );
+        // A kubelet's proxy drops the client's query: the request's ports.
+        assert_eq!(forwarded_ports("", &[8080, 9090]), Ok(vec![8080, 9090]));
+        assert_eq!(forwarded_ports("ports=1", &[7]), Ok(vec![7]));
+        assert_eq!(forwarded_ports("port=80", &[80, 81]), Ok(vec![80]));
+        let none = forwarded_ports("", &[]).unwrap_err();
+        assert!(none.contains("no port"), "{none}");
+        for bad in ["port=0", "port=99999", "port=80,", "port=x"] {
+            let e = forwarded_ports(bad, &[]).unwrap_err();
+            assert!(e.contains("invalid port"), "{bad}: {e}");
+        }
+        let many: Vec<u16> = (1..=129).collect();
+        assert!(forwarded_ports("", &many)
+            .unwrap_err()
+            .contains("at most 128"));
+        assert_eq!(forwarded_ports("", &many[..128]).map(|p| p.len()), Ok(128));
     }
 }
