@@ -1,8 +1,9 @@
 //! WebSocket transports: remotecommand (`channel.k8s.io` and its
 //! `base64`, `v4` and `v5` variants) and port-forward (`v4` channels), as
-//! the kubelet's wsstream serves them. Every binary message starts with
-//! its channel number (base64 protocols: a text message, the channel as
-//! an ASCII digit, the payload base64).
+//! the kubelet's wsstream serves them. Every message starts with its
+//! channel number (base64 protocols: the channel as an ASCII digit, the
+//! payload base64). Sent as binary messages (base64: text); taken as
+//! either, as the kubelet's server takes them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,10 @@ pub const REMOTECOMMAND_PROTOCOLS: &[&str] = &[
     "channel.k8s.io",
 ];
 
+/// How long a WebSocket port-forward stays open for the client's last
+/// bytes once every pod connection has ended (containerd: 1 s).
+const PORT_CLOSED_GRACE: Duration = Duration::from_secs(1);
+
 /// Port-forward protocols over WebSocket.
 pub const PORTFORWARD_PROTOCOLS: &[&str] = &[
     "v4.channel.k8s.io",
@@ -69,19 +74,25 @@ impl Outbox {
     }
 }
 
-/// The channel and payload of a client message.
+/// The channel and payload of a client message. The protocol decides how
+/// a message is read, not its frame type: the kubelet's server takes text
+/// and binary messages alike, and clients send both (the Kubernetes Python
+/// client writes a `str` to stdin as a text message).
 fn decode(msg: Message, base64: bool) -> Option<(u8, Vec<u8>)> {
-    match msg {
-        Message::Binary(data) if !data.is_empty() => Some((data[0], data[1..].to_vec())),
-        Message::Text(text) if base64 && !text.is_empty() => {
-            let bytes = text.as_bytes();
-            let channel = bytes[0].checked_sub(b'0')?;
-            let payload = base64::engine::general_purpose::STANDARD
-                .decode(&bytes[1..])
-                .ok()?;
-            Some((channel, payload))
-        }
-        _ => None,
+    let data: &[u8] = match &msg {
+        Message::Binary(data) => data,
+        Message::Text(text) => text.as_bytes(),
+        _ => return None,
+    };
+    let (&first, rest) = data.split_first()?;
+    if base64 {
+        let channel = first.checked_sub(b'0')?;
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        Some((channel, payload))
+    } else {
+        Some((first, rest.to_vec()))
     }
 }
 
@@ -249,7 +260,7 @@ pub async fn remotecommand<S>(
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }
 
-/// Port-forward over a WebSocket: for the i-th port of the query, data on
+/// Port-forward over a WebSocket: for the i-th port (`ports`), data on
 /// channel 2i and errors on 2i+1, each opened with the port (little
 /// endian) as the kubelet's v4 protocol does.
 pub async fn portforward<S>(
@@ -287,28 +298,85 @@ pub async fn portforward<S>(
         }
     }
     let base64 = outbox.base64;
-    while let Some(Ok(msg)) = source.next().await {
-        if matches!(msg, Message::Close(_)) {
-            break;
-        }
-        let Some((channel, payload)) = decode(msg, base64) else {
-            continue;
-        };
-        if channel % 2 == 0 {
-            if let Some(Some(w)) = senders.get_mut(channel as usize / 2) {
-                if w.write_all(&payload).await.is_err() {
-                    senders[channel as usize / 2] = None;
-                }
-                crate::relay::moved();
+    // The connection carries one connection per port and has no
+    // half-close: it ends once every port's pod side has ended (or never
+    // opened), as the kubelet's server ends it, or when the client goes.
+    let pumps_abort: Vec<_> = pumps.iter().map(|p| p.abort_handle()).collect();
+    let any_connected = !pumps.is_empty();
+    let pods_done = futures_util::future::join_all(pumps);
+    tokio::pin!(pods_done);
+    let mut grace_until = None;
+    loop {
+        let grace = async {
+            match grace_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            msg = source.next() => {
+                let Some(Ok(msg)) = msg else { break };
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+                let Some((channel, payload)) = decode(msg, base64) else {
+                    continue;
+                };
+                if channel % 2 == 0 {
+                    if let Some(Some(w)) = senders.get_mut(channel as usize / 2) {
+                        if w.write_all(&payload).await.is_err() {
+                            senders[channel as usize / 2] = None;
+                        }
+                        crate::relay::moved();
+                    }
+                }
+            }
+            _ = &mut pods_done, if grace_until.is_none() => {
+                if !any_connected {
+                    break;
+                }
+                // What the client sends meanwhile still reaches the pods,
+                // as containerd's forwarding waits for the other direction.
+                grace_until = Some(tokio::time::Instant::now() + PORT_CLOSED_GRACE);
+            }
+            () = grace => break,
         }
     }
     for s in senders.iter_mut().flatten() {
         let _ = s.shutdown().await;
     }
-    for p in pumps {
+    for p in pumps_abort {
         p.abort();
     }
     drop(outbox);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    #[test]
+    fn a_message_is_read_by_the_protocol_not_by_its_frame_type() {
+        let raw = |m| decode(m, false);
+        assert_eq!(
+            raw(Message::binary(b"\x00hi".to_vec())),
+            Some((0, b"hi".to_vec()))
+        );
+        assert_eq!(raw(Message::text("\u{0}hi")), Some((0, b"hi".to_vec())));
+        assert_eq!(raw(Message::binary(vec![4])), Some((4, vec![])));
+        let b64 = |m| decode(m, true);
+        assert_eq!(b64(Message::text("0aGk=")), Some((0, b"hi".to_vec())));
+        assert_eq!(
+            b64(Message::binary(b"0aGk=".to_vec())),
+            Some((0, b"hi".to_vec()))
+        );
+        assert_eq!(b64(Message::text("0not base64!")), None);
+        assert_eq!(b64(Message::text("\u{1}aGk=")), None);
+        for empty in [Message::binary(Vec::new()), Message::text("")] {
+            assert_eq!(decode(empty, false), None);
+        }
+        assert_eq!(raw(Message::Ping(vec![1].into())), None);
+    }
 }

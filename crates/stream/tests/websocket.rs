@@ -256,6 +256,35 @@ async fn port_forward_reaches_a_listener_and_reports_a_closed_port() {
     assert_eq!(&closed_error[..2], &closed.to_le_bytes());
     let msg = String::from_utf8_lossy(&closed_error[2..]).into_owned();
     assert!(msg.contains(&format!("port {closed}")), "{msg}");
+    // The listener closed its side and the other port never opened: the
+    // connection ends (a WebSocket has no half-close), as the kubelet's.
+    assert!(
+        closes_within(&mut ws, Duration::from_secs(5)).await,
+        "the connection stayed open after every pod connection ended"
+    );
+
+    // Only a closed port: the error, then the end, without a grace.
+    let url = server
+        .port_forward_url(PortForwardRequest {
+            pod_id: "p".into(),
+            ports: vec![closed],
+        })
+        .unwrap();
+    let mut ws = connect(&url, "v4.channel.k8s.io").await.unwrap();
+    assert!(closes_within(&mut ws, Duration::from_millis(900)).await);
+}
+
+/// Whether the server closes the connection within `limit`.
+async fn closes_within(ws: &mut Ws, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Close(_) = msg {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// With a certificate and key the server speaks https; an unknown token
