@@ -6,6 +6,7 @@ it speaks to the URL as a kubelet's proxy would pass it on.
 
 Usage: kubernetes_client.py exec URL STDIN [PROTOCOL] [RESIZE]
        kubernetes_client.py exec-close-stdin URL STDIN
+       kubernetes_client.py attach URL STDIN NEEDLE
        kubernetes_client.py portforward URL OPEN_PORT CLOSED_PORT
 Prints one JSON object of what the client saw; fails on a client error.
 """
@@ -59,6 +60,19 @@ def exec_close_stdin(url, stdin):
     }
 
 
+def attach(url, stdin, needle):
+    """Feeds a running container's stdin; its output until `needle`."""
+    ws = client(url)
+    ws.write_stdin(stdin)
+    seen = ""
+    deadline = time.monotonic() + 20
+    while needle not in seen and ws.is_open() and time.monotonic() < deadline:
+        seen += ws.read_stdout(timeout=1) or ""
+    protocol = ws.subprotocol
+    ws.close()
+    return {"protocol": protocol, "stdout": seen}
+
+
 def portforward(url, open_port, closed_port):
     # The client names the ports in the query (`ports`, as the API server
     # takes them); berthd takes them from the PortForward request.
@@ -92,6 +106,8 @@ def main(argv):
         out = exec_(argv[2], argv[3], *argv[4:6])
     elif mode == "exec-close-stdin":
         out = exec_close_stdin(argv[2], argv[3])
+    elif mode == "attach":
+        out = attach(argv[2], argv[3], argv[4])
     elif mode == "portforward":
         out = portforward(argv[2], int(argv[3]), int(argv[4]))
     else:

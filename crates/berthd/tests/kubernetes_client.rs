@@ -3,7 +3,8 @@
 //! `kubernetes` package on PyPI, pinned), through `kubernetes_client.py`.
 //! Its WebSocket exec, v5 and v4 (the exit code read from the status as it
 //! reads it), with stdin, stderr, a terminal resized and stdin closed by
-//! v5's signal; its WebSocket port-forward to busybox httpd in a pod and to
+//! v5's signal; its WebSocket attach to a container's stdin and output;
+//! its WebSocket port-forward to busybox httpd in a pod and to
 //! a port nobody listens on, the ports in the PortForward request as a
 //! kubelet sends them. The client's virtual environment is made once under
 //! target/ (PyPI). Needs root.
@@ -141,6 +142,39 @@ async fn the_kubernetes_python_client_execs_and_port_forwards() {
     let seen = client(&python, &["exec-close-stdin", &url, "to-cat\n"]);
     assert_eq!(seen["stdout"], "to-cat\nafter-eof\n", "{seen}");
     assert_eq!(seen["returncode"], 0, "{seen}");
+
+    // Attach to a running container created with stdin: what the client
+    // types comes back on its output.
+    let mut echo_cfg = d.container_config(
+        "echo",
+        &images().busybox,
+        &["sh", "-c", "while read line; do echo seen:$line; done"],
+    );
+    echo_cfg.stdin = true;
+    let echo = d.run_container(&pod, &pod_cfg, &echo_cfg).await;
+    let url = d
+        .runtime()
+        .await
+        .attach(cri::AttachRequest {
+            container_id: echo.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let seen = client(&python, &["attach", &url, "typed\n", "seen:typed"]);
+    assert_eq!(seen["protocol"], "v5.channel.k8s.io", "{seen}");
+    assert!(
+        seen["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("seen:typed\n"),
+        "{seen}"
+    );
 
     // Port-forward: a page from httpd in the pod, and a port nobody
     // listens on, whose error channel says so.
