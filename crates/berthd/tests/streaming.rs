@@ -80,6 +80,18 @@ async fn exec_url(
         .map(|r| r.into_inner().url)
 }
 
+/// A PortForward URL for `ports` of `pod`.
+async fn port_forward_url(d: &Berthd, pod: &str, ports: Vec<i32>) -> Result<String, tonic::Status> {
+    d.runtime()
+        .await
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.into(),
+            port: ports,
+        })
+        .await
+        .map(|r| r.into_inner().url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_and_port_forward_over_websocket() {
     let d = Berthd::start("stream");
@@ -151,30 +163,12 @@ async fn exec_and_port_forward_over_websocket() {
 
     if default_pods_in_vms() {
         // A VM pod's listeners are in its guest: refused, by name.
-        let e = d
-            .runtime()
-            .await
-            .port_forward(cri::PortForwardRequest {
-                pod_sandbox_id: pod.clone(),
-                port: vec![8080],
-            })
-            .await
-            .unwrap_err();
+        let e = port_forward_url(&d, &pod, vec![8080]).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
         assert!(e.message().contains("VM"), "{e:?}");
     } else {
         // Port-forward: a listener in the pod, and a port nobody listens on.
-        let url = d
-            .runtime()
-            .await
-            .port_forward(cri::PortForwardRequest {
-                pod_sandbox_id: pod.clone(),
-                port: vec![],
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .url;
+        let url = port_forward_url(&d, &pod, vec![]).await.unwrap();
         let mut ws = connect(&format!("{url}?port=8080&port=8081"), "v4.channel.k8s.io")
             .await
             .unwrap();
@@ -209,17 +203,7 @@ async fn exec_and_port_forward_over_websocket() {
         // server's `nc` listens again a moment after each connection.)
         let (mut answered, mut errors) = (false, Vec::new());
         for _ in 0..50 {
-            let url = d
-                .runtime()
-                .await
-                .port_forward(cri::PortForwardRequest {
-                    pod_sandbox_id: pod.clone(),
-                    port: vec![8080],
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .url;
+            let url = port_forward_url(&d, &pod, vec![8080]).await.unwrap();
             let mut ws = connect(&url, "v4.channel.k8s.io").await.unwrap();
             let (mut data, mut error) = (Vec::new(), Vec::new());
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -261,15 +245,7 @@ async fn exec_and_port_forward_over_websocket() {
     );
     d.stop_pod(&pod).await;
     d.remove_pod(&pod).await;
-    let e = d
-        .runtime()
-        .await
-        .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.clone(),
-            port: vec![80],
-        })
-        .await
-        .unwrap_err();
+    let e = port_forward_url(&d, &pod, vec![80]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     d.remove_all_and_check().await;
 }
