@@ -35,6 +35,14 @@ pub struct PortForwardRequest {
     pub ports: Vec<u16>,
 }
 
+impl PortForwardRequest {
+    /// Whether the request lets a stream reach `port`: any port when it
+    /// named none.
+    pub fn allows(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port)
+    }
+}
+
 /// A terminal's size, as the resize stream carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub struct TerminalSize {

@@ -453,7 +453,6 @@ fn header(req: &Request<Incoming>, name: &str) -> String {
         .join(",")
 }
 
-/// The `port` parameters of a port-forward URL.
 /// The ports of a WebSocket port-forward, a data and an error channel
 /// each: those of the URL's query (`port=N`, repeated or comma-separated,
 /// as the kubelet reads them) or else those of the PortForward request. A

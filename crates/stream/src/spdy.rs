@@ -254,7 +254,7 @@ impl Pair {
         backend: &Arc<dyn Backend>,
         creation_timeout: Duration,
     ) -> Pair {
-        let allowed = req.ports.is_empty() || req.ports.contains(&port);
+        let allowed = req.allows(port);
         let backend = Arc::clone(backend);
         let pod_id = req.pod_id.clone();
         let connecting = tokio::spawn(async move {

@@ -279,7 +279,7 @@ pub async fn portforward<S>(
         let (data, error) = ((2 * i) as u8, (2 * i + 1) as u8);
         outbox.send(data, &port.to_le_bytes()).await;
         outbox.send(error, &port.to_le_bytes()).await;
-        let conn = if !req.ports.is_empty() && !req.ports.contains(port) {
+        let conn = if !req.allows(*port) {
             Err(format!("port {port} was not requested for this pod"))
         } else {
             backend.port_forward(&req.pod_id, *port).await
@@ -305,14 +305,10 @@ pub async fn portforward<S>(
     let any_connected = !pumps.is_empty();
     let pods_done = futures_util::future::join_all(pumps);
     tokio::pin!(pods_done);
-    let mut grace_until = None;
+    let grace = tokio::time::sleep(PORT_CLOSED_GRACE);
+    tokio::pin!(grace);
+    let mut in_grace = false;
     loop {
-        let grace = async {
-            match grace_until {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             msg = source.next() => {
                 let Some(Ok(msg)) = msg else { break };
@@ -331,15 +327,16 @@ pub async fn portforward<S>(
                     }
                 }
             }
-            _ = &mut pods_done, if grace_until.is_none() => {
+            _ = &mut pods_done, if !in_grace => {
                 if !any_connected {
                     break;
                 }
                 // What the client sends meanwhile still reaches the pods,
                 // as containerd's forwarding waits for the other direction.
-                grace_until = Some(tokio::time::Instant::now() + PORT_CLOSED_GRACE);
+                grace.as_mut().reset(tokio::time::Instant::now() + PORT_CLOSED_GRACE);
+                in_grace = true;
             }
-            () = grace => break,
+            () = &mut grace, if in_grace => break,
         }
     }
     for s in senders.iter_mut().flatten() {
