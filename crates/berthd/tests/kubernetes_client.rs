@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
-use k8s_cri::v1 as cri;
 
 const KUBERNETES_CLIENT: &str = "kubernetes==37.0.3";
 
@@ -68,21 +67,11 @@ fn client(python: &PathBuf, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{stdout:?}: {e}"))
 }
 
+/// An Exec URL for `sh -c script`, with stdin.
 async fn exec_url(d: &Berthd, id: &str, script: &str, tty: bool) -> String {
-    d.runtime()
-        .await
-        .exec(cri::ExecRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            tty,
-            stdin: true,
-            stdout: true,
-            stderr: !tty,
-        })
+    d.exec_url(id, &["sh", "-c", script], tty, true)
         .await
         .unwrap()
-        .into_inner()
-        .url
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,20 +141,7 @@ async fn the_kubernetes_python_client_execs_and_port_forwards() {
     );
     echo_cfg.stdin = true;
     let echo = d.run_container(&pod, &pod_cfg, &echo_cfg).await;
-    let url = d
-        .runtime()
-        .await
-        .attach(cri::AttachRequest {
-            container_id: echo.clone(),
-            stdin: true,
-            tty: false,
-            stdout: true,
-            stderr: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = d.attach_url(&echo, false, true).await.unwrap();
     let seen = client(&python, &["attach", &url, "typed\n", "seen:typed"]);
     assert_eq!(seen["protocol"], "v5.channel.k8s.io", "{seen}");
     assert!(
@@ -178,17 +154,7 @@ async fn the_kubernetes_python_client_execs_and_port_forwards() {
 
     // Port-forward: a page from httpd in the pod, and a port nobody
     // listens on, whose error channel says so.
-    let url = d
-        .runtime()
-        .await
-        .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.clone(),
-            port: vec![8080, 8081],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = d.port_forward_url(&pod, vec![8080, 8081]).await.unwrap();
     let seen = client(&python, &["portforward", &url, "8080", "8081"]);
     let page = seen["page"].as_str().unwrap_or_default();
     assert!(

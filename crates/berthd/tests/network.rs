@@ -364,16 +364,9 @@ async fn port_forward_get(d: &Berthd, pod: &str, port: u16) -> String {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
     let url = d
-        .runtime()
+        .port_forward_url(pod, vec![])
         .await
-        .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.to_owned(),
-            port: vec![],
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PortForward: {e:?}"))
-        .into_inner()
-        .url;
+        .unwrap_or_else(|e| panic!("PortForward: {e:?}"));
     let url = format!("{url}?port={port}");
     let mut req = url
         .replacen("http://", "ws://", 1)

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use k8s_cri::v1 as cri;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -59,39 +58,6 @@ fn exit_code(status: &[u8]) -> String {
         .to_owned()
 }
 
-async fn exec_url(
-    d: &Berthd,
-    id: &str,
-    cmd: &[&str],
-    tty: bool,
-    stdin: bool,
-) -> Result<String, tonic::Status> {
-    d.runtime()
-        .await
-        .exec(cri::ExecRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            tty,
-            stdin,
-            stdout: true,
-            stderr: !tty,
-        })
-        .await
-        .map(|r| r.into_inner().url)
-}
-
-/// A PortForward URL for `ports` of `pod`.
-async fn port_forward_url(d: &Berthd, pod: &str, ports: Vec<i32>) -> Result<String, tonic::Status> {
-    d.runtime()
-        .await
-        .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.into(),
-            port: ports,
-        })
-        .await
-        .map(|r| r.into_inner().url)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_and_port_forward_over_websocket() {
     let d = Berthd::start("stream");
@@ -116,15 +82,15 @@ async fn exec_and_port_forward_over_websocket() {
 
     // Without a terminal: stdin to cat, closed with v5's signal; stderr
     // apart; the exit code in the status.
-    let url = exec_url(
-        &d,
-        &server,
-        &["sh", "-c", "cat; echo to-stderr >&2; exit 7"],
-        false,
-        true,
-    )
-    .await
-    .unwrap();
+    let url = d
+        .exec_url(
+            &server,
+            &["sh", "-c", "cat; echo to-stderr >&2; exit 7"],
+            false,
+            true,
+        )
+        .await
+        .unwrap();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let mut ws = connect(&url, "v5.channel.k8s.io").await.unwrap();
     ws.send(Message::binary(b"\x00line one\n".to_vec()))
@@ -139,15 +105,15 @@ async fn exec_and_port_forward_over_websocket() {
     assert!(connect(&url, "v5.channel.k8s.io").await.is_err());
 
     // With a terminal: a resize before the command reads the size.
-    let url = exec_url(
-        &d,
-        &server,
-        &["sh", "-c", "read go; stty size; exit 3"],
-        true,
-        true,
-    )
-    .await
-    .unwrap();
+    let url = d
+        .exec_url(
+            &server,
+            &["sh", "-c", "read go; stty size; exit 3"],
+            true,
+            true,
+        )
+        .await
+        .unwrap();
     let mut ws = connect(&url, "v4.channel.k8s.io").await.unwrap();
     let mut resize = vec![4u8];
     resize.extend_from_slice(br#"{"Width":123,"Height":45}"#);
@@ -163,12 +129,12 @@ async fn exec_and_port_forward_over_websocket() {
 
     if default_pods_in_vms() {
         // A VM pod's listeners are in its guest: refused, by name.
-        let e = port_forward_url(&d, &pod, vec![8080]).await.unwrap_err();
+        let e = d.port_forward_url(&pod, vec![8080]).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
         assert!(e.message().contains("VM"), "{e:?}");
     } else {
         // Port-forward: a listener in the pod, and a port nobody listens on.
-        let url = port_forward_url(&d, &pod, vec![]).await.unwrap();
+        let url = d.port_forward_url(&pod, vec![]).await.unwrap();
         let mut ws = connect(&format!("{url}?port=8080&port=8081"), "v4.channel.k8s.io")
             .await
             .unwrap();
@@ -203,7 +169,7 @@ async fn exec_and_port_forward_over_websocket() {
         // server's `nc` listens again a moment after each connection.)
         let (mut answered, mut errors) = (false, Vec::new());
         for _ in 0..50 {
-            let url = port_forward_url(&d, &pod, vec![8080]).await.unwrap();
+            let url = d.port_forward_url(&pod, vec![8080]).await.unwrap();
             let mut ws = connect(&url, "v4.channel.k8s.io").await.unwrap();
             let (mut data, mut error) = (Vec::new(), Vec::new());
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -231,11 +197,12 @@ async fn exec_and_port_forward_over_websocket() {
 
     // A stopped container, a bad request, a pod that is gone.
     d.stop_container(&server, 0).await;
-    let e = exec_url(&d, &server, &["true"], false, false)
+    let e = d
+        .exec_url(&server, &["true"], false, false)
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    let e = exec_url(&d, &server, &[], false, true).await.unwrap_err();
+    let e = d.exec_url(&server, &[], false, true).await.unwrap_err();
     assert!(
         matches!(
             e.code(),
@@ -245,7 +212,7 @@ async fn exec_and_port_forward_over_websocket() {
     );
     d.stop_pod(&pod).await;
     d.remove_pod(&pod).await;
-    let e = port_forward_url(&d, &pod, vec![80]).await.unwrap_err();
+    let e = d.port_forward_url(&pod, vec![80]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     d.remove_all_and_check().await;
 }
@@ -268,20 +235,6 @@ async fn read_until(ws: &mut Ws, channel: u8, needle: &str) -> String {
         }
     }
     String::from_utf8_lossy(&got).into_owned()
-}
-
-async fn attach_url(d: &Berthd, id: &str, tty: bool, stdin: bool) -> Result<String, tonic::Status> {
-    d.runtime()
-        .await
-        .attach(cri::AttachRequest {
-            container_id: id.into(),
-            tty,
-            stdin,
-            stdout: true,
-            stderr: !tty,
-        })
-        .await
-        .map(|r| r.into_inner().url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,14 +263,14 @@ async fn attach_to_running_containers() {
         )
         .await;
     let mut first = connect(
-        &attach_url(&d, &ticker, false, false).await.unwrap(),
+        &d.attach_url(&ticker, false, false).await.unwrap(),
         "v4.channel.k8s.io",
     )
     .await
     .unwrap();
     // stdin asked for, but the container has none: ignored, as containerd.
     let mut second = connect(
-        &attach_url(&d, &ticker, false, true).await.unwrap(),
+        &d.attach_url(&ticker, false, true).await.unwrap(),
         "v5.channel.k8s.io",
     )
     .await
@@ -347,7 +300,7 @@ async fn attach_to_running_containers() {
     cfg.stdin = true;
     let cat = d.run_container(&pod, &pod_cfg, &cfg).await;
     let mut ws = connect(
-        &attach_url(&d, &cat, false, true).await.unwrap(),
+        &d.attach_url(&cat, false, true).await.unwrap(),
         "v5.channel.k8s.io",
     )
     .await
@@ -362,7 +315,7 @@ async fn attach_to_running_containers() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(state_name(d.status(&cat).await.state), "running");
     let mut ws = connect(
-        &attach_url(&d, &cat, false, true).await.unwrap(),
+        &d.attach_url(&cat, false, true).await.unwrap(),
         "v5.channel.k8s.io",
     )
     .await
@@ -380,7 +333,7 @@ async fn attach_to_running_containers() {
     cfg.stdin_once = true;
     let once = d.run_container(&pod, &pod_cfg, &cfg).await;
     let mut ws = connect(
-        &attach_url(&d, &once, false, true).await.unwrap(),
+        &d.attach_url(&once, false, true).await.unwrap(),
         "v5.channel.k8s.io",
     )
     .await
@@ -402,7 +355,7 @@ async fn attach_to_running_containers() {
     cfg.stdin = true;
     cfg.tty = true;
     let tty = d.run_container(&pod, &pod_cfg, &cfg).await;
-    let url = attach_url(&d, &tty, true, true).await.unwrap();
+    let url = d.attach_url(&tty, true, true).await.unwrap();
     let mut ws = connect(&url, "v4.channel.k8s.io").await.unwrap();
     let mut resize = vec![4u8];
     resize.extend_from_slice(br#"{"Width":101,"Height":37}"#);
@@ -428,9 +381,10 @@ async fn attach_to_running_containers() {
     assert_eq!(s.exit_code, 5);
 
     // A container that has exited, one that does not exist.
-    let e = attach_url(&d, &once, false, true).await.unwrap_err();
+    let e = d.attach_url(&once, false, true).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    let e = attach_url(&d, "no-such-container", false, true)
+    let e = d
+        .attach_url("no-such-container", false, true)
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
@@ -450,7 +404,8 @@ async fn an_idle_exec_session_is_closed_after_the_idle_timeout() {
     let pod_cfg = d.pod_config("stream-idle", false);
     let pod = d.run_pod(&pod_cfg, "").await;
     let c = d.sleeper(&pod, &pod_cfg, "idle").await;
-    let url = exec_url(&d, &c, &["sh", "-c", "exec cat"], false, true)
+    let url = d
+        .exec_url(&c, &["sh", "-c", "exec cat"], false, true)
         .await
         .unwrap();
     let mut ws = connect(&url, "v5.channel.k8s.io").await.unwrap();

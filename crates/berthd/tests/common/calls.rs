@@ -121,6 +121,65 @@ impl Berthd {
             .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e:?}\n{}", self.log_tail()))
     }
 
+    /// A streaming Exec URL for `cmd`: stdout, and stderr apart unless
+    /// `tty`.
+    pub async fn exec_url(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        tty: bool,
+        stdin: bool,
+    ) -> Result<String, tonic::Status> {
+        self.runtime()
+            .await
+            .exec(cri::ExecRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                tty,
+                stdin,
+                stdout: true,
+                stderr: !tty,
+            })
+            .await
+            .map(|r| r.into_inner().url)
+    }
+
+    /// A streaming Attach URL: stdout, and stderr apart unless `tty`.
+    pub async fn attach_url(
+        &self,
+        id: &str,
+        tty: bool,
+        stdin: bool,
+    ) -> Result<String, tonic::Status> {
+        self.runtime()
+            .await
+            .attach(cri::AttachRequest {
+                container_id: id.into(),
+                tty,
+                stdin,
+                stdout: true,
+                stderr: !tty,
+            })
+            .await
+            .map(|r| r.into_inner().url)
+    }
+
+    /// A streaming PortForward URL for `ports` of `pod`.
+    pub async fn port_forward_url(
+        &self,
+        pod: &str,
+        ports: Vec<i32>,
+    ) -> Result<String, tonic::Status> {
+        self.runtime()
+            .await
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: pod.into(),
+                port: ports,
+            })
+            .await
+            .map(|r| r.into_inner().url)
+    }
+
     /// `sh -c script` in a container; asserts exit 0, returns stdout trimmed.
     pub async fn sh(&self, id: &str, script: &str) -> String {
         let r = self.exec(id, &["sh", "-c", script]).await;
