@@ -75,17 +75,24 @@ def exit_on_error(fn):
         sys.exit(1)
 
 
+# What stops a bench with its cleanup: kill's default, ^C, and the hang-up a
+# closed terminal or ssh session sends (also to a stopped job when its shell
+# exits), whose default action would end the process with no cleanup at all.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def inner_main(inner):
-    """Entry point of the process inside `unshare -m`: run inner(). SIGTERM
-    and SIGINT become a KeyboardInterrupt, once: a second signal (e.g. the
-    whole process group got one, and the outer process forwards it too) must
-    not abort the cleanup. Exits 1 on a BenchError, 130 when interrupted."""
+    """Entry point of the process inside `unshare -m`: run inner(). A stop
+    signal (STOP_SIGNALS) becomes a KeyboardInterrupt, once: a second one
+    (e.g. the whole process group got one, and the outer process forwards it
+    too) must not abort the cleanup. Exits 1 on a BenchError, 130 when
+    interrupted."""
     def on_signal(*_):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
     try:
         exit_on_error(inner)
     except KeyboardInterrupt:
@@ -147,9 +154,17 @@ def call_precise(cmd, timeout, **kw):
         proc.kill()
 
     timer = threading.Timer(timeout, expire)
-    timer.start()
+    # A daemon thread, started within the try: a stop signal's
+    # KeyboardInterrupt, wherever it lands, must not leave a timer the
+    # interpreter waits for at exit, nor the command running unreaped.
+    timer.daemon = True
     try:
+        timer.start()
         rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     finally:
         timer.cancel()
     if fired.is_set():
@@ -306,27 +321,33 @@ def ns_command(unshare):
     return [unshare, "-m", "--propagation", "private", "--", sys.executable, script]
 
 
+def wait_forwarding_stop_signals(proc):
+    """Waits for the inner process proc and returns its status, passing the
+    stop signals this process gets on to it: the inner process cleans up
+    and exits, then this one does its own part of the cleanup."""
+    def forward(signum, _frame):
+        try:
+            proc.send_signal(signum)
+        except OSError:
+            pass
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, forward)
+    return proc.wait()
+
+
 def run_in_ns(unshare, env, tmp, sweep):
     """The outer process's work once it has made the temp dir tmp: run
-    ns_command(unshare) with env, passing SIGTERM and SIGINT on to it
+    ns_command(unshare) with env, passing the stop signals on to it
     (`unshare` execs it, and it cleans up and exits), and wait for it. Then,
     whatever happened: kill what still runs with tmp on its command line,
     call sweep(problems) for the bench's own cleanup (it appends what it could
     not clean up), remove tmp, and exit with the inner process's status
     (exit_after_cleanup)."""
     proc = subprocess.Popen(ns_command(unshare), env=env)
-
-    def forward(signum, _frame):
-        try:
-            proc.send_signal(signum)
-        except OSError:
-            pass
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
     problems = []
     rc = 1
     try:
-        rc = proc.wait()
+        rc = wait_forwarding_stop_signals(proc)
     finally:
         left = kill_leftovers(tmp)
         if left:
@@ -613,11 +634,12 @@ def kill_and_remove_cgroups(dirs, what):
 
 def remove_cgroups_named(prefix, verbose=False):
     """rmdir every cgroup whose name starts with prefix (a runtime bench's
-    container ids), children first; a dir so named that is not on a cgroup
-    filesystem (crun's entry in the scratch tmpfs of cover_unified) is
-    rm -rf'd. verbose: log each cgroup removed. Lists those that stay on
-    stderr and returns them ("<path>: <error>")."""
-    stuck = []
+    container ids), children first, after killing what still runs in them
+    (a container whose create or start a stop signal cut short); a dir so
+    named that is not on a cgroup filesystem (crun's entry in the scratch
+    tmpfs of cover_unified) is rm -rf'd. verbose: log each cgroup removed.
+    Lists those that stay on stderr and returns them ("<path>: <error>")."""
+    dirs = []
     for path in cgroups_named(lambda d: d.startswith(prefix)):
         if not os.path.exists(path):
             continue
@@ -626,10 +648,8 @@ def remove_cgroups_named(prefix, verbose=False):
             continue
         if verbose:
             log(f"# removing leftover cgroup {path}")
-        try:
-            os.rmdir(path)
-        except OSError as e:
-            stuck.append(f"{path}: {e}")
+        dirs.append(path)
+    stuck = kill_and_remove_cgroups(dirs, f"the cgroups named {prefix}*")
     if stuck:
         print(f"{prog()}: cgroups that could not be removed:\n  " + "\n  ".join(stuck),
               file=sys.stderr)
@@ -655,7 +675,8 @@ def run_runtimes_in_ns(ns_marker, var, tmp_prefix, id_prefix, verbose=False):
     (id_prefix, which every container id starts with) and
     $<var>_{BERTH,RUNC,CRUN}, then remove the cgroups named after our ids
     (the cgroup2 hierarchy is only visible out here) and the temp dir. Exits
-    with the inner process's status (130 if interrupted), 1 if cgroups stay."""
+    with the inner process's status (130 if interrupted), 1 if cgroups stay.
+    A stop signal is passed on to the inner process, which cleans up."""
     unshare = root_and_unshare()
     binaries = {
         "BERTH": find_berth(),
@@ -665,13 +686,14 @@ def run_runtimes_in_ns(ns_marker, var, tmp_prefix, id_prefix, verbose=False):
     tmp = tempfile.mkdtemp(prefix=tmp_prefix)
     env = dict(os.environ, **{ns_marker: "1", f"{var}_TMP": tmp, f"{var}_PREFIX": id_prefix},
                **{f"{var}_{k}": v for k, v in binaries.items()})
+    rc = 1
     try:
-        rc = subprocess.call(ns_command(unshare), env=env)
-    except KeyboardInterrupt:
-        rc = 130
+        rc = wait_forwarding_stop_signals(subprocess.Popen(ns_command(unshare), env=env))
     finally:
         stuck = remove_cgroups_named(id_prefix, verbose)
         shutil.rmtree(tmp, ignore_errors=True)
+    if rc < 0:  # the inner process died of a signal
+        rc = 128 - rc
     sys.exit((rc or 1) if stuck else rc)
 
 
