@@ -51,6 +51,31 @@ SCRIPT = textwrap.dedent("""\
     """)
 
 
+def signal_when_ready(test, proc, ready, what, sig, timeout, after=0):
+    """Waits (at most timeout s) until ready(), failing the test with
+    what() if proc ends first; then, after `after` s, sends sig to proc and
+    returns its exit status (within timeout s). Whatever of its session outlives the test (the
+    inner process, when the outer one died without passing the signal on)
+    is killed."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if proc.poll() is not None:
+                test.fail(f"the bench ended early: {what()}")
+            test.assertLess(time.monotonic(), deadline, f"not ready in time: {what()}")
+            time.sleep(0.02)
+        time.sleep(after)
+        proc.send_signal(sig)
+        return proc.wait(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if proc.poll() is None:
+            proc.wait()
+
+
 class StopSignals(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="benchlib-test-")
@@ -76,23 +101,8 @@ class StopSignals(unittest.TestCase):
         # A session of its own: the signal goes to the outer process alone,
         # as `kill PID` sends it, not to a whole process group.
         proc = subprocess.Popen([sys.executable, self.script], env=env, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 30
-            while "started" not in self.lines():
-                self.assertIsNone(proc.poll(), f"the bench ended early: {self.lines()}")
-                self.assertLess(time.monotonic(), deadline, "the inner process did not start")
-                time.sleep(0.05)
-            proc.send_signal(sig)
-            rc = proc.wait(timeout=30)
-        finally:
-            # Whatever outlived the test (the inner process, when the outer
-            # one died without passing the signal on) is in its group.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if proc.poll() is None:
-                proc.wait()
+        rc = signal_when_ready(self, proc, lambda: "started" in self.lines(), self.lines, sig,
+                               timeout=30)
         lines = self.lines()
         self.assertIn("inner cleaned up", lines, f"{sig.name}: {lines}")
         self.assertIn("swept", lines, f"{sig.name}: {lines}")
@@ -138,27 +148,17 @@ class RuntimeBenchStop(unittest.TestCase):
             errors.seek(0)
             return errors.read()
         prefix = f"rtops{proc.pid}-"
+
+        def ours(name):
+            return name.startswith(prefix)
         tmps_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "runtime-ops.*")))
-        try:
-            deadline = time.monotonic() + 60
+
+        def containers_being_made():
             # Each runtime has started making its container.
-            while len({os.path.basename(d) for d in benchlib.cgroups_named(
-                    lambda name: name.startswith(prefix))}) < 3:
-                if proc.poll() is not None:
-                    self.fail(f"the bench ended early: {stderr()}")
-                self.assertLess(time.monotonic(), deadline, "the containers did not start")
-                time.sleep(0.02)
-            time.sleep(after)
-            proc.send_signal(signal.SIGHUP)
-            rc = proc.wait(timeout=60)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if proc.poll() is None:
-                proc.wait()
-        left = benchlib.cgroups_named(lambda name: name.startswith(prefix))
+            return len({os.path.basename(d) for d in benchlib.cgroups_named(ours)}) >= 3
+        rc = signal_when_ready(self, proc, containers_being_made, stderr, signal.SIGHUP,
+                               timeout=60, after=after)
+        left = benchlib.cgroups_named(ours)
         if left:
             # Do not leave them on the machine: the containers, then the dirs.
             benchlib.kill_and_remove_cgroups(left, "the test's runtime bench")
